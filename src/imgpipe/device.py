@@ -1,0 +1,30 @@
+"""Pick the training device: CUDA if present, else Apple's MPS, else the CPU; params may force one."""
+
+import torch
+
+from imgpipe.errors import require
+
+DEVICES = ("auto", "cuda", "mps", "cpu")
+
+
+def available(kind: str) -> bool:
+    if kind == "cuda":
+        return torch.cuda.is_available()
+    if kind == "mps":
+        return torch.backends.mps.is_available()
+    return kind == "cpu"
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    require(requested in DEVICES, "device", f"unknown device {requested!r}; choose one of: {', '.join(DEVICES)}")
+    if requested == "auto":
+        return torch.device(next(kind for kind in ("cuda", "mps", "cpu") if available(kind)))
+    require(available(requested), "device", f"{requested} was asked for but is not available on this machine; use auto")
+    return torch.device(requested)
+
+
+def describe(device: torch.device) -> str:
+    """A human name for the device, recorded with every measurement."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return device.type

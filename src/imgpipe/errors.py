@@ -1,0 +1,35 @@
+"""User-facing failures: each message is one line naming the file, row or parameter at fault."""
+
+import sys
+from collections.abc import Callable
+
+
+class ImgpipeError(Exception):
+    """Bad input or configuration that the user can fix; shown as one line, never as a traceback."""
+
+
+class ConfigError(ImgpipeError):
+    """A parameter in params.yaml is missing, of the wrong type, or out of range."""
+
+
+def run_stage(main: Callable[[], None]) -> None:
+    """Run a stage's main(), turning an ImgpipeError into one line on stderr and exit status 1."""
+    try:
+        main()
+    except ImgpipeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+
+
+class InvalidSetting(ValueError):
+    """Raised by library code for a bad argument; stages report it under its params.yaml key."""
+
+    def __init__(self, name: str, reason: str):
+        super().__init__(f"{name}: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+def require(ok: bool, name: str, reason: str) -> None:
+    if not ok:
+        raise InvalidSetting(name, reason)

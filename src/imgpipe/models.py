@@ -1,0 +1,137 @@
+"""The model registry: every architecture a variant can name in params.yaml (`models.<variant>.model`).
+
+Each network takes normalized images (B, C, H, W) and returns class scores (B, num_classes). Its
+constructor takes the input shape and class count, then its own architecture settings, which
+come from params.yaml as keyword arguments.
+"""
+
+import inspect
+import math
+
+import torch
+from torch import nn
+
+from imgpipe.errors import InvalidSetting, require
+
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
+
+
+def _activation(name: str) -> type[nn.Module]:
+    require(name in ACTIVATIONS, "activation", f"unknown activation {name!r}; choose one of: {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+class LinearNet(nn.Module):
+    """Multinomial logistic regression: one affine map from pixels to class scores."""
+
+    def __init__(self, input_shape: tuple[int, int, int], num_classes: int):
+        super().__init__()
+        self.layers = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class MLP(nn.Module):
+    """Fully connected net: flatten, then hidden layers with an activation (and dropout), then scores."""
+
+    def __init__(
+        self,
+        input_shape: tuple[int, int, int],
+        num_classes: int,
+        hidden: list[int] = (128,),
+        activation: str = "relu",
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        require(all(isinstance(h, int) and h > 0 for h in hidden), "hidden", f"must list positive layer widths, got {hidden}")
+        require(0 <= dropout < 1, "dropout", f"must be in [0, 1), got {dropout}")
+        act = _activation(activation)
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = math.prod(input_shape)
+        for size in hidden:
+            layers += [nn.Linear(width, size), act()]
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+            width = size
+        layers.append(nn.Linear(width, num_classes))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class TinyVGG(nn.Module):
+    """TinyVGG-style CNN: blocks of conv-act-conv-act-maxpool, then one linear classifier.
+
+    Each block halves the image, so the classifier's input size follows from the image size and
+    the number of blocks; the same code serves 8x8 digits and 140x140 logos, 1 or 3 channels.
+    """
+
+    def __init__(
+        self,
+        input_shape: tuple[int, int, int],
+        num_classes: int,
+        channels: list[int] = (16, 32),
+        kernel_size: int = 3,
+        activation: str = "relu",
+    ):
+        super().__init__()
+        in_channels, height, width = input_shape
+        require(len(channels) > 0 and all(isinstance(c, int) and c > 0 for c in channels),
+                "channels", f"must list positive channel counts, one per block, got {channels}")
+        require(isinstance(kernel_size, int) and kernel_size % 2 == 1, "kernel_size", f"must be an odd integer, got {kernel_size}")
+        out_height, out_width = height >> len(channels), width >> len(channels)
+        require(out_height > 0 and out_width > 0, "channels",
+                f"{len(channels)} blocks halve {height}x{width} images to nothing; use at most "
+                f"{int(math.log2(min(height, width)))}")
+        act = _activation(activation)
+        blocks = []
+        for out_channels in channels:
+            blocks += [
+                nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2), act(),
+                nn.Conv2d(out_channels, out_channels, kernel_size, padding=kernel_size // 2), act(),
+                nn.MaxPool2d(2),
+            ]
+            in_channels = out_channels
+        self.features = nn.Sequential(*blocks)
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(in_channels * out_height * out_width, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))  # (B, C, H, W) -> (B, C', H/2^k, W/2^k) -> (B, classes)
+
+
+MODELS: dict[str, type[nn.Module]] = {"linear": LinearNet, "mlp": MLP, "cnn": TinyVGG}
+
+
+def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int, **settings) -> nn.Module:
+    """Build a registered network; unknown names and settings fail listing the valid ones."""
+    require(name in MODELS, "model", f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+    cls = MODELS[name]
+    valid = [p for p in inspect.signature(cls).parameters if p not in ("input_shape", "num_classes")]
+    for key in settings:
+        if key not in valid:
+            raise InvalidSetting(key, f"not a setting of model {name!r}; its settings are: {', '.join(valid) or 'none'}")
+    return cls(tuple(input_shape), num_classes, **settings)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+class Classifier(nn.Module):
+    """A network plus the normalization it was trained with: takes raw pixels (B, C, H, W) in 0..255.
+
+    Keeping normalization inside the module means the checkpoint, the MLflow model and predict
+    all take the same uint8 images and cannot disagree about preprocessing.
+    """
+
+    def __init__(self, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = (pixels.float() / 255 - self.mean) / self.std  # (B, C, H, W)
+        return self.net(x)

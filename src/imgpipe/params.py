@@ -1,0 +1,84 @@
+"""Reading params.yaml, for the stages only: the library takes plain values, never this file.
+
+Errors name the key as the user types it (`train.epochs`, `models.cnn.channels`).
+"""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import yaml
+
+from imgpipe import paths
+from imgpipe.device import pick_device
+from imgpipe.errors import ConfigError, InvalidSetting
+from imgpipe.train import TrainConfig
+
+TRAIN_SETTINGS = tuple(f.name for f in fields(TrainConfig))
+
+
+def load(path: Path = paths.PARAMS) -> dict:
+    try:
+        params = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found; run from the project root") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
+    if not isinstance(params, dict):
+        raise ConfigError(f"{path}: must be a mapping of sections (data:, train:, models:)")
+    return params
+
+
+def get(params: dict, key: str, default=...):
+    """The value at a dotted key; a missing key fails naming it unless a default is given."""
+    node = params
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            if default is not ...:
+                return default
+            raise ConfigError(f"params.yaml: {key} is missing")
+        node = node[part]
+    return node
+
+
+@contextmanager
+def reported_as(section: str) -> Iterator[None]:
+    """Report a library's InvalidSetting under its params.yaml key, e.g. `models.cnn.channels`."""
+    try:
+        yield
+    except InvalidSetting as error:
+        raise ConfigError(f"params.yaml: {section}.{error.name}: {error.reason}") from None
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One entry of `train.variants`: which model, its architecture settings, how to train it."""
+
+    name: str
+    model: str  # a name in the model registry; defaults to the variant's own name
+    settings: dict  # the model's architecture keyword arguments
+    config: TrainConfig
+
+
+def variant(params: dict, name: str) -> Variant:
+    variants = get(params, "train.variants")
+    if name not in variants:
+        raise ConfigError(f"params.yaml: train.variants does not list {name!r} (it lists: {', '.join(variants)})")
+    train_section = get(params, "train")
+    for key in train_section:
+        if key not in (*TRAIN_SETTINGS, "variants"):
+            raise ConfigError(f"params.yaml: train.{key}: unknown setting; valid: variants, {', '.join(TRAIN_SETTINGS)}")
+    spec = dict(get(params, f"models.{name}", None) or {})
+    model = spec.pop("model", name)
+    overrides = {key: spec.pop(key) for key in TRAIN_SETTINGS if key in spec}
+    base = {key: value for key, value in train_section.items() if key != "variants"}
+    with reported_as("train"):
+        TrainConfig(**base)  # train: must be valid even where a variant overrides it
+    try:
+        config = TrainConfig(**base | overrides)
+        pick_device(config.device)  # fail now, naming the key, if the device asked for is absent
+    except InvalidSetting as error:
+        section = f"models.{name}" if error.name in overrides else "train"
+        raise ConfigError(f"params.yaml: {section}.{error.name}: {error.reason}") from None
+    return Variant(name, model, spec, config)

@@ -1,0 +1,51 @@
+"""Every file the pipeline reads or writes, in one place (dvc.yaml names the same paths)."""
+
+from pathlib import Path
+
+
+def _project_root() -> Path:
+    """The folder holding dvc.yaml: DVC runs stages there, but a user may call a stage from a subfolder."""
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / "dvc.yaml").is_file():
+            return folder
+    return here
+
+
+ROOT = _project_root()
+PARAMS = ROOT / "params.yaml"
+
+RAW = ROOT / "data" / "raw"
+PREPARED = ROOT / "data" / "prepared"
+MODELS = ROOT / "models"
+METRICS = ROOT / "metrics"
+REPORTS = ROOT / "reports"
+
+MLFLOW_DB = ROOT / "mlflow.db"
+MLFLOW_ARTIFACTS = ROOT / "mlartifacts"
+
+
+def checkpoint(variant: str) -> Path:
+    return MODELS / f"{variant}.pt"
+
+
+def train_metrics(variant: str) -> Path:
+    return METRICS / "train" / f"{variant}.json"
+
+
+def curves(variant: str) -> Path:
+    """Per-epoch train and val curves, loss.csv and accuracy.csv: DVC plots."""
+    return METRICS / "curves" / variant
+
+
+def test_metrics(variant: str) -> Path:
+    return METRICS / "test" / f"{variant}.json"
+
+
+def predictions(variant: str) -> Path:
+    """One row per test image (actual, predicted class), the source of the confusion-matrix plot."""
+    return METRICS / "predictions" / f"{variant}.csv"
+
+
+def report() -> Path:
+    return REPORTS / "report.md"
