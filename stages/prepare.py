@@ -1,0 +1,25 @@
+"""prepare: split data/raw/ into stratified train/val/test and measure the training split's statistics."""
+
+from imgpipe import paths
+from imgpipe import params as P
+from imgpipe.errors import run_stage
+from imgpipe.prepare import prepare, save_prepared
+from imgpipe.sources import load_raw
+
+
+def main() -> None:
+    params = P.load()
+    with P.reported_as("data"):
+        prepared = prepare(
+            load_raw(paths.RAW),
+            val_fraction=P.get(params, "data.val_fraction"),
+            test_fraction=P.get(params, "data.test_fraction"),
+            seed=P.get(params, "data.seed"),
+        )
+    save_prepared(prepared, paths.PREPARED)
+    print(f"train {len(prepared.train)} / val {len(prepared.val)} / test {len(prepared.test)} images; "
+          f"mean {[round(m, 4) for m in prepared.mean]}, std {[round(s, 4) for s in prepared.std]}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,59 @@
+"""train: fit one variant, e.g. `python stages/train.py cnn`; dvc.yaml runs it for every train.variants entry.
+
+Writes models/<variant>.pt, metrics/curves/<variant>/ and metrics/train/<variant>.json, then
+records the run in MLflow.
+"""
+
+import sys
+
+from imgpipe import paths, tracking
+from imgpipe import params as P
+from imgpipe.checkpoint import save_checkpoint
+from imgpipe.errors import ImgpipeError, run_stage
+from imgpipe.files import write_json
+from imgpipe.models import count_parameters
+from imgpipe.prepare import load_prepared
+from imgpipe.train import train, write_curves
+
+
+def main() -> None:
+    if len(sys.argv) != 2:
+        raise ImgpipeError("usage: python stages/train.py VARIANT (one of params.yaml train.variants)")
+    name = sys.argv[1]
+    params = P.load()
+    variant = P.variant(params, name)
+    data = load_prepared(paths.PREPARED)
+    with P.reported_as(f"models.{name}"):
+        result = train(variant.model, variant.settings, data, variant.config)
+
+    save_checkpoint(paths.checkpoint(name), result.model, model_name=variant.model, model_settings=variant.settings,
+                    image_shape=data.image_shape, class_names=data.class_names, config=variant.config)
+    write_curves(paths.curves(name), result.history)
+    last = result.history[-1]
+    metrics = {
+        "val_accuracy": last["val_accuracy"],
+        "val_loss": last["val_loss"],
+        "train_accuracy": last["train_accuracy"],
+        "train_loss": last["train_loss"],
+        "parameters": count_parameters(result.model),
+        "train_seconds": round(result.seconds, 3),
+        "images_per_second": round(result.images_per_second, 1),
+        "epochs": len(result.history),
+    }
+    run_id = tracking.log_training(
+        P.get(params, "data.dataset"),
+        run_name=name,
+        params={"data": P.get(params, "data"), "train": vars(variant.config), "model": {"name": variant.model, **variant.settings}},
+        history=result.history,
+        metrics=metrics,
+        model=result.model,
+        example=data.val.images[:2],
+        tags={"imgpipe.variant": name, "imgpipe.device": result.device},
+    )
+    write_json(paths.train_metrics(name), {**metrics, "model": variant.model, "device": result.device, "mlflow_run_id": run_id})
+    print(f"{name}: val accuracy {last['val_accuracy']:.4f}, {metrics['parameters']:,} parameters, "
+          f"{result.seconds:.1f} s on {result.device} (MLflow run {run_id})")
+
+
+if __name__ == "__main__":
+    run_stage(main)
