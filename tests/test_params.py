@@ -1,0 +1,55 @@
+import pytest
+
+from imgpipe import params as P
+from imgpipe.errors import ConfigError
+
+BASE = {
+    "data": {"dataset": "digits"},
+    "train": {"variants": ["linear", "cnn", "wide"], "epochs": 5, "lr": 0.01, "device": "cpu"},
+    "models": {"linear": {}, "cnn": {"channels": [8], "epochs": 9}, "wide": {"model": "cnn", "channels": [64]}},
+}
+
+
+def test_variant_takes_train_settings_and_its_own_overrides():
+    cnn = P.variant(BASE, "cnn")
+    assert (cnn.model, cnn.settings) == ("cnn", {"channels": [8]})
+    assert (cnn.config.epochs, cnn.config.lr) == (9, 0.01)
+    assert P.variant(BASE, "linear").config.epochs == 5
+
+
+def test_variant_may_name_another_model():
+    wide = P.variant(BASE, "wide")
+    assert (wide.model, wide.settings) == ("cnn", {"channels": [64]})
+
+
+@pytest.mark.parametrize("patch, message", [
+    ({"train": {"epochs": 0}}, "params.yaml: train.epochs: must be a whole number >= 1, got 0"),
+    ({"train": {"lr": "fast"}}, "params.yaml: train.lr: must be a number > 0, got 'fast'"),
+    ({"train": {"device": "tpu"}}, "params.yaml: train.device: must be one of auto, cuda, mps, cpu, got 'tpu'"),
+    ({"train": {"epoch": 3}}, "params.yaml: train.epoch: unknown setting"),
+    ({"models": {"cnn": {"epochs": -1}}}, "params.yaml: models.cnn.epochs: must be a whole number >= 1, got -1"),
+])
+def test_bad_settings_name_their_key(patch, message):
+    params = {section: dict(values) for section, values in BASE.items()}
+    for section, values in patch.items():
+        params[section] = params[section] | values
+    with pytest.raises(ConfigError) as caught:
+        P.variant(params, "cnn")
+    assert str(caught.value).startswith(message)
+
+
+def test_a_variant_not_listed_is_refused():
+    with pytest.raises(ConfigError, match="train.variants does not list 'mlp'"):
+        P.variant(BASE, "mlp")
+
+
+def test_missing_key_is_named():
+    with pytest.raises(ConfigError, match="params.yaml: data.val_fraction is missing"):
+        P.get(BASE, "data.val_fraction")
+
+
+def test_unreadable_params_file_is_named(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match=f"{path}: not valid YAML"):
+        P.load(path)

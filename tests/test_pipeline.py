@@ -1,0 +1,122 @@
+"""The real pipeline end to end: a copy of the project, `dvc repro` with tiny settings, real MLflow."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+import yaml
+
+from imgpipe.checkpoint import load_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+VARIANTS = ["linear", "mlp", "cnn"]
+pytestmark = pytest.mark.slow
+
+
+def run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env |= {
+        # Stages run `python`: make it this interpreter, with imgpipe installed.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
+        "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
+        "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com",
+    }
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and done.returncode != 0:
+        pytest.fail(f"{' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def copy_project(target: Path) -> Path:
+    """The project's code and configuration, none of its outputs, as a fresh git repository."""
+    keep = ["dvc.yaml", "params.yaml", "stages", "src", ".dvc", ".dvcignore", ".gitignore"]
+    for name in keep:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("cache", "tmp", "__pycache__"))
+        elif source.exists():
+            shutil.copy2(source, target / name)
+    params = yaml.safe_load((target / "params.yaml").read_text())
+    params["train"]["epochs"] = 3
+    (target / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "init", "-q"], target)
+    run(["git", "add", "-A"], target)
+    run(["git", "commit", "-qm", "project"], target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = copy_project(tmp_path_factory.mktemp("project"))
+    run(["dvc", "repro"], root)
+    return root
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_every_declared_output_exists(project):
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    stages = set(lock["stages"])
+    assert {f"{stage}@{v}" for stage in ("train", "evaluate") for v in VARIANTS} | {"fetch", "prepare", "report"} == stages
+    outs = [out["path"] for stage in lock["stages"].values() for out in stage.get("outs", [])]
+    assert outs and all((project / path).exists() for path in outs), [p for p in outs if not (project / p).exists()]
+    report = (project / "reports/report.md").read_text()
+    assert all(f"| {v} |" in report for v in VARIANTS)
+
+
+def test_every_variant_beats_chance(project):
+    for variant in VARIANTS:
+        assert read_json(project / f"metrics/test/{variant}.json")["accuracy"] > 0.5  # chance: 0.1
+
+
+def test_pipeline_is_up_to_date_after_repro(project):
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], project).stdout
+    assert "Running stage" not in run(["dvc", "repro"], project).stdout
+
+
+def test_mlflow_holds_one_complete_run_per_variant(project):
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name("digits")
+    runs = {run.info.run_name: run for run in client.search_runs([experiment.experiment_id])}
+    assert sorted(runs) == sorted(VARIANTS)
+    for variant, run_ in runs.items():
+        assert run_.info.run_id == read_json(project / f"metrics/train/{variant}.json")["mlflow_run_id"]
+        assert run_.data.params["train.epochs"] == "3" and run_.data.params["data.dataset"] == "digits"
+        assert [m.step for m in client.get_metric_history(run_.info.run_id, "val_accuracy")] == [1, 2, 3]
+        assert run_.data.metrics["test_accuracy"] == pytest.approx(read_json(project / f"metrics/test/{variant}.json")["accuracy"])
+        logged = mlflow.pytorch.load_model(f"runs:/{run_.info.run_id}/model")
+        checkpoint, _ = load_checkpoint(project / f"models/{variant}.pt")
+        images = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)
+        with torch.no_grad():
+            assert torch.equal(logged(images), checkpoint(images))
+
+
+def test_bad_parameter_fails_in_one_line_and_keeps_earlier_results(project):
+    model = project / "models/cnn.pt"
+    before = model.read_bytes()
+    params = (project / "params.yaml").read_text()
+    try:
+        (project / "params.yaml").write_text(params.replace("epochs: 3", "epochs: -2"))
+        done = run([sys.executable, "stages/train.py", "cnn"], project, check=False)
+    finally:
+        (project / "params.yaml").write_text(params)
+    assert done.returncode == 1
+    assert done.stderr.strip() == "error: params.yaml: train.epochs: must be a whole number >= 1, got -2"
+    assert model.read_bytes() == before
+
+
+def test_experiment_reruns_only_what_its_parameter_affects(project):
+    done = run(["dvc", "exp", "run", "-S", "+models.linear.epochs=4", "-n", "linear-4"], project)
+    assert "Running stage 'train@linear'" in done.stdout
+    assert "Running stage 'train@cnn'" not in done.stdout and "Running stage 'train@mlp'" not in done.stdout
+    table = run(["dvc", "exp", "show", "--json"], project).stdout
+    assert "linear-4" in table

@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+
+from imgpipe.errors import ImgpipeError, InvalidSetting
+from imgpipe.imageset import ImageSet
+from imgpipe.prepare import channel_stats, load_prepared, prepare, save_prepared
+from imgpipe.sources import digits
+
+from conftest import random_images
+
+
+def test_digits_source_spreads_its_17_levels_over_uint8():
+    train = digits()["train"]
+    assert train.images.shape == (1797, 1, 8, 8) and train.images.dtype == np.uint8
+    assert train.images.max() == 255 and len(np.unique(train.images)) == 17
+    assert train.class_names == tuple("0123456789")
+
+
+def test_splits_are_disjoint_stratified_and_complete(digits_prepared):
+    splits = [digits_prepared.train, digits_prepared.val, digits_prepared.test]
+    assert sum(len(s) for s in splits) == 1797
+    total = np.bincount(digits().get("train").labels)
+    for split in splits:
+        share = len(split) / 1797
+        counts = np.bincount(split.labels, minlength=10)
+        # Every class is represented in proportion, within one image of rounding.
+        assert np.all(np.abs(counts - total * share) <= 1.5), counts
+    # No image is in two splits: rows of all splits together are as unique as the source.
+    rows = np.concatenate([s.images.reshape(len(s), -1) for s in splits])
+    source = digits()["train"].images.reshape(1797, -1)
+    assert len(np.unique(rows, axis=0)) == len(np.unique(source, axis=0))
+
+
+def test_split_is_reproducible_and_follows_the_seed():
+    raw = digits()
+    a, b = prepare(raw, 0.15, 0.2, seed=0), prepare(raw, 0.15, 0.2, seed=0)
+    c = prepare(raw, 0.15, 0.2, seed=1)
+    assert np.array_equal(a.test.images, b.test.images)
+    assert not np.array_equal(a.test.images, c.test.images)
+
+
+def test_statistics_come_from_the_training_split_only():
+    images, labels = random_images(400, (3, 4, 4), classes=4)
+    test_images, test_labels = random_images(100, (3, 4, 4), classes=4, seed=1)
+    test_images[:] = 255  # a test split far from the training data must not move the statistics
+    raw = {"train": ImageSet(images, labels, ("a", "b", "c", "d")),
+           "test": ImageSet(test_images, test_labels, ("a", "b", "c", "d"))}
+    prepared = prepare(raw, val_fraction=0.25, test_fraction=0.2, seed=0)
+    assert len(prepared.test) == 100  # the source's own test split is kept whole
+    train = prepared.train.images.astype(np.float64) / 255
+    np.testing.assert_allclose(prepared.mean, train.mean(axis=(0, 2, 3)), atol=1e-12)
+    np.testing.assert_allclose(prepared.std, train.std(axis=(0, 2, 3)), atol=1e-12)
+
+
+def test_channel_stats_match_numpy_per_channel():
+    images, _ = random_images(50, (3, 5, 7), classes=2)
+    images[:, 1] //= 4  # give each channel its own distribution
+    mean, std = channel_stats(images)
+    as_float = images.astype(np.float64) / 255
+    np.testing.assert_allclose(mean, as_float.mean(axis=(0, 2, 3)), atol=1e-12)
+    np.testing.assert_allclose(std, as_float.std(axis=(0, 2, 3)), atol=1e-12)
+
+
+def test_prepared_data_round_trips_through_files(tmp_path, digits_prepared):
+    save_prepared(digits_prepared, tmp_path / "prepared")
+    loaded = load_prepared(tmp_path / "prepared")
+    assert loaded.class_names == digits_prepared.class_names
+    assert loaded.mean == digits_prepared.mean and loaded.std == digits_prepared.std
+    for split in ("train", "val", "test"):
+        assert np.array_equal(getattr(loaded, split).images, getattr(digits_prepared, split).images)
+        assert np.array_equal(getattr(loaded, split).labels, getattr(digits_prepared, split).labels)
+    assert loaded.train.images.dtype == np.uint8
+
+
+def test_bad_fraction_names_the_setting():
+    with pytest.raises(InvalidSetting, match="val_fraction: must be a fraction between 0 and 1, got 1.5"):
+        prepare(digits(), val_fraction=1.5, test_fraction=0.2, seed=0)
+
+
+def test_missing_prepared_data_says_which_file(tmp_path):
+    with pytest.raises(ImgpipeError, match=r"stats.json: not found; run the stage that writes it"):
+        load_prepared(tmp_path)
