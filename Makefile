@@ -24,4 +24,4 @@ $(VENV)/.installed: pyproject.toml
 
 # Removes every pipeline output and the MLflow store; the next `make run` rebuilds them.
 clean:
-	rm -rf data models mlflow.db mlartifacts dvc_plots
+	rm -rf data models mlflow.db mlruns dvc_plots

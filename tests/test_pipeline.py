@@ -92,6 +92,8 @@ def test_mlflow_holds_one_complete_run_per_variant(project):
         assert run_.info.run_id == read_json(project / f"metrics/train/{variant}.json")["mlflow_run_id"]
         assert run_.data.params["train.epochs"] == "3" and run_.data.params["data.dataset"] == "digits"
         assert [m.step for m in client.get_metric_history(run_.info.run_id, "val_accuracy")] == [1, 2, 3]
+        assert run_.info.artifact_uri.startswith((project / "mlruns").as_uri())
+        assert [a.path for a in client.list_artifacts(run_.info.run_id)] == [f"{variant}.csv"]
         assert run_.data.metrics["test_accuracy"] == pytest.approx(read_json(project / f"metrics/test/{variant}.json")["accuracy"])
         logged = mlflow.pytorch.load_model(f"runs:/{run_.info.run_id}/model")
         checkpoint, _ = load_checkpoint(project / f"models/{variant}.pt")

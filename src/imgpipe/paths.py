@@ -22,7 +22,7 @@ METRICS = ROOT / "metrics"
 REPORTS = ROOT / "reports"
 
 MLFLOW_DB = ROOT / "mlflow.db"
-MLFLOW_ARTIFACTS = ROOT / "mlartifacts"
+MLFLOW_ARTIFACTS = ROOT / "mlruns"  # MLflow's own default name, beside the store
 
 
 def checkpoint(variant: str) -> Path:

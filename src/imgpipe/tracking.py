@@ -1,6 +1,6 @@
 """MLflow tracking: one run per variant holding its params, per-epoch curves, test metrics and model.
 
-Runs go to the embedded store at the project root (sqlite:///mlflow.db, artifacts in mlartifacts/),
+Runs go to the embedded store at the project root (sqlite:///mlflow.db, artifacts in mlruns/),
 which `mlflow ui` opens from there, unless MLFLOW_TRACKING_URI names another store or a server.
 """
 
@@ -18,8 +18,11 @@ import imgpipe
 from imgpipe import paths
 
 
+EMBEDDED_STORE = f"sqlite:///{paths.MLFLOW_DB}"
+
+
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{paths.MLFLOW_DB}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or EMBEDDED_STORE
 
 
 def _client():
@@ -31,8 +34,8 @@ def _experiment_id(client, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    # Keep artifacts beside the embedded store rather than in whatever folder the stage ran from.
-    location = None if "MLFLOW_TRACKING_URI" in os.environ else paths.MLFLOW_ARTIFACTS.as_uri()
+    # Keep artifacts beside the embedded store, not in whatever folder the stage was started from.
+    location = paths.MLFLOW_ARTIFACTS.as_uri() if tracking_uri() == EMBEDDED_STORE else None
     return client.create_experiment(name, artifact_location=location)
 
 
