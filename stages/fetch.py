@@ -1,6 +1,4 @@
-"""fetch: write the raw dataset named by params.yaml `data.dataset` to data/raw/, once."""
-
-from pathlib import Path
+"""fetch: read the dataset named by params.yaml `data.dataset` into data/raw/ (uint8 images per split)."""
 
 from imgpipe import paths
 from imgpipe import params as P
@@ -9,12 +7,13 @@ from imgpipe.sources import fetch, save_raw
 
 
 def main() -> None:
-    params = P.load()
-    path = P.get(params, "data.path", None)
+    config = P.data_config(P.load())
     with P.reported_as("data"):
-        splits = fetch(P.get(params, "data.dataset"), paths.ROOT / Path(path) if path else None)
+        splits = fetch(config)
     save_raw(splits, paths.RAW)
-    print(", ".join(f"{split}: {len(images)} images" for split, images in splits.items()), "->", paths.RAW)
+    shape = "x".join(map(str, splits["train"].image_shape))
+    print(f"{config.dataset}: " + ", ".join(f"{split} {len(images)} images" for split, images in splits.items())
+          + f" of {shape} (C x H x W), {len(splits['train'].class_names)} classes -> {paths.RAW.relative_to(paths.ROOT)}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
-"""prepare: split data/raw/ into stratified train/val/test and measure the training split's statistics."""
+"""prepare: select classes, split data/raw/ into stratified train/val/test, measure the training
+split's statistics, and write the data card."""
 
 from imgpipe import paths
 from imgpipe import params as P
 from imgpipe.errors import run_stage
-from imgpipe.prepare import prepare, save_prepared
+from imgpipe.files import write_json
+from imgpipe.prepare import data_card, prepare, save_prepared
 from imgpipe.sources import load_raw
 
 
@@ -15,10 +17,15 @@ def main() -> None:
             val_fraction=P.get(params, "data.val_fraction"),
             test_fraction=P.get(params, "data.test_fraction"),
             seed=P.get(params, "data.seed"),
+            classes=P.get(params, "data.classes", None),
         )
+    card = data_card(prepared)
     save_prepared(prepared, paths.PREPARED)
+    write_json(paths.DATA_CARD, card)
     print(f"train {len(prepared.train)} / val {len(prepared.val)} / test {len(prepared.test)} images; "
           f"mean {[round(m, 4) for m in prepared.mean]}, std {[round(s, 4) for s in prepared.std]}")
+    for warning in card["flagged"]:
+        print(f"warning: {warning}")
 
 
 if __name__ == "__main__":

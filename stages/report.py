@@ -13,8 +13,8 @@ def main() -> None:
         name: {"train": read_json(paths.train_metrics(name)), "test": read_json(paths.test_metrics(name))}
         for name in P.get(params, "train.variants")
     }
-    stats = read_json(paths.PREPARED / "stats.json")
-    write_text(paths.report(), render(P.get(params, "data.dataset"), stats, results))
+    card = read_json(paths.DATA_CARD)
+    write_text(paths.report(), render(P.get(params, "data.dataset"), card, results))
     print(f"wrote {paths.report().relative_to(paths.ROOT)}")
 
 

@@ -3,12 +3,13 @@ import pytest
 
 from imgpipe.prepare import prepare
 from imgpipe.sources import digits
+from imgpipe.config import DataConfig
 
 
 @pytest.fixture(scope="session")
 def digits_prepared():
     """The real default dataset, prepared as the pipeline prepares it."""
-    return prepare(digits(), val_fraction=0.15, test_fraction=0.2, seed=0)
+    return prepare(digits(DataConfig()), val_fraction=0.15, test_fraction=0.2, seed=0)
 
 
 def random_images(n: int, shape: tuple[int, int, int], classes: int, seed: int = 0):

@@ -53,3 +53,15 @@ def test_unreadable_params_file_is_named(tmp_path):
     path.write_text("train: [unclosed\n")
     with pytest.raises(ConfigError, match=f"{path}: not valid YAML"):
         P.load(path)
+
+
+def test_data_config_resolves_local_paths_and_refuses_unknown_keys():
+    from imgpipe import paths
+
+    config = P.data_config({"data": {"dataset": "csv", "path": "signs/train.csv", "image_size": [28, 28],
+                                     "classes": [0, 1], "val_fraction": 0.1}})
+    assert config.path == paths.ROOT / "signs/train.csv" and config.image_size == (28, 28)
+    with pytest.raises(ConfigError, match="params.yaml: data.label: unknown setting; valid: dataset, path"):
+        P.data_config({"data": {"dataset": "csv", "label": "y"}})
+    with pytest.raises(ConfigError, match=r"params.yaml: data.channels: must be 1, 3 or null, got 4"):
+        P.data_config({"data": {"dataset": "imagefolder", "channels": 4}})

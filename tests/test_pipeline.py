@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -58,6 +59,22 @@ def project(tmp_path_factory):
     return root
 
 
+@contextmanager
+def edited_params(project: Path, **changes):
+    """params.yaml with some `section__key=value` changes for the duration of the block."""
+    path = project / "params.yaml"
+    original = path.read_text()
+    params = yaml.safe_load(original)
+    for key, value in changes.items():
+        section, name = key.split("__")
+        params[section][name] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        yield
+    finally:
+        path.write_text(original)
+
+
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
@@ -105,12 +122,8 @@ def test_mlflow_holds_one_complete_run_per_variant(project):
 def test_bad_parameter_fails_in_one_line_and_keeps_earlier_results(project):
     model = project / "models/cnn.pt"
     before = model.read_bytes()
-    params = (project / "params.yaml").read_text()
-    try:
-        (project / "params.yaml").write_text(params.replace("epochs: 3", "epochs: -2"))
+    with edited_params(project, train__epochs=-2):
         done = run([sys.executable, "stages/train.py", "cnn"], project, check=False)
-    finally:
-        (project / "params.yaml").write_text(params)
     assert done.returncode == 1
     assert done.stderr.strip() == "error: params.yaml: train.epochs: must be a whole number >= 1, got -2"
     assert model.read_bytes() == before
@@ -122,3 +135,15 @@ def test_experiment_reruns_only_what_its_parameter_affects(project):
     assert "Running stage 'train@cnn'" not in done.stdout and "Running stage 'train@mlp'" not in done.stdout
     table = run(["dvc", "exp", "show", "--json"], project).stdout
     assert "linear-4" in table
+
+
+def test_bad_input_file_fails_in_one_line_and_keeps_earlier_data(project, tmp_path):
+    raw = project / "data/raw/train.npz"
+    before = raw.read_bytes()
+    bad = tmp_path / "signs.csv"
+    bad.write_text("label,pixel1,pixel2,pixel3,pixel4\n1,0,255,3,4\n2,0,12,x,4\n")
+    with edited_params(project, data__dataset="csv", data__path=str(bad)):
+        done = run([sys.executable, "stages/fetch.py"], project, check=False)
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"error: {bad} line 3, column 'pixel3': 'x' is not a number"
+    assert raw.read_bytes() == before and sorted(p.name for p in (project / "data").iterdir()) == ["prepared", "raw"]

@@ -3,10 +3,15 @@ import pytest
 
 from imgpipe.errors import ImgpipeError, InvalidSetting
 from imgpipe.imageset import ImageSet
-from imgpipe.prepare import channel_stats, load_prepared, prepare, save_prepared
-from imgpipe.sources import digits
+from imgpipe.prepare import channel_stats, data_card, load_prepared, prepare, save_prepared
+from imgpipe.sources import digits as digits_source
+from imgpipe.config import DataConfig
 
 from conftest import random_images
+
+
+def digits():
+    return digits_source(DataConfig())
 
 
 def test_digits_source_spreads_its_17_levels_over_uint8():
@@ -80,3 +85,42 @@ def test_bad_fraction_names_the_setting():
 def test_missing_prepared_data_says_which_file(tmp_path):
     with pytest.raises(ImgpipeError, match=r"stats.json: not found; run the stage that writes it"):
         load_prepared(tmp_path)
+
+
+def test_class_subset_by_index_or_name_is_relabelled_in_order():
+    raw = digits()
+    by_index = prepare(raw, 0.15, 0.2, seed=0, classes=[7, 3])
+    by_name = prepare(raw, 0.15, 0.2, seed=0, classes=["7", "3"])
+    assert by_index.class_names == ("7", "3") == by_name.class_names
+    assert np.array_equal(by_index.train.images, by_name.train.images)
+    source = raw["train"]
+    sevens = source.images[source.labels == 7]
+    kept = np.concatenate([by_index.train.images, by_index.val.images, by_index.test.images])
+    labels = np.concatenate([by_index.train.labels, by_index.val.labels, by_index.test.labels])
+    assert len(kept) == np.isin(source.labels, [3, 7]).sum()
+    assert sorted(map(bytes, kept[labels == 0])) == sorted(map(bytes, sevens))
+
+
+@pytest.mark.parametrize("classes, message", [
+    ([3, 12], "classes: class index 12 is out of range 0..9"),
+    (["3", "seven"], "classes: unknown class 'seven'; the classes are: 0, 1, 2"),
+    ([3], "classes: must list at least two classes"),
+    ([3, "3"], "classes: lists a class twice"),
+])
+def test_bad_class_subsets_are_named(classes, message):
+    with pytest.raises(InvalidSetting, match=message):
+        prepare(digits(), 0.15, 0.2, seed=0, classes=classes)
+
+
+def test_data_card_counts_every_split_and_flags_thin_classes():
+    images, labels = random_images(200, (1, 4, 4), classes=2)
+    labels[:8] = 2  # a third class with 8 images: about one in val and two in test
+    raw = {"train": ImageSet(images, labels, ("a", "b", "rare"))}
+    prepared = prepare(raw, 0.15, 0.2, seed=0)
+    card = data_card(prepared)
+    assert card["image_size"] == [4, 4] and card["channels"] == 1
+    for split in ("train", "val", "test"):
+        assert card["splits"][split]["per_class"] == getattr(prepared, split).class_counts()
+        assert card["splits"][split]["images"] == len(getattr(prepared, split))
+    assert any(flag.startswith("val: class 'rare' has only") for flag in card["flagged"])
+    assert not any("'a'" in flag for flag in card["flagged"])

@@ -6,7 +6,8 @@ from sklearn.metrics import accuracy_score, confusion_matrix as sk_confusion_mat
 from imgpipe.checkpoint import load_checkpoint, save_checkpoint
 from imgpipe.errors import ImgpipeError
 from imgpipe.evaluate import evaluate
-from imgpipe.train import TrainConfig, train
+from imgpipe.config import TrainConfig
+from imgpipe.train import train
 
 FAST = TrainConfig(epochs=3, batch_size=64, lr=0.01, device="cpu")
 

@@ -12,7 +12,7 @@ import torch
 from imgpipe.errors import ImgpipeError
 from imgpipe.files import atomic_path
 from imgpipe.models import Classifier, build_model
-from imgpipe.train import TrainConfig
+from imgpipe.config import TrainConfig
 
 FORMAT = "imgpipe-checkpoint/1"
 

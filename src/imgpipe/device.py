@@ -2,9 +2,8 @@
 
 import torch
 
+from imgpipe.config import DEVICES
 from imgpipe.errors import require
-
-DEVICES = ("auto", "cuda", "mps", "cpu")
 
 
 def available(kind: str) -> bool:

@@ -11,11 +11,12 @@ from pathlib import Path
 import yaml
 
 from imgpipe import paths
-from imgpipe.device import pick_device
+from imgpipe.config import DataConfig, TrainConfig
 from imgpipe.errors import ConfigError, InvalidSetting
-from imgpipe.train import TrainConfig
 
 TRAIN_SETTINGS = tuple(f.name for f in fields(TrainConfig))
+SOURCE_SETTINGS = tuple(f.name for f in fields(DataConfig))
+PREPARE_SETTINGS = ("classes", "val_fraction", "test_fraction", "seed")
 
 
 def load(path: Path = paths.PARAMS) -> dict:
@@ -77,8 +78,35 @@ def variant(params: dict, name: str) -> Variant:
         TrainConfig(**base)  # train: must be valid even where a variant overrides it
     try:
         config = TrainConfig(**base | overrides)
+        from imgpipe.device import pick_device  # here: torch is slow to import, and only train needs this
+
         pick_device(config.device)  # fail now, naming the key, if the device asked for is absent
     except InvalidSetting as error:
         section = f"models.{name}" if error.name in overrides else "train"
         raise ConfigError(f"params.yaml: {section}.{error.name}: {error.reason}") from None
     return Variant(name, model, spec, config)
+
+
+def _local(value: str | None) -> Path | None:
+    """A path from params.yaml, relative to the project root."""
+    return None if value is None else paths.ROOT / Path(str(value)).expanduser()
+
+
+def data_config(params: dict) -> DataConfig:
+    """The source settings of `data:`; unknown keys fail listing the valid ones."""
+    section = dict(get(params, "data"))
+    for key in section:
+        if key not in (*SOURCE_SETTINGS, *PREPARE_SETTINGS):
+            raise ConfigError(f"params.yaml: data.{key}: unknown setting; valid: {', '.join(SOURCE_SETTINGS + PREPARE_SETTINGS)}")
+    settings = {key: section[key] for key in SOURCE_SETTINGS if section.get(key) is not None}
+    for key in ("path", "test_path"):
+        if key in settings:
+            settings[key] = _local(settings[key])
+    mirror = settings.get("mirror")
+    if mirror is not None and "://" not in str(mirror):
+        settings["mirror"] = str(_local(mirror))
+    for key in ("image_size", "background", "class_names"):
+        if isinstance(settings.get(key), list):
+            settings[key] = tuple(settings[key])
+    with reported_as("data"):
+        return DataConfig(**settings)

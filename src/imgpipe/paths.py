@@ -15,10 +15,12 @@ def _project_root() -> Path:
 ROOT = _project_root()
 PARAMS = ROOT / "params.yaml"
 
+DOWNLOADS = ROOT / "data" / "downloads"  # kept across fetch runs: not a DVC output
 RAW = ROOT / "data" / "raw"
 PREPARED = ROOT / "data" / "prepared"
 MODELS = ROOT / "models"
 METRICS = ROOT / "metrics"
+DATA_CARD = METRICS / "data_card.json"
 REPORTS = ROOT / "reports"
 
 MLFLOW_DB = ROOT / "mlflow.db"

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from imgpipe import imageset
 from imgpipe.errors import ImgpipeError, require
@@ -37,6 +36,8 @@ class Prepared:
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (kept, held out) with `fraction` of every class held out, reproducibly."""
+    from sklearn.model_selection import train_test_split  # here: stages that only load splits skip its import
+
     indices = np.arange(len(labels))
     try:
         kept, held = train_test_split(indices, test_size=fraction, stratify=labels, random_state=seed)
@@ -61,18 +62,49 @@ def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, .
     return tuple(means), tuple(stds)
 
 
-def prepare(raw: dict[str, ImageSet], val_fraction: float, test_fraction: float, seed: int) -> Prepared:
-    """Carve val (and test, where the source has none) from the training data, stratified by class."""
+def select_classes(raw: dict[str, ImageSet], classes: list[int | str]) -> dict[str, ImageSet]:
+    """Keep only the listed classes (by index or name), relabelled 0..k-1 in the order listed."""
+    names = raw["train"].class_names
+    require(isinstance(classes, list) and len(classes) >= 2, "classes", f"must list at least two classes, got {classes!r}")
+    indices = []
+    for entry in classes:
+        if isinstance(entry, int) and not isinstance(entry, bool):
+            require(0 <= entry < len(names), "classes", f"class index {entry} is out of range 0..{len(names) - 1}")
+            indices.append(entry)
+        else:
+            require(str(entry) in names, "classes", f"unknown class {entry!r}; the classes are: {', '.join(names)}")
+            indices.append(names.index(str(entry)))
+    require(len(set(indices)) == len(indices), "classes", f"lists a class twice: {classes!r}")
+    relabel = np.full(len(names), -1, dtype=np.int64)
+    relabel[indices] = np.arange(len(indices))
+    kept_names = tuple(names[i] for i in indices)
+    subsets = {}
+    for split, images in raw.items():
+        keep = np.flatnonzero(relabel[images.labels] >= 0)
+        subsets[split] = ImageSet(images.images[keep], relabel[images.labels[keep]], kept_names)
+    return subsets
+
+
+def prepare(raw: dict[str, ImageSet], val_fraction: float, test_fraction: float, seed: int,
+            classes: list[int | str] | None = None) -> Prepared:
+    """Carve val and test from the training data where the source has none, stratified by class."""
     for name, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         require(isinstance(fraction, float) and 0 < fraction < 1, name, f"must be a fraction between 0 and 1, got {fraction!r}")
     require(isinstance(seed, int), "seed", f"must be a whole number, got {seed!r}")
-    pool = raw["train"]
-    test = raw.get("test")
+    if classes is not None:
+        raw = select_classes(raw, classes)
+    # Class-major order, stable within a class: the split then depends on each class's images in
+    # source order only, so an image folder (listed class by class) splits exactly like the IDX or
+    # CSV files it was exported from.
+    raw = {split: images.subset(np.argsort(images.labels, kind="stable")) for split, images in raw.items()}
+    pool, val, test = raw["train"], raw.get("val"), raw.get("test")
     if test is None:
         kept, held = stratified_split(pool.labels, test_fraction, seed)
         pool, test = pool.subset(kept), pool.subset(held)
-    kept, held = stratified_split(pool.labels, val_fraction, seed)
-    train, val = pool.subset(kept), pool.subset(held)
+    if val is None:
+        kept, held = stratified_split(pool.labels, val_fraction, seed)
+        pool, val = pool.subset(kept), pool.subset(held)
+    train = pool
     mean, std = channel_stats(train.images)
     return Prepared(train, val, test, mean, std)
 
@@ -96,3 +128,27 @@ def load_prepared(folder: Path) -> Prepared:
     stats = read_json(folder / "stats.json")
     splits = {split: imageset.load(folder / f"{split}.npz") for split in SPLITS}
     return Prepared(**splits, mean=tuple(stats["mean"]), std=tuple(stats["std"]))
+
+
+FEW_EXAMPLES = 5  # a class with fewer images than this in a split is flagged on the data card
+
+
+def data_card(prepared: Prepared) -> dict:
+    """Per split the images per class, plus image size, channels and statistics; thin classes flagged."""
+    channels, height, width = prepared.image_shape
+    splits = {split: getattr(prepared, split) for split in SPLITS}
+    flagged = [
+        f"{split}: class {name!r} has only {count} image{'s' if count != 1 else ''}"
+        for split, images in splits.items()
+        for name, count in images.class_counts().items()
+        if count < FEW_EXAMPLES
+    ]
+    return {
+        "classes": list(prepared.class_names),
+        "image_size": [height, width],
+        "channels": channels,
+        "mean": list(prepared.mean),
+        "std": list(prepared.std),
+        "splits": {split: {"images": len(images), "per_class": images.class_counts()} for split, images in splits.items()},
+        "flagged": flagged,
+    }

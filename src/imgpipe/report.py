@@ -30,26 +30,43 @@ def comparison_table(results: dict[str, dict[str, dict]]) -> str:
     return "\n".join(lines)
 
 
-def render(dataset: str, stats: dict, results: dict[str, dict[str, dict]]) -> str:
-    mean = ", ".join(f"{m:.4f}" for m in stats["mean"])
-    std = ", ".join(f"{s:.4f}" for s in stats["std"])
-    channels, height, width = stats["image_shape"]
-    counts = stats["counts"]
+def data_card_section(card: dict) -> str:
+    """The dataset at a glance: size, statistics, and images per class in each split."""
+    height, width = card["image_size"]
+    channels = card["channels"]
+    mean = ", ".join(f"{m:.4f}" for m in card["mean"])
+    std = ", ".join(f"{s:.4f}" for s in card["std"])
+    splits = card["splits"]
+    lines = [
+        f"{len(card['classes'])} classes, {height}x{width} images with {channels} channel{'s' if channels > 1 else ''}; "
+        + " / ".join(f"{info['images']} {split}" for split, info in splits.items())
+        + f" images. Normalization (train split): mean {mean}, std {std}.",
+        "",
+        "| class | " + " | ".join(splits) + " |",
+        "|---|" + "---:|" * len(splits),
+    ]
+    for name in card["classes"]:
+        lines.append(f"| {name} | " + " | ".join(str(info["per_class"][name]) for info in splits.values()) + " |")
+    lines += [""] + [f"> **Warning:** {flag}." for flag in card["flagged"]]
+    return "\n".join(lines)
+
+
+def render(dataset: str, card: dict, results: dict[str, dict[str, dict]]) -> str:
     best = max(results, key=lambda v: results[v]["test"]["accuracy"])
+    devices = ", ".join(sorted({r["train"]["device"] for r in results.values()}))
     return "\n".join([
         f"# imgpipe report: {dataset}",
-        "",
-        f"{len(stats['class_names'])} classes ({', '.join(stats['class_names'])}), "
-        f"{height}x{width} images with {channels} channel{'s' if channels > 1 else ''}; "
-        f"{counts['train']} train / {counts['val']} val / {counts['test']} test images. "
-        f"Normalization (train split): mean {mean}, std {std}.",
         "",
         "## Variants",
         "",
         comparison_table(results),
         "",
-        f"Best on the {counts['test']} test images: **{best}** ({results[best]['test']['accuracy']:.4f}); "
-        "bold marks the best value of each column. Training ran on "
-        + ", ".join(sorted({r["train"]["device"] for r in results.values()})) + ".",
+        f"Best on the {card['splits']['test']['images']} test images: **{best}** "
+        f"({results[best]['test']['accuracy']:.4f}); bold marks the best value of each column. "
+        f"Training ran on {devices}.",
+        "",
+        "## Data",
+        "",
+        data_card_section(card),
         "",
     ])

@@ -11,40 +11,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from imgpipe.device import DEVICES, pick_device
-from imgpipe.errors import require
+from imgpipe.config import TrainConfig
+from imgpipe.device import pick_device
 from imgpipe.evaluate import predict_logits, score
 from imgpipe.files import atomic_path
 from imgpipe.models import Classifier, build_model
 from imgpipe.prepare import Prepared
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """How to train one variant: params.yaml `train:`, each key overridable under `models.<variant>`."""
-
-    epochs: int = 30  # passes over the training split
-    batch_size: int = 64  # images per optimizer step
-    lr: float = 1e-3  # Adam learning rate
-    weight_decay: float = 0.0  # Adam's L2 penalty on the weights
-    seed: int = 0  # seeds weight initialization and batch order
-    device: str = "auto"  # auto (cuda, else mps, else cpu), cuda, mps or cpu
-
-    def __post_init__(self):
-        require(_is_int(self.epochs) and self.epochs >= 1, "epochs", f"must be a whole number >= 1, got {self.epochs!r}")
-        require(_is_int(self.batch_size) and self.batch_size >= 1, "batch_size", f"must be a whole number >= 1, got {self.batch_size!r}")
-        require(_is_number(self.lr) and self.lr > 0, "lr", f"must be a number > 0, got {self.lr!r}")
-        require(_is_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", f"must be a number >= 0, got {self.weight_decay!r}")
-        require(_is_int(self.seed), "seed", f"must be a whole number, got {self.seed!r}")
-        require(self.device in DEVICES, "device", f"must be one of {', '.join(DEVICES)}, got {self.device!r}")
 
 
 @dataclass

@@ -1,0 +1,32 @@
+"""The real MNIST test set through IDX, CSV and image-folder copies: the same prepared tensors."""
+
+import numpy as np
+import pytest
+
+from imgpipe.prepare import prepare
+from imgpipe.sources import fetch
+from imgpipe.config import DataConfig
+
+from datafiles import MNIST_T10K, write_csv, write_image_folder
+
+pytestmark = pytest.mark.skipif(not MNIST_T10K.is_dir(), reason="../shared/datasets/mnist-t10k is absent")
+
+
+def test_idx_csv_and_image_folder_prepare_identically(tmp_path):
+    from_idx = fetch(DataConfig(dataset="idx", path=MNIST_T10K))["train"]
+    write_csv(tmp_path / "mnist.csv", from_idx.images, from_idx.labels)
+    write_image_folder(tmp_path / "png", from_idx.images, from_idx.labels, from_idx.class_names)
+    sources = {
+        "idx": {"train": from_idx},
+        "csv": fetch(DataConfig(dataset="csv", path=tmp_path / "mnist.csv")),
+        "imagefolder": fetch(DataConfig(dataset="imagefolder", path=tmp_path / "png")),
+    }
+    prepared = {name: prepare(raw, val_fraction=0.1, test_fraction=0.2, seed=0) for name, raw in sources.items()}
+    reference = prepared["idx"]
+    assert (len(reference.train), len(reference.test)) == (7200, 2000)
+    for name, other in prepared.items():
+        assert other.class_names == reference.class_names, name
+        assert other.mean == reference.mean and other.std == reference.std, name
+        for split in ("train", "val", "test"):
+            assert np.array_equal(getattr(other, split).images, getattr(reference, split).images), (name, split)
+            assert np.array_equal(getattr(other, split).labels, getattr(reference, split).labels), (name, split)

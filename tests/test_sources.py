@@ -1,0 +1,252 @@
+"""Every source kind on real-format files built here, and each kind of bad input refused by name."""
+
+import hashlib
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgpipe import paths
+from imgpipe.errors import ImgpipeError, InvalidSetting
+from imgpipe.prepare import prepare
+from imgpipe.sources import fetch
+from imgpipe.config import DataConfig
+from imgpipe.sources.idx import read_idx, write_idx
+
+from datafiles import MNIST_T10K, small_digits, write_csv, write_image_folder
+
+
+# --- idx -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_idx_folder_reads_train_and_test_pairs(tmp_path, suffix):
+    images, labels = small_digits(30, size=6)
+    write_idx(tmp_path / f"train-images-idx3-ubyte{suffix}", images[:20, 0])
+    write_idx(tmp_path / f"train-labels-idx1-ubyte{suffix}", labels[:20])
+    write_idx(tmp_path / f"t10k-images-idx3-ubyte{suffix}", images[20:, 0])
+    write_idx(tmp_path / f"t10k-labels-idx1-ubyte{suffix}", labels[20:])
+    splits = fetch(DataConfig(dataset="idx", path=tmp_path))
+    assert np.array_equal(splits["train"].images, images[:20]) and np.array_equal(splits["test"].labels, labels[20:])
+    assert splits["train"].class_names == ("0", "1", "2", "3")
+
+
+def test_idx_counts_that_disagree_are_refused(tmp_path):
+    images, labels = small_digits(10)
+    write_idx(tmp_path / "train-images-idx3-ubyte", images[:, 0])
+    write_idx(tmp_path / "train-labels-idx1-ubyte", labels[:9])
+    with pytest.raises(ImgpipeError, match=r"train-labels-idx1-ubyte: holds 9 labels but train-images-idx3-ubyte holds 10 images"):
+        fetch(DataConfig(dataset="idx", path=tmp_path))
+
+
+def test_truncated_idx_file_is_refused(tmp_path):
+    path = write_idx(tmp_path / "train-images-idx3-ubyte", small_digits(10)[0][:, 0])
+    path.write_bytes(path.read_bytes()[:-7])
+    with pytest.raises(ImgpipeError, match=r"train-images-idx3-ubyte: header promises \(10, 8, 8\) values"):
+        read_idx(path)
+
+
+@pytest.mark.skipif(not MNIST_T10K.is_dir(), reason="../shared/datasets/mnist-t10k is absent")
+def test_real_mnist_test_set_reads_as_documented():
+    splits = fetch(DataConfig(dataset="idx", path=MNIST_T10K))
+    train = splits["train"]
+    assert train.images.shape == (10000, 1, 28, 28)
+    assert list(train.class_counts().values()) == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+# --- csv -------------------------------------------------------------------------------------------
+
+def test_csv_with_gapped_labels_maps_them_to_named_classes(tmp_path):
+    images, labels = small_digits(24, size=4)
+    letters = np.array([0, 1, 10, 24])[labels]  # A, B, K, Y: the gaps of Sign Language MNIST
+    write_csv(tmp_path / "train.csv", images, letters)
+    write_csv(tmp_path / "test.csv", images[:8], letters[:8])
+    config = DataConfig(dataset="csv", path=tmp_path / "train.csv", test_path=tmp_path / "test.csv",
+                        class_names=("A", "B", "K", "Y"))
+    splits = fetch(config)
+    assert splits["train"].class_names == ("A", "B", "K", "Y")
+    assert np.array_equal(splits["train"].labels, labels) and np.array_equal(splits["train"].images, images)
+    assert len(splits["test"]) == 8
+
+
+def test_csv_colour_layout_from_params(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, 3, 2, 5), dtype=np.uint8)
+    write_csv(tmp_path / "rgb.csv", images, [0, 1] * 3)
+    splits = fetch(DataConfig(dataset="csv", path=tmp_path / "rgb.csv", image_size=(2, 5), channels=3))
+    assert np.array_equal(splits["train"].images, images)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda lines: lines.__setitem__(3, lines[3].split(",", 1)[0] + ",abc," + lines[3].split(",", 2)[2]),
+     r"bad.csv line 4, column 'pixel1': 'abc' is not a number"),
+    (lambda lines: lines.__setitem__(2, lines[2] + ",7"), r"bad.csv line 3: 18 columns where the header has 17"),
+    (lambda lines: lines.__setitem__(5, lines[5].rsplit(",", 1)[0]), r"bad.csv line 6: no value in column 'pixel16'"),
+    (lambda lines: lines.__setitem__(4, lines[4].rsplit(",", 1)[0] + ",300"), r"bad.csv line 5, column 'pixel16': 300 is not a pixel value"),
+    (lambda lines: lines.__setitem__(0, lines[0].replace("label", "letter")), r"bad.csv: no label column 'label' \(columns: letter, pixel1"),
+])
+def test_bad_csv_cells_are_named_by_line_and_column(tmp_path, edit, message):
+    images, labels = small_digits(8, size=4)
+    path = write_csv(tmp_path / "bad.csv", images, labels)
+    lines = path.read_text().splitlines()
+    edit(lines)
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ImgpipeError, match=message):
+        fetch(DataConfig(dataset="csv", path=path))
+
+
+def test_csv_that_is_not_square_asks_for_the_size(tmp_path):
+    path = write_csv(tmp_path / "odd.csv", np.zeros((2, 1, 2, 3), np.uint8), [0, 1])
+    with pytest.raises(ImgpipeError, match="6 pixel columns are not a square image.*set data.image_size"):
+        fetch(DataConfig(dataset="csv", path=path))
+
+
+# --- imagefolder -----------------------------------------------------------------------------------
+
+def _logo_folder(root):
+    """Arsenal/Liverpool-style: RGBA PNGs, a palette PNG with transparency, a JPEG, a 16-bit PNG."""
+    (root / "arsenal").mkdir(parents=True)
+    (root / "liverpool").mkdir()
+    rgba = np.zeros((10, 10, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[:5, :, 3] = 255  # top half opaque red, bottom half transparent
+    Image.fromarray(rgba, "RGBA").save(root / "arsenal" / "a.png")
+    Image.fromarray(rgba, "RGBA").save(root / "arsenal" / "b.png")
+    palette = Image.fromarray(np.array([[0, 1] * 5] * 10, np.uint8), "P")
+    palette.putpalette([0, 0, 255, 255, 255, 255] + [0] * 762)
+    palette.info["transparency"] = 1
+    palette.save(root / "liverpool" / "c.png", transparency=1)
+    Image.fromarray(np.full((10, 10, 3), 90, np.uint8)).save(root / "liverpool" / "d.jpg", quality=100)
+    Image.fromarray(np.full((10, 10), 65535, np.uint16)).save(root / "liverpool" / "e.png")
+    return root
+
+
+def test_image_folder_converts_every_kind_of_image(tmp_path):
+    root = _logo_folder(tmp_path / "logos")
+    splits = fetch(DataConfig(dataset="imagefolder", path=root, channels=3, background=(0, 255, 0)))
+    train = splits["train"]
+    assert train.class_names == ("arsenal", "liverpool") and train.labels.tolist() == [0, 0, 1, 1, 1]
+    assert train.images.shape == (5, 3, 10, 10)
+    a = train.images[0]
+    assert a[:, 0, 0].tolist() == [200, 0, 0] and a[:, 9, 0].tolist() == [0, 255, 0]  # transparency on green
+    c = train.images[2]
+    assert c[:, 0, 0].tolist() == [0, 0, 255] and c[:, 0, 1].tolist() == [0, 255, 0]  # palette + transparency
+    assert abs(int(train.images[3, 0, 5, 5]) - 90) <= 2  # JPEG
+    assert train.images[4, :, 0, 0].tolist() == [255, 255, 255]  # 16-bit white stays white, not clipped
+
+
+def test_image_folder_resizes_and_converts_to_gray(tmp_path):
+    root = _logo_folder(tmp_path / "logos")
+    Image.new("RGB", (20, 14), (10, 20, 30)).save(root / "arsenal" / "big.png")
+    train = fetch(DataConfig(dataset="imagefolder", path=root, channels=1, image_size=(6, 8)))["train"]
+    assert train.images.shape == (6, 1, 6, 8)
+
+
+def test_train_valid_test_layout(tmp_path):
+    images, labels = small_digits(24)
+    for split, part in (("train", slice(0, 12)), ("valid", slice(12, 18)), ("test", slice(18, 24))):
+        write_image_folder(tmp_path / split, images[part], labels[part], ["3", "7", "a", "b"])
+    splits = fetch(DataConfig(dataset="imagefolder", path=tmp_path))
+    assert {k: len(v) for k, v in splits.items()} == {"train": 12, "val": 6, "test": 6}
+    assert splits["train"].images.shape[1] == 1  # grayscale PNGs stay one channel
+    prepared = prepare(splits, 0.2, 0.2, seed=0)
+    assert (len(prepared.train), len(prepared.val), len(prepared.test)) == (12, 6, 6)
+
+
+def test_non_image_files_are_refused_or_skipped_by_switch(tmp_path, capsys):
+    root = _logo_folder(tmp_path / "logos")
+    (root / "arsenal" / "notes.txt").write_text("not a logo")
+    with pytest.raises(ImgpipeError, match=r"arsenal/notes.txt: not an image file; remove it, or set data.on_bad_file: skip"):
+        fetch(DataConfig(dataset="imagefolder", path=root))
+    train = fetch(DataConfig(dataset="imagefolder", path=root, on_bad_file="skip"))["train"]
+    assert len(train) == 5 and "skipped 1 file(s) that are not images" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_corrupt_image_is_named(tmp_path, damage):
+    root = _logo_folder(tmp_path / "logos")
+    path = root / "liverpool" / "c.png"
+    path.write_bytes(path.read_bytes()[:40] if damage == "truncated" else b"\x89PNG not really")
+    with pytest.raises(ImgpipeError, match=r"liverpool/c.png: not a readable image"):
+        fetch(DataConfig(dataset="imagefolder", path=root))
+
+
+def test_mixed_sizes_without_resize_are_refused(tmp_path):
+    root = _logo_folder(tmp_path / "logos")
+    Image.new("RGB", (12, 10)).save(root / "liverpool" / "wide.png")
+    with pytest.raises(ImgpipeError, match=r"wide.png: is 12x10 pixels but .*a.png is 10x10; set data.image_size"):
+        fetch(DataConfig(dataset="imagefolder", path=root))
+
+
+def test_missing_empty_and_imageless_folders_are_named(tmp_path):
+    with pytest.raises(ImgpipeError, match=r"nowhere: not found or not a folder"):
+        fetch(DataConfig(dataset="imagefolder", path=tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ImgpipeError, match=r"empty: holds no class folders"):
+        fetch(DataConfig(dataset="imagefolder", path=tmp_path / "empty"))
+    with pytest.raises(ImgpipeError, match=r"empty: holds no \*-images-idx3-ubyte"):
+        fetch(DataConfig(dataset="idx", path=tmp_path / "empty"))
+    root = _logo_folder(tmp_path / "logos")
+    (root / "chelsea").mkdir()
+    with pytest.raises(ImgpipeError, match=r"chelsea: class folder holds no images"):
+        fetch(DataConfig(dataset="imagefolder", path=root))
+    with pytest.raises(ImgpipeError, match=r"missing.csv: not found"):
+        fetch(DataConfig(dataset="csv", path=tmp_path / "missing.csv"))
+
+
+def test_unknown_dataset_lists_the_sources():
+    with pytest.raises(InvalidSetting, match="unknown dataset 'mnsit'; choose one of: digits, mnist, fashion_mnist"):
+        fetch(DataConfig(dataset="mnsit"))
+
+
+def test_local_source_without_path_asks_for_it():
+    with pytest.raises(InvalidSetting, match="dataset 'csv' reads local files: set data.path"):
+        fetch(DataConfig(dataset="csv"))
+
+
+# --- downloads through a mirror --------------------------------------------------------------------
+
+@pytest.fixture
+def mnist_mirror(tmp_path, monkeypatch):
+    """A local mirror of MNIST-format files; torchvision's checksum table is pointed at them."""
+    import torchvision.datasets
+
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    images, labels = small_digits(30, size=28)
+    files = {
+        "train-images-idx3-ubyte.gz": images[:20, 0], "train-labels-idx1-ubyte.gz": labels[:20],
+        "t10k-images-idx3-ubyte.gz": images[20:, 0], "t10k-labels-idx1-ubyte.gz": labels[20:],
+    }
+    for name, array in files.items():
+        write_idx(mirror / name, array)
+    resources = [(name, hashlib.md5((mirror / name).read_bytes()).hexdigest()) for name in files]
+    monkeypatch.setattr(torchvision.datasets.MNIST, "resources", resources)
+    monkeypatch.setattr(paths, "DOWNLOADS", tmp_path / "downloads")
+    return mirror, images, labels
+
+
+def test_download_from_a_local_mirror_needs_no_network(mnist_mirror, monkeypatch):
+    mirror, images, labels = mnist_mirror
+    splits = fetch(DataConfig(dataset="mnist", mirror=str(mirror)))
+    assert np.array_equal(splits["train"].images, images[:20]) and np.array_equal(splits["test"].labels, labels[20:])
+    assert splits["train"].class_names[:2] == ("0", "1")
+    # Verified files are not fetched again: the mirror can go away.
+    shutil.rmtree(mirror)
+    assert np.array_equal(fetch(DataConfig(dataset="mnist", mirror=str(mirror)))["train"].images, images[:20])
+    monkeypatch.delenv("IMGPIPE_MIRROR", raising=False)
+    assert np.array_equal(fetch(DataConfig(dataset="mnist"))["train"].images, images[:20])
+
+
+def test_mirror_from_the_environment(mnist_mirror, monkeypatch):
+    mirror, images, _ = mnist_mirror
+    monkeypatch.setenv("IMGPIPE_MIRROR", mirror.as_uri())
+    assert np.array_equal(fetch(DataConfig(dataset="mnist"))["train"].images, images[:20])
+
+
+def test_download_with_a_wrong_checksum_is_refused_and_removed(mnist_mirror):
+    mirror, _, _ = mnist_mirror
+    write_idx(mirror / "train-labels-idx1-ubyte.gz", np.zeros(20, np.uint8))  # not the file the table expects
+    with pytest.raises(ImgpipeError, match=r"train-labels-idx1-ubyte.gz: checksum does not match \(md5 \w+, expected \w+\)"):
+        fetch(DataConfig(dataset="mnist", mirror=str(mirror)))
+    assert not (paths.DOWNLOADS / "MNIST" / "raw" / "train-labels-idx1-ubyte.gz").exists()
