@@ -5,17 +5,15 @@ import shutil
 
 import numpy as np
 import pytest
+from datafiles import MNIST_T10K, small_digits, write_csv, write_image_folder
 from PIL import Image
 
 from imgpipe import paths
-from imgpipe.errors import ImgpipeError, InvalidSetting
-from imgpipe.prepare import prepare
-from imgpipe.sources import fetch
 from imgpipe.config import DataConfig
+from imgpipe.errors import ImgpipeError, InvalidSetting
+from imgpipe.prepare import prepare, select_classes
+from imgpipe.sources import fetch
 from imgpipe.sources.idx import read_idx, write_idx
-
-from datafiles import MNIST_T10K, small_digits, write_csv, write_image_folder
-
 
 # --- idx -------------------------------------------------------------------------------------------
 
@@ -250,3 +248,42 @@ def test_download_with_a_wrong_checksum_is_refused_and_removed(mnist_mirror):
     with pytest.raises(ImgpipeError, match=r"train-labels-idx1-ubyte.gz: checksum does not match \(md5 \w+, expected \w+\)"):
         fetch(DataConfig(dataset="mnist", mirror=str(mirror)))
     assert not (paths.DOWNLOADS / "MNIST" / "raw" / "train-labels-idx1-ubyte.gz").exists()
+
+
+def test_cifar10_from_a_local_mirror_keeps_channels_apart(tmp_path, monkeypatch):
+    """A CIFAR-10 archive in torchvision's format (pickled batches of R, G and B planes), built here."""
+    import io
+    import pickle
+    import tarfile
+
+    import torchvision.datasets
+
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    rng = np.random.default_rng(0)
+    planes = rng.integers(0, 256, (12, 3, 32, 32), dtype=np.uint8)  # (N, C, H, W) as the archive stores it
+    labels = list(range(10)) + [8, 0]
+    members = {f"data_batch_{i}": (planes[2 * (i - 1):2 * i], labels[2 * (i - 1):2 * i]) for i in range(1, 6)}
+    members["test_batch"] = (planes[10:], labels[10:])
+    blobs = {name: pickle.dumps({"data": data.reshape(len(data), -1), "labels": list(batch_labels)})
+             for name, (data, batch_labels) in members.items()}
+    blobs["batches.meta"] = pickle.dumps({"label_names": names})
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    with tarfile.open(mirror / "cifar-10-python.tar.gz", "w:gz") as archive:
+        for name, blob in blobs.items():
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(blob)
+            archive.addfile(info, io.BytesIO(blob))
+    md5 = {name: hashlib.md5(blob).hexdigest() for name, blob in blobs.items()}
+    cifar = torchvision.datasets.CIFAR10
+    monkeypatch.setattr(cifar, "tgz_md5", hashlib.md5((mirror / "cifar-10-python.tar.gz").read_bytes()).hexdigest())
+    monkeypatch.setattr(cifar, "train_list", [[f"data_batch_{i}", md5[f"data_batch_{i}"]] for i in range(1, 6)])
+    monkeypatch.setattr(cifar, "test_list", [["test_batch", md5["test_batch"]]])
+    monkeypatch.setattr(cifar, "meta", {**cifar.meta, "md5": md5["batches.meta"]})
+    monkeypatch.setattr(paths, "DOWNLOADS", tmp_path / "downloads")
+
+    splits = fetch(DataConfig(dataset="cifar10", mirror=str(mirror)))
+    assert np.array_equal(splits["train"].images, planes[:10]) and np.array_equal(splits["test"].images, planes[10:])
+    assert splits["train"].class_names == tuple(names) and splits["test"].labels.tolist() == [8, 0]
+    subset = select_classes(splits, ["airplane", "ship"])
+    assert subset["train"].class_names == ("airplane", "ship") and subset["test"].labels.tolist() == [1, 0]
