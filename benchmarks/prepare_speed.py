@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from imgpipe.config import DataConfig
 from imgpipe.prepare import data_card, prepare, save_prepared
 from imgpipe.sources import fetch, save_raw
-from imgpipe.config import DataConfig
 from imgpipe.sources.idx import read_idx, write_idx
 
 MNIST_T10K = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist-t10k"

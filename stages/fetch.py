@@ -1,7 +1,7 @@
 """fetch: read the dataset named by params.yaml `data.dataset` into data/raw/ (uint8 images per split)."""
 
-from imgpipe import paths
 from imgpipe import params as P
+from imgpipe import paths
 from imgpipe.errors import run_stage
 from imgpipe.sources import fetch, save_raw
 

@@ -1,8 +1,8 @@
 """prepare: select classes, split data/raw/ into stratified train/val/test, measure the training
 split's statistics, and write the data card."""
 
-from imgpipe import paths
 from imgpipe import params as P
+from imgpipe import paths
 from imgpipe.errors import run_stage
 from imgpipe.files import write_json
 from imgpipe.prepare import data_card, prepare, save_prepared

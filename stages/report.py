@@ -1,7 +1,7 @@
 """report: compare every variant side by side in reports/report.md."""
 
-from imgpipe import paths
 from imgpipe import params as P
+from imgpipe import paths
 from imgpipe.errors import run_stage
 from imgpipe.files import read_json, write_text
 from imgpipe.report import render

@@ -6,8 +6,8 @@ records the run in MLflow.
 
 import sys
 
-from imgpipe import paths, tracking
 from imgpipe import params as P
+from imgpipe import paths, tracking
 from imgpipe.checkpoint import save_checkpoint
 from imgpipe.errors import ImgpipeError, run_stage
 from imgpipe.files import write_json

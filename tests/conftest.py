@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
+from imgpipe.config import DataConfig
 from imgpipe.prepare import prepare
 from imgpipe.sources import digits
-from imgpipe.config import DataConfig
 
 
 @pytest.fixture(scope="session")

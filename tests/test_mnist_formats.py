@@ -2,12 +2,11 @@
 
 import numpy as np
 import pytest
+from datafiles import MNIST_T10K, write_csv, write_image_folder
 
+from imgpipe.config import DataConfig
 from imgpipe.prepare import prepare
 from imgpipe.sources import fetch
-from imgpipe.config import DataConfig
-
-from datafiles import MNIST_T10K, write_csv, write_image_folder
 
 pytestmark = pytest.mark.skipif(not MNIST_T10K.is_dir(), reason="../shared/datasets/mnist-t10k is absent")
 

@@ -1,13 +1,12 @@
 import numpy as np
 import pytest
+from conftest import random_images
 
+from imgpipe.config import DataConfig
 from imgpipe.errors import ImgpipeError, InvalidSetting
 from imgpipe.imageset import ImageSet
 from imgpipe.prepare import channel_stats, data_card, load_prepared, prepare, save_prepared
 from imgpipe.sources import digits as digits_source
-from imgpipe.config import DataConfig
-
-from conftest import random_images
 
 
 def digits():

@@ -1,12 +1,13 @@
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import accuracy_score, confusion_matrix as sk_confusion_matrix
+from sklearn.metrics import accuracy_score
+from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
 from imgpipe.checkpoint import load_checkpoint, save_checkpoint
+from imgpipe.config import TrainConfig
 from imgpipe.errors import ImgpipeError
 from imgpipe.evaluate import evaluate
-from imgpipe.config import TrainConfig
 from imgpipe.train import train
 
 FAST = TrainConfig(epochs=3, batch_size=64, lr=0.01, device="cpu")

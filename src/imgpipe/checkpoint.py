@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
+from imgpipe.config import TrainConfig
 from imgpipe.errors import ImgpipeError
 from imgpipe.files import atomic_path
 from imgpipe.models import Classifier, build_model
-from imgpipe.config import TrainConfig
 
 FORMAT = "imgpipe-checkpoint/1"
 

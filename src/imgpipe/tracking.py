@@ -17,7 +17,6 @@ from mlflow.models import infer_signature
 import imgpipe
 from imgpipe import paths
 
-
 EMBEDDED_STORE = f"sqlite:///{paths.MLFLOW_DB}"
 
 

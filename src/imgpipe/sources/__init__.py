@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 
 from imgpipe import imageset
+from imgpipe.config import DataConfig
 from imgpipe.errors import ImgpipeError, require
 from imgpipe.files import atomic_path
 from imgpipe.imageset import ImageSet
-from imgpipe.config import DataConfig
 from imgpipe.sources.downloads import DATASETS, torchvision_source
 from imgpipe.sources.idx import idx_folder
 from imgpipe.sources.image_folder import image_folder

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from imgpipe import paths
+from imgpipe.config import DataConfig
 from imgpipe.errors import ImgpipeError
 from imgpipe.files import atomic_path
 from imgpipe.imageset import ImageSet
-from imgpipe.config import DataConfig
 
 DATASETS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "kmnist": "KMNIST", "cifar10": "CIFAR10"}
 

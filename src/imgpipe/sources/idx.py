@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from imgpipe.config import DataConfig
 from imgpipe.errors import ImgpipeError
 from imgpipe.imageset import ImageSet
-from imgpipe.config import DataConfig
 
 SPLIT_OF_PREFIX = {"train": "train", "t10k": "test", "test": "test"}
 DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}

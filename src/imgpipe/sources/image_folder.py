@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from imgpipe.config import DataConfig
 from imgpipe.errors import ImgpipeError
 from imgpipe.imageset import ImageSet
-from imgpipe.config import DataConfig
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 SPLIT_FOLDERS = {"train": "train", "valid": "val", "val": "val", "test": "test"}

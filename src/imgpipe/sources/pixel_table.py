@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from imgpipe.config import DataConfig
 from imgpipe.errors import ImgpipeError
 from imgpipe.imageset import ImageSet
-from imgpipe.config import DataConfig
 
 
 def _line(row: int) -> int:
