@@ -21,6 +21,33 @@ def _activation(name: str) -> type[nn.Module]:
     return ACTIVATIONS[name]
 
 
+class CentroidNet(nn.Module):
+    """Pixel similarity: the mean training image of each class; an image's scores are minus its
+    L1 or L2 distances to them, so the nearest class wins. Fitted, not trained by gradients."""
+
+    def __init__(self, input_shape: tuple[int, int, int], num_classes: int, distance: str = "l2"):
+        super().__init__()
+        require(distance in ("l1", "l2"), "distance", f"must be l1 or l2, got {distance!r}")
+        self.p = 1.0 if distance == "l1" else 2.0
+        # A parameter that gradients never touch: counted, saved and loaded like any weights.
+        self.centroids = nn.Parameter(torch.zeros(num_classes, math.prod(input_shape)), requires_grad=False)
+
+    @torch.no_grad()
+    def fit(self, x: torch.Tensor, labels: torch.Tensor) -> None:
+        flat = x.flatten(1).float()  # (N, C*H*W)
+        sums = torch.zeros_like(self.centroids).index_add_(0, labels, flat)
+        counts = torch.bincount(labels, minlength=len(self.centroids)).clamp(min=1)
+        self.centroids.copy_(sums / counts[:, None])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        distances = torch.cdist(x.flatten(1).float(), self.centroids, p=self.p)  # (B, classes)
+        if self.p == 2.0:
+            distances = distances / math.sqrt(self.centroids.shape[1])  # root mean square: scale-free scores
+        else:
+            distances = distances / self.centroids.shape[1]  # mean absolute difference
+        return -distances
+
+
 class LinearNet(nn.Module):
     """Multinomial logistic regression: one affine map from pixels to class scores."""
 
@@ -75,6 +102,9 @@ class TinyVGG(nn.Module):
         channels: list[int] = (16, 32),
         kernel_size: int = 3,
         activation: str = "relu",
+        batch_norm: bool = False,
+        dropout: float = 0.0,
+        hidden: int = 0,
     ):
         super().__init__()
         in_channels, height, width = input_shape
@@ -85,23 +115,31 @@ class TinyVGG(nn.Module):
         require(out_height > 0 and out_width > 0, "channels",
                 f"{len(channels)} blocks halve {height}x{width} images to nothing; use at most "
                 f"{int(math.log2(min(height, width)))}")
+        require(0 <= dropout < 1, "dropout", f"must be in [0, 1), got {dropout}")
+        require(isinstance(hidden, int) and hidden >= 0, "hidden", f"must be a width >= 0 (0: none), got {hidden}")
         act = _activation(activation)
+
+        def conv(cin: int, cout: int) -> list[nn.Module]:
+            layers = [nn.Conv2d(cin, cout, kernel_size, padding=kernel_size // 2, bias=not batch_norm)]
+            return layers + ([nn.BatchNorm2d(cout)] if batch_norm else []) + [act()]
+
         blocks = []
         for out_channels in channels:
-            blocks += [
-                nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2), act(),
-                nn.Conv2d(out_channels, out_channels, kernel_size, padding=kernel_size // 2), act(),
-                nn.MaxPool2d(2),
-            ]
+            blocks += [*conv(in_channels, out_channels), *conv(out_channels, out_channels), nn.MaxPool2d(2)]
             in_channels = out_channels
         self.features = nn.Sequential(*blocks)
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(in_channels * out_height * out_width, num_classes))
+        head: list[nn.Module] = [nn.Flatten()] + ([nn.Dropout(dropout)] if dropout else [])
+        width = in_channels * out_height * out_width
+        if hidden:  # an extra fully connected layer, as in the CIFAR seed's Net
+            head += [nn.Linear(width, hidden), act()] + ([nn.Dropout(dropout)] if dropout else [])
+            width = hidden
+        self.classifier = nn.Sequential(*head, nn.Linear(width, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))  # (B, C, H, W) -> (B, C', H/2^k, W/2^k) -> (B, classes)
 
 
-MODELS: dict[str, type[nn.Module]] = {"linear": LinearNet, "mlp": MLP, "cnn": TinyVGG}
+MODELS: dict[str, type[nn.Module]] = {"centroid": CentroidNet, "linear": LinearNet, "mlp": MLP, "cnn": TinyVGG}
 
 
 def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int, **settings) -> nn.Module:
@@ -116,7 +154,13 @@ def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int, 
 
 
 def count_parameters(model: nn.Module) -> int:
+    """Every learned number, fitted ones (centroids) included."""
     return sum(p.numel() for p in model.parameters())
+
+
+def is_fitted(net: nn.Module) -> bool:
+    """A model fitted in one pass (it has fit(x, labels)) rather than trained by gradient steps."""
+    return callable(getattr(net, "fit", None))
 
 
 class Classifier(nn.Module):
@@ -132,6 +176,8 @@ class Classifier(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        return (pixels.float() / 255 - self.mean) / self.std  # (B, C, H, W)
+
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = (pixels.float() / 255 - self.mean) / self.std  # (B, C, H, W)
-        return self.net(x)
+        return self.net(self.normalize(pixels))
