@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,7 @@ from imgpipe.checkpoint import load_checkpoint, save_checkpoint
 from imgpipe.config import TrainConfig
 from imgpipe.errors import ImgpipeError
 from imgpipe.evaluate import evaluate
-from imgpipe.train import train
+from imgpipe.train import augment, train
 
 FAST = TrainConfig(epochs=3, batch_size=64, lr=0.01, device="cpu")
 
@@ -22,14 +24,99 @@ def test_every_model_learns_the_digits(digits_prepared, model, settings):
     assert result.seconds > 0 and result.images_per_second > 0
 
 
+def measured(history: list[dict]) -> list[dict]:
+    """The history without its wall-clock seconds, which no two runs share."""
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return all(torch.equal(wa, wb) for wa, wb in zip(a.state_dict().values(), b.state_dict().values()))
+
+
 def test_same_settings_give_identical_runs_on_cpu(digits_prepared):
-    a = train("cnn", {"channels": [4]}, digits_prepared, FAST)
-    b = train("cnn", {"channels": [4]}, digits_prepared, FAST)
-    assert a.history == b.history
-    for wa, wb in zip(a.model.state_dict().values(), b.model.state_dict().values()):
-        assert torch.equal(wa, wb)
-    c = train("cnn", {"channels": [4]}, digits_prepared, TrainConfig(epochs=3, lr=0.01, device="cpu", seed=1))
-    assert c.history != a.history
+    config = replace(FAST, deterministic=True, crop_padding=1, schedule="onecycle")
+    a = train("cnn", {"channels": [4], "dropout": 0.2}, digits_prepared, config)
+    b = train("cnn", {"channels": [4], "dropout": 0.2}, digits_prepared, config)
+    assert measured(a.history) == measured(b.history) and same_weights(a.model, b.model)
+    c = train("cnn", {"channels": [4], "dropout": 0.2}, digits_prepared, replace(config, seed=1))
+    assert measured(c.history) != measured(a.history)
+
+
+def test_training_killed_midway_resumes_to_the_same_result(tmp_path, digits_prepared):
+    config = replace(FAST, epochs=4, deterministic=True, schedule="cosine", flip=True)
+    settings = {"hidden": [16], "dropout": 0.1}
+    whole = train("mlp", settings, digits_prepared, config)
+    resume = tmp_path / "mlp.resume.pt"
+
+    def kill_after_epoch_2(row):
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train("mlp", settings, digits_prepared, config, resume=resume, on_epoch=kill_after_epoch_2)
+    assert resume.exists()
+    epochs_run = []
+    resumed = train("mlp", settings, digits_prepared, config, resume=resume, on_epoch=lambda row: epochs_run.append(row["epoch"]))
+    assert epochs_run == [3, 4]  # it continued after the last finished epoch
+    assert measured(resumed.history) == measured(whole.history) and same_weights(resumed.model, whole.model)
+    assert not resume.exists()  # a finished training leaves no state behind
+
+
+def test_state_from_other_settings_is_not_resumed(tmp_path, digits_prepared):
+    resume = tmp_path / "linear.resume.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train("linear", {}, digits_prepared, FAST, resume=resume, on_epoch=lambda row: (_ for _ in ()).throw(KeyboardInterrupt))
+    epochs_run = []
+    train("linear", {}, digits_prepared, replace(FAST, lr=0.02), resume=resume, on_epoch=lambda row: epochs_run.append(row["epoch"]))
+    assert epochs_run == [1, 2, 3]
+
+
+def test_early_stopping_keeps_the_best_validation_weights(digits_prepared):
+    # A learning rate far too high makes the val loss stop improving quickly.
+    config = replace(FAST, epochs=30, lr=5.0, optimizer="sgd", patience=2)
+    result = train("mlp", {"hidden": [32]}, digits_prepared, config)
+    assert result.stopped_early and len(result.history) == result.best_epoch + 2 < 30
+    best = min(result.history, key=lambda row: row["val_loss"])
+    assert best["epoch"] == result.best_epoch
+    val = evaluate(result.model, digits_prepared.val, torch.device("cpu"))
+    assert val["loss"] == pytest.approx(best["val_loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "onecycle"])
+def test_every_optimizer_and_schedule_takes_steps(digits_prepared, optimizer, schedule):
+    config = TrainConfig(epochs=2, batch_size=256, optimizer=optimizer, schedule=schedule, lr=0.05,
+                         nesterov=True, weight_decay=1e-4, label_smoothing=0.1, device="cpu")
+    result = train("linear", {}, digits_prepared, config)
+    assert result.history[-1]["train_loss"] < 2.2 and result.history[-1]["val_accuracy"] > 0.5
+
+
+def test_augmentation_keeps_shapes_labels_and_pixels():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.arange(2 * 3 * 4 * 5, dtype=torch.uint8).reshape(2, 3, 4, 5)
+    flipped = augment(images, crop_padding=0, flip=True, generator=generator)
+    assert flipped.shape == images.shape and flipped.dtype == torch.uint8
+    for before, after in zip(images, flipped):
+        assert torch.equal(after, before) or torch.equal(after, before.flip(-1))
+    cropped = augment(images, crop_padding=1, flip=False, generator=generator)
+    assert cropped.shape == images.shape
+    padded = torch.nn.functional.pad(images, (1, 1, 1, 1))
+    for before, after in zip(padded, cropped):  # each crop is a window of the padded image
+        windows = [before[:, r:r + 4, c:c + 5] for r in range(3) for c in range(3)]
+        assert any(torch.equal(after, w) for w in windows)
+
+
+def test_centroid_predicts_the_nearest_class_mean(digits_prepared):
+    result = train("centroid", {"distance": "l1"}, digits_prepared, FAST)
+    assert len(result.history) == 1 and result.history[0]["val_accuracy"] > 0.85
+    centroids = result.model.net.centroids
+    train_x = result.model.normalize(torch.from_numpy(digits_prepared.train.images)).flatten(1)
+    labels = torch.from_numpy(digits_prepared.train.labels)
+    assert torch.allclose(centroids[3], train_x[labels == 3].mean(0), atol=1e-5)
+    test_x = torch.from_numpy(digits_prepared.test.images)
+    nearest = torch.cdist(result.model.normalize(test_x).flatten(1), centroids, p=1).argmin(1)
+    with torch.no_grad():
+        assert torch.equal(result.model(test_x).argmax(1), nearest)
 
 
 def test_checkpoint_alone_rebuilds_the_model(tmp_path, digits_prepared):

@@ -19,24 +19,56 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "onecycle")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How to train one variant: params.yaml `train:`, each key overridable under `models.<variant>`."""
 
-    epochs: int = 30  # passes over the training split
+    epochs: int = 30  # most passes over the training split
     batch_size: int = 64  # images per optimizer step
-    lr: float = 1e-3  # Adam learning rate
-    weight_decay: float = 0.0  # Adam's L2 penalty on the weights
-    seed: int = 0  # seeds weight initialization and batch order
+    optimizer: str = "adam"  # sgd, adam or adamw
+    lr: float = 3e-3  # (peak) learning rate
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = False  # sgd only: Nesterov momentum
+    weight_decay: float = 0.0  # L2 penalty (decoupled for adamw)
+    schedule: str = "constant"  # constant, cosine (anneal to 0) or onecycle (warm up, then anneal)
+    label_smoothing: float = 0.0  # share of the target spread over the other classes
+    patience: int = 0  # stop after this many epochs without a better val loss; 0 = never stop early
+    crop_padding: int = 0  # augmentation: random crops of images padded by this many pixels; 0 = off
+    flip: bool = False  # augmentation: random horizontal flips
+    seed: int = 0  # seeds weight initialization, batch order and augmentation
+    deterministic: bool = False  # bit-identical reruns: deterministic algorithms, no cuDNN autotuning
+    threads: int = 0  # CPU threads; 0 = PyTorch's own choice
     device: str = "auto"  # auto (cuda, else mps, else cpu), cuda, mps or cpu
 
     def __post_init__(self):
-        require(_is_int(self.epochs) and self.epochs >= 1, "epochs", f"must be a whole number >= 1, got {self.epochs!r}")
-        require(_is_int(self.batch_size) and self.batch_size >= 1, "batch_size", f"must be a whole number >= 1, got {self.batch_size!r}")
+        def whole(name, least):
+            value = getattr(self, name)
+            require(_is_int(value) and value >= least, name, f"must be a whole number >= {least}, got {value!r}")
+
+        def choice(name, options):
+            value = getattr(self, name)
+            require(value in options, name, f"must be one of {', '.join(options)}, got {value!r}")
+
+        whole("epochs", 1)
+        whole("batch_size", 1)
+        choice("optimizer", OPTIMIZERS)
         require(_is_number(self.lr) and self.lr > 0, "lr", f"must be a number > 0, got {self.lr!r}")
+        require(_is_number(self.momentum) and 0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum!r}")
         require(_is_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", f"must be a number >= 0, got {self.weight_decay!r}")
-        require(_is_int(self.seed), "seed", f"must be a whole number, got {self.seed!r}")
-        require(self.device in DEVICES, "device", f"must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        choice("schedule", SCHEDULES)
+        require(_is_number(self.label_smoothing) and 0 <= self.label_smoothing < 1, "label_smoothing",
+                f"must be in [0, 1), got {self.label_smoothing!r}")
+        whole("patience", 0)
+        whole("crop_padding", 0)
+        whole("seed", 0)
+        whole("threads", 0)
+        for name in ("nesterov", "flip", "deterministic"):
+            require(isinstance(getattr(self, name), bool), name, f"must be true or false, got {getattr(self, name)!r}")
+        choice("device", DEVICES)
 
 
 ON_BAD_FILE = ("error", "skip")

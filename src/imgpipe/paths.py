@@ -31,6 +31,11 @@ def checkpoint(variant: str) -> Path:
     return MODELS / f"{variant}.pt"
 
 
+def resume_state(variant: str) -> Path:
+    """A training's state after its last finished epoch, removed when it completes."""
+    return MODELS / ".resume" / f"{variant}.pt"
+
+
 def train_metrics(variant: str) -> Path:
     return METRICS / "train" / f"{variant}.json"
 

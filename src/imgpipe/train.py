@@ -1,9 +1,18 @@
 """The training engine: the whole split lives on the device as uint8, batches are slices of an
-on-device permutation, normalization happens inside the model, so no per-sample Python runs."""
+on-device permutation, augmentation and normalization run on whole batches, so no per-sample
+Python runs in the loop. On CUDA it trains in bf16 autocast with channels_last convolutions.
 
+A training writes its full state after every epoch; run again with the same settings, it resumes
+from the last finished epoch and ends exactly where an uninterrupted run would (deterministic mode).
+"""
+
+import copy
+import hashlib
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -15,68 +24,213 @@ from imgpipe.config import TrainConfig
 from imgpipe.device import pick_device
 from imgpipe.evaluate import predict_logits, score
 from imgpipe.files import atomic_path
-from imgpipe.models import Classifier, build_model
+from imgpipe.models import Classifier, build_model, is_fitted
 from imgpipe.prepare import Prepared
 
 
 @dataclass
 class TrainResult:
-    model: Classifier
-    history: list[dict] = field(default_factory=list)  # per epoch: epoch, train/val loss and accuracy
+    model: Classifier  # the best-on-validation weights
+    history: list[dict] = field(default_factory=list)  # per epoch: losses, accuracies, elapsed seconds
     seconds: float = 0.0  # wall time of all epochs, validation included
     images_per_second: float = 0.0  # training images processed per second of that time
+    best_epoch: int = 0  # the epoch whose weights were kept
+    stopped_early: bool = False
     device: str = "cpu"
+    peak_memory_mb: float | None = None  # CUDA only
 
 
-def train(model_name: str, model_settings: dict, data: Prepared, config: TrainConfig) -> TrainResult:
-    """Build the named model (seeded) and fit it to data.train, validating on data.val every epoch."""
-    device = pick_device(config.device)
+def batches(count: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Index tensors of one epoch: a random permutation on the generator's device, in slices."""
+    yield from torch.randperm(count, device=generator.device, generator=generator).split(batch_size)
+
+
+def augment(images: torch.Tensor, crop_padding: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+    """Random crops of zero-padded images and random horizontal flips, for a whole batch at once."""
+    if crop_padding:
+        b, _, h, w = images.shape
+        padded = F.pad(images, (crop_padding,) * 4)
+        shift = torch.randint(0, 2 * crop_padding + 1, (2, b), device=images.device, generator=generator)
+        rows = (torch.arange(h, device=images.device) + shift[0, :, None])[:, :, None]  # (B, H, 1)
+        cols = (torch.arange(w, device=images.device) + shift[1, :, None])[:, None, :]  # (B, 1, W)
+        batch = torch.arange(b, device=images.device)[:, None, None]
+        images = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)  # (B, C, H, W)
+    if flip:
+        mirrored = torch.rand(len(images), device=images.device, generator=generator) < 0.5
+        images = torch.where(mirrored[:, None, None, None], images.flip(-1), images)
+    return images
+
+
+def make_optimizer(config: TrainConfig, parameters) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum,
+                               nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return optimizer(parameters, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def make_schedule(config: TrainConfig, optimizer, steps: int):
+    """A per-step learning-rate schedule over the whole run (None: constant)."""
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    if config.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=steps)
+    return None
+
+
+def fingerprint(model_name: str, model_settings: dict, data: Prepared, config: TrainConfig) -> str:
+    """What a resumable state must match: the model, every training setting and the data."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(repr((model_name, sorted(model_settings.items()), asdict(config), data.mean, data.std)).encode())
+    for split in (data.train, data.val):
+        digest.update(split.images.tobytes())
+        digest.update(split.labels.tobytes())
+    return digest.hexdigest()
+
+
+def _configure(config: TrainConfig, device: torch.device) -> None:
     torch.manual_seed(config.seed)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.use_deterministic_algorithms(config.deterministic, warn_only=False)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not config.deterministic  # autotuning picks kernels by timing
+        torch.backends.cudnn.deterministic = config.deterministic
+
+
+def train(model_name: str, model_settings: dict, data: Prepared, config: TrainConfig, *,
+          resume: Path | None = None, on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+    """Build the named model (seeded) and fit it to data.train, validating on data.val every epoch.
+
+    `resume`: a file holding the state after each finished epoch; a matching one is continued.
+    `on_epoch`: called with each epoch's row of the history.
+    """
+    device = pick_device(config.device)
+    _configure(config, device)
     net = build_model(model_name, data.image_shape, len(data.class_names), **model_settings)
     model = Classifier(net, data.mean, data.std).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    cuda = device.type == "cuda"
+    if cuda and model_name == "cnn":
+        model = model.to(memory_format=torch.channels_last)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
 
     # The whole split goes to the device once, still uint8 (4x smaller than float32).
     x_train = torch.from_numpy(data.train.images).to(device)
     y_train = torch.from_numpy(data.train.labels).to(device)
     x_val = torch.from_numpy(data.val.images).to(device)
     y_val = torch.from_numpy(data.val.labels).to(device)
-    generator = torch.Generator(device=device).manual_seed(config.seed)
-
     result = TrainResult(model=model, device=device.type)
+
+    if is_fitted(net):  # e.g. class centroids: one pass, no gradient steps
+        start = time.perf_counter()
+        net.fit(model.normalize(x_train), y_train)
+        result.history = [_epoch_row(1, score(predict_logits(model, x_train), y_train),
+                                     score(predict_logits(model, x_val), y_val), time.perf_counter() - start)]
+        result.seconds = result.history[0]["seconds"]
+        result.images_per_second = len(y_train) / max(result.seconds, 1e-9)
+        result.best_epoch = 1
+        return result
+
+    optimizer = make_optimizer(config, model.parameters())
+    steps_per_epoch = -(-len(y_train) // config.batch_size)
+    schedule = make_schedule(config, optimizer, config.epochs * steps_per_epoch)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+    state = {"epoch": 0, "best_loss": float("inf"), "best_epoch": 0, "best_weights": None, "elapsed": 0.0}
+
+    key = fingerprint(model_name, model_settings, data, config)
+    if resume is not None and resume.exists():
+        saved = torch.load(resume, map_location=device, weights_only=True)
+        if saved.get("fingerprint") == key:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            if schedule is not None:
+                schedule.load_state_dict(saved["schedule"])
+            generator.set_state(saved["generator"].cpu())
+            torch.set_rng_state(saved["cpu_rng"].cpu())
+            result.history = saved["history"]
+            state = saved["state"]
+            print(f"{model_name}: resuming after epoch {state['epoch']} from {resume}", flush=True)
+
     interactive = sys.stderr.isatty()
-    epochs = tqdm(range(1, config.epochs + 1), desc=model_name, unit="epoch", disable=not interactive)
-    start = time.perf_counter()
-    for epoch in epochs:
+    first_epoch = state["epoch"] + 1
+    for epoch in range(first_epoch, config.epochs + 1):
+        start = time.perf_counter()
         model.train()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
-        for batch in torch.randperm(len(y_train), device=device, generator=generator).split(config.batch_size):
-            images, labels = x_train[batch], y_train[batch]
-            logits = model(images)
-            loss = F.cross_entropy(logits, labels)
+        progress = tqdm(batches(len(y_train), config.batch_size, generator), total=steps_per_epoch,
+                        desc=f"{model_name} {epoch}/{config.epochs}", unit="batch", leave=False, disable=not interactive)
+        for step, index in enumerate(progress):
+            images, labels = x_train[index], y_train[index]
+            if config.crop_padding or config.flip:
+                images = augment(images, config.crop_padding, config.flip, generator)
+            if cuda and model_name == "cnn":
+                images = images.contiguous(memory_format=torch.channels_last)
+            with autocast:
+                logits = model(images)
+                loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += loss.detach() * len(batch)  # summed on the device: no sync per step
+            if schedule is not None:
+                schedule.step()
+            loss_sum += loss.detach() * len(index)  # summed on the device: no sync per step
             correct += (logits.argmax(1) == labels).sum()
-        val = score(predict_logits(model, x_val), y_val)
-        row = {
-            "epoch": epoch,
-            "train_loss": loss_sum.item() / len(y_train),
-            "train_accuracy": correct.item() / len(y_train),
-            "val_loss": val["loss"],
-            "val_accuracy": val["accuracy"],
-        }
+            if interactive and step % 20 == 0:  # a sync, so only now and then, and only on a terminal
+                seen = min((step + 1) * config.batch_size, len(y_train))
+                progress.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}",
+                                     img_s=f"{seen / (time.perf_counter() - start):.0f}")
+        with autocast:
+            val = score(predict_logits(model, x_val), y_val)
+        state["elapsed"] += time.perf_counter() - start
+        row = _epoch_row(epoch, {"loss": loss_sum.item() / len(y_train), "accuracy": correct.item() / len(y_train)},
+                         val, state["elapsed"])
         result.history.append(row)
-        summary = f"loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} val_loss {row['val_loss']:.4f} val_acc {row['val_accuracy']:.4f}"
-        if interactive:
-            epochs.set_postfix_str(summary)
-        elif epoch == 1 or epoch == config.epochs or epoch % max(1, config.epochs // 10) == 0:
-            print(f"{model_name} epoch {epoch}/{config.epochs}: {summary}", flush=True)
-    result.seconds = time.perf_counter() - start
-    result.images_per_second = config.epochs * len(y_train) / result.seconds
+        if val["loss"] < state["best_loss"]:
+            state.update(best_loss=val["loss"], best_epoch=epoch, best_weights=copy.deepcopy(model.state_dict()))
+        _report(model_name, row, config.epochs, interactive, images_per_second=len(y_train) / (time.perf_counter() - start))
+        state["epoch"] = epoch
+        stop = config.patience and epoch - state["best_epoch"] >= config.patience
+        if resume is not None and epoch < config.epochs and not stop:
+            with atomic_path(resume) as tmp:
+                torch.save({
+                    "fingerprint": key, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict() if schedule is not None else None,
+                    "generator": generator.get_state(), "cpu_rng": torch.get_rng_state(),
+                    "history": result.history, "state": state,
+                }, tmp)
+        if on_epoch is not None:  # after the state is saved: the epoch counts as finished
+            on_epoch(row)
+        if stop:
+            result.stopped_early = True
+            print(f"{model_name}: stopping early after epoch {epoch}: no better val loss since epoch {state['best_epoch']}")
+            break
+
+    model.load_state_dict(state["best_weights"])
+    result.best_epoch = state["best_epoch"]
+    result.seconds = state["elapsed"]
+    result.images_per_second = len(result.history) * len(y_train) / max(result.seconds, 1e-9)
+    if cuda:
+        result.peak_memory_mb = torch.cuda.max_memory_allocated(device) / 2**20
+    if resume is not None:
+        resume.unlink(missing_ok=True)
     return result
+
+
+def _epoch_row(epoch: int, train: dict, val: dict, seconds: float) -> dict:
+    return {"epoch": epoch, "train_loss": train["loss"], "train_accuracy": train["accuracy"],
+            "val_loss": val["loss"], "val_accuracy": val["accuracy"], "seconds": round(seconds, 4)}
+
+
+def _report(name: str, row: dict, epochs: int, interactive: bool, images_per_second: float) -> None:
+    """One line per epoch on a terminal (under the bar); on logs (DVC, CI) about ten lines a run."""
+    epoch = row["epoch"]
+    if interactive or epoch in (1, epochs) or epoch % max(1, epochs // 10) == 0:
+        print(f"{name} epoch {epoch}/{epochs}: loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} "
+              f"val_loss {row['val_loss']:.4f} val_acc {row['val_accuracy']:.4f} ({images_per_second:,.0f} img/s)",
+              flush=True)
 
 
 def write_curves(folder: Path, history: list[dict]) -> None:
