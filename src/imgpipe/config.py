@@ -30,11 +30,11 @@ class TrainConfig:
     epochs: int = 30  # most passes over the training split
     batch_size: int = 64  # images per optimizer step
     optimizer: str = "adam"  # sgd, adam or adamw
-    lr: float = 3e-3  # (peak) learning rate
+    lr: float = 1e-2  # (peak) learning rate
     momentum: float = 0.9  # sgd only
     nesterov: bool = False  # sgd only: Nesterov momentum
     weight_decay: float = 0.0  # L2 penalty (decoupled for adamw)
-    schedule: str = "constant"  # constant, cosine (anneal to 0) or onecycle (warm up, then anneal)
+    schedule: str = "cosine"  # constant, cosine (anneal to 0) or onecycle (warm up, then anneal)
     label_smoothing: float = 0.0  # share of the target spread over the other classes
     patience: int = 0  # stop after this many epochs without a better val loss; 0 = never stop early
     crop_padding: int = 0  # augmentation: random crops of images padded by this many pixels; 0 = off
