@@ -35,9 +35,9 @@ class CentroidNet(nn.Module):
     @torch.no_grad()
     def fit(self, x: torch.Tensor, labels: torch.Tensor) -> None:
         flat = x.flatten(1).float()  # (N, C*H*W)
-        sums = torch.zeros_like(self.centroids).index_add_(0, labels, flat)
-        counts = torch.bincount(labels, minlength=len(self.centroids)).clamp(min=1)
-        self.centroids.copy_(sums / counts[:, None])
+        onehot = torch.nn.functional.one_hot(labels, len(self.centroids)).float()  # (N, classes)
+        # A matrix product rather than index_add_: deterministic on every device.
+        self.centroids.copy_((onehot.T @ flat) / onehot.sum(0).clamp(min=1)[:, None])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         distances = torch.cdist(x.flatten(1).float(), self.centroids, p=self.p)  # (B, classes)

@@ -8,6 +8,7 @@ from the last finished epoch and ends exactly where an uninterrupted run would (
 
 import copy
 import hashlib
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -92,7 +93,9 @@ def _configure(config: TrainConfig, device: torch.device) -> None:
     torch.manual_seed(config.seed)
     if config.threads:
         torch.set_num_threads(config.threads)
-    torch.use_deterministic_algorithms(config.deterministic, warn_only=False)
+    if config.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
+    torch.use_deterministic_algorithms(config.deterministic)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not config.deterministic  # autotuning picks kernels by timing
         torch.backends.cudnn.deterministic = config.deterministic
