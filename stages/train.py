@@ -11,7 +11,6 @@ from imgpipe import paths, tracking
 from imgpipe.checkpoint import save_checkpoint
 from imgpipe.errors import ImgpipeError, run_stage
 from imgpipe.files import write_json
-from imgpipe.models import count_parameters
 from imgpipe.prepare import load_prepared
 from imgpipe.train import train, write_curves
 
@@ -29,20 +28,7 @@ def main() -> None:
     save_checkpoint(paths.checkpoint(name), result.model, model_name=variant.model, model_settings=variant.settings,
                     image_shape=data.image_shape, class_names=data.class_names, config=variant.config)
     write_curves(paths.curves(name), result.history)
-    best = result.history[result.best_epoch - 1]  # the epoch whose weights were kept
-    metrics = {
-        "val_accuracy": best["val_accuracy"],
-        "val_loss": best["val_loss"],
-        "train_accuracy": best["train_accuracy"],
-        "train_loss": best["train_loss"],
-        "parameters": count_parameters(result.model.net),
-        "train_seconds": round(result.seconds, 3),
-        "images_per_second": round(result.images_per_second, 1),
-        "epochs": len(result.history),
-        "best_epoch": result.best_epoch,
-    }
-    if result.peak_memory_mb is not None:
-        metrics["peak_memory_mb"] = round(result.peak_memory_mb, 1)
+    metrics = result.summary()
     run_id = tracking.log_training(
         P.get(params, "data.dataset"),
         run_name=name,
@@ -54,7 +40,7 @@ def main() -> None:
         tags={"imgpipe.variant": name, "imgpipe.device": result.device},
     )
     write_json(paths.train_metrics(name), {**metrics, "model": variant.model, "device": result.device, "mlflow_run_id": run_id})
-    print(f"{name}: val accuracy {best['val_accuracy']:.4f} (epoch {result.best_epoch}), {metrics['parameters']:,} parameters, "
+    print(f"{name}: val accuracy {metrics['val_accuracy']:.4f} (epoch {result.best_epoch}), {metrics['parameters']:,} parameters, "
           f"{result.seconds:.1f} s on {result.device} (MLflow run {run_id})")
 
 

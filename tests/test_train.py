@@ -71,15 +71,16 @@ def test_state_from_other_settings_is_not_resumed(tmp_path, digits_prepared):
     assert epochs_run == [1, 2, 3]
 
 
-def test_early_stopping_keeps_the_best_validation_weights(digits_prepared):
+def test_early_stopping_watches_val_loss_and_keeps_the_most_accurate_weights(digits_prepared):
     # A learning rate far too high makes the val loss stop improving quickly.
-    config = replace(FAST, epochs=30, lr=5.0, optimizer="sgd", patience=2)
+    config = replace(FAST, epochs=30, lr=5.0, optimizer="sgd", schedule="constant", patience=2)
     result = train("mlp", {"hidden": [32]}, digits_prepared, config)
-    assert result.stopped_early and len(result.history) == result.best_epoch + 2 < 30
-    best = min(result.history, key=lambda row: row["val_loss"])
+    lowest_loss = min(result.history, key=lambda row: row["val_loss"])
+    assert result.stopped_early and len(result.history) == lowest_loss["epoch"] + 2 < 30
+    best = max(result.history, key=lambda row: (row["val_accuracy"], -row["val_loss"]))
     assert best["epoch"] == result.best_epoch
     val = evaluate(result.model, digits_prepared.val, torch.device("cpu"))
-    assert val["loss"] == pytest.approx(best["val_loss"], rel=1e-5)
+    assert val["accuracy"] == pytest.approx(best["val_accuracy"]) and val["loss"] == pytest.approx(best["val_loss"], rel=1e-5)
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])

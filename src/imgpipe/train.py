@@ -25,13 +25,13 @@ from imgpipe.config import TrainConfig
 from imgpipe.device import pick_device
 from imgpipe.evaluate import predict_logits, score
 from imgpipe.files import atomic_path
-from imgpipe.models import Classifier, build_model, is_fitted
+from imgpipe.models import Classifier, build_model, count_parameters, is_fitted
 from imgpipe.prepare import Prepared
 
 
 @dataclass
 class TrainResult:
-    model: Classifier  # the best-on-validation weights
+    model: Classifier  # the weights of the epoch with the best val accuracy (ties: lower val loss)
     history: list[dict] = field(default_factory=list)  # per epoch: losses, accuracies, elapsed seconds
     seconds: float = 0.0  # wall time of all epochs, validation included
     images_per_second: float = 0.0  # training images processed per second of that time
@@ -39,6 +39,21 @@ class TrainResult:
     stopped_early: bool = False
     device: str = "cpu"
     peak_memory_mb: float | None = None  # CUDA only
+
+    def summary(self) -> dict:
+        """The figures of the kept epoch and of the run, as written to metrics/train/<variant>.json."""
+        kept = self.history[self.best_epoch - 1]
+        metrics = {key: kept[key] for key in ("val_accuracy", "val_loss", "train_accuracy", "train_loss")}
+        metrics |= {
+            "parameters": count_parameters(self.model.net),
+            "train_seconds": round(self.seconds, 3),
+            "images_per_second": round(self.images_per_second, 1),
+            "epochs": len(self.history),
+            "best_epoch": self.best_epoch,
+        }
+        if self.peak_memory_mb is not None:
+            metrics["peak_memory_mb"] = round(self.peak_memory_mb, 1)
+        return metrics
 
 
 def batches(count: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
@@ -140,7 +155,8 @@ def train(model_name: str, model_settings: dict, data: Prepared, config: TrainCo
     schedule = make_schedule(config, optimizer, config.epochs * steps_per_epoch)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
-    state = {"epoch": 0, "best_loss": float("inf"), "best_epoch": 0, "best_weights": None, "elapsed": 0.0}
+    state = {"epoch": 0, "best_loss": float("inf"), "loss_epoch": 0, "best_score": (-1.0, 0.0), "best_epoch": 0,
+             "best_weights": None, "elapsed": 0.0}
 
     key = fingerprint(model_name, model_settings, data, config)
     if resume is not None and resume.exists():
@@ -191,11 +207,14 @@ def train(model_name: str, model_settings: dict, data: Prepared, config: TrainCo
         row = _epoch_row(epoch, {"loss": loss_sum.item() / len(y_train), "accuracy": correct.item() / len(y_train)},
                          val, state["elapsed"])
         result.history.append(row)
-        if val["loss"] < state["best_loss"]:
-            state.update(best_loss=val["loss"], best_epoch=epoch, best_weights=copy.deepcopy(model.state_dict()))
+        if val["loss"] < state["best_loss"]:  # early stopping watches the loss...
+            state.update(best_loss=val["loss"], loss_epoch=epoch)
+        if (val["accuracy"], -val["loss"]) > state["best_score"]:  # ...the weights kept are the most accurate
+            state.update(best_score=(val["accuracy"], -val["loss"]), best_epoch=epoch,
+                         best_weights=copy.deepcopy(model.state_dict()))
         _report(model_name, row, config.epochs, interactive, images_per_second=len(y_train) / (time.perf_counter() - start))
         state["epoch"] = epoch
-        stop = config.patience and epoch - state["best_epoch"] >= config.patience
+        stop = config.patience and epoch - state["loss_epoch"] >= config.patience
         if resume is not None and epoch < config.epochs and not stop:
             with atomic_path(resume) as tmp:
                 torch.save({
@@ -208,7 +227,7 @@ def train(model_name: str, model_settings: dict, data: Prepared, config: TrainCo
             on_epoch(row)
         if stop:
             result.stopped_early = True
-            print(f"{model_name}: stopping early after epoch {epoch}: no better val loss since epoch {state['best_epoch']}")
+            print(f"{model_name}: stopping early after epoch {epoch}: no better val loss since epoch {state['loss_epoch']}")
             break
 
     model.load_state_dict(state["best_weights"])
