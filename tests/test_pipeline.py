@@ -1,82 +1,24 @@
 """The real pipeline end to end: a copy of the project, `dvc repro` with tiny settings, real MLflow."""
 
-import json
-import os
-import shutil
-import subprocess
 import sys
-from contextlib import contextmanager
-from pathlib import Path
 
 import mlflow
 import pytest
 import torch
 import yaml
+from project import copy_project, edited_params, read_json, run
 
 from imgpipe.checkpoint import load_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ["centroid", "linear", "mlp", "cnn"]
 pytestmark = pytest.mark.slow
 
 
-def run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env |= {
-        # Stages run `python`: make it this interpreter, with imgpipe installed.
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
-        "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
-        "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com",
-    }
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    if check and done.returncode != 0:
-        pytest.fail(f"{' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-    return done
-
-
-def copy_project(target: Path) -> Path:
-    """The project's code and configuration, none of its outputs, as a fresh git repository."""
-    keep = ["dvc.yaml", "params.yaml", "stages", "src", ".dvc", ".dvcignore", ".gitignore"]
-    for name in keep:
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("cache", "tmp", "__pycache__"))
-        elif source.exists():
-            shutil.copy2(source, target / name)
-    params = yaml.safe_load((target / "params.yaml").read_text())
-    params["train"]["epochs"] = 3
-    (target / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["git", "init", "-q"], target)
-    run(["git", "add", "-A"], target)
-    run(["git", "commit", "-qm", "project"], target)
-    return target
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    root = copy_project(tmp_path_factory.mktemp("project"))
+    root = copy_project(tmp_path_factory.mktemp("project"), train__epochs=3)
     run(["dvc", "repro"], root)
     return root
-
-
-@contextmanager
-def edited_params(project: Path, **changes):
-    """params.yaml with some `section__key=value` changes for the duration of the block."""
-    path = project / "params.yaml"
-    original = path.read_text()
-    params = yaml.safe_load(original)
-    for key, value in changes.items():
-        section, name = key.split("__")
-        params[section][name] = value
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-    try:
-        yield
-    finally:
-        path.write_text(original)
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text())
 
 
 def test_every_declared_output_exists(project):
@@ -105,6 +47,11 @@ def test_mlflow_holds_one_complete_run_per_variant(project):
     experiment = client.get_experiment_by_name("digits")
     runs = {run.info.run_name: run for run in client.search_runs([experiment.experiment_id])}
     assert sorted(runs) == sorted(VARIANTS)
+    head = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
+    tags = [run_.data.tags for run_ in runs.values()]
+    assert len({t["imgpipe.execution"] for t in tags}) == 1  # one execution groups its variants
+    assert len({t["imgpipe.data_fingerprint"] for t in tags}) == 1
+    assert all(t["mlflow.source.git.commit"] == head and t["imgpipe.device"] == "cpu" for t in tags)
     for variant, run_ in runs.items():
         assert run_.info.run_id == read_json(project / f"metrics/train/{variant}.json")["mlflow_run_id"]
         assert run_.data.params["train.epochs"] == "3" and run_.data.params["data.dataset"] == "digits"
@@ -137,6 +84,9 @@ def test_experiment_reruns_only_what_its_parameter_affects(project):
     assert "Running stage 'train@cnn'" not in done.stdout and "Running stage 'train@mlp'" not in done.stdout
     table = run(["dvc", "exp", "show", "--json"], project).stdout
     assert "linear-4" in table
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    tagged = mlflow.search_runs(experiment_names=["digits"], filter_string="tags.`imgpipe.dvc_experiment` = 'linear-4'")
+    assert tagged["tags.mlflow.runName"].tolist() == ["linear"]
 
 
 def test_bad_input_file_fails_in_one_line_and_keeps_earlier_data(project, tmp_path):
@@ -149,3 +99,17 @@ def test_bad_input_file_fails_in_one_line_and_keeps_earlier_data(project, tmp_pa
     assert done.returncode == 1
     assert done.stderr.strip() == f"error: {bad} line 3, column 'pixel3': 'x' is not a number"
     assert raw.read_bytes() == before and sorted(p.name for p in (project / "data").iterdir()) == ["prepared", "raw"]
+
+
+def test_tracking_failure_fails_the_stage_in_one_line_unless_optional(project):
+    down = {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}  # the discard port: nothing listens there
+    done = run([sys.executable, "stages/train.py", "centroid"], project, check=False, **down)
+    assert done.returncode == 1
+    assert done.stderr.strip().startswith("error: MLflow tracking at http://127.0.0.1:9 failed (")
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert read_json(project / "metrics/train/centroid.json")["mlflow_run_id"] is None  # outputs saved all the same
+    with edited_params(project, tracking__optional=True):
+        done = run([sys.executable, "stages/train.py", "centroid"], project, check=False, **down)
+        assert done.returncode == 0 and "warning: MLflow tracking at http://127.0.0.1:9 failed" in done.stderr
+        done = run([sys.executable, "stages/evaluate.py", "centroid"], project, check=False, **down)
+        assert done.returncode == 0 and "training was not tracked" in done.stdout

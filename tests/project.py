@@ -1,0 +1,71 @@
+"""A copy of the project to run the real pipeline in, and the commands to drive it."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(args: list[str], cwd: Path, check: bool = True, **extra_env: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))} | extra_env
+    env |= {
+        # Stages run `python`: make it this interpreter, with imgpipe installed.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
+        "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
+        "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com",
+    }
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and done.returncode != 0:
+        pytest.fail(f"{' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def _edit(path: Path, changes: dict) -> None:
+    """Apply `section__key=value` changes to a params.yaml."""
+    params = yaml.safe_load(path.read_text())
+    for key, value in changes.items():
+        section, name = key.split("__")
+        params[section][name] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def copy_project(target: Path, **changes) -> Path:
+    """The project's code and configuration, none of its outputs, as a fresh git repository,
+    with `section__key=value` changes to params.yaml."""
+    target.mkdir(parents=True, exist_ok=True)
+    keep = ["dvc.yaml", "params.yaml", "stages", "src", ".dvc", ".dvcignore", ".gitignore"]
+    for name in keep:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("cache", "tmp", "__pycache__"))
+        elif source.exists():
+            shutil.copy2(source, target / name)
+    _edit(target / "params.yaml", changes)
+    run(["git", "init", "-q"], target)
+    run(["git", "add", "-A"], target)
+    run(["git", "commit", "-qm", "project"], target)
+    return target
+
+
+@contextmanager
+def edited_params(project: Path, **changes):
+    """params.yaml with some `section__key=value` changes for the duration of the block."""
+    path = project / "params.yaml"
+    original = path.read_text()
+    _edit(path, changes)
+    try:
+        yield
+    finally:
+        path.write_text(original)
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
