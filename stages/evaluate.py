@@ -8,6 +8,7 @@ import sys
 
 import pandas as pd
 
+from imgpipe import params as P
 from imgpipe import paths, tracking
 from imgpipe.checkpoint import load_checkpoint
 from imgpipe.device import pick_device
@@ -35,8 +36,12 @@ def main() -> None:
     metrics = {"accuracy": result["accuracy"], "loss": result["loss"], "images": len(test)}
     write_json(paths.test_metrics(name), metrics)
     run_id = read_json(paths.train_metrics(name))["mlflow_run_id"]
-    tracking.log_evaluation(run_id, {"test_accuracy": result["accuracy"], "test_loss": result["loss"]},
-                            artifacts=[paths.predictions(name)])
+    if run_id is None:
+        print(f"{name}: training was not tracked (tracking.optional), so neither is its evaluation")
+    else:
+        with tracking.reported(P.tracking(P.load())[1]):
+            tracking.log_evaluation(run_id, {"test_accuracy": result["accuracy"], "test_loss": result["loss"]},
+                                    artifacts=[paths.predictions(name)])
     print(f"{name}: test accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f} on {len(test)} images")
 
 

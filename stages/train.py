@@ -11,7 +11,7 @@ from imgpipe import paths, tracking
 from imgpipe.checkpoint import save_checkpoint
 from imgpipe.errors import ImgpipeError, run_stage
 from imgpipe.files import write_json
-from imgpipe.prepare import load_prepared
+from imgpipe.prepare import fingerprint, load_prepared
 from imgpipe.train import train, write_curves
 
 
@@ -29,19 +29,24 @@ def main() -> None:
                     image_shape=data.image_shape, class_names=data.class_names, config=variant.config)
     write_curves(paths.curves(name), result.history)
     metrics = result.summary()
-    run_id = tracking.log_training(
-        P.get(params, "data.dataset"),
-        run_name=name,
-        params={"data": P.get(params, "data"), "train": vars(variant.config), "model": {"name": variant.model, **variant.settings}},
-        history=result.history,
-        metrics=metrics,
-        model=result.model,
-        example=data.val.images[:2],
-        tags={"imgpipe.variant": name, "imgpipe.device": result.device},
-    )
-    write_json(paths.train_metrics(name), {**metrics, "model": variant.model, "device": result.device, "mlflow_run_id": run_id})
+    record = {**metrics, "model": variant.model, "device": result.device, "mlflow_run_id": None}
+    experiment, optional = P.tracking(params)
+    try:
+        with tracking.reported(optional):
+            record["mlflow_run_id"] = tracking.log_training(
+                experiment,
+                run_name=name,
+                params={"data": P.get(params, "data"), "train": vars(variant.config), "model": {"name": variant.model, **variant.settings}},
+                history=result.history,
+                metrics=metrics,
+                model=result.model,
+                example=data.val.images[:2],
+                tags=tracking.run_tags(name, result.device, fingerprint(data), params),
+            )
+    finally:  # the metrics are the stage's own output: written whatever became of tracking
+        write_json(paths.train_metrics(name), record)
     print(f"{name}: val accuracy {metrics['val_accuracy']:.4f} (epoch {result.best_epoch}), {metrics['parameters']:,} parameters, "
-          f"{result.seconds:.1f} s on {result.device} (MLflow run {run_id})")
+          f"{result.seconds:.1f} s on {result.device} (MLflow run {record['mlflow_run_id']})")
 
 
 if __name__ == "__main__":

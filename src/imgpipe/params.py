@@ -110,3 +110,12 @@ def data_config(params: dict) -> DataConfig:
             settings[key] = tuple(settings[key])
     with reported_as("data"):
         return DataConfig(**settings)
+
+
+def tracking(params: dict) -> tuple[str, bool]:
+    """(MLflow experiment name, whether a tracking failure may be ignored) from `tracking:`."""
+    experiment = get(params, "tracking.experiment", None) or get(params, "data.dataset")
+    optional = get(params, "tracking.optional", False)
+    if not isinstance(optional, bool):
+        raise ConfigError(f"params.yaml: tracking.optional: must be true or false, got {optional!r}")
+    return str(experiment), optional

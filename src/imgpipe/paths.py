@@ -1,5 +1,6 @@
 """Every file the pipeline reads or writes, in one place (dvc.yaml names the same paths)."""
 
+import os
 from pathlib import Path
 
 
@@ -23,8 +24,12 @@ METRICS = ROOT / "metrics"
 DATA_CARD = METRICS / "data_card.json"
 REPORTS = ROOT / "reports"
 
-MLFLOW_DB = ROOT / "mlflow.db"
-MLFLOW_ARTIFACTS = ROOT / "mlruns"  # MLflow's own default name, beside the store
+# Queued experiments (`dvc queue start`) run in copies of the project under .dvc/tmp/exps/; DVC_ROOT,
+# which DVC sets for every stage it runs, names the project they belong to, so their MLflow runs
+# land in the project's own store rather than in a copy that is thrown away.
+TRACKING_ROOT = Path(os.environ.get("DVC_ROOT") or ROOT)
+MLFLOW_DB = TRACKING_ROOT / "mlflow.db"
+MLFLOW_ARTIFACTS = TRACKING_ROOT / "mlruns"  # MLflow's own default name, beside the store
 
 
 def checkpoint(variant: str) -> Path:

@@ -4,6 +4,7 @@ Images stay uint8 on disk; the per-channel mean/std (on the 0..1 scale) come fro
 split alone, so nothing about validation or test images leaks into training.
 """
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,6 +108,16 @@ def prepare(raw: dict[str, ImageSet], val_fraction: float, test_fraction: float,
     train = pool
     mean, std = channel_stats(train.images)
     return Prepared(train, val, test, mean, std)
+
+
+def fingerprint(prepared: Prepared) -> str:
+    """A short hash of every image and label of every split: the same data, the same fingerprint."""
+    digest = hashlib.blake2b(digest_size=8)
+    for split in SPLITS:
+        images = getattr(prepared, split)
+        digest.update(images.images.tobytes())
+        digest.update(images.labels.tobytes())
+    return digest.hexdigest()
 
 
 def save_prepared(prepared: Prepared, folder: Path) -> None:

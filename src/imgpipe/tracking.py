@@ -2,26 +2,53 @@
 
 Runs go to the embedded store at the project root (sqlite:///mlflow.db, artifacts in mlruns/),
 which `mlflow ui` opens from there, unless MLFLOW_TRACKING_URI names another store or a server.
+Every run is tagged with the DVC experiment that made it, the git commit, the data's fingerprint
+and the device; the runs of one pipeline execution share the tag `imgpipe.execution`.
 """
 
+import hashlib
+import json
 import os
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import torch
+from filelock import FileLock
 from mlflow.entities import Metric
 from mlflow.models import infer_signature
 
 import imgpipe
 from imgpipe import paths
+from imgpipe.errors import ImgpipeError
+
+# A tracking server that is down should fail a stage in seconds, not after MLflow's default of
+# minutes of retries; the environment can still ask for more.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 EMBEDDED_STORE = f"sqlite:///{paths.MLFLOW_DB}"
 
 
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or EMBEDDED_STORE
+
+
+@contextmanager
+def _store_lock() -> Iterator[None]:
+    """Take turns at the embedded store: SQLite has one writer at a time, and MLflow's first-use
+    migrations race when parallel stages (dvc queue start -j 2) create the store together."""
+    if tracking_uri() != EMBEDDED_STORE:
+        yield
+        return
+    paths.MLFLOW_DB.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{paths.MLFLOW_DB}.lock"):
+        yield
 
 
 def _client():
@@ -38,6 +65,48 @@ def _experiment_id(client, name: str) -> str:
     return client.create_experiment(name, artifact_location=location)
 
 
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=paths.ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def run_tags(variant: str, device: str, data_fingerprint: str, params: dict) -> dict[str, str]:
+    """Where a run came from: DVC experiment, git commit and state, data, device, and its execution."""
+    commit = _git("rev-parse", "HEAD")
+    experiment = os.environ.get("DVC_EXP_NAME", "")
+    params_hash = hashlib.blake2b(json.dumps(params, sort_keys=True).encode(), digest_size=4).hexdigest()
+    tags = {
+        "imgpipe.variant": variant,
+        "imgpipe.device": device,
+        "imgpipe.data_fingerprint": data_fingerprint,
+        # The variants of one `dvc repro` or `dvc exp run` share this: same experiment, or same code and params.
+        "imgpipe.execution": experiment or f"{commit[:8] or 'nogit'}-{params_hash}",
+    }
+    if experiment:
+        tags["imgpipe.dvc_experiment"] = experiment
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+        tags["imgpipe.git_dirty"] = str(bool(_git("status", "--porcelain", "--untracked-files=no"))).lower()
+    return tags
+
+
+@contextmanager
+def reported(optional: bool) -> Iterator[None]:
+    """Turn a tracking failure into one line: an error, or with `optional` a warning and no run."""
+    try:
+        yield
+    except ImgpipeError:
+        raise
+    except Exception as error:  # MLflow raises many kinds: connection, store lock, REST errors
+        detail = " ".join(str(error).split())[:200]
+        message = f"MLflow tracking at {tracking_uri()} failed ({type(error).__name__}: {detail}); the stage's outputs are saved"
+        if not optional:
+            raise ImgpipeError(f"{message}; fix the store or set tracking.optional: true") from None
+        print(f"warning: {message}; going on without tracking (tracking.optional: true)", file=sys.stderr)
+
+
 def flatten(params: dict, prefix: str = "") -> dict[str, object]:
     """{'data': {'dataset': 'digits'}} -> {'data.dataset': 'digits'}"""
     flat = {}
@@ -50,6 +119,7 @@ def flatten(params: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
+@_store_lock()
 def log_training(experiment: str, run_name: str, *, params: dict, history: list[dict], metrics: dict,
                  model, example: np.ndarray, tags: dict[str, str]) -> str:
     """Record a finished training as a new run; returns its id for evaluate to add test metrics to."""
@@ -78,6 +148,7 @@ def log_training(experiment: str, run_name: str, *, params: dict, history: list[
         return run.info.run_id
 
 
+@_store_lock()
 def log_evaluation(run_id: str, metrics: dict[str, float], artifacts: list[Path]) -> None:
     """Add test metrics and files to the variant's training run."""
     _client()

@@ -26,7 +26,7 @@ from imgpipe.device import pick_device
 from imgpipe.evaluate import predict_logits, score
 from imgpipe.files import atomic_path
 from imgpipe.models import Classifier, build_model, count_parameters, is_fitted
-from imgpipe.prepare import Prepared
+from imgpipe.prepare import Prepared, fingerprint
 
 
 @dataclass
@@ -94,14 +94,10 @@ def make_schedule(config: TrainConfig, optimizer, steps: int):
     return None
 
 
-def fingerprint(model_name: str, model_settings: dict, data: Prepared, config: TrainConfig) -> str:
+def run_key(model_name: str, model_settings: dict, data: Prepared, config: TrainConfig) -> str:
     """What a resumable state must match: the model, every training setting and the data."""
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(repr((model_name, sorted(model_settings.items()), asdict(config), data.mean, data.std)).encode())
-    for split in (data.train, data.val):
-        digest.update(split.images.tobytes())
-        digest.update(split.labels.tobytes())
-    return digest.hexdigest()
+    settings = repr((model_name, sorted(model_settings.items()), asdict(config), fingerprint(data)))
+    return hashlib.blake2b(settings.encode(), digest_size=16).hexdigest()
 
 
 def _configure(config: TrainConfig, device: torch.device) -> None:
@@ -158,7 +154,7 @@ def train(model_name: str, model_settings: dict, data: Prepared, config: TrainCo
     state = {"epoch": 0, "best_loss": float("inf"), "loss_epoch": 0, "best_score": (-1.0, 0.0), "best_epoch": 0,
              "best_weights": None, "elapsed": 0.0}
 
-    key = fingerprint(model_name, model_settings, data, config)
+    key = run_key(model_name, model_settings, data, config)
     if resume is not None and resume.exists():
         saved = torch.load(resume, map_location=device, weights_only=True)
         if saved.get("fingerprint") == key:
