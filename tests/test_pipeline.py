@@ -52,6 +52,7 @@ def test_mlflow_holds_one_complete_run_per_variant(project):
     assert len({t["imgpipe.execution"] for t in tags}) == 1  # one execution groups its variants
     assert len({t["imgpipe.data_fingerprint"] for t in tags}) == 1
     assert all(t["mlflow.source.git.commit"] == head and t["imgpipe.device"] == "cpu" for t in tags)
+    assert all(t["imgpipe.git_dirty"] == "false" for t in tags)
     for variant, run_ in runs.items():
         assert run_.info.run_id == read_json(project / f"metrics/train/{variant}.json")["mlflow_run_id"]
         assert run_.data.params["train.epochs"] == "3" and run_.data.params["data.dataset"] == "digits"

@@ -15,6 +15,7 @@ def _project_root() -> Path:
 
 ROOT = _project_root()
 PARAMS = ROOT / "params.yaml"
+DVC_LOCK = ROOT / "dvc.lock"
 
 DOWNLOADS = ROOT / "data" / "downloads"  # kept across fetch runs: not a DVC output
 RAW = ROOT / "data" / "raw"

@@ -88,7 +88,9 @@ def run_tags(variant: str, device: str, data_fingerprint: str, params: dict) -> 
         tags["imgpipe.dvc_experiment"] = experiment
     if commit:
         tags["mlflow.source.git.commit"] = commit
-        tags["imgpipe.git_dirty"] = str(bool(_git("status", "--porcelain", "--untracked-files=no"))).lower()
+        # Dirty means changed code or settings: the pipeline's own tracked outputs change as it runs.
+        outputs = [f":(exclude){p.relative_to(paths.ROOT)}" for p in (paths.DVC_LOCK, paths.METRICS, paths.REPORTS)]
+        tags["imgpipe.git_dirty"] = str(bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".", *outputs))).lower()
     return tags
 
 
