@@ -19,8 +19,9 @@ import numpy as np
 import torch
 
 from imgpipe.config import DataConfig
+from imgpipe.imageset import save_splits
 from imgpipe.prepare import data_card, prepare, save_prepared
-from imgpipe.sources import fetch, save_raw
+from imgpipe.sources import fetch
 from imgpipe.sources.idx import read_idx, write_idx
 
 MNIST_T10K = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist-t10k"
@@ -53,7 +54,7 @@ def main() -> None:
         for run in range(1, args.runs + 1):
             start = time.perf_counter()
             raw = fetch(DataConfig(dataset="idx", path=folder))
-            save_raw(raw, Path(tmp) / "raw")
+            save_splits(raw, Path(tmp) / "raw")
             fetched = time.perf_counter()
             prepared = prepare(raw, val_fraction=0.1, test_fraction=1 / 7, seed=0)
             data_card(prepared)

@@ -3,14 +3,15 @@
 from imgpipe import params as P
 from imgpipe import paths
 from imgpipe.errors import run_stage
-from imgpipe.sources import fetch, save_raw
+from imgpipe.imageset import save_splits
+from imgpipe.sources import fetch
 
 
 def main() -> None:
     config = P.data_config(P.load())
     with P.reported_as("data"):
         splits = fetch(config)
-    save_raw(splits, paths.RAW)
+    save_splits(splits, paths.RAW)
     shape = "x".join(map(str, splits["train"].image_shape))
     print(f"{config.dataset}: " + ", ".join(f"{split} {len(images)} images" for split, images in splits.items())
           + f" of {shape} (C x H x W), {len(splits['train'].class_names)} classes -> {paths.RAW.relative_to(paths.ROOT)}")

@@ -5,15 +5,15 @@ from imgpipe import params as P
 from imgpipe import paths
 from imgpipe.errors import run_stage
 from imgpipe.files import write_json
+from imgpipe.imageset import load_splits
 from imgpipe.prepare import data_card, prepare, save_prepared
-from imgpipe.sources import load_raw
 
 
 def main() -> None:
     params = P.load()
     with P.reported_as("data"):
         prepared = prepare(
-            load_raw(paths.RAW),
+            load_splits(paths.RAW),
             val_fraction=P.get(params, "data.val_fraction"),
             test_fraction=P.get(params, "data.test_fraction"),
             seed=P.get(params, "data.seed"),

@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from imgpipe.errors import ImgpipeError
-from imgpipe.files import atomic_path
+from imgpipe.files import atomic_path, write_json
+
+SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -58,3 +60,20 @@ def load(path: Path) -> ImageSet:
         raise ImgpipeError(f"{path}: not found; run the stage that writes it (dvc repro)") from None
     except (OSError, KeyError, ValueError) as error:
         raise ImgpipeError(f"{path}: not a readable imgpipe image set ({error})") from None
+
+
+def save_splits(splits: dict[str, ImageSet], folder: Path, json_files: dict[str, dict] | None = None) -> None:
+    """Write every split as <split>.npz (plus any JSON files) into `folder`, swapped in whole."""
+    with atomic_path(folder) as tmp:
+        tmp.mkdir()
+        for split, images in splits.items():
+            save(images, tmp / f"{split}.npz")
+        for name, data in (json_files or {}).items():
+            write_json(tmp / name, data)
+
+
+def load_splits(folder: Path) -> dict[str, ImageSet]:
+    """Every split saved in `folder`; the train split must be there."""
+    if not (folder / "train.npz").exists():
+        raise ImgpipeError(f"{folder / 'train.npz'}: not found; run the stage that writes it (dvc repro)")
+    return {split: load(folder / f"{split}.npz") for split in SPLITS if (folder / f"{split}.npz").exists()}

@@ -10,12 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from imgpipe import imageset
 from imgpipe.errors import ImgpipeError, require
-from imgpipe.files import atomic_path, read_json, write_json
-from imgpipe.imageset import ImageSet
-
-SPLITS = ("train", "val", "test")
+from imgpipe.files import read_json
+from imgpipe.imageset import SPLITS, ImageSet, load_splits, save_splits
 
 
 @dataclass(frozen=True)
@@ -122,23 +119,19 @@ def fingerprint(prepared: Prepared) -> str:
 
 def save_prepared(prepared: Prepared, folder: Path) -> None:
     """Write the splits and their statistics as one folder, swapped in whole."""
-    with atomic_path(folder) as tmp:
-        tmp.mkdir()
-        for split in SPLITS:
-            imageset.save(getattr(prepared, split), tmp / f"{split}.npz")
-        write_json(tmp / "stats.json", {
-            "class_names": list(prepared.class_names),
-            "image_shape": list(prepared.image_shape),
-            "mean": list(prepared.mean),
-            "std": list(prepared.std),
-            "counts": {split: len(getattr(prepared, split)) for split in SPLITS},
-        })
+    stats = {
+        "class_names": list(prepared.class_names),
+        "image_shape": list(prepared.image_shape),
+        "mean": list(prepared.mean),
+        "std": list(prepared.std),
+        "counts": {split: len(getattr(prepared, split)) for split in SPLITS},
+    }
+    save_splits({split: getattr(prepared, split) for split in SPLITS}, folder, {"stats.json": stats})
 
 
 def load_prepared(folder: Path) -> Prepared:
     stats = read_json(folder / "stats.json")
-    splits = {split: imageset.load(folder / f"{split}.npz") for split in SPLITS}
-    return Prepared(**splits, mean=tuple(stats["mean"]), std=tuple(stats["std"]))
+    return Prepared(**load_splits(folder), mean=tuple(stats["mean"]), std=tuple(stats["std"]))
 
 
 FEW_EXAMPLES = 5  # a class with fewer images than this in a split is flagged on the data card

@@ -5,21 +5,16 @@ carves what is missing. params.yaml `data.dataset` picks the source by name.
 """
 
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
-from imgpipe import imageset
 from imgpipe.config import DataConfig
-from imgpipe.errors import ImgpipeError, require
-from imgpipe.files import atomic_path
+from imgpipe.errors import require
 from imgpipe.imageset import ImageSet
 from imgpipe.sources.downloads import DATASETS, torchvision_source
 from imgpipe.sources.idx import idx_folder
 from imgpipe.sources.image_folder import image_folder
 from imgpipe.sources.pixel_table import pixel_table
-
-SPLITS = ("train", "val", "test")
 
 
 def digits(config: DataConfig) -> dict[str, ImageSet]:
@@ -52,16 +47,3 @@ def fetch(config: DataConfig) -> dict[str, ImageSet]:
         splits = {split: ImageSet(s.images, s.labels, tuple(map(str, names))) for split, s in splits.items()}
     return splits
 
-
-def save_raw(splits: dict[str, ImageSet], folder: Path) -> None:
-    """Write every split as <split>.npz into `folder`, swapped in whole."""
-    with atomic_path(folder) as tmp:
-        tmp.mkdir()
-        for split, images in splits.items():
-            imageset.save(images, tmp / f"{split}.npz")
-
-
-def load_raw(folder: Path) -> dict[str, ImageSet]:
-    if not (folder / "train.npz").exists():
-        raise ImgpipeError(f"{folder / 'train.npz'}: not found; run the fetch stage (dvc repro fetch)")
-    return {split: imageset.load(folder / f"{split}.npz") for split in SPLITS if (folder / f"{split}.npz").exists()}

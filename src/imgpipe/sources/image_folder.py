@@ -116,11 +116,11 @@ def image_folder(config: DataConfig) -> dict[str, ImageSet]:
     channels = read["train"][0].shape[1]  # every split gets the training images' channel count
     read |= {split: read_split(folder, config, channels) for split, folder in split_folders.items()}
     names = tuple(sorted(set(read["train"][1])))
+    index = {name: i for i, name in enumerate(names)}
     splits = {}
     for split, (images, labels) in read.items():
         unknown = sorted(set(labels) - set(names))
         if unknown:
             raise ImgpipeError(f"{root}: class {unknown[0]!r} of the {split} split has no training images")
-        index = {name: i for i, name in enumerate(names)}
         splits[split] = ImageSet(images, np.array([index[label] for label in labels], dtype=np.int64), names)
     return splits
