@@ -1,48 +1,44 @@
 """evaluate: score one trained variant on the test split, e.g. `python stages/evaluate.py cnn`.
 
-Writes metrics/test/<variant>.json and metrics/predictions/<variant>.csv (the confusion-matrix plot),
-and adds the test metrics to the variant's MLflow run.
+Writes metrics/test/<variant>.json (accuracy, loss, top-k, macro precision/recall/F1, images/s,
+checkpoint size), metrics/predictions/<variant>.csv (per image; the confusion-matrix plot),
+metrics/classes/<variant>.csv (per class) and metrics/confusion/<variant>.csv (the count table).
+The report stage adds them to the variant's MLflow run (one MLflow start-up for all variants).
 """
 
 import sys
 
-import pandas as pd
-
 from imgpipe import params as P
-from imgpipe import paths, tracking
+from imgpipe import paths
 from imgpipe.checkpoint import load_checkpoint
 from imgpipe.device import pick_device
 from imgpipe.errors import ImgpipeError, run_stage
-from imgpipe.evaluate import evaluate
-from imgpipe.files import atomic_path, read_json, write_json
+from imgpipe.evaluate import class_table, confusion_table, evaluate, predictions_table
+from imgpipe.files import write_csv, write_json
 from imgpipe.prepare import load_prepared
+from imgpipe.scores import most_confused
 
 
 def main() -> None:
     if len(sys.argv) != 2:
         raise ImgpipeError("usage: python stages/evaluate.py VARIANT (one of params.yaml train.variants)")
     name = sys.argv[1]
+    params = P.load()
+    top_k = P.whole_number(params, "evaluate.top_k")
     test = load_prepared(paths.PREPARED).test
     model, _ = load_checkpoint(paths.checkpoint(name))
     device = pick_device("auto")
-    result = evaluate(model.to(device), test, device)
+    result = evaluate(model.to(device), test, device, top_k=top_k)
 
-    names = list(test.class_names)
-    with atomic_path(paths.predictions(name)) as tmp:
-        pd.DataFrame({
-            "actual": [names[i] for i in test.labels],
-            "predicted": [names[i] for i in result["predicted"]],
-        }).to_csv(tmp, index=False)
-    metrics = {"accuracy": result["accuracy"], "loss": result["loss"], "images": len(test)}
+    write_csv(paths.predictions(name), predictions_table(test, result))
+    write_csv(paths.class_scores(name), class_table(test.class_names, result))
+    write_csv(paths.confusion(name), confusion_table(test.class_names, result.confusion))
+    metrics = {**result.metrics, "model_bytes": paths.checkpoint(name).stat().st_size}
     write_json(paths.test_metrics(name), metrics)
-    run_id = read_json(paths.train_metrics(name))["mlflow_run_id"]
-    if run_id is None:
-        print(f"{name}: training was not tracked (tracking.optional), so neither is its evaluation")
-    else:
-        with tracking.reported(P.tracking(P.load())[1]):
-            tracking.log_evaluation(run_id, {"test_accuracy": result["accuracy"], "test_loss": result["loss"]},
-                                    artifacts=[paths.predictions(name)])
-    print(f"{name}: test accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f} on {len(test)} images")
+    pairs = "; ".join(f"{a} as {p} ({n}x)" for a, p, n in most_confused(result.confusion, test.class_names, 3))
+    print(f"{name}: test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, loss {metrics['loss']:.4f} "
+          f"on {len(test)} images, {metrics['images_per_second']:,.0f} images/s on {device.type}; "
+          f"most confused: {pairs or 'none'}")
 
 
 if __name__ == "__main__":

@@ -1,21 +1,79 @@
-"""report: compare every variant side by side in reports/report.md."""
+"""report: every variant side by side in reports/report.md, with its figures in reports/figures/.
 
+Draws the sample grid, the training curves, and a confusion matrix and a grid of misclassified
+test images per variant. Then publishes each variant's evaluation (test metrics, its tables) and the
+report to the variant's MLflow run, where the run does not hold them yet.
+"""
+
+from pathlib import Path
+
+import pandas as pd
+
+from imgpipe import figures, paths, provenance, tracking
 from imgpipe import params as P
-from imgpipe import paths
-from imgpipe.errors import run_stage
-from imgpipe.files import read_json, write_text
-from imgpipe.report import render
+from imgpipe.errors import ImgpipeError, run_stage
+from imgpipe.files import atomic_path, read_json, write_text
+from imgpipe.imageset import load_splits
+from imgpipe.report import VariantResult, render
+
+
+def read_table(path: Path, text_columns: tuple[str, ...] = ()) -> pd.DataFrame:
+    """A CSV the pipeline wrote; class names stay text ("0", "NA"), never numbers or missing values."""
+    try:
+        return pd.read_csv(path, dtype={column: str for column in text_columns}, keep_default_na=False)
+    except FileNotFoundError:
+        raise ImgpipeError(f"{path}: not found; run the stage that writes it (dvc repro)") from None
 
 
 def main() -> None:
     params = P.load()
-    results = {
-        name: {"train": read_json(paths.train_metrics(name)), "test": read_json(paths.test_metrics(name))}
-        for name in P.get(params, "train.variants")
-    }
+    variants = P.get(params, "train.variants")
+    samples_per_class = P.whole_number(params, "report.samples_per_class")
+    shown_mistakes = P.whole_number(params, "report.misclassified", minimum=0)
     card = read_json(paths.DATA_CARD)
-    write_text(paths.report(), render(P.get(params, "data.dataset"), card, results))
-    print(f"wrote {paths.report().relative_to(paths.ROOT)}")
+    data = load_splits(paths.PREPARED)
+    results, curves, mistakes = {}, {}, {}
+    for name in variants:
+        results[name] = VariantResult(
+            train=read_json(paths.train_metrics(name)),
+            test=read_json(paths.test_metrics(name)),
+            classes=read_table(paths.class_scores(name), ("class",)),
+            confusion=read_table(paths.confusion(name), ("actual",)).set_index("actual"),
+        )
+        curves[name] = {measure: read_table(paths.curves(name) / f"{measure}.csv") for measure in ("loss", "accuracy")}
+        predictions = read_table(paths.predictions(name), ("actual", "predicted"))
+        wrong = predictions[predictions["actual"] != predictions["predicted"]]
+        wrong = wrong.sort_values("confidence", ascending=False, kind="stable").head(shown_mistakes)
+        mistakes[name] = list(wrong[["index", "actual", "predicted", "confidence"]].itertuples(index=False, name=None))
+
+    with atomic_path(paths.FIGURES) as folder:
+        folder.mkdir()
+        drawn = {
+            "samples": figures.sample_grid(data["train"], samples_per_class),
+            "curves": figures.curves(curves),
+        }
+        for name, result in results.items():
+            drawn[f"confusion_{name}"] = figures.confusion(result.confusion.to_numpy(), data["test"].class_names,
+                                                           f"{name}: confusion matrix on the test split")
+            drawn[f"misclassified_{name}"] = figures.misclassified(data["test"], mistakes[name])
+        for figure_name, figure in drawn.items():
+            figures.save(figure, folder / paths.figure(figure_name).name)
+    run = {"params_hash": provenance.params_hash(params), "commit": provenance.git_commit(),
+           "dirty": provenance.git_dirty(), "experiment": provenance.dvc_experiment(), "versions": provenance.versions()}
+    write_text(paths.report(), render(P.get(params, "data.dataset"), card, results, run))
+    print(f"wrote {paths.report().relative_to(paths.ROOT)} and {len(drawn)} figures in {paths.FIGURES.relative_to(paths.ROOT)}")
+
+    with tracking.reported(P.tracking(params)[1]):
+        for name, result in results.items():
+            run_id = result.train["mlflow_run_id"]
+            if run_id is None:
+                print(f"{name}: training was not tracked (tracking.optional), so neither is its evaluation")
+                continue
+            metrics = {f"test_{key}": value for key, value in result.test.items()}
+            artifacts = {"predictions": paths.predictions(name), "classes": paths.class_scores(name),
+                         "confusion": paths.confusion(name), "report": paths.REPORTS}
+            if tracking.publish_evaluation(run_id, metrics, artifacts):
+                print(f"{name}: evaluation and report added to MLflow run {run_id}")
 
 
 if __name__ == "__main__":

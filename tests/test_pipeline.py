@@ -1,14 +1,20 @@
 """The real pipeline end to end: a copy of the project, `dvc repro` with tiny settings, real MLflow."""
 
+import io
+import json
 import sys
+from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 import torch
 import yaml
+from datafiles import write_image_folder
 from project import copy_project, edited_params, read_json, run
 
 from imgpipe.checkpoint import load_checkpoint
+from imgpipe.imageset import load_splits
 
 VARIANTS = ["centroid", "linear", "mlp", "cnn"]
 pytestmark = pytest.mark.slow
@@ -29,6 +35,32 @@ def test_every_declared_output_exists(project):
     assert outs and all((project / path).exists() for path in outs), [p for p in outs if not (project / p).exists()]
     report = (project / "reports/report.md").read_text()
     assert all(f"| {v} |" in report for v in VARIANTS)
+    figures = ["curves", "samples"] + [f"{kind}_{v}" for kind in ("confusion", "misclassified") for v in VARIANTS]
+    assert sorted(p.stem for p in (project / "reports/figures").iterdir()) == sorted(figures)
+    assert all(f"(figures/{name}.png)" in report for name in figures)
+    for variant in VARIANTS:
+        test = read_json(project / f"metrics/test/{variant}.json")
+        assert {"accuracy", "loss", "top_3_accuracy", "macro_f1", "images_per_second", "model_bytes"} <= set(test)
+        assert test["model_bytes"] == (project / f"models/{variant}.pt").stat().st_size
+
+
+def test_dvc_plots_show_renders_curves_confusion_matrices_and_figures(project):
+    rendered = json.loads(run(["dvc", "plots", "show", "--json"], project).stdout)["data"]
+    assert {f"metrics/predictions/{v}.csv" for v in VARIANTS} <= set(rendered)
+    assert {f"metrics/curves/{v}/{m}.csv" for v in VARIANTS for m in ("loss", "accuracy")} <= set(rendered)
+    assert {f"reports/figures/confusion_{v}.png" for v in VARIANTS} | {"reports/figures/curves.png"} <= set(rendered)
+    assert rendered["metrics/classes/cnn.csv"][0]["type"] == "vega"  # F1 per class as a bar chart
+    assert rendered["reports/figures/curves.png"][0]["type"] == "image"
+
+
+def test_predict_on_exported_test_images_gives_the_evaluated_accuracy(project, tmp_path):
+    test = load_splits(project / "data/prepared")["test"]
+    write_image_folder(tmp_path / "test", test.images, test.labels, test.class_names)
+    done = run([sys.executable, "-m", "imgpipe.predict", "--model", "models/cnn.pt", str(tmp_path / "test")], project)
+    table = pd.read_csv(io.StringIO(done.stdout), dtype=str)
+    actual = table["path"].map(lambda path: Path(path).parent.name)
+    assert len(table) == len(test)
+    assert (actual == table["predicted"]).mean() == read_json(project / "metrics/test/cnn.json")["accuracy"]
 
 
 def test_every_variant_beats_chance(project):
@@ -60,8 +92,11 @@ def test_mlflow_holds_one_complete_run_per_variant(project):
         assert epochs == (1 if variant == "centroid" else 3)  # the centroid is fitted in one pass
         assert [m.step for m in client.get_metric_history(run_.info.run_id, "val_accuracy")] == list(range(1, epochs + 1))
         assert run_.info.artifact_uri.startswith((project / "mlruns").as_uri())
-        assert [a.path for a in client.list_artifacts(run_.info.run_id)] == [f"{variant}.csv"]
-        assert run_.data.metrics["test_accuracy"] == pytest.approx(read_json(project / f"metrics/test/{variant}.json")["accuracy"])
+        assert [a.path for a in client.list_artifacts(run_.info.run_id)] == ["classes", "confusion", "predictions", "report"]
+        figures = [a.path for a in client.list_artifacts(run_.info.run_id, "report/figures")]
+        assert {f"report/figures/confusion_{variant}.png", "report/figures/curves.png"} <= set(figures)
+        test = read_json(project / f"metrics/test/{variant}.json")
+        assert all(run_.data.metrics[f"test_{key}"] == pytest.approx(value) for key, value in test.items())
         logged = mlflow.pytorch.load_model(f"runs:/{run_.info.run_id}/model")
         checkpoint, _ = load_checkpoint(project / f"models/{variant}.pt")
         images = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)
@@ -80,6 +115,8 @@ def test_bad_parameter_fails_in_one_line_and_keeps_earlier_results(project):
 
 
 def test_experiment_reruns_only_what_its_parameter_affects(project):
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "baseline results"], project)
     done = run(["dvc", "exp", "run", "-S", "+models.linear.epochs=4", "-n", "linear-4"], project)
     assert "Running stage 'train@linear'" in done.stdout
     assert "Running stage 'train@cnn'" not in done.stdout and "Running stage 'train@mlp'" not in done.stdout
@@ -88,6 +125,14 @@ def test_experiment_reruns_only_what_its_parameter_affects(project):
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
     tagged = mlflow.search_runs(experiment_names=["digits"], filter_string="tags.`imgpipe.dvc_experiment` = 'linear-4'")
     assert tagged["tags.mlflow.runName"].tolist() == ["linear"]
+    # The baseline's runs keep their own report; only the experiment's new run gets the new one.
+    assert "Running stage 'report'" in done.stdout and "linear: evaluation and report added" in done.stdout
+    assert "cnn: evaluation and report added" not in done.stdout
+
+    diff = json.loads(run(["dvc", "metrics", "diff", "HEAD", "linear-4", "--all", "--json"], project).stdout)
+    assert {f"metrics/test/{v}.json" for v in VARIANTS} <= set(diff)
+    assert diff["metrics/test/linear.json"]["accuracy"]["new"] == read_json(project / "metrics/test/linear.json")["accuracy"]
+    assert diff["metrics/test/cnn.json"]["accuracy"]["diff"] == 0
 
 
 def test_bad_input_file_fails_in_one_line_and_keeps_earlier_data(project, tmp_path):
@@ -112,5 +157,9 @@ def test_tracking_failure_fails_the_stage_in_one_line_unless_optional(project):
     with edited_params(project, tracking__optional=True):
         done = run([sys.executable, "stages/train.py", "centroid"], project, check=False, **down)
         assert done.returncode == 0 and "warning: MLflow tracking at http://127.0.0.1:9 failed" in done.stderr
-        done = run([sys.executable, "stages/evaluate.py", "centroid"], project, check=False, **down)
-        assert done.returncode == 0 and "training was not tracked" in done.stdout
+        done = run([sys.executable, "stages/report.py"], project, check=False, **down)
+        assert done.returncode == 0 and "centroid: training was not tracked" in done.stdout
+    (project / "reports/report.md").unlink()
+    done = run([sys.executable, "stages/report.py"], project, check=False, **down)
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1
+    assert (project / "reports/report.md").exists()  # written before tracking was tried

@@ -65,7 +65,8 @@ def test_pipeline_records_every_variant_on_a_tracking_server(server, tmp_path):
         assert run_.info.run_id == read_json(project / f"metrics/train/{variant}.json")["mlflow_run_id"]
         assert [m.step for m in client.get_metric_history(run_.info.run_id, "val_loss")] == [1, 2]
         assert run_.data.metrics["test_accuracy"] == pytest.approx(read_json(project / f"metrics/test/{variant}.json")["accuracy"])
-        assert [a.path for a in client.list_artifacts(run_.info.run_id)] == [f"{variant}.csv"]
+        assert [a.path for a in client.list_artifacts(run_.info.run_id)] == ["classes", "confusion", "predictions", "report"]
+        assert "report/report.md" in [a.path for a in client.list_artifacts(run_.info.run_id, "report")]
         logged = mlflow.pytorch.load_model(f"runs:/{run_.info.run_id}/model")
         checkpoint, _ = load_checkpoint(project / f"models/{variant}.pt")
         images = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)

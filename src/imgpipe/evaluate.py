@@ -1,11 +1,17 @@
-"""Score a classifier on a split: predictions, loss, accuracy and the confusion matrix."""
+"""Score a classifier on a split: loss, accuracy, top-k, per-class precision/recall/F1, the confusion
+matrix and its most-confused pairs, inference speed, and a prediction with its confidence per image."""
+
+import time
+from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from imgpipe.imageset import ImageSet
+from imgpipe.scores import confusion_matrix, per_class_scores
 
 
 @torch.no_grad()
@@ -18,23 +24,77 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 102
 def score(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     return {
         "loss": F.cross_entropy(logits, labels).item(),
-        "accuracy": (logits.argmax(1) == labels).float().mean().item(),
+        "accuracy": (logits.argmax(1) == labels).sum().item() / len(labels),  # exact, not float32
     }
 
 
-def confusion_matrix(actual: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
-    """counts[i, j]: images of class i predicted as class j."""
-    return np.bincount(actual * num_classes + predicted, minlength=num_classes**2).reshape(num_classes, num_classes)
+def top_k_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    """Share of images whose true class is among the k highest scores."""
+    return (logits.topk(k, dim=1).indices == labels[:, None]).any(1).sum().item() / len(labels)
 
 
-def evaluate(model: nn.Module, split: ImageSet, device: torch.device) -> dict:
-    """Test metrics plus per-image predictions, for the metrics file and the confusion plot."""
+def images_per_second(model: nn.Module, images: torch.Tensor, min_seconds: float = 0.25) -> float:
+    """Inference throughput on the images' device: passes over the split, after one warm-up batch,
+    until at least `min_seconds` have gone by (so a small split still gives a steady figure)."""
+    cuda = images.device.type == "cuda"
+    predict_logits(model, images[:1024])  # warm-up: kernel selection, lazy initialization
+    passes, start = 0, time.perf_counter()
+    while True:
+        predict_logits(model, images)
+        if cuda:
+            torch.cuda.synchronize(images.device)  # GPU work is asynchronous: time it to the end
+        passes += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds:
+            return passes * len(images) / elapsed
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    metrics: dict[str, float]  # the summary written to metrics/test/<variant>.json
+    predicted: np.ndarray  # (N,) class index per image
+    confidence: np.ndarray  # (N,) softmax probability of the predicted class
+    confusion: np.ndarray  # (classes, classes) counts, rows actual, columns predicted
+    per_class: dict[str, np.ndarray]  # precision, recall, f1, support: one value per class
+
+
+def evaluate(model: nn.Module, split: ImageSet, device: torch.device, top_k: int = 3) -> Evaluation:
+    """Everything the metrics, plots and report say about a model on one split.
+    Top-k accuracy is measured only when there are more than k classes."""
     images = torch.from_numpy(split.images).to(device)
     labels = torch.from_numpy(split.labels).to(device)
     logits = predict_logits(model, images)
-    predicted = logits.argmax(1).cpu().numpy()
-    return {
-        **score(logits, labels),
-        "predicted": predicted,
-        "confusion": confusion_matrix(split.labels, predicted, len(split.class_names)),
-    }
+    confidence, predicted = logits.softmax(1).max(1)
+    predicted = predicted.cpu().numpy()
+    confusion = confusion_matrix(split.labels, predicted, len(split.class_names))
+    per_class = per_class_scores(confusion)
+    metrics = score(logits, labels)
+    if len(split.class_names) > top_k:
+        metrics[f"top_{top_k}_accuracy"] = top_k_accuracy(logits, labels, top_k)
+    metrics |= {f"macro_{name}": float(per_class[name].mean()) for name in ("precision", "recall", "f1")}
+    metrics |= {"images_per_second": round(images_per_second(model, images), 1), "images": len(split)}
+    return Evaluation(metrics, predicted, confidence.cpu().numpy(), confusion, per_class)
+
+
+def predictions_table(split: ImageSet, evaluation: Evaluation) -> pd.DataFrame:
+    """One row per image: its index in the split, actual and predicted class names, confidence."""
+    names = np.array(split.class_names)
+    return pd.DataFrame({
+        "index": np.arange(len(split)),
+        "actual": names[split.labels],
+        "predicted": names[evaluation.predicted],
+        "confidence": evaluation.confidence.round(4),
+    })
+
+
+def class_table(class_names: tuple[str, ...], evaluation: Evaluation) -> pd.DataFrame:
+    """One row per class: precision, recall, F1 and support."""
+    scores = {key: values.round(4) if key != "support" else values for key, values in evaluation.per_class.items()}
+    return pd.DataFrame({"class": class_names, **scores})
+
+
+def confusion_table(class_names: tuple[str, ...], confusion: np.ndarray) -> pd.DataFrame:
+    """The confusion counts with class names: a row per actual class, a column per predicted class."""
+    table = pd.DataFrame(confusion, index=list(class_names), columns=list(class_names))
+    table.index.name = "actual"
+    return table

@@ -49,6 +49,12 @@ def write_json(path: Path, data: object) -> None:
     write_text(path, json.dumps(data, indent=2) + "\n")
 
 
+def write_csv(path: Path, table) -> None:
+    """A pandas DataFrame as CSV; its index is written only when it is named (a row label column)."""
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=table.index.name is not None)
+
+
 def read_json(path: Path) -> dict:
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))

@@ -43,6 +43,14 @@ def get(params: dict, key: str, default=...):
     return node
 
 
+def whole_number(params: dict, key: str, minimum: int = 1) -> int:
+    """A count from params.yaml, e.g. evaluate.top_k; fails naming the key."""
+    value = get(params, key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"params.yaml: {key}: must be a whole number >= {minimum}, got {value!r}")
+    return value
+
+
 @contextmanager
 def reported_as(section: str) -> Iterator[None]:
     """Report a library's InvalidSetting under its params.yaml key, e.g. `models.cnn.channels`."""

@@ -24,6 +24,7 @@ MODELS = ROOT / "models"
 METRICS = ROOT / "metrics"
 DATA_CARD = METRICS / "data_card.json"
 REPORTS = ROOT / "reports"
+FIGURES = REPORTS / "figures"
 
 # Queued experiments (`dvc queue start`) run in copies of the project under .dvc/tmp/exps/; DVC_ROOT,
 # which DVC sets for every stage it runs, names the project they belong to, so their MLflow runs
@@ -56,9 +57,24 @@ def test_metrics(variant: str) -> Path:
 
 
 def predictions(variant: str) -> Path:
-    """One row per test image (actual, predicted class), the source of the confusion-matrix plot."""
+    """One row per test image (index, actual, predicted, confidence): the confusion-matrix plot."""
     return METRICS / "predictions" / f"{variant}.csv"
+
+
+def class_scores(variant: str) -> Path:
+    """Precision, recall, F1 and support per class on the test split."""
+    return METRICS / "classes" / f"{variant}.csv"
+
+
+def confusion(variant: str) -> Path:
+    """The confusion matrix as a count table with class names."""
+    return METRICS / "confusion" / f"{variant}.csv"
 
 
 def report() -> Path:
     return REPORTS / "report.md"
+
+
+def figure(name: str) -> Path:
+    """A PNG of the report: samples, curves, confusion_<variant>, misclassified_<variant>."""
+    return FIGURES / f"{name}.png"

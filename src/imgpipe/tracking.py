@@ -6,10 +6,7 @@ Every run is tagged with the DVC experiment that made it, the git commit, the da
 and the device; the runs of one pipeline execution share the tag `imgpipe.execution`.
 """
 
-import hashlib
-import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -18,13 +15,11 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-import torch
 from filelock import FileLock
 from mlflow.entities import Metric
 from mlflow.models import infer_signature
 
-import imgpipe
-from imgpipe import paths
+from imgpipe import paths, provenance
 from imgpipe.errors import ImgpipeError
 
 # A tracking server that is down should fail a stage in seconds, not after MLflow's default of
@@ -65,32 +60,22 @@ def _experiment_id(client, name: str) -> str:
     return client.create_experiment(name, artifact_location=location)
 
 
-def _git(*args: str) -> str:
-    try:
-        return subprocess.run(["git", *args], cwd=paths.ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
 def run_tags(variant: str, device: str, data_fingerprint: str, params: dict) -> dict[str, str]:
     """Where a run came from: DVC experiment, git commit and state, data, device, and its execution."""
-    commit = _git("rev-parse", "HEAD")
-    experiment = os.environ.get("DVC_EXP_NAME", "")
-    params_hash = hashlib.blake2b(json.dumps(params, sort_keys=True).encode(), digest_size=4).hexdigest()
+    commit = provenance.git_commit()
+    experiment = provenance.dvc_experiment()
     tags = {
         "imgpipe.variant": variant,
         "imgpipe.device": device,
         "imgpipe.data_fingerprint": data_fingerprint,
         # The variants of one `dvc repro` or `dvc exp run` share this: same experiment, or same code and params.
-        "imgpipe.execution": experiment or f"{commit[:8] or 'nogit'}-{params_hash}",
+        "imgpipe.execution": experiment or f"{commit[:8] or 'nogit'}-{provenance.params_hash(params)}",
     }
     if experiment:
         tags["imgpipe.dvc_experiment"] = experiment
     if commit:
         tags["mlflow.source.git.commit"] = commit
-        # Dirty means changed code or settings: the pipeline's own tracked outputs change as it runs.
-        outputs = [f":(exclude){p.relative_to(paths.ROOT)}" for p in (paths.DVC_LOCK, paths.METRICS, paths.REPORTS)]
-        tags["imgpipe.git_dirty"] = str(bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".", *outputs))).lower()
+        tags["imgpipe.git_dirty"] = str(provenance.git_dirty()).lower()
     return tags
 
 
@@ -125,6 +110,8 @@ def flatten(params: dict, prefix: str = "") -> dict[str, object]:
 def log_training(experiment: str, run_name: str, *, params: dict, history: list[dict], metrics: dict,
                  model, example: np.ndarray, tags: dict[str, str]) -> str:
     """Record a finished training as a new run; returns its id for evaluate to add test metrics to."""
+    import torch  # here: stages that only add to a run (report) skip its import
+
     client = _client()
     with mlflow.start_run(experiment_id=_experiment_id(client, experiment), run_name=run_name, tags=tags) as run:
         mlflow.log_params(flatten(params))
@@ -142,19 +129,27 @@ def log_training(experiment: str, run_name: str, *, params: dict, history: list[
             name="model",
             signature=infer_signature(example, output),
             input_example=example,
-            # The pickled model refers to imgpipe's classes: ship the package with it, and name the
-            # requirements rather than let MLflow spend seconds inferring them.
-            code_paths=[str(Path(imgpipe.__file__).parent)],
+            # MLflow's default format, torch.export's pt2, holds the traced graph: loading it needs
+            # neither imgpipe nor unpickling. Naming the requirements saves seconds of inferring them.
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"],
         )
         return run.info.run_id
 
 
 @_store_lock()
-def log_evaluation(run_id: str, metrics: dict[str, float], artifacts: list[Path]) -> None:
-    """Add test metrics and files to the variant's training run."""
-    _client()
+def publish_evaluation(run_id: str, metrics: dict[str, float], artifacts: dict[str, Path]) -> bool:
+    """Add test metrics and files (artifacts: folder in the run -> file or folder here) to a variant's
+    training run, unless the run holds these metrics already: a variant that this execution did not
+    retrain or re-evaluate keeps what its own execution recorded. Returns whether anything was added."""
+    client = _client()
+    logged = client.get_run(run_id).data.metrics
+    if all(logged.get(key) == float(value) for key, value in metrics.items()):
+        return False
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics(metrics)
-        for artifact in artifacts:
-            mlflow.log_artifact(str(artifact))
+        for folder, path in artifacts.items():
+            if Path(path).is_dir():
+                mlflow.log_artifacts(str(path), artifact_path=folder)
+            else:
+                mlflow.log_artifact(str(path), artifact_path=folder)
+    return True

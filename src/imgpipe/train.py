@@ -106,7 +106,8 @@ def _configure(config: TrainConfig, device: torch.device) -> None:
         torch.set_num_threads(config.threads)
     if config.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
-    torch.use_deterministic_algorithms(config.deterministic)
+    if config.deterministic != torch.are_deterministic_algorithms_enabled():
+        torch.use_deterministic_algorithms(config.deterministic)  # imports torch._dynamo: seconds, so only on change
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not config.deterministic  # autotuning picks kernels by timing
         torch.backends.cudnn.deterministic = config.deterministic

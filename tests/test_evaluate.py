@@ -1,0 +1,81 @@
+"""Evaluation against scikit-learn's metrics on the same predictions."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn import metrics as sk
+
+from imgpipe.config import TrainConfig
+from imgpipe.evaluate import class_table, confusion_table, evaluate, predictions_table, top_k_accuracy
+from imgpipe.scores import confusion_matrix, most_confused, per_class_scores
+from imgpipe.train import train
+
+
+@pytest.fixture(scope="module")
+def linear_on_digits(digits_prepared):
+    model = train("linear", {}, digits_prepared, TrainConfig(epochs=2, device="cpu")).model
+    return model, evaluate(model, digits_prepared.test, torch.device("cpu"), top_k=3)
+
+
+def test_metrics_agree_with_scikit_learn(digits_prepared, linear_on_digits):
+    model, result = linear_on_digits
+    actual, predicted = digits_prepared.test.labels, result.predicted
+    with torch.no_grad():
+        probabilities = model(torch.from_numpy(digits_prepared.test.images)).softmax(1).numpy()
+    np.testing.assert_array_equal(predicted, probabilities.argmax(1))
+    np.testing.assert_allclose(result.confidence, probabilities.max(1), rtol=1e-5)
+    assert result.metrics["accuracy"] == pytest.approx(sk.accuracy_score(actual, predicted))
+    assert result.metrics["loss"] == pytest.approx(sk.log_loss(actual, probabilities, labels=range(10)), rel=1e-4)
+    assert result.metrics["top_3_accuracy"] == pytest.approx(sk.top_k_accuracy_score(actual, probabilities, k=3, labels=range(10)))
+    for average in ("precision", "recall", "f1"):
+        score = getattr(sk, f"{average}_score")(actual, predicted, average="macro", labels=range(10), zero_division=0)
+        assert result.metrics[f"macro_{average}"] == pytest.approx(score)
+    precision, recall, f1, support = sk.precision_recall_fscore_support(actual, predicted, labels=range(10), zero_division=0)
+    np.testing.assert_allclose(result.per_class["precision"], precision)
+    np.testing.assert_allclose(result.per_class["recall"], recall)
+    np.testing.assert_allclose(result.per_class["f1"], f1)
+    np.testing.assert_array_equal(result.per_class["support"], support)
+    np.testing.assert_array_equal(result.confusion, sk.confusion_matrix(actual, predicted, labels=range(10)))
+    assert result.metrics["images"] == 360 and result.metrics["images_per_second"] > 0
+
+
+def test_per_class_scores_where_a_class_is_never_predicted_or_absent():
+    actual = np.array([0, 0, 1, 1, 2, 2])
+    predicted = np.array([0, 1, 1, 1, 1, 0])  # class 2 never predicted; class 3 absent altogether
+    scores = per_class_scores(confusion_matrix(actual, predicted, 4))
+    precision, recall, f1, support = sk.precision_recall_fscore_support(actual, predicted, labels=range(4), zero_division=0)
+    for mine, theirs in zip((scores["precision"], scores["recall"], scores["f1"], scores["support"]), (precision, recall, f1, support)):
+        np.testing.assert_allclose(mine, theirs)
+
+
+def test_top_k_accuracy_counts_the_true_class_among_the_k_best():
+    logits = torch.tensor([[3.0, 2.0, 1.0, 0.0], [0.0, 1.0, 2.0, 3.0]])
+    labels = torch.tensor([1, 0])  # second best, worst
+    assert top_k_accuracy(logits, labels, 1) == 0.0
+    assert top_k_accuracy(logits, labels, 2) == 0.5
+    assert top_k_accuracy(logits, labels, 4) == 1.0
+
+
+def test_top_k_is_left_out_when_there_are_not_more_than_k_classes(digits_prepared, linear_on_digits):
+    model, _ = linear_on_digits
+    assert "top_10_accuracy" not in evaluate(model, digits_prepared.test, torch.device("cpu"), top_k=10).metrics
+
+
+def test_most_confused_pairs_are_the_largest_off_diagonal_cells():
+    counts = np.array([[9, 4, 0], [1, 8, 0], [0, 7, 5]])
+    assert most_confused(counts, ("cat", "dog", "fox"), 2) == [("fox", "dog", 7), ("cat", "dog", 4)]
+    assert most_confused(np.diag([3, 3]), ("a", "b")) == []  # nothing confused, nothing listed
+
+
+def test_tables_name_the_classes(digits_prepared, linear_on_digits):
+    _, result = linear_on_digits
+    test = digits_prepared.test
+    predictions = predictions_table(test, result)
+    assert list(predictions.columns) == ["index", "actual", "predicted", "confidence"]
+    assert predictions["actual"].tolist() == [test.class_names[i] for i in test.labels]
+    assert (predictions["actual"] == predictions["predicted"]).mean() == pytest.approx(result.metrics["accuracy"])
+    classes = class_table(test.class_names, result)
+    assert classes["class"].tolist() == list(test.class_names) and classes["support"].sum() == len(test)
+    counts = confusion_table(test.class_names, result.confusion)
+    assert counts.index.name == "actual" and list(counts.columns) == list(test.class_names)
+    assert counts.to_numpy().sum() == len(test)
