@@ -26,7 +26,8 @@ def main() -> None:
         result = train(variant.model, variant.settings, data, variant.config, resume=paths.resume_state(name))
 
     save_checkpoint(paths.checkpoint(name), result.model, model_name=variant.model, model_settings=variant.settings,
-                    image_shape=data.image_shape, class_names=data.class_names, config=variant.config)
+                    image_shape=data.image_shape, class_names=data.class_names, config=variant.config,
+                    background=P.data_config(params).background)
     write_curves(paths.curves(name), result.history)
     metrics = result.summary()
     record = {**metrics, "model": variant.model, "device": result.device, "mlflow_run_id": None}

@@ -18,7 +18,8 @@ FORMAT = "imgpipe-checkpoint/1"
 
 
 def save_checkpoint(path: Path, model: Classifier, *, model_name: str, model_settings: dict,
-                    image_shape: tuple[int, int, int], class_names: tuple[str, ...], config: TrainConfig) -> None:
+                    image_shape: tuple[int, int, int], class_names: tuple[str, ...], config: TrainConfig,
+                    background: tuple[int, int, int] = (255, 255, 255)) -> None:
     checkpoint = {
         "format": FORMAT,
         "model": model_name,
@@ -27,6 +28,7 @@ def save_checkpoint(path: Path, model: Classifier, *, model_name: str, model_set
         "class_names": list(class_names),
         "mean": model.mean.flatten().tolist(),
         "std": model.std.flatten().tolist(),
+        "background": list(background),  # RGB that transparent pixels were laid on (image folders)
         "train_config": asdict(config),
         "state_dict": {k: v.detach().cpu() for k, v in model.net.state_dict().items()},
     }

@@ -1,0 +1,108 @@
+"""Classify new images with a trained model:
+
+    python -m imgpipe.predict --model models/cnn.pt photo.png more_images/ [--output predictions.csv]
+
+Every image goes through prepare's preprocessing (the checkpoint's channel count and image size,
+transparency laid on its background colour; the model normalizes with its stored statistics), and
+one CSV row per image is written: path, predicted class, confidence, then the next best classes.
+An unreadable file is reported by name and skipped; the exit status is 1 if any was, else 0.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from imgpipe.checkpoint import load_checkpoint
+from imgpipe.device import pick_device
+from imgpipe.errors import ImgpipeError
+from imgpipe.files import atomic_path
+from imgpipe.sources.image_folder import IMAGE_SUFFIXES, decode
+
+
+def image_files(paths: list[Path]) -> list[Path]:
+    """Files as given, and the image files inside folders (recursively, sorted)."""
+    found = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            found.append(path)  # named explicitly: tried whatever its suffix, reported if unreadable
+    return found
+
+
+def read_images(files: list[Path], image_shape: tuple[int, int, int], background: tuple[int, int, int]
+                ) -> tuple[list[Path], np.ndarray, list[str]]:
+    """The readable files with their images as uint8 (N, C, H, W), and one error line per unreadable file."""
+    channels, height, width = image_shape
+    read, arrays, errors = [], [], []
+    for file in files:
+        try:
+            arrays.append(decode(file, channels, (height, width), background))
+            read.append(file)
+        except ImgpipeError as error:
+            errors.append(str(error))
+    images = np.stack(arrays) if arrays else np.zeros((0, *image_shape), dtype=np.uint8)
+    return read, images, errors
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, images: np.ndarray, class_names: tuple[str, ...], top_k: int,
+            device: torch.device, batch_size: int = 1024) -> pd.DataFrame:
+    """Predicted class and confidence per image, then the next best classes: top2, top2_confidence, ..."""
+    model = model.to(device).eval()
+    batches = [model(torch.from_numpy(chunk).to(device)).float().softmax(1).cpu()
+               for chunk in np.array_split(images, max(1, -(-len(images) // batch_size)))]
+    probabilities = torch.cat(batches) if batches else torch.zeros(0, len(class_names))
+    k = min(top_k, len(class_names))
+    confidence, index = probabilities.topk(k, dim=1)
+    names = np.array(class_names)
+    columns = {"predicted": names[index[:, 0].numpy()], "confidence": confidence[:, 0].numpy().round(4)}
+    for rank in range(1, k):
+        columns[f"top{rank + 1}"] = names[index[:, rank].numpy()]
+        columns[f"top{rank + 1}_confidence"] = confidence[:, rank].numpy().round(4)
+    return pd.DataFrame(columns)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m imgpipe.predict", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, required=True, help="a checkpoint written by training, e.g. models/cnn.pt")
+    parser.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="image files or folders of images")
+    parser.add_argument("--output", type=Path, help="CSV file to write (default: standard output)")
+    parser.add_argument("--top-k", type=int, default=3, help="classes listed per image, best first (default: 3)")
+    parser.add_argument("--device", default="auto", help="auto (default), cuda, mps or cpu")
+    args = parser.parse_args(argv)
+    if args.top_k < 1:
+        parser.error("--top-k must be at least 1")
+    try:
+        model, meta = load_checkpoint(args.model)
+        missing = [str(p) for p in args.paths if not p.exists()]
+        if missing:
+            raise ImgpipeError(f"{missing[0]}: no such file or folder")
+        files = image_files(args.paths)
+        if not files:
+            raise ImgpipeError(f"no image files in {', '.join(map(str, args.paths))}")
+        read, images, errors = read_images(files, tuple(meta["image_shape"]), tuple(meta.get("background", (255, 255, 255))))
+        table = predict(model, images, tuple(meta["class_names"]), args.top_k, pick_device(args.device))
+    except (ImgpipeError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    table.insert(0, "path", [str(p) for p in read])
+    for error in errors:
+        print(f"skipped: {error}", file=sys.stderr)
+    if args.output is None:
+        table.to_csv(sys.stdout, index=False)
+    else:
+        with atomic_path(args.output) as tmp:
+            table.to_csv(tmp, index=False)
+        print(f"{len(table)} predictions -> {args.output}", file=sys.stderr)
+    if errors:
+        print(f"{len(errors)} of {len(files)} files could not be read", file=sys.stderr)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""predict on image files: the same answers as evaluate on the same images; bad files named and skipped."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from datafiles import write_image_folder
+from PIL import Image
+
+from imgpipe.checkpoint import save_checkpoint
+from imgpipe.config import TrainConfig
+from imgpipe.evaluate import evaluate
+from imgpipe.predict import read_images
+from imgpipe.train import train
+
+
+def test_predict_on_exported_test_images_matches_evaluate(digits_prepared, tmp_path):
+    config = TrainConfig(epochs=2, device="cpu")
+    model = train("linear", {}, digits_prepared, config).model
+    checkpoint = tmp_path / "linear.pt"
+    save_checkpoint(checkpoint, model, model_name="linear", model_settings={}, image_shape=digits_prepared.image_shape,
+                    class_names=digits_prepared.class_names, config=config)
+    expected = evaluate(model, digits_prepared.test, torch.device("cpu")).metrics["accuracy"]
+    test = digits_prepared.test
+    write_image_folder(tmp_path / "images", test.images, test.labels, test.class_names)
+    (tmp_path / "images" / "3" / "broken.png").write_bytes(b"not a png")
+    (tmp_path / "images" / "notes.txt").write_text("not an image, not listed")
+
+    output = tmp_path / "predictions.csv"
+    done = subprocess.run([sys.executable, "-m", "imgpipe.predict", "--model", str(checkpoint), str(tmp_path / "images"),
+                           "--output", str(output), "--top-k", "3"], capture_output=True, text=True)
+    assert done.returncode == 1  # one file could not be read
+    assert "broken.png: not a readable image" in done.stderr and "notes.txt" not in done.stderr
+    table = pd.read_csv(output, dtype=str)
+    assert list(table.columns) == ["path", "predicted", "confidence", "top2", "top2_confidence", "top3", "top3_confidence"]
+    assert len(table) == len(digits_prepared.test)
+    actual = table["path"].map(lambda path: path.split("/")[-2])
+    assert (actual == table["predicted"]).mean() == expected
+    confidence = table[["confidence", "top2_confidence", "top3_confidence"]].astype(float)
+    assert (confidence.diff(axis=1).iloc[:, 1:] <= 0).all().all()  # best first
+
+
+def test_images_are_converted_resized_and_laid_on_the_background(tmp_path):
+    rgba = np.zeros((20, 10, 4), dtype=np.uint8)  # fully transparent, 10 wide and 20 high
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "clear.png")
+    files, images, errors = read_images([tmp_path / "clear.png", tmp_path / "missing.png"], (3, 8, 8), (10, 20, 30))
+    assert files == [tmp_path / "clear.png"] and images.shape == (1, 3, 8, 8)
+    assert images[0, :, 0, 0].tolist() == [10, 20, 30]
+    assert len(errors) == 1 and "missing.png" in errors[0]
+
+
+def test_a_missing_model_fails_in_one_line(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "imgpipe.predict", "--model", str(tmp_path / "none.pt"), str(tmp_path)],
+                          capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"error: {tmp_path / 'none.pt'}: not found; train the model first (dvc repro)"
+
+
+@pytest.mark.parametrize("top_k", ["0", "x"])
+def test_a_bad_top_k_is_a_usage_error(tmp_path, top_k):
+    done = subprocess.run([sys.executable, "-m", "imgpipe.predict", "--model", "m.pt", "--top-k", top_k, str(tmp_path)],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "--top-k" in done.stderr
