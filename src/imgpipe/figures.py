@@ -15,6 +15,7 @@ from imgpipe.imageset import ImageSet
 
 DPI = 100
 CELL_INCHES = 0.45  # side of one confusion-matrix cell: room for a 3-digit count up to 26 classes
+TILE_INCHES = 0.9  # side of one image in the sample and mistake grids
 
 
 def save(figure: Figure, path: Path) -> None:
@@ -43,9 +44,6 @@ def _draw(ax, canvas: np.ndarray) -> None:
     ax.set_yticks([])
     for spine in ax.spines.values():
         spine.set_visible(False)
-
-
-TILE_INCHES = 0.9  # one image in a grid
 
 
 def sample_grid(images: ImageSet, per_class: int = 8, seed: int = 0) -> Figure:
