@@ -19,6 +19,7 @@ import torch
 from imgpipe.checkpoint import load_checkpoint
 from imgpipe.device import pick_device
 from imgpipe.errors import ImgpipeError
+from imgpipe.evaluate import predict_logits
 from imgpipe.files import atomic_path
 from imgpipe.sources.image_folder import IMAGE_SUFFIXES, decode
 
@@ -49,14 +50,11 @@ def read_images(files: list[Path], image_shape: tuple[int, int, int], background
     return read, images, errors
 
 
-@torch.no_grad()
 def predict(model: torch.nn.Module, images: np.ndarray, class_names: tuple[str, ...], top_k: int,
-            device: torch.device, batch_size: int = 1024) -> pd.DataFrame:
+            device: torch.device) -> pd.DataFrame:
     """Predicted class and confidence per image, then the next best classes: top2, top2_confidence, ..."""
-    model = model.to(device).eval()
-    batches = [model(torch.from_numpy(chunk).to(device)).float().softmax(1).cpu()
-               for chunk in np.array_split(images, max(1, -(-len(images) // batch_size)))]
-    probabilities = torch.cat(batches) if batches else torch.zeros(0, len(class_names))
+    logits = predict_logits(model.to(device), torch.from_numpy(images).to(device))
+    probabilities = logits.softmax(1).cpu()
     k = min(top_k, len(class_names))
     confidence, index = probabilities.topk(k, dim=1)
     names = np.array(class_names)
