@@ -5,24 +5,12 @@ test images per variant. Then publishes each variant's evaluation (test metrics,
 report to the variant's MLflow run, where the run does not hold them yet.
 """
 
-from pathlib import Path
-
-import pandas as pd
-
 from imgpipe import figures, paths, provenance, tracking
 from imgpipe import params as P
-from imgpipe.errors import ImgpipeError, run_stage
-from imgpipe.files import atomic_path, read_json, write_text
+from imgpipe.errors import run_stage
+from imgpipe.files import atomic_path, read_csv, read_json, write_text
 from imgpipe.imageset import load_splits
 from imgpipe.report import VariantResult, render
-
-
-def read_table(path: Path, text_columns: tuple[str, ...] = ()) -> pd.DataFrame:
-    """A CSV the pipeline wrote; class names stay text ("0", "NA"), never numbers or missing values."""
-    try:
-        return pd.read_csv(path, dtype={column: str for column in text_columns}, keep_default_na=False)
-    except FileNotFoundError:
-        raise ImgpipeError(f"{path}: not found; run the stage that writes it (dvc repro)") from None
 
 
 def main() -> None:
@@ -37,11 +25,11 @@ def main() -> None:
         results[name] = VariantResult(
             train=read_json(paths.train_metrics(name)),
             test=read_json(paths.test_metrics(name)),
-            classes=read_table(paths.class_scores(name), ("class",)),
-            confusion=read_table(paths.confusion(name), ("actual",)).set_index("actual"),
+            classes=read_csv(paths.class_scores(name), ("class",)),
+            confusion=read_csv(paths.confusion(name), ("actual",)).set_index("actual"),
         )
-        curves[name] = {measure: read_table(paths.curves(name) / f"{measure}.csv") for measure in ("loss", "accuracy")}
-        predictions = read_table(paths.predictions(name), ("actual", "predicted"))
+        curves[name] = {measure: read_csv(paths.curves(name) / f"{measure}.csv") for measure in ("loss", "accuracy")}
+        predictions = read_csv(paths.predictions(name), ("actual", "predicted"))
         wrong = predictions[predictions["actual"] != predictions["predicted"]]
         wrong = wrong.sort_values("confidence", ascending=False, kind="stable").head(shown_mistakes)
         mistakes[name] = list(wrong[["index", "actual", "predicted", "confidence"]].itertuples(index=False, name=None))

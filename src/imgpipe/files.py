@@ -55,6 +55,16 @@ def write_csv(path: Path, table) -> None:
         table.to_csv(tmp, index=table.index.name is not None)
 
 
+def read_csv(path: Path, text_columns: tuple[str, ...] = ()):
+    """A CSV the pipeline wrote; `text_columns` stay text (class names "0" or "NA"), never numbers or missing."""
+    import pandas as pd  # here: most callers of this module never read a table
+
+    try:
+        return pd.read_csv(path, dtype={column: str for column in text_columns}, keep_default_na=False)
+    except FileNotFoundError:
+        raise ImgpipeError(f"{path}: not found; run the stage that writes it (dvc repro)") from None
+
+
 def read_json(path: Path) -> dict:
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
