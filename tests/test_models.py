@@ -1,8 +1,12 @@
 import pytest
 import torch
+import torch.nn.functional as F
+from scipy.optimize import minimize_scalar
 
+from imgpipe.checkpoint import load_checkpoint, save_checkpoint
+from imgpipe.config import TrainConfig
 from imgpipe.errors import InvalidSetting
-from imgpipe.models import MODELS, Classifier, TinyVGG, build_model, count_parameters
+from imgpipe.models import MODELS, Classifier, TinyVGG, build_model, count_parameters, fit_scale
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32), (3, 140, 140), (1, 28, 20)]
 
@@ -53,3 +57,85 @@ def test_classifier_normalizes_raw_pixels_with_stored_statistics():
     model = Classifier(net, mean=(0.5, 0.25), std=(0.5, 0.25))
     pixels = torch.tensor([[[[255]], [[0]]]], dtype=torch.uint8)  # (1, 2, 1, 1)
     assert model(pixels).tolist() == [[1.0, -1.0]]
+
+
+def fitted_centroid(data, distance="l2") -> Classifier:
+    """The centroid baseline fitted as train() fits it: on the normalized training split."""
+    model = Classifier(build_model("centroid", data.image_shape, len(data.class_names), distance=distance),
+                       data.mean, data.std).eval()
+    model.net.fit(model.normalize(torch.from_numpy(data.train.images)), torch.from_numpy(data.train.labels))
+    return model
+
+
+def test_fit_scale_agrees_with_scipy():
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randn(500, 4, generator=generator, dtype=torch.float64)
+    labels = (scores + 2 * torch.randn(500, 4, generator=generator, dtype=torch.float64)).argmax(1)
+
+    def loss(log_s: float) -> float:
+        return F.cross_entropy(torch.exp(torch.tensor(log_s)) * scores, labels).item()
+
+    reference = minimize_scalar(loss, bounds=(-5, 5), method="bounded", options={"xatol": 1e-9}).x
+    assert fit_scale(scores, labels) == pytest.approx(torch.exp(torch.tensor(reference)).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("distance", ["l1", "l2"])
+def test_centroid_scale_minimizes_the_training_loss_and_keeps_predictions(digits_prepared, distance):
+    model = fitted_centroid(digits_prepared, distance)
+    net = model.net
+    x = model.normalize(torch.from_numpy(digits_prepared.train.images))
+    labels = torch.from_numpy(digits_prepared.train.labels)
+    with torch.no_grad():
+        raw = -net.distances(x)
+
+        def loss(s: float) -> float:
+            return F.cross_entropy(s * raw, labels).item()
+
+        scale = net.scale.item()
+        assert scale > 1 and loss(scale) <= min(loss(scale * 1.1), loss(scale / 1.1))
+        assert loss(scale) < 0.5 * loss(1.0)
+        test_x = model.normalize(torch.from_numpy(digits_prepared.test.images))
+        nearest = torch.cdist(test_x.flatten(1), net.centroids, p=net.p).argmin(1)
+        assert torch.equal(net(test_x).argmax(1), nearest)
+    # The scale is fitted like the centroids, so it counts as one more learned number.
+    assert count_parameters(net) == 10 * 64 + 1
+
+
+def test_centroid_loss_and_confidence_are_calibrated_on_digits(digits_prepared):
+    model = fitted_centroid(digits_prepared)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(digits_prepared.val.images))
+    labels = torch.from_numpy(digits_prepared.val.labels)
+    accuracy = (logits.argmax(1) == labels).float().mean().item()
+    confidence = logits.softmax(1).max(1).values.mean().item()
+    # Unscaled distances gave a loss of about 2.0 (ln 10 = 2.3 is chance) and a confidence of 0.14.
+    assert F.cross_entropy(logits, labels).item() < 1.0
+    assert 0.5 < confidence < 0.99 and abs(confidence - accuracy) < 0.1
+
+
+def save_centroid(path, model, data) -> None:
+    save_checkpoint(path, model, model_name="centroid", model_settings={"distance": "l2"},
+                    image_shape=data.image_shape, class_names=data.class_names, config=TrainConfig(epochs=1))
+
+
+def test_centroid_checkpoint_keeps_its_calibrated_scores(digits_prepared, tmp_path):
+    model = fitted_centroid(digits_prepared)
+    save_centroid(tmp_path / "centroid.pt", model, digits_prepared)
+    loaded, _ = load_checkpoint(tmp_path / "centroid.pt")
+    images = torch.from_numpy(digits_prepared.test.images)
+    assert loaded.net.scale.item() == model.net.scale.item() != 1.0
+    with torch.no_grad():
+        assert torch.equal(loaded(images), model(images))
+
+
+def test_a_centroid_saved_before_the_scale_loads_with_scale_one(digits_prepared, tmp_path):
+    path = tmp_path / "centroid.pt"
+    save_centroid(path, fitted_centroid(digits_prepared), digits_prepared)
+    checkpoint = torch.load(path, weights_only=True)
+    del checkpoint["state_dict"]["scale"]  # as checkpoints were saved before the scale existed
+    torch.save(checkpoint, path)
+    loaded, _ = load_checkpoint(path)
+    images = torch.from_numpy(digits_prepared.test.images)
+    with torch.no_grad():
+        assert loaded.net.scale.item() == 1.0
+        assert torch.equal(loaded(images), -loaded.net.distances(loaded.normalize(images)))
