@@ -1,20 +1,24 @@
-"""fetch: read the dataset named by params.yaml `data.dataset` into data/raw/ (uint8 images per split)."""
+"""fetch: read the dataset named by params.yaml `data.dataset` into data/raw/ (uint8 images per split,
+and the decisions the source made about them, for the data card)."""
 
 from imgpipe import params as P
 from imgpipe import paths
 from imgpipe.errors import run_stage
-from imgpipe.imageset import save_splits
-from imgpipe.sources import fetch
+from imgpipe.imageset import save_fetched
+from imgpipe.sources import fetch_dataset
 
 
 def main() -> None:
     config = P.data_config(P.load())
     with P.reported_as("data"):
-        splits = fetch(config)
-    save_splits(splits, paths.RAW)
+        fetched = fetch_dataset(config)
+    save_fetched(fetched, paths.RAW)
+    splits = fetched.splits
     shape = "x".join(map(str, splits["train"].image_shape))
     print(f"{config.dataset}: " + ", ".join(f"{split} {len(images)} images" for split, images in splits.items())
           + f" of {shape} (C x H x W), {len(splits['train'].class_names)} classes -> {paths.RAW.relative_to(paths.ROOT)}")
+    for decision in fetched.decisions:
+        print(decision)
 
 
 if __name__ == "__main__":

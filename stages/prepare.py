@@ -5,21 +5,22 @@ from imgpipe import params as P
 from imgpipe import paths
 from imgpipe.errors import run_stage
 from imgpipe.files import write_json
-from imgpipe.imageset import load_splits
+from imgpipe.imageset import load_fetched
 from imgpipe.prepare import data_card, prepare, save_prepared
 
 
 def main() -> None:
     params = P.load()
+    raw = load_fetched(paths.RAW)
     with P.reported_as("data"):
         prepared = prepare(
-            load_splits(paths.RAW),
+            raw.splits,
             val_fraction=P.get(params, "data.val_fraction"),
             test_fraction=P.get(params, "data.test_fraction"),
             seed=P.get(params, "data.seed"),
             classes=P.get(params, "data.classes", None),
         )
-    card = data_card(prepared)
+    card = data_card(prepared, raw.decisions)
     save_prepared(prepared, paths.PREPARED)
     write_json(paths.DATA_CARD, card)
     print(f"train {len(prepared.train)} / val {len(prepared.val)} / test {len(prepared.test)} images; "

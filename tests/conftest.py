@@ -9,7 +9,7 @@ from imgpipe.sources import digits
 @pytest.fixture(scope="session")
 def digits_prepared():
     """The real default dataset, prepared as the pipeline prepares it."""
-    return prepare(digits(DataConfig()), val_fraction=0.15, test_fraction=0.2, seed=0)
+    return prepare(digits(DataConfig()).splits, val_fraction=0.15, test_fraction=0.2, seed=0)
 
 
 def random_images(n: int, shape: tuple[int, int, int], classes: int, seed: int = 0):

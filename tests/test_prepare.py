@@ -4,13 +4,13 @@ from conftest import random_images
 
 from imgpipe.config import DataConfig
 from imgpipe.errors import ImgpipeError, InvalidSetting
-from imgpipe.imageset import ImageSet
+from imgpipe.imageset import ImageSet, load
 from imgpipe.prepare import channel_stats, data_card, load_prepared, prepare, save_prepared
 from imgpipe.sources import digits as digits_source
 
 
 def digits():
-    return digits_source(DataConfig())
+    return digits_source(DataConfig()).splits
 
 
 def test_digits_source_spreads_its_17_levels_over_uint8():
@@ -69,6 +69,7 @@ def test_prepared_data_round_trips_through_files(tmp_path, digits_prepared):
     save_prepared(digits_prepared, tmp_path / "prepared")
     loaded = load_prepared(tmp_path / "prepared")
     assert loaded.class_names == digits_prepared.class_names
+    assert loaded.class_labels == digits_prepared.class_labels == tuple(range(10))
     assert loaded.mean == digits_prepared.mean and loaded.std == digits_prepared.std
     for split in ("train", "val", "test"):
         assert np.array_equal(getattr(loaded, split).images, getattr(digits_prepared, split).images)
@@ -91,6 +92,7 @@ def test_class_subset_by_index_or_name_is_relabelled_in_order():
     by_index = prepare(raw, 0.15, 0.2, seed=0, classes=[7, 3])
     by_name = prepare(raw, 0.15, 0.2, seed=0, classes=["7", "3"])
     assert by_index.class_names == ("7", "3") == by_name.class_names
+    assert by_index.class_labels == (7, 3) == by_name.class_labels
     assert np.array_equal(by_index.train.images, by_name.train.images)
     source = raw["train"]
     sevens = source.images[source.labels == 7]
@@ -101,7 +103,7 @@ def test_class_subset_by_index_or_name_is_relabelled_in_order():
 
 
 @pytest.mark.parametrize("classes, message", [
-    ([3, 12], "classes: class index 12 is out of range 0..9"),
+    ([3, 12], "classes: no class has the label 12; the labels are 0..9"),
     (["3", "seven"], "classes: unknown class 'seven'; the classes are: 0, 1, 2"),
     ([3], "classes: must list at least two classes"),
     ([3, "3"], "classes: lists a class twice"),
@@ -123,3 +125,16 @@ def test_data_card_counts_every_split_and_flags_thin_classes():
         assert card["splits"][split]["images"] == len(getattr(prepared, split))
     assert any(flag.startswith("val: class 'rare' has only") for flag in card["flagged"])
     assert not any("'a'" in flag for flag in card["flagged"])
+    assert card["decisions"] == []  # what fetch decided, where it decided anything (tests/test_sources.py)
+
+
+def test_image_set_file_from_before_class_labels_still_loads(tmp_path):
+    """data/raw and data/prepared written before class labels were recorded: their classes go by name."""
+    images, labels = random_images(40, (1, 2, 2), classes=4)
+    with open(tmp_path / "old.npz", "wb") as file:
+        np.savez(file, images=images, labels=labels, class_names=np.array(["0", "3", "7", "9"], dtype=np.str_))
+    old = load(tmp_path / "old.npz")
+    assert old.class_names == ("0", "3", "7", "9") and old.class_labels is None
+    assert np.array_equal(old.images, images) and np.array_equal(old.labels, labels)
+    prepared = prepare({"train": old}, 0.25, 0.25, seed=0, classes=[3, 7])  # numbers that are names
+    assert prepared.class_names == ("3", "7") and len(prepared.train) + len(prepared.val) + len(prepared.test) == 20

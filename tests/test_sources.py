@@ -11,8 +11,9 @@ from PIL import Image
 from imgpipe import paths
 from imgpipe.config import DataConfig
 from imgpipe.errors import ImgpipeError, InvalidSetting
-from imgpipe.prepare import prepare, select_classes
-from imgpipe.sources import fetch
+from imgpipe.imageset import load_fetched, save_fetched
+from imgpipe.prepare import data_card, load_prepared, prepare, save_prepared, select_classes
+from imgpipe.sources import fetch, fetch_dataset
 from imgpipe.sources.idx import read_idx, write_idx
 
 # --- idx -------------------------------------------------------------------------------------------
@@ -26,7 +27,7 @@ def test_idx_folder_reads_train_and_test_pairs(tmp_path, suffix):
     write_idx(tmp_path / f"t10k-labels-idx1-ubyte{suffix}", labels[20:])
     splits = fetch(DataConfig(dataset="idx", path=tmp_path))
     assert np.array_equal(splits["train"].images, images[:20]) and np.array_equal(splits["test"].labels, labels[20:])
-    assert splits["train"].class_names == ("0", "1", "2", "3")
+    assert splits["train"].class_names == ("0", "1", "2", "3") and splits["train"].class_labels == (0, 1, 2, 3)
 
 
 def test_idx_counts_that_disagree_are_refused(tmp_path):
@@ -65,6 +66,50 @@ def test_csv_with_gapped_labels_maps_them_to_named_classes(tmp_path):
     assert splits["train"].class_names == ("A", "B", "K", "Y")
     assert np.array_equal(splits["train"].labels, labels) and np.array_equal(splits["train"].images, images)
     assert len(splits["test"]) == 8
+
+
+SIGN_LABELS = [label for label in range(25) if label != 9]  # Sign Language MNIST: A..Y without J (9)
+SIGN_LETTERS = [chr(ord("A") + label) for label in SIGN_LABELS]
+
+
+def _sign_csv(path):
+    """Four 4x4 images per label of Sign Language MNIST, each image filled with its own label value."""
+    labels = np.repeat(SIGN_LABELS, 4)
+    images = np.broadcast_to(labels[:, None, None, None], (len(labels), 1, 4, 4)).astype(np.uint8)
+    return write_csv(path, images, labels)
+
+
+@pytest.mark.parametrize("class_names, kept_names", [(None, ("10", "11")), (tuple(SIGN_LETTERS), ("K", "L"))])
+def test_csv_classes_are_chosen_by_their_own_label_values_not_positions(tmp_path, class_names, kept_names):
+    path = _sign_csv(tmp_path / "sign_mnist_train.csv")
+    raw = fetch(DataConfig(dataset="csv", path=path, class_names=class_names))
+    assert raw["train"].class_labels == tuple(SIGN_LABELS)
+    prepared = prepare(raw, 0.25, 0.25, seed=0, classes=[10, 11])
+    assert prepared.class_names == kept_names and prepared.class_labels == (10, 11)
+    for split in ("train", "val", "test"):
+        images = getattr(prepared, split)
+        # Every image is filled with its CSV label: label 10 became class 0, label 11 class 1
+        # (by position, 10 and 11 would have been the labels 11 and 12).
+        assert np.array_equal(images.images[:, 0, 0, 0], np.array([10, 11])[images.labels]), split
+    assert sum(len(getattr(prepared, split)) for split in ("train", "val", "test")) == 8
+    save_prepared(prepared, tmp_path / "prepared")
+    assert load_prepared(tmp_path / "prepared").class_labels == (10, 11)  # the rule holds after prepare too
+    named = prepare(raw, 0.25, 0.25, seed=0, classes=[kept_names[1], kept_names[0]])
+    assert named.class_names == kept_names[::-1] and named.class_labels == (11, 10)
+
+
+def test_csv_label_that_does_not_occur_lists_the_labels(tmp_path):
+    raw = fetch(DataConfig(dataset="csv", path=_sign_csv(tmp_path / "signs.csv"), class_names=tuple(SIGN_LETTERS)))
+    with pytest.raises(InvalidSetting, match=r"^classes: no class has the label 9; the labels are 0\.\.8, 10\.\.24$"):
+        select_classes(raw, [9, 10])
+
+
+def test_csv_of_words_has_named_classes(tmp_path):
+    path = write_csv(tmp_path / "words.csv", np.zeros((4, 1, 2, 2), np.uint8), ["cat", "dog", "cat", "dog"])
+    raw = fetch(DataConfig(dataset="csv", path=path))
+    assert raw["train"].class_names == ("cat", "dog") and raw["train"].class_labels is None
+    with pytest.raises(InvalidSetting, match=r"classes: 0 is ambiguous.*write the names, e.g. \[cat, dog\]"):
+        select_classes(raw, [0, 1])
 
 
 def test_csv_colour_layout_from_params(tmp_path):
@@ -149,6 +194,88 @@ def test_train_valid_test_layout(tmp_path):
     assert splits["train"].images.shape[1] == 1  # grayscale PNGs stay one channel
     prepared = prepare(splits, 0.2, 0.2, seed=0)
     assert (len(prepared.train), len(prepared.val), len(prepared.test)) == (12, 6, 6)
+
+
+def test_image_folder_refuses_class_numbers_as_ambiguous(tmp_path):
+    root = _logo_folder(tmp_path / "logos")
+    raw = fetch(DataConfig(dataset="imagefolder", path=root, channels=3))
+    assert raw["train"].class_labels is None
+    message = (r"^classes: 0 is ambiguous: the classes have names, not numbers \(an image folder's are its folder "
+               r"names\); write the names, e.g. \[arsenal, liverpool\]$")
+    with pytest.raises(InvalidSetting, match=message):
+        select_classes(raw, [0, 1])
+    assert select_classes(raw, ["liverpool", "arsenal"])["train"].class_names == ("liverpool", "arsenal")
+
+
+def test_image_folder_with_numbered_folders_takes_numbers_as_names(tmp_path):
+    images, labels = small_digits(24)
+    write_image_folder(tmp_path / "digits", images, labels, ["10", "3", "7", "a"])  # sorted: 10, 3, 7, a
+    raw = fetch(DataConfig(dataset="imagefolder", path=tmp_path / "digits"))
+    subset = select_classes(raw, [7, 3])
+    train = subset["train"]
+    assert train.class_names == ("7", "3") and train.class_labels is None
+    assert np.array_equal(train.images[train.labels == 0], images[labels == 2])  # folder "7"
+    assert np.array_equal(train.images[train.labels == 1], images[labels == 1])  # folder "3"
+    with pytest.raises(InvalidSetting, match=r"classes: 2 is ambiguous"):  # position 2 is "7": never taken
+        select_classes(raw, [2, 3])
+
+
+def _grey_then_colour(root):
+    """Four grey PNGs in class a, which sorts first, and four colour ones in class b."""
+    (root / "a").mkdir(parents=True)
+    (root / "b").mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((4, 4), 100, np.uint8), "L").save(root / "a" / f"{i}.png")
+        Image.fromarray(np.tile(np.array([200, 30, 60], np.uint8), (4, 4, 1)), "RGB").save(root / "b" / f"{i}.png")
+    return root
+
+
+def test_one_colour_class_makes_the_folder_colour_and_the_data_card_says_why(tmp_path):
+    root = _grey_then_colour(tmp_path / "images")
+    fetched = fetch_dataset(DataConfig(dataset="imagefolder", path=root))
+    train = fetched.splits["train"]
+    assert train.images.shape == (8, 3, 4, 4) and train.labels.tolist() == [0] * 4 + [1] * 4
+    assert (train.images[4:] == np.array([200, 30, 60])[:, None, None]).all()  # the colour images keep their colours
+    assert (train.images[:4] == 100).all()
+    decision = "channels: 3 (colour), because 4 of 8 images are in colour, e.g. b/0.png"
+    assert fetched.decisions == (decision,)
+    # As the stages pass it on: fetch saves it beside the raw splits, prepare puts it on the data card.
+    save_fetched(fetched, tmp_path / "raw")
+    raw = load_fetched(tmp_path / "raw")
+    assert raw.decisions == (decision,)
+    assert data_card(prepare(raw.splits, 0.25, 0.25, seed=0), raw.decisions)["decisions"] == [decision]
+
+
+def test_colour_in_any_split_makes_every_split_colour(tmp_path):
+    images, labels = small_digits(16)
+    write_image_folder(tmp_path / "train", images[:12], labels[:12], ["a", "b", "c", "d"])
+    write_image_folder(tmp_path / "test", images[12:], labels[12:], ["a", "b", "c", "d"])
+    Image.new("RGB", (8, 8), (0, 0, 255)).save(tmp_path / "test" / "d" / "blue.png")
+    fetched = fetch_dataset(DataConfig(dataset="imagefolder", path=tmp_path))
+    assert {split: s.images.shape[1] for split, s in fetched.splits.items()} == {"train": 3, "test": 3}
+    assert fetched.decisions == ("channels: 3 (colour), because 1 of 17 images is in colour, e.g. test/d/blue.png",)
+    grey = images[:12][np.argsort(labels[:12], kind="stable"), 0]  # as the folder lists them: class by class
+    assert all(np.array_equal(fetched.splits["train"].images[:, c], grey) for c in range(3))  # grey in every channel
+
+
+def test_all_grey_folder_stays_one_channel_unless_asked(tmp_path):
+    images, labels = small_digits(8)
+    root = write_image_folder(tmp_path / "grey", images, labels, ["a", "b", "c", "d"])
+    fetched = fetch_dataset(DataConfig(dataset="imagefolder", path=root))
+    assert fetched.splits["train"].images.shape[1] == 1
+    assert fetched.decisions == ("channels: 1 (grey): every image is greyscale",)
+    asked = fetch_dataset(DataConfig(dataset="imagefolder", path=root, channels=3))
+    assert asked.splits["train"].images.shape[1] == 3 and asked.decisions == ("channels: 3, as data.channels asks",)
+
+
+def test_raw_data_without_decisions_still_loads(tmp_path):
+    fetched = fetch_dataset(DataConfig())
+    assert fetched.decisions == ()
+    save_fetched(fetched, tmp_path / "raw")
+    (tmp_path / "raw" / "fetch.json").unlink()  # data/raw written before decisions were recorded
+    raw = load_fetched(tmp_path / "raw")
+    assert raw.decisions == () and np.array_equal(raw.splits["train"].images, fetched.splits["train"].images)
+    assert data_card(prepare(raw.splits, 0.15, 0.2, seed=0), raw.decisions)["decisions"] == []
 
 
 def test_non_image_files_are_refused_or_skipped_by_switch(tmp_path, capsys):

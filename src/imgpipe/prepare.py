@@ -5,6 +5,7 @@ split alone, so nothing about validation or test images leaks into training.
 """
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,11 @@ class Prepared:
     @property
     def class_names(self) -> tuple[str, ...]:
         return self.train.class_names
+
+    @property
+    def class_labels(self) -> tuple[int, ...] | None:
+        """The source's own label of each class (None: the classes have names only)."""
+        return self.train.class_labels
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -60,26 +66,48 @@ def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, .
     return tuple(means), tuple(stds)
 
 
-def select_classes(raw: dict[str, ImageSet], classes: list[int | str]) -> dict[str, ImageSet]:
-    """Keep only the listed classes (by index or name), relabelled 0..k-1 in the order listed."""
-    names = raw["train"].class_names
-    require(isinstance(classes, list) and len(classes) >= 2, "classes", f"must list at least two classes, got {classes!r}")
-    indices = []
-    for entry in classes:
-        if isinstance(entry, int) and not isinstance(entry, bool):
-            require(0 <= entry < len(names), "classes", f"class index {entry} is out of range 0..{len(names) - 1}")
-            indices.append(entry)
+def _label_ranges(labels: tuple[int, ...]) -> str:
+    """Sorted labels as runs, e.g. 0..8, 10..24 for Sign Language MNIST."""
+    runs: list[list[int]] = []
+    for label in sorted(labels):
+        if runs and label == runs[-1][1] + 1:
+            runs[-1][1] = label
         else:
-            require(str(entry) in names, "classes", f"unknown class {entry!r}; the classes are: {', '.join(names)}")
-            indices.append(names.index(str(entry)))
+            runs.append([label, label])
+    return ", ".join(str(a) if a == b else f"{a}, {b}" if b == a + 1 else f"{a}..{b}" for a, b in runs)
+
+
+def _class_of(entry: int | str, names: tuple[str, ...], labels: tuple[int, ...] | None) -> int:
+    """The index of the class an entry of data.classes means: a number is the source's own label
+    (never a position, which a gap in the labels would shift), a string is a name."""
+    if not (isinstance(entry, int) and not isinstance(entry, bool)):
+        require(str(entry) in names, "classes", f"unknown class {entry!r}; the classes are: {', '.join(names)}")
+        return names.index(str(entry))
+    if labels is not None:
+        require(entry in labels, "classes", f"no class has the label {entry}; the labels are {_label_ranges(labels)}")
+        return labels.index(entry)
+    # Named classes (an image folder's folders): a number can only mean a name written as one.
+    example = ", ".join(names[:2])
+    require(str(entry) in names, "classes",
+            f"{entry} is ambiguous: the classes have names, not numbers (an image folder's are its folder names); "
+            f"write the names, e.g. [{example}]")
+    return names.index(str(entry))
+
+
+def select_classes(raw: dict[str, ImageSet], classes: list[int | str]) -> dict[str, ImageSet]:
+    """Keep only the listed classes (by the source's own label or by name), relabelled 0..k-1 in the order listed."""
+    names, labels = raw["train"].class_names, raw["train"].class_labels
+    require(isinstance(classes, list) and len(classes) >= 2, "classes", f"must list at least two classes, got {classes!r}")
+    indices = [_class_of(entry, names, labels) for entry in classes]
     require(len(set(indices)) == len(indices), "classes", f"lists a class twice: {classes!r}")
     relabel = np.full(len(names), -1, dtype=np.int64)
     relabel[indices] = np.arange(len(indices))
     kept_names = tuple(names[i] for i in indices)
+    kept_labels = None if labels is None else tuple(labels[i] for i in indices)
     subsets = {}
     for split, images in raw.items():
         keep = np.flatnonzero(relabel[images.labels] >= 0)
-        subsets[split] = ImageSet(images.images[keep], relabel[images.labels[keep]], kept_names)
+        subsets[split] = ImageSet(images.images[keep], relabel[images.labels[keep]], kept_names, kept_labels)
     return subsets
 
 
@@ -137,8 +165,9 @@ def load_prepared(folder: Path) -> Prepared:
 FEW_EXAMPLES = 5  # a class with fewer images than this in a split is flagged on the data card
 
 
-def data_card(prepared: Prepared) -> dict:
-    """Per split the images per class, plus image size, channels and statistics; thin classes flagged."""
+def data_card(prepared: Prepared, decisions: Sequence[str] = ()) -> dict:
+    """Per split the images per class, plus image size, channels and statistics; thin classes flagged;
+    and the decisions fetch made about the data (e.g. why it has 3 channels), one sentence each."""
     channels, height, width = prepared.image_shape
     splits = {split: getattr(prepared, split) for split in SPLITS}
     flagged = [
@@ -155,4 +184,5 @@ def data_card(prepared: Prepared) -> dict:
         "std": list(prepared.std),
         "splits": {split: {"images": len(images), "per_class": images.class_counts()} for split, images in splits.items()},
         "flagged": flagged,
+        "decisions": list(decisions),
     }

@@ -1,23 +1,25 @@
 """Dataset sources for the fetch stage: each turns its origin into raw uint8 ImageSets per split.
 
-A source returns {"train": ...} plus "val" and "test" where the dataset defines them; prepare
-carves what is missing. params.yaml `data.dataset` picks the source by name.
+A source returns a Fetched: splits {"train": ...} plus "val" and "test" where the dataset defines
+them (prepare carves what is missing), and any decisions it made about the data, for the data card.
+params.yaml `data.dataset` picks the source by name.
 """
 
+import dataclasses
 from collections.abc import Callable
 
 import numpy as np
 
 from imgpipe.config import DataConfig
 from imgpipe.errors import require
-from imgpipe.imageset import ImageSet
+from imgpipe.imageset import Fetched, ImageSet
 from imgpipe.sources.downloads import DATASETS, torchvision_source
 from imgpipe.sources.idx import idx_folder
 from imgpipe.sources.image_folder import image_folder
 from imgpipe.sources.pixel_table import pixel_table
 
 
-def digits(config: DataConfig) -> dict[str, ImageSet]:
+def digits(config: DataConfig) -> Fetched:
     """scikit-learn's bundled handwritten digits: 1,797 8x8 grayscale images, 10 classes, no network."""
     from sklearn.datasets import load_digits
 
@@ -25,10 +27,11 @@ def digits(config: DataConfig) -> dict[str, ImageSet]:
     # The pixels are 0..16 intensities; spread them over 0..255 so every source shares one scale.
     images = np.rint(bunch.images * (255 / 16)).astype(np.uint8)[:, None]  # (N, 1, 8, 8)
     class_names = tuple(str(name) for name in bunch.target_names)
-    return {"train": ImageSet(images, bunch.target.astype(np.int64), class_names)}
+    labels = tuple(range(len(class_names)))
+    return Fetched({"train": ImageSet(images, bunch.target.astype(np.int64), class_names, labels)})
 
 
-SOURCES: dict[str, Callable[[DataConfig], dict[str, ImageSet]]] = {
+SOURCES: dict[str, Callable[[DataConfig], Fetched]] = {
     "digits": digits,
     **{name: torchvision_source for name in DATASETS},
     "csv": pixel_table,
@@ -37,13 +40,20 @@ SOURCES: dict[str, Callable[[DataConfig], dict[str, ImageSet]]] = {
 }
 
 
-def fetch(config: DataConfig) -> dict[str, ImageSet]:
+def fetch_dataset(config: DataConfig) -> Fetched:
+    """The dataset `config` names, with the decisions its source made (what the fetch stage saves)."""
     require(config.dataset in SOURCES, "dataset", f"unknown dataset {config.dataset!r}; choose one of: {', '.join(SOURCES)}")
-    splits = SOURCES[config.dataset](config)
+    fetched = SOURCES[config.dataset](config)
     names = config.class_names
     if names is not None and config.dataset != "csv":  # csv maps its label values to names itself
-        count = len(splits["train"].class_names)
+        count = len(fetched.splits["train"].class_names)
         require(len(names) == count, "class_names", f"lists {len(names)} names but the dataset has {count} classes")
-        splits = {split: ImageSet(s.images, s.labels, tuple(map(str, names))) for split, s in splits.items()}
-    return splits
+        renamed = {split: dataclasses.replace(s, class_names=tuple(map(str, names))) for split, s in fetched.splits.items()}
+        fetched = dataclasses.replace(fetched, splits=renamed)
+    return fetched
+
+
+def fetch(config: DataConfig) -> dict[str, ImageSet]:
+    """The splits alone, for callers that have no data card to write (tests, benchmarks)."""
+    return fetch_dataset(config).splits
 

@@ -18,7 +18,7 @@ from imgpipe import paths
 from imgpipe.config import DataConfig
 from imgpipe.errors import ImgpipeError
 from imgpipe.files import atomic_path
-from imgpipe.imageset import ImageSet
+from imgpipe.imageset import Fetched, ImageSet
 
 DATASETS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "kmnist": "KMNIST", "cifar10": "CIFAR10"}
 
@@ -87,10 +87,11 @@ def _to_imageset(dataset) -> ImageSet:
     data = np.asarray(dataset.data, dtype=np.uint8)
     images = data[:, None] if data.ndim == 3 else data.transpose(0, 3, 1, 2)  # (N, C, H, W)
     names = tuple(c.split(" - ")[0] for c in dataset.classes)  # MNIST's "0 - zero" -> "0"
-    return ImageSet(np.ascontiguousarray(images), np.asarray(dataset.targets, dtype=np.int64), names)
+    targets = np.asarray(dataset.targets, dtype=np.int64)
+    return ImageSet(np.ascontiguousarray(images), targets, names, tuple(range(len(names))))
 
 
-def torchvision_source(config: DataConfig) -> dict[str, ImageSet]:
+def torchvision_source(config: DataConfig) -> Fetched:
     mirror = config.mirror or os.environ.get("IMGPIPE_MIRROR")
     if mirror is not None and mirror.startswith("file://"):
         mirror = urllib.parse.unquote(urllib.parse.urlparse(mirror).path)  # torchvision cannot read file:// URLs
@@ -109,4 +110,4 @@ def torchvision_source(config: DataConfig) -> dict[str, ImageSet]:
             where = f"mirror {mirror}" if mirror else "the dataset's own hosts"
             raise ImgpipeError(f"could not download {cls.__name__} from {where} ({' '.join(str(error).split())[:160]}); "
                                f"set data.mirror or IMGPIPE_MIRROR to a folder or URL holding {names}") from None
-    return splits
+    return Fetched(splits)

@@ -12,7 +12,7 @@ import numpy as np
 
 from imgpipe.config import DataConfig
 from imgpipe.errors import ImgpipeError
-from imgpipe.imageset import ImageSet
+from imgpipe.imageset import Fetched, ImageSet
 
 SPLIT_OF_PREFIX = {"train": "train", "t10k": "test", "test": "test"}
 DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -71,7 +71,7 @@ def read_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndar
     return images[:, None], labels.astype(np.int64)
 
 
-def idx_folder(config: DataConfig) -> dict[str, ImageSet]:
+def idx_folder(config: DataConfig) -> Fetched:
     folder = config.require_path()
     if not folder.is_dir():
         raise ImgpipeError(f"{folder}: not found or not a folder; set data.path to a folder of IDX files")
@@ -87,5 +87,6 @@ def idx_folder(config: DataConfig) -> dict[str, ImageSet]:
                 raise ImgpipeError(f"{pair[0]}: prefix {prefix!r} is neither train nor t10k/test")
             splits[SPLIT_OF_PREFIX[prefix]] = pair
     arrays = {split: read_pair(*pair) for split, pair in splits.items()}
-    names = tuple(str(i) for i in range(max(int(labels.max()) for _, labels in arrays.values()) + 1))
-    return {split: ImageSet(images, labels, names) for split, (images, labels) in arrays.items()}
+    count = max(int(labels.max()) for _, labels in arrays.values()) + 1
+    names, class_labels = tuple(str(i) for i in range(count)), tuple(range(count))
+    return Fetched({split: ImageSet(images, labels, names, class_labels) for split, (images, labels) in arrays.items()})

@@ -2,8 +2,9 @@
 plus `valid/` (or `val/`) and `test/` folders each holding class folders (the fastai MNIST layout).
 
 Any image PIL reads (PNG RGBA, palette or 16-bit, JPEG, grayscale) is converted to the channel count
-asked for, transparency laid on the background colour, and resized to the image size asked for.
-Decoding runs in a pool of processes, one per core.
+asked for (none asked: 3 if any image of any split is in colour, by its PIL mode, else 1),
+transparency laid on the background colour, and resized to the image size asked for. Decoding runs
+in a pool of processes, one per core. The classes have names only (the folders'), no numeric labels.
 """
 
 import os
@@ -15,7 +16,7 @@ from PIL import Image, UnidentifiedImageError
 
 from imgpipe.config import DataConfig
 from imgpipe.errors import ImgpipeError
-from imgpipe.imageset import ImageSet
+from imgpipe.imageset import SPLITS, Fetched, ImageSet
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 SPLIT_FOLDERS = {"train": "train", "valid": "val", "val": "val", "test": "test"}
@@ -54,16 +55,42 @@ def _decode_all(args: tuple) -> np.ndarray:
     return decode(*args)
 
 
-def _first_channels(path: Path) -> int:
+def _is_colour(path: Path) -> bool:
+    """By the file's mode alone: Image.open reads the header, not the pixels, so this is cheap."""
     try:
         with Image.open(path) as image:
-            return 1 if image.mode in GRAY_MODES else 3
-    except (UnidentifiedImageError, OSError) as error:
+            return image.mode not in GRAY_MODES
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise ImgpipeError(f"{path}: not a readable image ({error}); remove or replace it") from None
 
 
-def _list_classes(folder: Path, on_bad_file: str) -> tuple[list[Path], list[str], int]:
-    """Image files with their class names, sorted; and how many non-image files were skipped."""
+def _map(function, jobs: list) -> list:
+    """function over every job, in a pool of processes, one per core, where there are enough jobs."""
+    workers = min(os.cpu_count() or 1, max(1, len(jobs) // 256))  # small folders: no pool to start
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            return list(pool.map(function, jobs, chunksize=64))
+    return [function(job) for job in jobs]
+
+
+def choose_channels(files: list[Path], root: Path, asked: int | None) -> tuple[int, str]:
+    """The channel count, and why, as a sentence for the data card. Unless data.channels says, every
+    image of every split is looked at: one colour image among greyscale ones makes the set colour,
+    so a greyscale file that happens to sort first cannot turn the others grey."""
+    if asked is not None:
+        return asked, f"channels: {asked}, as data.channels asks"
+    colour = [file for file, is_colour in zip(files, _map(_is_colour, files)) if is_colour]
+    if not colour:
+        return 1, "channels: 1 (grey): every image is greyscale"
+    if len(colour) == len(files):
+        return 3, "channels: 3 (colour): every image is in colour"
+    verb = "is" if len(colour) == 1 else "are"
+    return 3, (f"channels: 3 (colour), because {len(colour)} of {len(files)} images {verb} in colour, "
+               f"e.g. {colour[0].relative_to(root).as_posix()}")
+
+
+def _list_classes(folder: Path, on_bad_file: str) -> tuple[list[Path], list[str]]:
+    """Image files with their class names, sorted; files that are not images skipped (and counted) or refused."""
     classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise ImgpipeError(f"{folder}: holds no class folders; put each class's images in a folder named after it")
@@ -81,46 +108,37 @@ def _list_classes(folder: Path, on_bad_file: str) -> tuple[list[Path], list[str]
             found += 1
         if found == 0:
             raise ImgpipeError(f"{class_folder}: class folder holds no images")
-    return files, labels, skipped
-
-
-def read_split(folder: Path, config: DataConfig, channels: int | None) -> tuple[np.ndarray, list[str]]:
-    """(N, C, H, W) uint8 images and their class names; channels None: the first image's own."""
-    files, labels, skipped = _list_classes(folder, config.on_bad_file)
-    channels = channels or _first_channels(files[0])
     if skipped:
         print(f"{folder}: skipped {skipped} file(s) that are not images (data.on_bad_file: skip)")
-    jobs = [(file, channels, config.image_size, tuple(config.background)) for file in files]
-    workers = min(os.cpu_count() or 1, max(1, len(jobs) // 256))  # small folders: no pool to start
-    if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            arrays = list(pool.map(_decode_all, jobs, chunksize=64))
-    else:
-        arrays = [_decode_all(job) for job in jobs]
-    shape = arrays[0].shape
-    for file, array in zip(files, arrays):
-        if array.shape != shape:
-            raise ImgpipeError(f"{file}: is {array.shape[2]}x{array.shape[1]} pixels but {files[0]} is "
-                               f"{shape[2]}x{shape[1]}; set data.image_size to resize them all")
-    return np.stack(arrays), labels
+    return files, labels
 
 
-def image_folder(config: DataConfig) -> dict[str, ImageSet]:
+def image_folder(config: DataConfig) -> Fetched:
     root = config.require_path()
     if not root.is_dir():
         raise ImgpipeError(f"{root}: not found or not a folder; set data.path to the folder of class folders")
     split_folders = {SPLIT_FOLDERS[p.name]: p for p in root.iterdir() if p.is_dir() and p.name in SPLIT_FOLDERS}
     if "train" not in split_folders:
         split_folders = {"train": root}
-    read = {"train": read_split(split_folders.pop("train"), config, config.channels)}
-    channels = read["train"][0].shape[1]  # every split gets the training images' channel count
-    read |= {split: read_split(folder, config, channels) for split, folder in split_folders.items()}
-    names = tuple(sorted(set(read["train"][1])))
-    index = {name: i for i, name in enumerate(names)}
-    splits = {}
-    for split, (images, labels) in read.items():
+    listed = {split: _list_classes(split_folders[split], config.on_bad_file) for split in SPLITS if split in split_folders}
+    names = tuple(sorted(set(listed["train"][1])))
+    for split, (_, labels) in listed.items():
         unknown = sorted(set(labels) - set(names))
         if unknown:
             raise ImgpipeError(f"{root}: class {unknown[0]!r} of the {split} split has no training images")
+    files = [file for split_files, _ in listed.values() for file in split_files]
+    channels, decision = choose_channels(files, root, config.channels)
+    # Every split in one pass: one pool of processes, and one image size that all must share.
+    arrays = _map(_decode_all, [(file, channels, config.image_size, tuple(config.background)) for file in files])
+    shape = arrays[0].shape
+    for file, array in zip(files, arrays):
+        if array.shape != shape:
+            raise ImgpipeError(f"{file}: is {array.shape[2]}x{array.shape[1]} pixels but {files[0]} is "
+                               f"{shape[2]}x{shape[1]}; set data.image_size to resize them all")
+    index = {name: i for i, name in enumerate(names)}
+    splits = {}
+    for split, (split_files, labels) in listed.items():
+        images = np.stack(arrays[:len(split_files)])
+        del arrays[:len(split_files)]  # each image held once: as a file's array or in its split's stack
         splits[split] = ImageSet(images, np.array([index[label] for label in labels], dtype=np.int64), names)
-    return splits
+    return Fetched(splits, (decision,))

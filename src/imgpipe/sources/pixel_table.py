@@ -2,7 +2,8 @@
 
 Pixels run row by row, and for colour images with the channels of each pixel together (H, W, C).
 Labels need not be contiguous (Sign Language MNIST has no J and no Z): the sorted label values map
-to classes 0..k-1, named by `data.class_names` or by the values themselves.
+to classes 0..k-1, named by `data.class_names` or by the values themselves, and are kept as the
+classes' own labels, which a number in `data.classes` means.
 """
 
 import math
@@ -14,7 +15,7 @@ import pandas as pd
 
 from imgpipe.config import DataConfig
 from imgpipe.errors import ImgpipeError
-from imgpipe.imageset import ImageSet
+from imgpipe.imageset import Fetched, ImageSet
 
 
 def _line(row: int) -> int:
@@ -77,7 +78,14 @@ def _image_shape(path: Path, pixels: int, config: DataConfig) -> tuple[int, int,
     return channels, side, side
 
 
-def pixel_table(config: DataConfig) -> dict[str, ImageSet]:
+def _class_labels(values: np.ndarray) -> tuple[int, ...] | None:
+    """The distinct label values as whole numbers; None for a column of words, whose classes have names only."""
+    if np.issubdtype(values.dtype, np.number) and np.all(values == np.round(values)):
+        return tuple(int(v) for v in values)
+    return None
+
+
+def pixel_table(config: DataConfig) -> Fetched:
     files = {"train": config.require_path()}
     if config.test_path is not None:
         files["test"] = config.test_path
@@ -87,6 +95,7 @@ def pixel_table(config: DataConfig) -> dict[str, ImageSet]:
         raise ImgpipeError(f"{files['train']}: has {len(values)} distinct labels but data.class_names lists "
                            f"{len(config.class_names)} names")
     names = tuple(config.class_names or (str(v) for v in values))
+    class_labels = _class_labels(values)
     splits = {}
     for split, (pixels, labels) in tables.items():
         unknown = ~np.isin(labels, values)
@@ -95,5 +104,6 @@ def pixel_table(config: DataConfig) -> dict[str, ImageSet]:
             raise ImgpipeError(f"{files[split]} line {_line(row)}: label {labels[row]!r} does not occur in {files['train'].name}")
         channels, height, width = _image_shape(files[split], pixels.shape[1], config)
         images = pixels.reshape(-1, height, width, channels).transpose(0, 3, 1, 2)  # (N, C, H, W)
-        splits[split] = ImageSet(np.ascontiguousarray(images), np.searchsorted(values, labels).astype(np.int64), names)
-    return splits
+        classes = np.searchsorted(values, labels).astype(np.int64)
+        splits[split] = ImageSet(np.ascontiguousarray(images), classes, names, class_labels)
+    return Fetched(splits)
