@@ -7,6 +7,7 @@ from imgpipe.checkpoint import load_checkpoint, save_checkpoint
 from imgpipe.config import TrainConfig
 from imgpipe.errors import ImgpipeError
 from imgpipe.evaluate import evaluate
+from imgpipe.lineage import code_version
 from imgpipe.train import augment, train
 
 FAST = TrainConfig(epochs=3, batch_size=64, lr=0.01, device="cpu")
@@ -59,13 +60,53 @@ def test_training_killed_midway_resumes_to_the_same_result(tmp_path, digits_prep
     assert not resume.exists()  # a finished training leaves no state behind
 
 
-def test_state_from_other_settings_is_not_resumed(tmp_path, digits_prepared):
-    resume = tmp_path / "linear.resume.pt"
+def interrupted_training(resume, data, config=FAST) -> None:
+    """A linear training stopped after its first epoch, leaving its state in `resume`."""
     with pytest.raises(KeyboardInterrupt):
-        train("linear", {}, digits_prepared, FAST, resume=resume, on_epoch=lambda row: (_ for _ in ()).throw(KeyboardInterrupt))
+        train("linear", {}, data, config, resume=resume, on_epoch=lambda row: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert resume.exists()
+
+
+def test_state_from_other_settings_is_set_aside_saying_why(tmp_path, digits_prepared, capsys):
+    resume = tmp_path / "linear.pt"
+    interrupted_training(resume, digits_prepared)
     epochs_run = []
     train("linear", {}, digits_prepared, replace(FAST, lr=0.02), resume=resume, on_epoch=lambda row: epochs_run.append(row["epoch"]))
     assert epochs_run == [1, 2, 3]
+    assert (f"linear: not resuming from {resume}: it was saved with other settings; moved to linear.set-aside.pt, "
+            "training from epoch 1") in capsys.readouterr().out
+    assert (tmp_path / "linear.set-aside.pt").exists() and not resume.exists()
+
+
+@pytest.mark.parametrize("part, why", [("code", "other training code"), ("device", "another kind of device"), ("data", "other data")])
+def test_state_saved_by_other_code_data_or_device_is_never_resumed(tmp_path, digits_prepared, capsys, part, why):
+    resume = tmp_path / "linear.pt"
+    interrupted_training(resume, digits_prepared)
+    state = torch.load(resume, weights_only=True)
+    assert state["key"]["code"] == code_version("imgpipe.train") and state["key"]["device"] == "cpu"
+    state["key"][part] = "cuda" if part == "device" else "0123456789abcdef"  # as another machine or commit saved it
+    torch.save(state, resume)
+    epochs_run = []
+    train("linear", {}, digits_prepared, FAST, resume=resume, on_epoch=lambda row: epochs_run.append(row["epoch"]))
+    assert epochs_run == [1, 2, 3]
+    lines = [line for line in capsys.readouterr().out.splitlines() if "not resuming" in line]
+    assert lines == [f"linear: not resuming from {resume}: it was saved with {why}; moved to linear.set-aside.pt, training from epoch 1"]
+
+
+@pytest.mark.parametrize("content", [b"cut sh", "old"])
+def test_unreadable_or_old_state_is_set_aside_not_a_crash(tmp_path, digits_prepared, capsys, content):
+    resume = tmp_path / "linear.pt"
+    if content == "old":  # the format before resume keys: a single "fingerprint" string
+        interrupted_training(resume, digits_prepared)
+        state = torch.load(resume, weights_only=True)
+        state["fingerprint"] = state.pop("key")["settings"]
+        torch.save(state, resume)
+    else:
+        resume.write_bytes(content)
+    result = train("linear", {}, digits_prepared, FAST, resume=resume)
+    assert len(result.history) == 3
+    why = "it was saved by an older imgpipe" if content == "old" else "it cannot be read ("
+    assert f"linear: not resuming from {resume}: {why}" in capsys.readouterr().out
 
 
 def test_early_stopping_watches_val_loss_and_keeps_the_most_accurate_weights(digits_prepared):
@@ -136,6 +177,20 @@ def test_a_foreign_file_is_not_a_checkpoint(tmp_path):
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(ImgpipeError, match="model.pt: not a readable checkpoint"):
         load_checkpoint(path)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_training_with_dropout_resumes_to_the_same_result(tmp_path, digits_prepared):
+    """Dropout draws from the CUDA generator: its state must be saved and restored too."""
+    config = TrainConfig(epochs=3, device="cuda", deterministic=True)
+    settings = {"hidden": [32], "dropout": 0.5}
+    whole = train("mlp", settings, digits_prepared, config)
+    resume = tmp_path / "mlp.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train("mlp", settings, digits_prepared, config, resume=resume, on_epoch=lambda row: (_ for _ in ()).throw(KeyboardInterrupt))
+    torch.cuda.manual_seed(12345)  # what a new process would start from is not what the run had reached
+    resumed = train("mlp", settings, digits_prepared, config, resume=resume)
+    assert measured(resumed.history) == measured(whole.history) and same_weights(resumed.model, whole.model)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

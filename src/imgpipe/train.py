@@ -25,6 +25,7 @@ from imgpipe.config import TrainConfig
 from imgpipe.device import pick_device
 from imgpipe.evaluate import predict_logits, score
 from imgpipe.files import atomic_path
+from imgpipe.lineage import code_version
 from imgpipe.models import Classifier, build_model, count_parameters, is_fitted
 from imgpipe.prepare import Prepared, fingerprint
 
@@ -94,10 +95,68 @@ def make_schedule(config: TrainConfig, optimizer, steps: int):
     return None
 
 
-def run_key(model_name: str, model_settings: dict, data: Prepared, config: TrainConfig) -> str:
-    """What a resumable state must match: the model, every training setting and the data."""
-    settings = repr((model_name, sorted(model_settings.items()), asdict(config), fingerprint(data)))
-    return hashlib.blake2b(settings.encode(), digest_size=16).hexdigest()
+@dataclass
+class LoopState:
+    """What the loop carries from epoch to epoch, saved with the resumable state."""
+
+    epoch: int = 0  # the last finished epoch
+    best_loss: float = float("inf")  # lowest val loss so far (early stopping watches it)...
+    loss_epoch: int = 0  # ...and the epoch that reached it
+    best_score: tuple[float, float] = (-1.0, 0.0)  # (val accuracy, -val loss) of the kept weights
+    best_epoch: int = 0
+    best_weights: dict | None = None
+    elapsed: float = 0.0  # seconds of training and validation so far
+
+
+def resume_key(model_name: str, model_settings: dict, data: Prepared, config: TrainConfig, device: torch.device) -> dict[str, str]:
+    """What a resumable state must match, part by part so a mismatch can say which part differs:
+    the model and every training setting, the data, the training code, and the kind of device
+    (random generator states do not carry across kinds)."""
+    settings = repr((model_name, sorted(model_settings.items()), asdict(config)))
+    return {
+        "settings": hashlib.blake2b(settings.encode(), digest_size=16).hexdigest(),
+        "data": fingerprint(data),
+        "code": code_version(__name__),
+        "device": device.type,
+    }
+
+
+KEY_PARTS = {"settings": "other settings", "data": "other data", "code": "other training code", "device": "another kind of device"}
+
+
+def _saved_state(resume: Path, key: dict[str, str], device: torch.device, name: str) -> dict | None:
+    """The state in `resume` if it matches `key`; otherwise it is moved aside with one line saying why."""
+    try:
+        saved = torch.load(resume, map_location=device, weights_only=True)
+    except Exception as error:  # torch raises many kinds for a file cut short or not a state at all
+        saved, why = None, f"it cannot be read ({type(error).__name__})"
+    else:
+        if not isinstance(saved, dict) or not isinstance(saved.get("key"), dict):
+            why = "it was saved by an older imgpipe"
+        else:
+            why = next((f"it was saved with {KEY_PARTS[part]}" for part in KEY_PARTS if saved["key"].get(part) != key[part]), None)
+    if why is None:
+        return saved
+    aside = resume.with_name(f"{resume.stem}.set-aside{resume.suffix}")
+    os.replace(resume, aside)
+    print(f"{name}: not resuming from {resume}: {why}; moved to {aside.name}, training from epoch 1", flush=True)
+    return None
+
+
+def _device_rng(device: torch.device) -> torch.Tensor | None:
+    """The accelerator's default generator, which dropout draws from there (the CPU's is saved apart)."""
+    if device.type == "cuda":
+        return torch.cuda.get_rng_state(device)
+    if device.type == "mps":
+        return torch.mps.get_rng_state()
+    return None
+
+
+def _set_device_rng(device: torch.device, state: torch.Tensor | None) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state.cpu(), device)
+    elif device.type == "mps":
+        torch.mps.set_rng_state(state.cpu())
 
 
 def _configure(config: TrainConfig, device: torch.device) -> None:
@@ -152,25 +211,24 @@ def train(model_name: str, model_settings: dict, data: Prepared, config: TrainCo
     schedule = make_schedule(config, optimizer, config.epochs * steps_per_epoch)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
-    state = {"epoch": 0, "best_loss": float("inf"), "loss_epoch": 0, "best_score": (-1.0, 0.0), "best_epoch": 0,
-             "best_weights": None, "elapsed": 0.0}
+    state = LoopState()
 
-    key = run_key(model_name, model_settings, data, config)
-    if resume is not None and resume.exists():
-        saved = torch.load(resume, map_location=device, weights_only=True)
-        if saved.get("fingerprint") == key:
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            if schedule is not None:
-                schedule.load_state_dict(saved["schedule"])
-            generator.set_state(saved["generator"].cpu())
-            torch.set_rng_state(saved["cpu_rng"].cpu())
-            result.history = saved["history"]
-            state = saved["state"]
-            print(f"{model_name}: resuming after epoch {state['epoch']} from {resume}", flush=True)
+    key = resume_key(model_name, model_settings, data, config, device)
+    saved = _saved_state(resume, key, device, model_name) if resume is not None and resume.exists() else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if schedule is not None:
+            schedule.load_state_dict(saved["schedule"])
+        generator.set_state(saved["generator"].cpu())
+        torch.set_rng_state(saved["cpu_rng"].cpu())
+        _set_device_rng(device, saved["device_rng"])
+        result.history = saved["history"]
+        state = LoopState(**saved["state"])
+        print(f"{model_name}: resuming after epoch {state.epoch} from {resume}", flush=True)
 
     interactive = sys.stderr.isatty()
-    first_epoch = state["epoch"] + 1
+    first_epoch = state.epoch + 1
     for epoch in range(first_epoch, config.epochs + 1):
         start = time.perf_counter()
         model.train()
@@ -200,36 +258,36 @@ def train(model_name: str, model_settings: dict, data: Prepared, config: TrainCo
                                      img_s=f"{seen / (time.perf_counter() - start):.0f}")
         with autocast:
             val = score(predict_logits(model, x_val), y_val)
-        state["elapsed"] += time.perf_counter() - start
+        state.elapsed += time.perf_counter() - start
         row = _epoch_row(epoch, {"loss": loss_sum.item() / len(y_train), "accuracy": correct.item() / len(y_train)},
-                         val, state["elapsed"])
+                         val, state.elapsed)
         result.history.append(row)
-        if val["loss"] < state["best_loss"]:  # early stopping watches the loss...
-            state.update(best_loss=val["loss"], loss_epoch=epoch)
-        if (val["accuracy"], -val["loss"]) > state["best_score"]:  # ...the weights kept are the most accurate
-            state.update(best_score=(val["accuracy"], -val["loss"]), best_epoch=epoch,
-                         best_weights=copy.deepcopy(model.state_dict()))
+        if val["loss"] < state.best_loss:  # early stopping watches the loss...
+            state.best_loss, state.loss_epoch = val["loss"], epoch
+        if (val["accuracy"], -val["loss"]) > state.best_score:  # ...the weights kept are the most accurate
+            state.best_score, state.best_epoch = (val["accuracy"], -val["loss"]), epoch
+            state.best_weights = copy.deepcopy(model.state_dict())
         _report(model_name, row, config.epochs, interactive, images_per_second=len(y_train) / (time.perf_counter() - start))
-        state["epoch"] = epoch
-        stop = config.patience and epoch - state["loss_epoch"] >= config.patience
+        state.epoch = epoch
+        stop = config.patience and epoch - state.loss_epoch >= config.patience
         if resume is not None and epoch < config.epochs and not stop:
             with atomic_path(resume) as tmp:
                 torch.save({
-                    "fingerprint": key, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "key": key, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "schedule": schedule.state_dict() if schedule is not None else None,
-                    "generator": generator.get_state(), "cpu_rng": torch.get_rng_state(),
-                    "history": result.history, "state": state,
+                    "generator": generator.get_state(), "cpu_rng": torch.get_rng_state(), "device_rng": _device_rng(device),
+                    "history": result.history, "state": asdict(state),
                 }, tmp)
         if on_epoch is not None:  # after the state is saved: the epoch counts as finished
             on_epoch(row)
         if stop:
             result.stopped_early = True
-            print(f"{model_name}: stopping early after epoch {epoch}: no better val loss since epoch {state['loss_epoch']}")
+            print(f"{model_name}: stopping early after epoch {epoch}: no better val loss since epoch {state.loss_epoch}")
             break
 
-    model.load_state_dict(state["best_weights"])
-    result.best_epoch = state["best_epoch"]
-    result.seconds = state["elapsed"]
+    model.load_state_dict(state.best_weights)
+    result.best_epoch = state.best_epoch
+    result.seconds = state.elapsed
     result.images_per_second = len(result.history) * len(y_train) / max(result.seconds, 1e-9)
     if cuda:
         result.peak_memory_mb = torch.cuda.max_memory_allocated(device) / 2**20
