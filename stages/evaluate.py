@@ -1,7 +1,7 @@
 """evaluate: score one trained variant on the test split, e.g. `python stages/evaluate.py cnn`.
 
-Writes metrics/test/<variant>.json (accuracy, loss, top-k, macro precision/recall/F1, images/s,
-checkpoint size), metrics/predictions/<variant>.csv (per image; the confusion-matrix plot),
+Writes metrics/test/<variant>.json (accuracy, loss, top-k, macro precision/recall/F1, images/s and
+the device it was measured on, checkpoint size), metrics/predictions/<variant>.csv (per image; the confusion-matrix plot),
 metrics/classes/<variant>.csv (per class) and metrics/confusion/<variant>.csv (the count table).
 The report stage adds them to the variant's MLflow run (one MLflow start-up for all variants).
 """
@@ -11,7 +11,7 @@ import sys
 from imgpipe import params as P
 from imgpipe import paths
 from imgpipe.checkpoint import load_checkpoint
-from imgpipe.device import pick_device
+from imgpipe.device import describe, pick_device
 from imgpipe.errors import ImgpipeError, run_stage
 from imgpipe.evaluate import class_table, confusion_table, evaluate, predictions_table
 from imgpipe.files import write_csv, write_json
@@ -27,17 +27,20 @@ def main() -> None:
     top_k = P.whole_number(params, "evaluate.top_k")
     test = load_prepared(paths.PREPARED).test
     model, _ = load_checkpoint(paths.checkpoint(name))
-    device = pick_device("auto")
+    # Where the test images/s is measured: evaluate.device, else where training runs (train.device).
+    setting = "evaluate" if P.get(params, "evaluate.device", None) is not None else "train"
+    with P.reported_as(setting):
+        device = pick_device(P.get(params, f"{setting}.device"))
     result = evaluate(model.to(device), test, device, top_k=top_k)
 
     write_csv(paths.predictions(name), predictions_table(test, result))
     write_csv(paths.class_scores(name), class_table(test.class_names, result))
     write_csv(paths.confusion(name), confusion_table(test.class_names, result.confusion))
-    metrics = {**result.metrics, "model_bytes": paths.checkpoint(name).stat().st_size}
+    metrics = {**result.metrics, "model_bytes": paths.checkpoint(name).stat().st_size, "device": describe(device)}
     write_json(paths.test_metrics(name), metrics)
     pairs = "; ".join(f"{a} as {p} ({n}x)" for a, p, n in most_confused(result.confusion, test.class_names, 3))
     print(f"{name}: test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, loss {metrics['loss']:.4f} "
-          f"on {len(test)} images, {metrics['images_per_second']:,.0f} images/s on {device.type}; "
+          f"on {len(test)} images, {metrics['images_per_second']:,.0f} images/s on {metrics['device']}; "
           f"most confused: {pairs or 'none'}")
 
 

@@ -57,10 +57,11 @@ def main() -> None:
             if run_id is None:
                 print(f"{name}: training was not tracked (tracking.optional), so neither is its evaluation")
                 continue
-            metrics = {f"test_{key}": value for key, value in result.test.items()}
+            metrics = {f"test_{key}": value for key, value in tracking.numeric(result.test).items()}
             artifacts = {"predictions": paths.predictions(name), "classes": paths.class_scores(name),
                          "confusion": paths.confusion(name), "report": paths.REPORTS}
-            if tracking.publish_evaluation(run_id, metrics, artifacts):
+            tags = {"imgpipe.test_device": result.test.get("device", "unknown")}
+            if tracking.publish_evaluation(run_id, metrics, artifacts, tags):
                 print(f"{name}: evaluation and report added to MLflow run {run_id}")
 
 

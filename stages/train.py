@@ -32,6 +32,8 @@ def main() -> None:
     metrics = result.summary()
     record = {**metrics, "model": variant.model, "device": result.device, "mlflow_run_id": None}
     experiment, optional = P.tracking(params)
+    data_fingerprint = fingerprint(data)
+    splits = {"train": data.train, "validation": data.val, "test": data.test}
     try:
         with tracking.reported(optional):
             record["mlflow_run_id"] = tracking.log_training(
@@ -42,7 +44,9 @@ def main() -> None:
                 metrics=metrics,
                 model=result.model,
                 example=data.val.images[:2],
-                tags=tracking.run_tags(name, result.device, fingerprint(data), params),
+                tags=tracking.run_tags(name, result.device, data_fingerprint, params),
+                datasets=tracking.dataset_inputs(P.get(params, "data.dataset"), data_fingerprint, paths.PREPARED.relative_to(paths.ROOT),
+                                                 {context: len(split) for context, split in splits.items()}),
             )
     finally:  # the metrics are the stage's own output: written whatever became of tracking
         write_json(paths.train_metrics(name), record)

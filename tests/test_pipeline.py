@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from agreement import disagreements
 from datafiles import write_image_folder
 from project import copy_project, edited_params, read_json, run
 
@@ -42,6 +43,7 @@ def test_every_declared_output_exists(project):
         test = read_json(project / f"metrics/test/{variant}.json")
         assert {"accuracy", "loss", "top_3_accuracy", "macro_f1", "images_per_second", "model_bytes"} <= set(test)
         assert test["model_bytes"] == (project / f"models/{variant}.pt").stat().st_size
+        assert test["device"] == "cpu"  # train.device auto on this machine; the figure names where it was measured
 
 
 def test_dvc_plots_show_renders_curves_confusion_matrices_and_figures(project):
@@ -73,10 +75,17 @@ def test_pipeline_is_up_to_date_after_repro(project):
     assert "Running stage" not in run(["dvc", "repro"], project).stdout
 
 
+def test_mlflow_and_the_metrics_files_agree_on_every_number(project):
+    """A run's figures are those of the weights it keeps, not of its last epoch; test figures are evaluate's."""
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    assert disagreements(project, VARIANTS, client) == []
+
+
 def test_mlflow_holds_one_complete_run_per_variant(project):
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name("digits")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on the runs table
     runs = {run.info.run_name: run for run in client.search_runs([experiment.experiment_id])}
     assert sorted(runs) == sorted(VARIANTS)
     head = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
@@ -84,19 +93,23 @@ def test_mlflow_holds_one_complete_run_per_variant(project):
     assert len({t["imgpipe.execution"] for t in tags}) == 1  # one execution groups its variants
     assert len({t["imgpipe.data_fingerprint"] for t in tags}) == 1
     assert all(t["mlflow.source.git.commit"] == head and t["imgpipe.device"] == "cpu" for t in tags)
-    assert all(t["imgpipe.git_dirty"] == "false" for t in tags)
+    assert all(t["imgpipe.git_dirty"] == "false" and t["imgpipe.test_device"] == "cpu" for t in tags)
+    card = read_json(project / "metrics/data_card.json")["splits"]
     for variant, run_ in runs.items():
         assert run_.info.run_id == read_json(project / f"metrics/train/{variant}.json")["mlflow_run_id"]
         assert run_.data.params["train.epochs"] == "3" and run_.data.params["data.dataset"] == "digits"
         epochs = read_json(project / f"metrics/train/{variant}.json")["epochs"]
         assert epochs == (1 if variant == "centroid" else 3)  # the centroid is fitted in one pass
-        assert [m.step for m in client.get_metric_history(run_.info.run_id, "val_accuracy")] == list(range(1, epochs + 1))
+        assert [m.step for m in client.get_metric_history(run_.info.run_id, "epoch/val_accuracy")] == list(range(1, epochs + 1))
+        inputs = {i.tags[0].value: i.dataset for i in run_.inputs.dataset_inputs}
+        assert sorted(inputs) == ["test", "train", "validation"]
+        assert {d.digest for d in inputs.values()} == {run_.data.tags["imgpipe.data_fingerprint"]}
+        assert inputs["validation"].name == "digits-validation"
+        assert json.loads(inputs["train"].profile) == {"images": card["train"]["images"]}
         assert run_.info.artifact_uri.startswith((project / "mlruns").as_uri())
         assert [a.path for a in client.list_artifacts(run_.info.run_id)] == ["classes", "confusion", "predictions", "report"]
         figures = [a.path for a in client.list_artifacts(run_.info.run_id, "report/figures")]
         assert {f"report/figures/confusion_{variant}.png", "report/figures/curves.png"} <= set(figures)
-        test = read_json(project / f"metrics/test/{variant}.json")
-        assert all(run_.data.metrics[f"test_{key}"] == pytest.approx(value) for key, value in test.items())
         logged = mlflow.pytorch.load_model(f"runs:/{run_.info.run_id}/model")
         checkpoint, _ = load_checkpoint(project / f"models/{variant}.pt")
         images = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)
@@ -133,6 +146,17 @@ def test_experiment_reruns_only_what_its_parameter_affects(project):
     assert {f"metrics/test/{v}.json" for v in VARIANTS} <= set(diff)
     assert diff["metrics/test/linear.json"]["accuracy"]["new"] == read_json(project / "metrics/test/linear.json")["accuracy"]
     assert diff["metrics/test/cnn.json"]["accuracy"]["diff"] == 0
+
+
+def test_evaluate_measures_on_the_device_its_settings_name(project):
+    with edited_params(project, evaluate__device="tpu"):
+        done = run([sys.executable, "stages/evaluate.py", "linear"], project, check=False)
+    assert done.returncode == 1
+    assert done.stderr.strip() == "error: params.yaml: evaluate.device: unknown device 'tpu'; choose one of: auto, cuda, mps, cpu"
+    if not torch.cuda.is_available():  # evaluate.device null follows train.device
+        with edited_params(project, train__device="cuda"):
+            done = run([sys.executable, "stages/evaluate.py", "linear"], project, check=False)
+        assert done.returncode == 1 and done.stderr.startswith("error: params.yaml: train.device: cuda was asked for")
 
 
 def test_bad_input_file_fails_in_one_line_and_keeps_earlier_data(project, tmp_path):

@@ -10,6 +10,7 @@ import pandas as pd
 
 from imgpipe import paths
 from imgpipe.scores import most_confused
+from imgpipe.selection import best_on_validation
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ COLUMNS = [  # (heading, where the value comes from, format, higher is better; N
     ("size on disk", ("test", "model_bytes"), _size, False),
     ("train seconds", ("train", "train_seconds"), "{:.1f}", False),
     ("images/s", ("test", "images_per_second"), "{:,.0f}", True),
+    ("test device", ("test", "device"), "{}", None),
     ("epochs", ("train", "epochs"), "{}", None),
 ]
 
@@ -124,6 +126,9 @@ def data_card_section(card: dict) -> str:
     ]
     for name in card["classes"]:
         lines.append(f"| {name} | " + " | ".join(str(info["per_class"][name]) for info in splits.values()) + " |")
+    decisions = card.get("decisions", [])  # what fetch decided from the data itself, e.g. the channel count
+    if decisions:
+        lines += ["", "Decided from the data: " + "; ".join(decisions) + "."]
     lines += [""] + [f"> **Warning:** {flag}." for flag in card["flagged"]]
     return "\n".join(lines)
 
@@ -139,7 +144,7 @@ def run_card(card: dict, results: dict[str, VariantResult]) -> str:
         f"| params hash | `{card['params_hash']}` |",
         f"| git commit | `{commit}`{' with uncommitted changes' if card['dirty'] else ''} |",
         f"| DVC experiment | {card['experiment'] or 'none (dvc repro)'} |",
-        f"| device | {devices} |",
+        f"| training device | {devices} |",
         "| versions | " + ", ".join(f"{name} {version}" for name, version in card["versions"].items()) + " |",
         f"| MLflow runs | {runs or 'not tracked'} |",
     ]
@@ -152,20 +157,25 @@ def _link(figure: str) -> str:
 
 
 def render(dataset: str, card: dict, results: dict[str, VariantResult], provenance: dict) -> str:
-    best = max(results, key=lambda v: results[v].test["accuracy"])
+    best = best_on_validation({variant: result.train for variant, result in results.items()})
+    chosen = results[best]
     test_images = card["splits"]["test"]["images"]
     sections = [
         f"# imgpipe report: {dataset}",
         "",
-        f"Best on the {test_images} test images: **{best}** ({results[best].test['accuracy']:.4f} accuracy, "
-        f"macro-F1 {results[best].test['macro_f1']:.4f}).",
+        f"Best on validation: **{best}** (val accuracy {chosen.train['val_accuracy']:.4f} on "
+        f"{card['splits']['val']['images']} images, val loss {chosen.train['val_loss']:.4f}). "
+        f"On the {test_images} test images it scores {chosen.test['accuracy']:.4f} accuracy, "
+        f"macro-F1 {chosen.test['macro_f1']:.4f}. The variant is chosen on the validation split; "
+        "test figures are shown, never used to choose.",
         "",
         "## Variants",
         "",
         comparison_table(results),
         "",
-        "Bold marks the best value of each column. Images/s: inference on the test split, in batches of 1,024, "
-        "on the device in the run card; size on disk: the checkpoint file.",
+        "Bold marks the best value of each column. Val accuracy is that of the kept weights (the most accurate "
+        "validation epoch). Images/s: inference on the test split, in batches of 1,024, on the test device; "
+        "train seconds: on the training device in the run card. Size on disk: the checkpoint file.",
         "",
         "## Training curves",
         "",

@@ -6,6 +6,7 @@ Every run is tagged with the DVC experiment that made it, the git commit, the da
 and the device; the runs of one pipeline execution share the tag `imgpipe.execution`.
 """
 
+import json
 import os
 import sys
 import time
@@ -16,8 +17,9 @@ from pathlib import Path
 import mlflow
 import numpy as np
 from filelock import FileLock
-from mlflow.entities import Metric
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric
 from mlflow.models import infer_signature
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from imgpipe import paths, provenance
 from imgpipe.errors import ImgpipeError
@@ -51,13 +53,34 @@ def _client():
     return mlflow.MlflowClient()
 
 
+# Without this tag MLflow's UI opens an experiment on its GenAI traces overview; with it, on the runs table.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def _experiment_id(client, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    # Keep artifacts beside the embedded store, not in whatever folder the stage was started from.
-    location = paths.MLFLOW_ARTIFACTS.as_uri() if tracking_uri() == EMBEDDED_STORE else None
-    return client.create_experiment(name, artifact_location=location)
+    if experiment is None:
+        # Keep artifacts beside the embedded store, not in whatever folder the stage was started from.
+        location = paths.MLFLOW_ARTIFACTS.as_uri() if tracking_uri() == EMBEDDED_STORE else None
+        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
+    for key, value in EXPERIMENT_KIND.items():  # an experiment an older imgpipe made
+        if experiment.tags.get(key) != value:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
+    return experiment.experiment_id
+
+
+def dataset_inputs(name: str, data_fingerprint: str, folder: Path, images: dict[str, int]) -> list[DatasetInput]:
+    """The prepared splits as MLflow dataset inputs, which fill the runs table's Dataset column: one
+    per split, named after the dataset and split, the data fingerprint as digest, the split's role
+    as context. images: context (train, validation, test) -> how many images the split holds."""
+    return [
+        DatasetInput(
+            Dataset(name=f"{name}-{context}", digest=data_fingerprint, source_type="local",
+                    source=json.dumps({"uri": folder.as_posix(), "split": context}), profile=json.dumps({"images": count})),
+            tags=[InputTag(key=MLFLOW_DATASET_CONTEXT, value=context)],
+        )
+        for context, count in images.items()
+    ]
 
 
 def run_tags(variant: str, device: str, data_fingerprint: str, params: dict) -> dict[str, str]:
@@ -94,6 +117,14 @@ def reported(optional: bool) -> Iterator[None]:
         print(f"warning: {message}; going on without tracking (tracking.optional: true)", file=sys.stderr)
 
 
+CURVE = "epoch/"  # prefix of the per-epoch metrics; the MLflow UI groups their charts under it
+
+
+def numeric(figures: dict) -> dict[str, float]:
+    """The numbers of a metrics file (MLflow metrics are numbers; names and ids are not)."""
+    return {key: value for key, value in figures.items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
+
+
 def flatten(params: dict, prefix: str = "") -> dict[str, object]:
     """{'data': {'dataset': 'digits'}} -> {'data.dataset': 'digits'}"""
     flat = {}
@@ -108,19 +139,26 @@ def flatten(params: dict, prefix: str = "") -> dict[str, object]:
 
 @_store_lock()
 def log_training(experiment: str, run_name: str, *, params: dict, history: list[dict], metrics: dict,
-                 model, example: np.ndarray, tags: dict[str, str]) -> str:
-    """Record a finished training as a new run; returns its id for evaluate to add test metrics to."""
+                 model, example: np.ndarray, tags: dict[str, str], datasets: list[DatasetInput]) -> str:
+    """Record a finished training as a new run; returns its id for the report to add test metrics to.
+
+    `metrics` are the run's figures as metrics/train/<variant>.json has them (those of the kept
+    weights); each epoch's figures go under `epoch/` (epoch/val_accuracy, ...), one step per epoch.
+    The two cannot share names: MLflow shows a metric's last step as its value, and the last epoch
+    is not always the one whose weights are kept.
+    """
     import torch  # here: stages that only add to a run (report) skip its import
 
     client = _client()
     with mlflow.start_run(experiment_id=_experiment_id(client, experiment), run_name=run_name, tags=tags) as run:
         mlflow.log_params(flatten(params))
+        client.log_inputs(run.info.run_id, datasets=datasets)
         now = int(time.time() * 1000)
-        curves = [Metric(key, float(value), now, row["epoch"]) for row in history for key, value in row.items() if key != "epoch"]
+        curves = [Metric(f"{CURVE}{key}", float(value), now, row["epoch"])
+                  for row in history for key, value in row.items() if key != "epoch"]
         for start in range(0, len(curves), 1000):  # MLflow takes at most 1000 metrics per batch
             client.log_batch(run.info.run_id, metrics=curves[start:start + 1000])
-        # Final values of the curves are their last step already; log only the other summaries.
-        mlflow.log_metrics({key: value for key, value in metrics.items() if key not in history[0]})
+        mlflow.log_metrics(numeric(metrics))
         model = model.cpu().eval()
         with torch.no_grad():
             output = model(torch.from_numpy(example)).numpy()
@@ -137,16 +175,17 @@ def log_training(experiment: str, run_name: str, *, params: dict, history: list[
 
 
 @_store_lock()
-def publish_evaluation(run_id: str, metrics: dict[str, float], artifacts: dict[str, Path]) -> bool:
-    """Add test metrics and files (artifacts: folder in the run -> file or folder here) to a variant's
-    training run, unless the run holds these metrics already: a variant that this execution did not
-    retrain or re-evaluate keeps what its own execution recorded. Returns whether anything was added."""
+def publish_evaluation(run_id: str, metrics: dict[str, float], artifacts: dict[str, Path], tags: dict[str, str]) -> bool:
+    """Add test metrics, tags and files (artifacts: folder in the run -> file or folder here) to a
+    variant's training run, unless the run holds these metrics already: a variant that this execution
+    did not retrain or re-evaluate keeps what its own execution recorded. Returns whether anything was added."""
     client = _client()
     logged = client.get_run(run_id).data.metrics
     if all(logged.get(key) == float(value) for key, value in metrics.items()):
         return False
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics(metrics)
+        mlflow.set_tags(tags)
         for folder, path in artifacts.items():
             if Path(path).is_dir():
                 mlflow.log_artifacts(str(path), artifact_path=folder)

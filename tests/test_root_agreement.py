@@ -1,0 +1,27 @@
+"""After `make run` (dvc repro in the project itself), MLflow's store and the metrics files agree."""
+
+import json
+from pathlib import Path
+
+import mlflow
+from mlflow.exceptions import MlflowException
+import pytest
+import yaml
+from agreement import disagreements
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_projects_own_runs_agree_with_its_metrics_files():
+    store = ROOT / "mlflow.db"
+    if not store.exists():
+        pytest.skip("the project has no MLflow store yet: run `make run` first")
+    variants = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]["variants"]
+    client = mlflow.MlflowClient(f"sqlite:///{store}")
+    for variant in variants:
+        run_id = json.loads((ROOT / f"metrics/train/{variant}.json").read_text())["mlflow_run_id"]
+        try:
+            client.get_run(run_id)
+        except MlflowException:  # the committed metrics name a run of the machine that committed them
+            pytest.skip(f"metrics/train/{variant}.json names run {run_id}, which this store does not hold: run `make run` first")
+    assert disagreements(ROOT, variants, client) == []
