@@ -51,7 +51,8 @@ def main() -> None:
     write_text(paths.report(), render(P.get(params, "data.dataset"), card, results, run))
     print(f"wrote {paths.report().relative_to(paths.ROOT)} and {len(drawn)} figures in {paths.FIGURES.relative_to(paths.ROOT)}")
 
-    with tracking.reported(P.tracking(params)[1]):
+    experiment, optional = P.tracking(params)
+    with tracking.reported(optional):
         for name, result in results.items():
             run_id = result.train["mlflow_run_id"]
             if run_id is None:
@@ -63,6 +64,9 @@ def main() -> None:
             tags = {"imgpipe.test_device": result.test.get("device", "unknown")}
             if tracking.publish_evaluation(run_id, metrics, artifacts, tags):
                 print(f"{name}: evaluation and report added to MLflow run {run_id}")
+        if any(result.train["mlflow_run_id"] for result in results.values()):
+            local = tracking.tracking_uri() == tracking.EMBEDDED_STORE
+            print(f"MLflow runs table: {tracking.runs_page(experiment)}" + (" (run `mlflow ui` here first)" if local else ""))
 
 
 if __name__ == "__main__":

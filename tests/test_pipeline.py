@@ -106,6 +106,8 @@ def test_mlflow_holds_one_complete_run_per_variant(project):
         assert {d.digest for d in inputs.values()} == {run_.data.tags["imgpipe.data_fingerprint"]}
         assert inputs["validation"].name == "digits-validation"
         assert json.loads(inputs["train"].profile) == {"images": card["train"]["images"]}
+        # The report adds to a finished run without reopening it: the run's duration stays its training's.
+        assert run_.info.end_time <= client.get_metric_history(run_.info.run_id, "test_accuracy")[0].timestamp
         assert run_.info.artifact_uri.startswith((project / "mlruns").as_uri())
         assert [a.path for a in client.list_artifacts(run_.info.run_id)] == ["classes", "confusion", "predictions", "report"]
         figures = [a.path for a in client.list_artifacts(run_.info.run_id, "report/figures")]

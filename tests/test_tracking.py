@@ -43,3 +43,8 @@ def test_an_experiment_made_before_gets_its_kind(store):
     client = tracking._client()
     assert tracking._experiment_id(client, "older") == experiment_id
     assert store.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_the_runs_page_asks_the_ui_for_its_model_training_view(store):
+    experiment_id = store.create_experiment("digits")
+    assert tracking.runs_page("digits").endswith(f"/#/experiments/{experiment_id}?workflowType=machine_learning")
