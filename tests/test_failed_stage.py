@@ -1,0 +1,67 @@
+"""What a stage that fails under `dvc repro` leaves: the previous results, byte for byte.
+
+DVC deletes a stage's outputs before running it unless they are `persist: true`; the stages replace
+their outputs atomically and only once they have finished, so a stage stopped by bad settings or
+input changes nothing.
+"""
+
+import pytest
+import yaml
+from project import REPO, copy_project, edited_params, run
+
+pytestmark = pytest.mark.slow
+OUTPUT_FOLDERS = ("data", "models", "metrics", "reports")
+
+
+def _outputs(project) -> dict[str, bytes]:
+    """Every file the pipeline wrote, hidden ones too (a leftover temporary file is a change)."""
+    return {str(path.relative_to(project)): path.read_bytes()
+            for folder in OUTPUT_FOLDERS for path in sorted((project / folder).rglob("*")) if path.is_file()}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = copy_project(tmp_path_factory.mktemp("project"), train__epochs=1, train__variants=["linear"])
+    run(["dvc", "repro"], root)
+    return root
+
+
+def test_every_stage_output_is_persistent():
+    """Without `persist: true` DVC deletes the output before running the stage, whatever becomes of the run."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in stage.get(kind, []):
+                path, options = next(iter(entry.items())) if isinstance(entry, dict) else (entry, {})
+                assert (options or {}).get("persist") is True, f"dvc.yaml {name}: {kind} {path} needs persist: true"
+
+
+BAD_CSV = "label,pixel1,pixel2,pixel3,pixel4\n1,0,255,3,4\n2,0,12,x,4\n"
+# The first stage, whose data/raw DVC would bring back from its cache; train, with a cached checkpoint beside
+# uncached metrics and curves; the last stage, whose report and figures are all uncached.
+FAILURES = {  # stage: (params.yaml changes, the stage's error)
+    "fetch": ({"data__dataset": "csv", "data__path": "{csv}"}, "error: {csv} line 3, column 'pixel3': 'x' is not a number"),
+    "train@linear": ({"train__epochs": 0}, "error: params.yaml: train.epochs: must be a whole number >= 1, got 0"),
+    "report": ({"report__samples_per_class": 0},
+               "error: params.yaml: report.samples_per_class: must be a whole number >= 1, got 0"),
+}
+
+
+@pytest.mark.parametrize("stage", FAILURES)
+def test_failed_stage_leaves_the_previous_results(project, tmp_path, stage):
+    csv = tmp_path / "signs.csv"
+    csv.write_text(BAD_CSV)
+    changes, error = FAILURES[stage]
+    changes = {key: value.format(csv=csv) if isinstance(value, str) else value for key, value in changes.items()}
+    before = _outputs(project)
+    with edited_params(project, **changes):
+        done = run(["dvc", "repro"], project, check=False)
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert lines[0] == error.format(csv=csv)  # the stage's one line, then DVC's naming the stage
+    assert len(lines) == 2 and lines[1].startswith(f"ERROR: failed to reproduce '{stage}'"), done.stderr
+    after = _outputs(project)
+    assert sorted(after) == sorted(before)
+    assert [path for path in before if after[path] != before[path]] == []
+    # dvc.lock still describes them: with the setting put back there is nothing to rerun.
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], project).stdout
