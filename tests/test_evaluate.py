@@ -3,11 +3,13 @@
 import numpy as np
 import pytest
 import torch
+from scipy import stats as sp
 from sklearn import metrics as sk
 
 from imgpipe.config import TrainConfig
 from imgpipe.evaluate import class_table, confusion_table, evaluate, predictions_table, top_k_accuracy
 from imgpipe.scores import confusion_matrix, most_confused, per_class_scores
+from imgpipe.stats import bootstrap_macro_f1_interval
 from imgpipe.train import train
 
 
@@ -37,6 +39,17 @@ def test_metrics_agree_with_scikit_learn(digits_prepared, linear_on_digits):
     np.testing.assert_array_equal(result.per_class["support"], support)
     np.testing.assert_array_equal(result.confusion, sk.confusion_matrix(actual, predicted, labels=range(10)))
     assert result.metrics["images"] == 360 and result.metrics["images_per_second"] > 0
+
+
+def test_accuracy_and_macro_f1_come_with_95_percent_intervals(digits_prepared, linear_on_digits):
+    _, result = linear_on_digits
+    actual, predicted, metrics = digits_prepared.test.labels, result.predicted, result.metrics
+    wilson = sp.binomtest(int((actual == predicted).sum()), len(actual)).proportion_ci(0.95, method="wilson")
+    assert (metrics["accuracy_low"], metrics["accuracy_high"]) == (pytest.approx(wilson.low), pytest.approx(wilson.high))
+    assert metrics["accuracy_low"] < metrics["accuracy"] < metrics["accuracy_high"]
+    assert metrics["macro_f1_low"] < metrics["macro_f1"] < metrics["macro_f1_high"]
+    # The bootstrap is seeded (seed 0, 1,000 resamples): the same predictions give the same interval.
+    assert (metrics["macro_f1_low"], metrics["macro_f1_high"]) == bootstrap_macro_f1_interval(actual, predicted, 10, seed=0)
 
 
 def test_per_class_scores_where_a_class_is_never_predicted_or_absent():

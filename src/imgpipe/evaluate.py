@@ -1,5 +1,6 @@
-"""Score a classifier on a split: loss, accuracy, top-k, per-class precision/recall/F1, the confusion
-matrix and its most-confused pairs, inference speed, and a prediction with its confidence per image."""
+"""Score a classifier on a split: loss, accuracy and macro-F1 with their 95% intervals, top-k, per-class
+precision/recall/F1, the confusion matrix and its most-confused pairs, inference speed, and a prediction
+with its confidence per image."""
 
 import time
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from torch import nn
 
 from imgpipe.imageset import ImageSet
 from imgpipe.scores import confusion_matrix, per_class_scores
+from imgpipe.stats import bootstrap_macro_f1_interval, wilson_interval
 
 
 @torch.no_grad()
@@ -60,7 +62,8 @@ class Evaluation:
 
 def evaluate(model: nn.Module, split: ImageSet, device: torch.device, top_k: int = 3) -> Evaluation:
     """Everything the metrics, plots and report say about a model on one split.
-    Top-k accuracy is measured only when there are more than k classes."""
+    Top-k accuracy is measured only when there are more than k classes. The split is a sample, so
+    accuracy and macro-F1 come with 95% intervals (`*_low`, `*_high`; see imgpipe.stats)."""
     images = torch.from_numpy(split.images).to(device)
     labels = torch.from_numpy(split.labels).to(device)
     logits = predict_logits(model, images)
@@ -69,9 +72,12 @@ def evaluate(model: nn.Module, split: ImageSet, device: torch.device, top_k: int
     confusion = confusion_matrix(split.labels, predicted, len(split.class_names))
     per_class = per_class_scores(confusion)
     metrics = score(logits, labels)
+    metrics["accuracy_low"], metrics["accuracy_high"] = wilson_interval(int(confusion.trace()), len(split))
     if len(split.class_names) > top_k:
         metrics[f"top_{top_k}_accuracy"] = top_k_accuracy(logits, labels, top_k)
     metrics |= {f"macro_{name}": float(per_class[name].mean()) for name in ("precision", "recall", "f1")}
+    metrics["macro_f1_low"], metrics["macro_f1_high"] = bootstrap_macro_f1_interval(
+        split.labels, predicted, len(split.class_names), seed=0)
     metrics |= {"images_per_second": round(images_per_second(model, images), 1), "images": len(split)}
     return Evaluation(metrics, predicted, confidence.cpu().numpy(), confusion, per_class)
 

@@ -7,15 +7,24 @@ import numpy as np
 
 
 def confusion_matrix(actual: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
-    """counts[i, j]: images of class i predicted as class j."""
-    return np.bincount(actual * num_classes + predicted, minlength=num_classes**2).reshape(num_classes, num_classes)
+    """counts[..., i, j]: images of class i predicted as class j. Leading axes of `actual` and
+    `predicted` (..., N), e.g. one per bootstrap resample, give a stack of matrices (..., classes, classes)
+    from a single bincount: each matrix's cells are offset past the previous matrix's."""
+    actual, predicted = np.asarray(actual, dtype=np.int64), np.asarray(predicted, dtype=np.int64)
+    cells = num_classes**2
+    stack = actual.shape[:-1]
+    matrices = int(np.prod(stack))
+    offsets = (np.arange(matrices) * cells).reshape(*stack, 1)
+    counts = np.bincount((actual * num_classes + predicted + offsets).ravel(), minlength=matrices * cells)
+    return counts.reshape(*stack, num_classes, num_classes)
 
 
 def per_class_scores(confusion: np.ndarray) -> dict[str, np.ndarray]:
     """Precision, recall, F1 and support of each class; 0 where a ratio has nothing to divide
-    (a class never predicted, or absent from the split), as scikit-learn's zero_division=0."""
-    hits = np.diag(confusion).astype(np.float64)
-    predicted, support = confusion.sum(0), confusion.sum(1)
+    (a class never predicted, or absent from the split), as scikit-learn's zero_division=0.
+    A stack of matrices (..., classes, classes) gives scores of shape (..., classes)."""
+    hits = np.diagonal(confusion, axis1=-2, axis2=-1).astype(np.float64)
+    predicted, support = confusion.sum(-2), confusion.sum(-1)
     precision = np.divide(hits, predicted, out=np.zeros_like(hits), where=predicted > 0)
     recall = np.divide(hits, support, out=np.zeros_like(hits), where=support > 0)
     both = precision + recall
