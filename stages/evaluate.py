@@ -1,9 +1,10 @@
-"""evaluate: score one trained variant on the test split, e.g. `python stages/evaluate.py cnn`.
+"""evaluate: score one trained variant and seed on the test split, e.g. `python stages/evaluate.py cnn 0`.
 
-Writes metrics/test/<variant>.json (accuracy, loss, top-k, macro precision/recall/F1, images/s and
-the device it was measured on, checkpoint size), metrics/predictions/<variant>.csv (per image; the confusion-matrix plot),
-metrics/classes/<variant>.csv (per class) and metrics/confusion/<variant>.csv (the count table).
-The report stage adds them to the variant's MLflow run (one MLflow start-up for all variants).
+Writes, each as <variant>/seed<seed>: metrics/test/ (accuracy, loss, top-k, macro precision/recall/F1,
+95% intervals of accuracy and macro-F1, images/s and the device it was measured on, checkpoint size),
+metrics/predictions/ (per image; the confusion-matrix plot), metrics/classes/ (per class) and
+metrics/confusion/ (the count table). The report stage adds them to the run's MLflow run (one
+MLflow start-up for all runs).
 """
 
 import sys
@@ -20,26 +21,26 @@ from imgpipe.scores import most_confused
 
 
 def main() -> None:
-    if len(sys.argv) != 2:
-        raise ImgpipeError("usage: python stages/evaluate.py VARIANT (one of params.yaml train.variants)")
-    name = sys.argv[1]
+    if len(sys.argv) != 3:
+        raise ImgpipeError("usage: python stages/evaluate.py VARIANT SEED (one of params.yaml train.variants and train.seeds)")
+    name, seed = sys.argv[1], P.seed_argument(sys.argv[2])
     params = P.load()
     top_k = P.whole_number(params, "evaluate.top_k")
     test = load_prepared(paths.PREPARED).test
-    model, _ = load_checkpoint(paths.checkpoint(name))
+    model, _ = load_checkpoint(paths.checkpoint(name, seed))
     # Where the test images/s is measured: evaluate.device, else where training runs (train.device).
     setting = "evaluate" if P.get(params, "evaluate.device", None) is not None else "train"
     with P.reported_as(setting):
         device = pick_device(P.get(params, f"{setting}.device"))
     result = evaluate(model.to(device), test, device, top_k=top_k)
 
-    write_csv(paths.predictions(name), predictions_table(test, result))
-    write_csv(paths.class_scores(name), class_table(test.class_names, result))
-    write_csv(paths.confusion(name), confusion_table(test.class_names, result.confusion))
-    metrics = {**result.metrics, "model_bytes": paths.checkpoint(name).stat().st_size, "device": describe(device)}
-    write_json(paths.test_metrics(name), metrics)
+    write_csv(paths.predictions(name, seed), predictions_table(test, result))
+    write_csv(paths.class_scores(name, seed), class_table(test.class_names, result))
+    write_csv(paths.confusion(name, seed), confusion_table(test.class_names, result.confusion))
+    metrics = {**result.metrics, "model_bytes": paths.checkpoint(name, seed).stat().st_size, "device": describe(device)}
+    write_json(paths.test_metrics(name, seed), metrics)
     pairs = "; ".join(f"{a} as {p} ({n}x)" for a, p, n in most_confused(result.confusion, test.class_names, 3))
-    print(f"{name}: test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, loss {metrics['loss']:.4f} "
+    print(f"{name} seed {seed}: test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, loss {metrics['loss']:.4f} "
           f"on {len(test)} images, {metrics['images_per_second']:,.0f} images/s on {metrics['device']}; "
           f"most confused: {pairs or 'none'}")
 

@@ -1,35 +1,44 @@
-"""report: every variant side by side in reports/report.md, with its figures in reports/figures/.
+"""report: every variant side by side in reports/report.md, with its figures in reports/figures/, and
+each variant over its seeds in metrics/variants.json.
 
 Draws the sample grid, the training curves, and a confusion matrix and a grid of misclassified
-test images per variant. Then publishes each variant's evaluation (test metrics, its tables) and the
-report to the variant's MLflow run, where the run does not hold them yet.
+test images per variant (its first seed); the report compares every pair of variants on the same
+test images, read from metrics/predictions/. Then publishes each run's evaluation (test metrics,
+its tables) and the report to its MLflow run, where the run does not hold them yet.
 """
 
 from imgpipe import figures, paths, provenance, tracking
 from imgpipe import params as P
 from imgpipe.errors import run_stage
-from imgpipe.files import atomic_path, read_csv, read_json, write_text
+from imgpipe.files import atomic_path, read_csv, read_json, write_json, write_text
 from imgpipe.imageset import load_splits
-from imgpipe.report import VariantResult, render
+from imgpipe.report import VariantResult, render, seed_summary
+
+
+def load_result(name: str, seed: int) -> VariantResult:
+    predictions = read_csv(paths.predictions(name, seed), ("actual", "predicted"))
+    return VariantResult(
+        train=read_json(paths.train_metrics(name, seed)),
+        test=read_json(paths.test_metrics(name, seed)),
+        classes=read_csv(paths.class_scores(name, seed), ("class",)),
+        confusion=read_csv(paths.confusion(name, seed), ("actual",)).set_index("actual"),
+        correct=(predictions["actual"] == predictions["predicted"]).to_numpy(),
+    )
 
 
 def main() -> None:
     params = P.load()
-    variants = P.get(params, "train.variants")
+    variants, seeds = P.get(params, "train.variants"), P.seeds(params)
     samples_per_class = P.whole_number(params, "report.samples_per_class")
     shown_mistakes = P.whole_number(params, "report.misclassified", minimum=0)
     card = read_json(paths.DATA_CARD)
     data = load_splits(paths.PREPARED)
-    results, curves, mistakes = {}, {}, {}
+    runs = {name: {seed: load_result(name, seed) for seed in seeds} for name in variants}
+    # The detailed sections and figures show each variant's first seed; the seeds section shows them all.
+    results, curves, mistakes = {name: runs[name][seeds[0]] for name in variants}, {}, {}
     for name in variants:
-        results[name] = VariantResult(
-            train=read_json(paths.train_metrics(name)),
-            test=read_json(paths.test_metrics(name)),
-            classes=read_csv(paths.class_scores(name), ("class",)),
-            confusion=read_csv(paths.confusion(name), ("actual",)).set_index("actual"),
-        )
-        curves[name] = {measure: read_csv(paths.curves(name) / f"{measure}.csv") for measure in ("loss", "accuracy")}
-        predictions = read_csv(paths.predictions(name), ("actual", "predicted"))
+        curves[name] = {measure: read_csv(paths.curves(name, seeds[0]) / f"{measure}.csv") for measure in ("loss", "accuracy")}
+        predictions = read_csv(paths.predictions(name, seeds[0]), ("actual", "predicted"))
         wrong = predictions[predictions["actual"] != predictions["predicted"]]
         wrong = wrong.sort_values("confidence", ascending=False, kind="stable").head(shown_mistakes)
         mistakes[name] = list(wrong[["index", "actual", "predicted", "confidence"]].itertuples(index=False, name=None))
@@ -48,23 +57,25 @@ def main() -> None:
             figures.save(figure, folder / paths.figure(figure_name).name)
     run = {"params_hash": provenance.params_hash(params), "commit": provenance.git_commit(),
            "dirty": provenance.git_dirty(), "experiment": provenance.dvc_experiment(), "versions": provenance.versions()}
-    write_text(paths.report(), render(P.get(params, "data.dataset"), card, results, run))
+    write_text(paths.report(), render(P.get(params, "data.dataset"), card, results, run, runs))
+    write_json(paths.VARIANTS, {name: seed_summary(by_seed) for name, by_seed in runs.items()})
     print(f"wrote {paths.report().relative_to(paths.ROOT)} and {len(drawn)} figures in {paths.FIGURES.relative_to(paths.ROOT)}")
 
     experiment, optional = P.tracking(params)
+    tracked = [(name, seed, result) for name, by_seed in runs.items() for seed, result in by_seed.items()]
     with tracking.reported(optional):
-        for name, result in results.items():
+        for name, seed, result in tracked:
             run_id = result.train["mlflow_run_id"]
             if run_id is None:
-                print(f"{name}: training was not tracked (tracking.optional), so neither is its evaluation")
+                print(f"{name} seed {seed}: training was not tracked (tracking.optional), so neither is its evaluation")
                 continue
             metrics = {f"test_{key}": value for key, value in tracking.numeric(result.test).items()}
-            artifacts = {"predictions": paths.predictions(name), "classes": paths.class_scores(name),
-                         "confusion": paths.confusion(name), "report": paths.REPORTS}
+            artifacts = {"predictions": paths.predictions(name, seed), "classes": paths.class_scores(name, seed),
+                         "confusion": paths.confusion(name, seed), "report": paths.REPORTS}
             tags = {"imgpipe.test_device": result.test.get("device", "unknown")}
             if tracking.publish_evaluation(run_id, metrics, artifacts, tags):
-                print(f"{name}: evaluation and report added to MLflow run {run_id}")
-        if any(result.train["mlflow_run_id"] for result in results.values()):
+                print(f"{name} seed {seed}: evaluation and report added to MLflow run {run_id}")
+        if any(result.train["mlflow_run_id"] for _, _, result in tracked):
             local = tracking.tracking_uri() == tracking.EMBEDDED_STORE
             print(f"MLflow runs table: {tracking.runs_page(experiment)}" + (" (run `mlflow ui` here first)" if local else ""))
 

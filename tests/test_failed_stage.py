@@ -41,7 +41,7 @@ BAD_CSV = "label,pixel1,pixel2,pixel3,pixel4\n1,0,255,3,4\n2,0,12,x,4\n"
 # uncached metrics and curves; the last stage, whose report and figures are all uncached.
 FAILURES = {  # stage: (params.yaml changes, the stage's error)
     "fetch": ({"data__dataset": "csv", "data__path": "{csv}"}, "error: {csv} line 3, column 'pixel3': 'x' is not a number"),
-    "train@linear": ({"train__epochs": 0}, "error: params.yaml: train.epochs: must be a whole number >= 1, got 0"),
+    "train@linear-0": ({"train__epochs": 0}, "error: params.yaml: train.epochs: must be a whole number >= 1, got 0"),
     "report": ({"report__samples_per_class": 0},
                "error: params.yaml: report.samples_per_class: must be a whole number >= 1, got 0"),
 }

@@ -5,20 +5,20 @@ from imgpipe.errors import ConfigError
 
 BASE = {
     "data": {"dataset": "digits"},
-    "train": {"variants": ["linear", "cnn", "wide"], "epochs": 5, "lr": 0.01, "device": "cpu"},
+    "train": {"variants": ["linear", "cnn", "wide"], "seeds": [0, 1], "epochs": 5, "lr": 0.01, "device": "cpu"},
     "models": {"linear": {}, "cnn": {"channels": [8], "epochs": 9}, "wide": {"model": "cnn", "channels": [64]}},
 }
 
 
 def test_variant_takes_train_settings_and_its_own_overrides():
-    cnn = P.variant(BASE, "cnn")
+    cnn = P.variant(BASE, "cnn", 1)
     assert (cnn.model, cnn.settings) == ("cnn", {"channels": [8]})
-    assert (cnn.config.epochs, cnn.config.lr) == (9, 0.01)
-    assert P.variant(BASE, "linear").config.epochs == 5
+    assert (cnn.config.epochs, cnn.config.lr, cnn.config.seed) == (9, 0.01, 1)
+    assert P.variant(BASE, "linear", 0).config.epochs == 5
 
 
 def test_variant_may_name_another_model():
-    wide = P.variant(BASE, "wide")
+    wide = P.variant(BASE, "wide", 0)
     assert (wide.model, wide.settings) == ("cnn", {"channels": [64]})
 
 
@@ -28,19 +28,20 @@ def test_variant_may_name_another_model():
     ({"train": {"device": "tpu"}}, "params.yaml: train.device: must be one of auto, cuda, mps, cpu, got 'tpu'"),
     ({"train": {"epoch": 3}}, "params.yaml: train.epoch: unknown setting"),
     ({"models": {"cnn": {"epochs": -1}}}, "params.yaml: models.cnn.epochs: must be a whole number >= 1, got -1"),
+    ({"train": {"seed": 0}}, "params.yaml: train.seed: replaced by train.seeds, a list of seeds (e.g. seeds: [0])"),
 ])
 def test_bad_settings_name_their_key(patch, message):
     params = {section: dict(values) for section, values in BASE.items()}
     for section, values in patch.items():
         params[section] = params[section] | values
     with pytest.raises(ConfigError) as caught:
-        P.variant(params, "cnn")
+        P.variant(params, "cnn", 0)
     assert str(caught.value).startswith(message)
 
 
 def test_a_variant_not_listed_is_refused():
     with pytest.raises(ConfigError, match="train.variants does not list 'mlp'"):
-        P.variant(BASE, "mlp")
+        P.variant(BASE, "mlp", 0)
 
 
 def test_missing_key_is_named():
@@ -65,3 +66,16 @@ def test_data_config_resolves_local_paths_and_refuses_unknown_keys():
         P.data_config({"data": {"dataset": "csv", "label": "y"}})
     with pytest.raises(ConfigError, match=r"params.yaml: data.channels: must be 1, 3 or null, got 4"):
         P.data_config({"data": {"dataset": "imagefolder", "channels": 4}})
+
+
+@pytest.mark.parametrize("seeds", [[], [0, 0], [-1], ["a"], 3, [True]])
+def test_seeds_must_be_a_list_of_distinct_whole_numbers(seeds):
+    with pytest.raises(ConfigError, match=r"params.yaml: train.seeds: must list distinct whole numbers >= 0, e.g. \[0, 1, 2\]"):
+        P.seeds({"train": {"seeds": seeds}})
+    assert P.seeds({"train": {"seeds": [2, 0, 1]}}) == [2, 0, 1]
+
+
+def test_a_stage_seed_is_a_whole_number():
+    assert P.seed_argument("12") == 12
+    with pytest.raises(ConfigError, match="the seed must be a whole number >= 0"):
+        P.seed_argument("-1")

@@ -31,7 +31,7 @@ def project(tmp_path_factory):
 def test_every_declared_output_exists(project):
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     stages = set(lock["stages"])
-    assert {f"{stage}@{v}" for stage in ("train", "evaluate") for v in VARIANTS} | {"fetch", "prepare", "report"} == stages
+    assert {f"{stage}@{v}-0" for stage in ("train", "evaluate") for v in VARIANTS} | {"fetch", "prepare", "report"} == stages
     outs = [out["path"] for stage in lock["stages"].values() for out in stage.get("outs", [])]
     assert outs and all((project / path).exists() for path in outs), [p for p in outs if not (project / p).exists()]
     report = (project / "reports/report.md").read_text()
@@ -40,34 +40,34 @@ def test_every_declared_output_exists(project):
     assert sorted(p.stem for p in (project / "reports/figures").iterdir()) == sorted(figures)
     assert all(f"(figures/{name}.png)" in report for name in figures)
     for variant in VARIANTS:
-        test = read_json(project / f"metrics/test/{variant}.json")
+        test = read_json(project / f"metrics/test/{variant}/seed0.json")
         assert {"accuracy", "loss", "top_3_accuracy", "macro_f1", "images_per_second", "model_bytes"} <= set(test)
-        assert test["model_bytes"] == (project / f"models/{variant}.pt").stat().st_size
+        assert test["model_bytes"] == (project / f"models/{variant}/seed0.pt").stat().st_size
         assert test["device"] == "cpu"  # train.device auto on this machine; the figure names where it was measured
 
 
 def test_dvc_plots_show_renders_curves_confusion_matrices_and_figures(project):
     rendered = json.loads(run(["dvc", "plots", "show", "--json"], project).stdout)["data"]
-    assert {f"metrics/predictions/{v}.csv" for v in VARIANTS} <= set(rendered)
-    assert {f"metrics/curves/{v}/{m}.csv" for v in VARIANTS for m in ("loss", "accuracy")} <= set(rendered)
+    assert {f"metrics/predictions/{v}/seed0.csv" for v in VARIANTS} <= set(rendered)
+    assert {f"metrics/curves/{v}/seed0/{m}.csv" for v in VARIANTS for m in ("loss", "accuracy")} <= set(rendered)
     assert {f"reports/figures/confusion_{v}.png" for v in VARIANTS} | {"reports/figures/curves.png"} <= set(rendered)
-    assert rendered["metrics/classes/cnn.csv"][0]["type"] == "vega"  # F1 per class as a bar chart
+    assert rendered["metrics/classes/cnn/seed0.csv"][0]["type"] == "vega"  # F1 per class as a bar chart
     assert rendered["reports/figures/curves.png"][0]["type"] == "image"
 
 
 def test_predict_on_exported_test_images_gives_the_evaluated_accuracy(project, tmp_path):
     test = load_splits(project / "data/prepared")["test"]
     write_image_folder(tmp_path / "test", test.images, test.labels, test.class_names)
-    done = run([sys.executable, "-m", "imgpipe.predict", "--model", "models/cnn.pt", str(tmp_path / "test")], project)
+    done = run([sys.executable, "-m", "imgpipe.predict", "--model", "models/cnn/seed0.pt", str(tmp_path / "test")], project)
     table = pd.read_csv(io.StringIO(done.stdout), dtype=str)
     actual = table["path"].map(lambda path: Path(path).parent.name)
     assert len(table) == len(test)
-    assert (actual == table["predicted"]).mean() == read_json(project / "metrics/test/cnn.json")["accuracy"]
+    assert (actual == table["predicted"]).mean() == read_json(project / "metrics/test/cnn/seed0.json")["accuracy"]
 
 
 def test_every_variant_beats_chance(project):
     for variant in VARIANTS:
-        assert read_json(project / f"metrics/test/{variant}.json")["accuracy"] > 0.5  # chance: 0.1
+        assert read_json(project / f"metrics/test/{variant}/seed0.json")["accuracy"] > 0.5  # chance: 0.1
 
 
 def test_pipeline_is_up_to_date_after_repro(project):
@@ -86,8 +86,9 @@ def test_mlflow_holds_one_complete_run_per_variant(project):
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name("digits")
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on the runs table
-    runs = {run.info.run_name: run for run in client.search_runs([experiment.experiment_id])}
+    runs = {run.data.tags["imgpipe.variant"]: run for run in client.search_runs([experiment.experiment_id])}
     assert sorted(runs) == sorted(VARIANTS)
+    assert all(r.info.run_name == f"{v} seed 0" and r.data.tags["imgpipe.seed"] == "0" for v, r in runs.items())
     head = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
     tags = [run_.data.tags for run_ in runs.values()]
     assert len({t["imgpipe.execution"] for t in tags}) == 1  # one execution groups its variants
@@ -96,9 +97,9 @@ def test_mlflow_holds_one_complete_run_per_variant(project):
     assert all(t["imgpipe.git_dirty"] == "false" and t["imgpipe.test_device"] == "cpu" for t in tags)
     card = read_json(project / "metrics/data_card.json")["splits"]
     for variant, run_ in runs.items():
-        assert run_.info.run_id == read_json(project / f"metrics/train/{variant}.json")["mlflow_run_id"]
+        assert run_.info.run_id == read_json(project / f"metrics/train/{variant}/seed0.json")["mlflow_run_id"]
         assert run_.data.params["train.epochs"] == "3" and run_.data.params["data.dataset"] == "digits"
-        epochs = read_json(project / f"metrics/train/{variant}.json")["epochs"]
+        epochs = read_json(project / f"metrics/train/{variant}/seed0.json")["epochs"]
         assert epochs == (1 if variant == "centroid" else 3)  # the centroid is fitted in one pass
         assert [m.step for m in client.get_metric_history(run_.info.run_id, "epoch/val_accuracy")] == list(range(1, epochs + 1))
         inputs = {i.tags[0].value: i.dataset for i in run_.inputs.dataset_inputs}
@@ -113,17 +114,17 @@ def test_mlflow_holds_one_complete_run_per_variant(project):
         figures = [a.path for a in client.list_artifacts(run_.info.run_id, "report/figures")]
         assert {f"report/figures/confusion_{variant}.png", "report/figures/curves.png"} <= set(figures)
         logged = mlflow.pytorch.load_model(f"runs:/{run_.info.run_id}/model")
-        checkpoint, _ = load_checkpoint(project / f"models/{variant}.pt")
+        checkpoint, _ = load_checkpoint(project / f"models/{variant}/seed0.pt")
         images = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)
         with torch.no_grad():
             assert torch.equal(logged(images), checkpoint(images))
 
 
 def test_bad_parameter_fails_in_one_line_and_keeps_earlier_results(project):
-    model = project / "models/cnn.pt"
+    model = project / "models/cnn/seed0.pt"
     before = model.read_bytes()
     with edited_params(project, train__epochs=-2):
-        done = run([sys.executable, "stages/train.py", "cnn"], project, check=False)
+        done = run([sys.executable, "stages/train.py", "cnn", "0"], project, check=False)
     assert done.returncode == 1
     assert done.stderr.strip() == "error: params.yaml: train.epochs: must be a whole number >= 1, got -2"
     assert model.read_bytes() == before
@@ -133,31 +134,31 @@ def test_experiment_reruns_only_what_its_parameter_affects(project):
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "baseline results"], project)
     done = run(["dvc", "exp", "run", "-S", "+models.linear.epochs=4", "-n", "linear-4"], project)
-    assert "Running stage 'train@linear'" in done.stdout
-    assert "Running stage 'train@cnn'" not in done.stdout and "Running stage 'train@mlp'" not in done.stdout
+    assert "Running stage 'train@linear-0'" in done.stdout
+    assert "Running stage 'train@cnn-0'" not in done.stdout and "Running stage 'train@mlp-0'" not in done.stdout
     table = run(["dvc", "exp", "show", "--json"], project).stdout
     assert "linear-4" in table
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
     tagged = mlflow.search_runs(experiment_names=["digits"], filter_string="tags.`imgpipe.dvc_experiment` = 'linear-4'")
-    assert tagged["tags.mlflow.runName"].tolist() == ["linear"]
+    assert tagged["tags.imgpipe.variant"].tolist() == ["linear"]
     # The baseline's runs keep their own report; only the experiment's new run gets the new one.
-    assert "Running stage 'report'" in done.stdout and "linear: evaluation and report added" in done.stdout
-    assert "cnn: evaluation and report added" not in done.stdout
+    assert "Running stage 'report'" in done.stdout and "linear seed 0: evaluation and report added" in done.stdout
+    assert "cnn seed 0: evaluation and report added" not in done.stdout
 
     diff = json.loads(run(["dvc", "metrics", "diff", "HEAD", "linear-4", "--all", "--json"], project).stdout)
-    assert {f"metrics/test/{v}.json" for v in VARIANTS} <= set(diff)
-    assert diff["metrics/test/linear.json"]["accuracy"]["new"] == read_json(project / "metrics/test/linear.json")["accuracy"]
-    assert diff["metrics/test/cnn.json"]["accuracy"]["diff"] == 0
+    assert {f"metrics/test/{v}/seed0.json" for v in VARIANTS} <= set(diff)
+    assert diff["metrics/test/linear/seed0.json"]["accuracy"]["new"] == read_json(project / "metrics/test/linear/seed0.json")["accuracy"]
+    assert diff["metrics/test/cnn/seed0.json"]["accuracy"]["diff"] == 0
 
 
 def test_evaluate_measures_on_the_device_its_settings_name(project):
     with edited_params(project, evaluate__device="tpu"):
-        done = run([sys.executable, "stages/evaluate.py", "linear"], project, check=False)
+        done = run([sys.executable, "stages/evaluate.py", "linear", "0"], project, check=False)
     assert done.returncode == 1
     assert done.stderr.strip() == "error: params.yaml: evaluate.device: unknown device 'tpu'; choose one of: auto, cuda, mps, cpu"
     if not torch.cuda.is_available():  # evaluate.device null follows train.device
         with edited_params(project, train__device="cuda"):
-            done = run([sys.executable, "stages/evaluate.py", "linear"], project, check=False)
+            done = run([sys.executable, "stages/evaluate.py", "linear", "0"], project, check=False)
         assert done.returncode == 1 and done.stderr.startswith("error: params.yaml: train.device: cuda was asked for")
 
 
@@ -175,16 +176,16 @@ def test_bad_input_file_fails_in_one_line_and_keeps_earlier_data(project, tmp_pa
 
 def test_tracking_failure_fails_the_stage_in_one_line_unless_optional(project):
     down = {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}  # the discard port: nothing listens there
-    done = run([sys.executable, "stages/train.py", "centroid"], project, check=False, **down)
+    done = run([sys.executable, "stages/train.py", "centroid", "0"], project, check=False, **down)
     assert done.returncode == 1
     assert done.stderr.strip().startswith("error: MLflow tracking at http://127.0.0.1:9 failed (")
     assert len(done.stderr.strip().splitlines()) == 1
-    assert read_json(project / "metrics/train/centroid.json")["mlflow_run_id"] is None  # outputs saved all the same
+    assert read_json(project / "metrics/train/centroid/seed0.json")["mlflow_run_id"] is None  # outputs saved all the same
     with edited_params(project, tracking__optional=True):
-        done = run([sys.executable, "stages/train.py", "centroid"], project, check=False, **down)
+        done = run([sys.executable, "stages/train.py", "centroid", "0"], project, check=False, **down)
         assert done.returncode == 0 and "warning: MLflow tracking at http://127.0.0.1:9 failed" in done.stderr
         done = run([sys.executable, "stages/report.py"], project, check=False, **down)
-        assert done.returncode == 0 and "centroid: training was not tracked" in done.stdout
+        assert done.returncode == 0 and "centroid seed 0: training was not tracked" in done.stdout
     (project / "reports/report.md").unlink()
     done = run([sys.executable, "stages/report.py"], project, check=False, **down)
     assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1

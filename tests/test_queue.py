@@ -24,7 +24,7 @@ def _test_accuracies(exp_show: list) -> dict[str, dict[str, float]]:
                 name = rev.get("name")
                 metrics = (((rev.get("data") or {}).get("metrics")) or {})
                 if name in RATES:
-                    found[name] = {v: metrics[f"metrics/test/{v}.json"]["data"]["accuracy"] for v in VARIANTS}
+                    found[name] = {v: metrics[f"metrics/test/{v}/seed0.json"]["data"]["accuracy"] for v in VARIANTS}
                 walk(rev)
 
     for entry in exp_show:
@@ -52,8 +52,8 @@ def test_queued_experiments_land_in_the_project_store(tmp_path):
     runs = mlflow.search_runs(experiment_names=["digits"])
     for name, lr in RATES.items():
         mine = runs[runs["tags.imgpipe.dvc_experiment"] == name]
-        assert sorted(mine["tags.mlflow.runName"]) == sorted(VARIANTS), name
+        assert sorted(mine["tags.imgpipe.variant"]) == sorted(VARIANTS), name
         for _, row in mine.iterrows():
-            variant = row["tags.mlflow.runName"]
+            variant = row["tags.imgpipe.variant"]
             assert float(row["params.train.lr"]) == lr
             assert row["metrics.test_accuracy"] == pytest.approx(accuracies[name][variant]), (name, variant)

@@ -16,12 +16,15 @@ def test_the_projects_own_runs_agree_with_its_metrics_files():
     store = ROOT / "mlflow.db"
     if not store.exists():
         pytest.skip("the project has no MLflow store yet: run `make run` first")
-    variants = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]["variants"]
+    train = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]
+    variants, seeds = train["variants"], train["seeds"]
     client = mlflow.MlflowClient(f"sqlite:///{store}")
     for variant in variants:
-        run_id = json.loads((ROOT / f"metrics/train/{variant}.json").read_text())["mlflow_run_id"]
-        try:
-            client.get_run(run_id)
-        except MlflowException:  # the committed metrics name a run of the machine that committed them
-            pytest.skip(f"metrics/train/{variant}.json names run {run_id}, which this store does not hold: run `make run` first")
-    assert disagreements(ROOT, variants, client) == []
+        for seed in seeds:
+            metrics = f"metrics/train/{variant}/seed{seed}.json"
+            run_id = json.loads((ROOT / metrics).read_text())["mlflow_run_id"]
+            try:
+                client.get_run(run_id)
+            except MlflowException:  # the committed metrics name a run of the machine that committed them
+                pytest.skip(f"{metrics} names run {run_id}, which this store does not hold: run `make run` first")
+    assert disagreements(ROOT, variants, client, seeds) == []

@@ -60,16 +60,16 @@ def test_pipeline_records_every_variant_on_a_tracking_server(server, tmp_path):
     mlflow.set_tracking_uri(server)
     client = mlflow.MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
-    assert sorted(r.info.run_name for r in runs) == sorted(VARIANTS)
+    assert sorted(r.info.run_name for r in runs) == sorted(f"{v} seed 0" for v in VARIANTS)
     assert disagreements(project, VARIANTS, client) == []
     for run_ in runs:
-        variant = run_.info.run_name
-        assert run_.info.run_id == read_json(project / f"metrics/train/{variant}.json")["mlflow_run_id"]
+        variant = run_.data.tags["imgpipe.variant"]
+        assert run_.info.run_id == read_json(project / f"metrics/train/{variant}/seed0.json")["mlflow_run_id"]
         assert [m.step for m in client.get_metric_history(run_.info.run_id, "epoch/val_loss")] == [1, 2]
         assert [a.path for a in client.list_artifacts(run_.info.run_id)] == ["classes", "confusion", "predictions", "report"]
         assert "report/report.md" in [a.path for a in client.list_artifacts(run_.info.run_id, "report")]
         logged = mlflow.pytorch.load_model(f"runs:/{run_.info.run_id}/model")
-        checkpoint, _ = load_checkpoint(project / f"models/{variant}.pt")
+        checkpoint, _ = load_checkpoint(project / f"models/{variant}/seed0.pt")
         images = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)
         with torch.no_grad():
             assert torch.equal(logged(images), checkpoint(images))

@@ -14,7 +14,9 @@ from imgpipe import paths
 from imgpipe.config import DataConfig, TrainConfig
 from imgpipe.errors import ConfigError, InvalidSetting
 
-TRAIN_SETTINGS = tuple(f.name for f in fields(TrainConfig))
+# Every TrainConfig field but the seed, which comes from train.seeds: DVC expands that list into one
+# train@<variant>-<seed> stage per variant and seed, and hands each stage its seed on the command line.
+TRAIN_SETTINGS = tuple(f.name for f in fields(TrainConfig) if f.name != "seed")
 SOURCE_SETTINGS = tuple(f.name for f in fields(DataConfig))
 PREPARE_SETTINGS = ("classes", "val_fraction", "test_fraction", "seed")
 
@@ -70,22 +72,41 @@ class Variant:
     config: TrainConfig
 
 
-def variant(params: dict, name: str) -> Variant:
+def seeds(params: dict) -> list[int]:
+    """train.seeds: the seeds every variant is trained with, one training (and MLflow run) each."""
+    value = get(params, "train.seeds")
+    if not (isinstance(value, list) and value and len(set(map(str, value))) == len(value)
+            and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value)):
+        raise ConfigError(f"params.yaml: train.seeds: must list distinct whole numbers >= 0, e.g. [0, 1, 2], got {value!r}")
+    return value
+
+
+def seed_argument(text: str) -> int:
+    """A stage's seed from its command line (dvc.yaml passes one entry of train.seeds)."""
+    if not text.isdigit():
+        raise ConfigError(f"the seed must be a whole number >= 0 (one of params.yaml train.seeds), got {text!r}")
+    return int(text)
+
+
+def variant(params: dict, name: str, seed: int) -> Variant:
+    """One variant's training settings for one seed (an entry of train.seeds)."""
     variants = get(params, "train.variants")
     if name not in variants:
         raise ConfigError(f"params.yaml: train.variants does not list {name!r} (it lists: {', '.join(variants)})")
     train_section = get(params, "train")
     for key in train_section:
-        if key not in (*TRAIN_SETTINGS, "variants"):
-            raise ConfigError(f"params.yaml: train.{key}: unknown setting; valid: variants, {', '.join(TRAIN_SETTINGS)}")
+        if key == "seed":
+            raise ConfigError("params.yaml: train.seed: replaced by train.seeds, a list of seeds (e.g. seeds: [0])")
+        if key not in (*TRAIN_SETTINGS, "variants", "seeds"):
+            raise ConfigError(f"params.yaml: train.{key}: unknown setting; valid: variants, seeds, {', '.join(TRAIN_SETTINGS)}")
     spec = dict(get(params, f"models.{name}", None) or {})
     model = spec.pop("model", name)
     overrides = {key: spec.pop(key) for key in TRAIN_SETTINGS if key in spec}
-    base = {key: value for key, value in train_section.items() if key != "variants"}
+    base = {key: value for key, value in train_section.items() if key not in ("variants", "seeds")}
     with reported_as("train"):
         TrainConfig(**base)  # train: must be valid even where a variant overrides it
     try:
-        config = TrainConfig(**base | overrides)
+        config = TrainConfig(**base | overrides, seed=seed)
         from imgpipe.device import pick_device  # here: torch is slow to import, and only train needs this
 
         pick_device(config.device)  # fail now, naming the key, if the device asked for is absent

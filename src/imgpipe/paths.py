@@ -23,6 +23,7 @@ PREPARED = ROOT / "data" / "prepared"
 MODELS = ROOT / "models"
 METRICS = ROOT / "metrics"
 DATA_CARD = METRICS / "data_card.json"
+VARIANTS = METRICS / "variants.json"  # each variant over all its seeds (mean, std), written by the report
 REPORTS = ROOT / "reports"
 FIGURES = REPORTS / "figures"
 
@@ -34,41 +35,45 @@ MLFLOW_DB = TRACKING_ROOT / "mlflow.db"
 MLFLOW_ARTIFACTS = TRACKING_ROOT / "mlruns"  # MLflow's own default name, beside the store
 
 
-def checkpoint(variant: str) -> Path:
-    return MODELS / f"{variant}.pt"
+# A variant is trained once per seed of train.seeds: each (variant, seed) has its own files, in a
+# folder per variant, e.g. models/cnn/seed0.pt and metrics/test/cnn/seed0.json.
 
 
-def resume_state(variant: str) -> Path:
+def checkpoint(variant: str, seed: int) -> Path:
+    return MODELS / variant / f"seed{seed}.pt"
+
+
+def resume_state(variant: str, seed: int) -> Path:
     """A training's state after its last finished epoch, removed when it completes."""
-    return MODELS / ".resume" / f"{variant}.pt"
+    return MODELS / ".resume" / variant / f"seed{seed}.pt"
 
 
-def train_metrics(variant: str) -> Path:
-    return METRICS / "train" / f"{variant}.json"
+def train_metrics(variant: str, seed: int) -> Path:
+    return METRICS / "train" / variant / f"seed{seed}.json"
 
 
-def curves(variant: str) -> Path:
+def curves(variant: str, seed: int) -> Path:
     """Per-epoch train and val curves, loss.csv and accuracy.csv: DVC plots."""
-    return METRICS / "curves" / variant
+    return METRICS / "curves" / variant / f"seed{seed}"
 
 
-def test_metrics(variant: str) -> Path:
-    return METRICS / "test" / f"{variant}.json"
+def test_metrics(variant: str, seed: int) -> Path:
+    return METRICS / "test" / variant / f"seed{seed}.json"
 
 
-def predictions(variant: str) -> Path:
+def predictions(variant: str, seed: int) -> Path:
     """One row per test image (index, actual, predicted, confidence): the confusion-matrix plot."""
-    return METRICS / "predictions" / f"{variant}.csv"
+    return METRICS / "predictions" / variant / f"seed{seed}.csv"
 
 
-def class_scores(variant: str) -> Path:
+def class_scores(variant: str, seed: int) -> Path:
     """Precision, recall, F1 and support per class on the test split."""
-    return METRICS / "classes" / f"{variant}.csv"
+    return METRICS / "classes" / variant / f"seed{seed}.csv"
 
 
-def confusion(variant: str) -> Path:
+def confusion(variant: str, seed: int) -> Path:
     """The confusion matrix as a count table with class names."""
-    return METRICS / "confusion" / f"{variant}.csv"
+    return METRICS / "confusion" / variant / f"seed{seed}.csv"
 
 
 def report() -> Path:

@@ -1,6 +1,6 @@
 """Classify new images with a trained model:
 
-    python -m imgpipe.predict --model models/cnn.pt photo.png more_images/ [--output predictions.csv]
+    python -m imgpipe.predict --model models/cnn/seed0.pt photo.png more_images/ [--output predictions.csv]
 
 Every image goes through prepare's preprocessing (the checkpoint's channel count and image size,
 transparency laid on its background colour; the model normalizes with its stored statistics), and
@@ -67,7 +67,7 @@ def predict(model: torch.nn.Module, images: np.ndarray, class_names: tuple[str, 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m imgpipe.predict", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, required=True, help="a checkpoint written by training, e.g. models/cnn.pt")
+    parser.add_argument("--model", type=Path, required=True, help="a checkpoint written by training, e.g. models/cnn/seed0.pt")
     parser.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="image files or folders of images")
     parser.add_argument("--output", type=Path, help="CSV file to write (default: standard output)")
     parser.add_argument("--top-k", type=int, default=3, help="classes listed per image, best first (default: 3)")

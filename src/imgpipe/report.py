@@ -4,38 +4,54 @@
 `imgpipe.figures` into reports/figures/ beside it.
 """
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
+import numpy as np
 import pandas as pd
 
 from imgpipe import paths
 from imgpipe.scores import most_confused
 from imgpipe.selection import best_on_validation
+from imgpipe.stats import CONFIDENCE, RESAMPLES, PairedTest, paired_tests
 
 
 @dataclass(frozen=True)
 class VariantResult:
-    train: dict  # metrics/train/<variant>.json
-    test: dict  # metrics/test/<variant>.json
-    classes: pd.DataFrame  # metrics/classes/<variant>.csv: class, precision, recall, f1, support
-    confusion: pd.DataFrame  # metrics/confusion/<variant>.csv: counts, actual classes as the index
+    """One variant trained with one seed: its files under <variant>/seed<seed> in metrics/."""
+
+    train: dict  # metrics/train/
+    test: dict  # metrics/test/
+    classes: pd.DataFrame  # metrics/classes/: class, precision, recall, f1, support
+    confusion: pd.DataFrame  # metrics/confusion/: counts, actual classes as the index
+    correct: np.ndarray  # (N,) bool: whether it got each test image right, in metrics/predictions/'s order
 
 
 def _size(size: int) -> str:
     return f"{size / 1024:,.1f} KB" if size < 2**20 else f"{size / 2**20:,.1f} MB"
 
 
-COLUMNS = [  # (heading, where the value comes from, format, higher is better; None: no best)
-    ("test accuracy", ("test", "accuracy"), "{:.4f}", True),
-    ("macro-F1", ("test", "macro_f1"), "{:.4f}", True),
-    ("top-{k} accuracy", ("test", "top_{k}_accuracy"), "{:.4f}", True),
-    ("val accuracy", ("train", "val_accuracy"), "{:.4f}", True),
-    ("parameters", ("train", "parameters"), "{:,}", False),
-    ("size on disk", ("test", "model_bytes"), _size, False),
-    ("train seconds", ("train", "train_seconds"), "{:.1f}", False),
-    ("images/s", ("test", "images_per_second"), "{:,.0f}", True),
-    ("test device", ("test", "device"), "{}", None),
-    ("epochs", ("train", "epochs"), "{}", None),
+@dataclass(frozen=True)
+class Column:
+    heading: str
+    source: str  # "train" or "test": the metrics file the value comes from
+    key: str
+    fmt: str | Callable[[object], str]
+    higher: bool | None  # higher is better; None: no best
+    interval: bool = False  # the file holds key_low and key_high too, shown beside the value
+
+
+COLUMNS = [
+    Column("test accuracy", "test", "accuracy", "{:.4f}", True, interval=True),
+    Column("macro-F1", "test", "macro_f1", "{:.4f}", True, interval=True),
+    Column("top-{k} accuracy", "test", "top_{k}_accuracy", "{:.4f}", True),
+    Column("val accuracy", "train", "val_accuracy", "{:.4f}", True),
+    Column("parameters", "train", "parameters", "{:,}", False),
+    Column("size on disk", "test", "model_bytes", _size, False),
+    Column("train seconds", "train", "train_seconds", "{:.1f}", False),
+    Column("images/s", "test", "images_per_second", "{:,.0f}", True),
+    Column("test device", "test", "device", "{}", None),
+    Column("epochs", "train", "epochs", "{}", None),
 ]
 
 
@@ -46,26 +62,143 @@ def _top_k(results: dict[str, VariantResult]) -> int | None:
 
 
 def comparison_table(results: dict[str, VariantResult]) -> str:
-    """Every variant's figures in one table, the best of each column in bold."""
+    """Every variant's figures in one table, the best of each column in bold, intervals in brackets."""
     k = _top_k(results)
-    columns = [(heading.format(k=k), (source, key.format(k=k)), fmt, higher)
-               for heading, (source, key), fmt, higher in COLUMNS if k is not None or "{k}" not in key]
+    columns = [replace(c, heading=c.heading.format(k=k), key=c.key.format(k=k))
+               for c in COLUMNS if k is not None or "{k}" not in c.key]
     lines = [
-        "| variant | model | " + " | ".join(heading for heading, *_ in columns) + " |",
+        "| variant | model | " + " | ".join(column.heading for column in columns) + " |",
         "|---|---|" + "---:|" * len(columns),
     ]
     best = {}
-    for heading, (source, key), _, higher in columns:
-        if higher is not None and len(results) > 1:
-            values = [getattr(r, source)[key] for r in results.values()]
-            best[heading] = max(values) if higher else min(values)
+    for column in columns:
+        if column.higher is not None and len(results) > 1:
+            values = [getattr(r, column.source)[column.key] for r in results.values()]
+            best[column.heading] = max(values) if column.higher else min(values)
     for variant, result in results.items():
         cells = []
-        for heading, (source, key), fmt, _ in columns:
-            value = getattr(result, source)[key]
-            text = fmt(value) if callable(fmt) else fmt.format(value)
-            cells.append(f"**{text}**" if heading in best and best[heading] == value else text)
+        for column in columns:
+            figures = getattr(result, column.source)
+            value = figures[column.key]
+            text = column.fmt(value) if callable(column.fmt) else column.fmt.format(value)
+            if column.heading in best and best[column.heading] == value:
+                text = f"**{text}**"
+            if column.interval:
+                text += f" ({_interval(figures, column.key)})"
+            cells.append(text)
         lines.append(f"| {variant} | {result.train['model']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _interval(figures: dict, key: str) -> str:
+    return f"{figures[f'{key}_low']:.3f}–{figures[f'{key}_high']:.3f}"
+
+
+def _p(p_value: float) -> str:
+    return "< 0.001" if p_value < 0.001 else f"{p_value:.3f}"
+
+
+def _listed(names: list[str], last: str = "and") -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + f" {last} {names[-1]}"
+
+
+def verdict(test: PairedTest) -> str:
+    return f"real at the {test.level:.0%} level: {test.better} is better" if test.real else "cannot be told apart"
+
+
+def differences_section(tests: list[PairedTest], test_images: int) -> str:
+    """McNemar's test for every pair of variants, and in words which differences are real."""
+    if not tests:
+        return "A single variant: nothing to compare."
+    level = tests[0].level
+    lines = [
+        f"Each pair of variants on the same {test_images} test images, by McNemar's exact test: only the images "
+        "exactly one of the two gets right tell them apart, and p is the chance of a split at least this uneven "
+        f"if the two were equally accurate. The {len(tests)} pair{'s are' if len(tests) > 1 else ' is'} tested "
+        "together with Holm's correction, so that the chance of calling any difference real by luck alone stays "
+        f"below {level:.0%}; the verdict reads the adjusted p.",
+        "",
+        "| first | second | only first right | only second right | p | Holm-adjusted p | verdict |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for test in tests:
+        lines.append(f"| {test.first} | {test.second} | {test.only_first_right} | {test.only_second_right} | "
+                     f"{_p(test.p_value)} | {_p(test.adjusted_p_value)} | {verdict(test)} |")
+    return "\n".join(lines + ["", _differences_in_words(tests, test_images)])
+
+
+def _differences_in_words(tests: list[PairedTest], test_images: int) -> str:
+    """The real differences in as few clauses as they allow: grouped by the better variant ("cnn is better than
+    linear and centroid") or by the worse one ("linear, mlp and cnn are each better than centroid")."""
+    by_winner: dict[str, list[str]] = {}
+    by_loser: dict[str, list[str]] = {}
+    for test in tests:
+        if test.real:
+            by_winner.setdefault(test.better, []).append(test.other(test.better))
+            by_loser.setdefault(test.other(test.better), []).append(test.better)
+    if not by_winner:
+        return (f"No two variants can be told apart on these {test_images} images: the differences in the "
+                "table above are within what chance alone gives.")
+    if len(by_loser) < len(by_winner):
+        clauses = [f"{_listed(winners)} {'are each' if len(winners) > 1 else 'is'} better than {loser}"
+                   for loser, winners in by_loser.items()]
+    else:
+        clauses = [f"{winner} is better than {_listed(losers)}" for winner, losers in by_winner.items()]
+    ties = sum(not test.real for test in tests)
+    rest = f"The other {ties} pair{'s' if ties > 1 else ''} cannot be told apart." if ties else "Every pair differs for real."
+    return "; ".join(clauses) + ". " + rest
+
+
+def standing(best: str, tests: list[PairedTest]) -> str:
+    """Where the chosen variant stands against each other one on the test images, in words."""
+    mine = [test for test in tests if best in (test.first, test.second)]
+    beaten = [test.other(best) for test in mine if test.better == best]
+    ties = [test.other(best) for test in mine if not test.real]
+    ahead = [test.other(best) for test in mine if test.real and test.better != best]
+    every = len(mine) > 1
+    parts = []
+    if beaten:
+        parts.append("is better than every other variant" if every and len(beaten) == len(mine)
+                     else f"is better than {_listed(beaten)}")
+    if ties:
+        parts.append("cannot be told apart from any other variant" if every and len(ties) == len(mine)
+                     else f"cannot be told apart from {_listed(ties, 'or')}")
+    if ahead:
+        parts.append(f"is worse than {_listed(ahead)}")
+    return "it " + _listed(parts)
+
+
+# The figures summarized over seeds: name in metrics/variants.json -> (metrics file, key)
+OVER_SEEDS = {"val_accuracy": ("train", "val_accuracy"), "test_accuracy": ("test", "accuracy"),
+              "test_macro_f1": ("test", "macro_f1")}
+
+
+def seed_summary(by_seed: dict[int, VariantResult]) -> dict[str, float | int | None]:
+    """A variant's figures over its seeds: mean and sample standard deviation (None for one seed)."""
+    summary: dict[str, float | int | None] = {"seeds": len(by_seed)}
+    for name, (source, key) in OVER_SEEDS.items():
+        values = np.array([getattr(result, source)[key] for result in by_seed.values()], dtype=np.float64)
+        summary[f"{name}_mean"] = float(values.mean())
+        summary[f"{name}_std"] = float(values.std(ddof=1)) if len(values) > 1 else None
+    return summary
+
+
+def _spread(summary: dict, name: str) -> str:
+    std = summary[f"{name}_std"]
+    return f"{summary[f'{name}_mean']:.4f}" + (f" ± {std:.4f}" if std is not None else "")
+
+
+def seeds_section(runs: dict[str, dict[int, VariantResult]]) -> str:
+    """Each variant's mean ± standard deviation over its seeds, then every seed's own figures."""
+    lines = ["| variant | seeds | val accuracy | test accuracy | macro-F1 |", "|---|---:|---:|---:|---:|"]
+    for variant, by_seed in runs.items():
+        summary = seed_summary(by_seed)
+        lines.append(f"| {variant} | {summary['seeds']} | " + " | ".join(_spread(summary, name) for name in OVER_SEEDS) + " |")
+    lines += ["", "| variant | seed | val accuracy | test accuracy | macro-F1 |", "|---|---:|---:|---:|---:|"]
+    for variant, by_seed in runs.items():
+        for seed, result in by_seed.items():
+            lines.append(f"| {variant} | {seed} | {result.train['val_accuracy']:.4f} | {result.test['accuracy']:.4f} | "
+                         f"{result.test['macro_f1']:.4f} |")
     return "\n".join(lines)
 
 
@@ -156,26 +289,55 @@ def _link(figure: str) -> str:
     return paths.figure(figure).relative_to(paths.REPORTS).as_posix()
 
 
-def render(dataset: str, card: dict, results: dict[str, VariantResult], provenance: dict) -> str:
-    best = best_on_validation({variant: result.train for variant, result in results.items()})
+def render(dataset: str, card: dict, results: dict[str, VariantResult], provenance: dict,
+           runs: dict[str, dict[int, VariantResult]] | None = None) -> str:
+    """results: each variant's run shown in detail (its first seed); runs: every variant's run per seed."""
+    runs = runs or {variant: {0: result} for variant, result in results.items()}
+    seeds = len(next(iter(runs.values())))
+    # Chosen on validation: with several seeds, on the mean over them, which one lucky seed cannot sway.
+    best = best_on_validation({variant: {key: float(np.mean([r.train[key] for r in by_seed.values()]))
+                                         for key in ("val_accuracy", "val_loss")} for variant, by_seed in runs.items()})
     chosen = results[best]
+    first_seed = next(iter(runs[best]))
+    over_seeds = (f" Over its {seeds} seeds: val accuracy {_spread(seed_summary(runs[best]), 'val_accuracy')}, "
+                  f"test accuracy {_spread(seed_summary(runs[best]), 'test_accuracy')} (mean ± standard deviation)."
+                  if seeds > 1 else "")
     test_images = card["splits"]["test"]["images"]
+    tests = paired_tests({variant: result.correct for variant, result in results.items()})
+    compared = (f" On these images {standing(best, tests)} (McNemar's exact test with Holm's correction, at the "
+                f"{tests[0].level:.0%} level; see below)." if tests else "")
+    ci = f"{CONFIDENCE:.0%} CI"
     sections = [
         f"# imgpipe report: {dataset}",
         "",
         f"Best on validation: **{best}** (val accuracy {chosen.train['val_accuracy']:.4f} on "
-        f"{card['splits']['val']['images']} images, val loss {chosen.train['val_loss']:.4f}). "
-        f"On the {test_images} test images it scores {chosen.test['accuracy']:.4f} accuracy, "
-        f"macro-F1 {chosen.test['macro_f1']:.4f}. The variant is chosen on the validation split; "
-        "test figures are shown, never used to choose.",
+        f"{card['splits']['val']['images']} images, val loss {chosen.train['val_loss']:.4f}"
+        + (f"; seed {first_seed}" if seeds > 1 else "") + "). "
+        f"On the {test_images} test images it scores {chosen.test['accuracy']:.4f} accuracy "
+        f"({ci} {_interval(chosen.test, 'accuracy')}), macro-F1 {chosen.test['macro_f1']:.4f} "
+        f"({ci} {_interval(chosen.test, 'macro_f1')}).{compared}{over_seeds} The variant is chosen on the validation "
+        "split" + (" (its mean over the seeds)" if seeds > 1 else "") + "; test figures are shown, never used to choose.",
         "",
         "## Variants",
         "",
         comparison_table(results),
         "",
-        "Bold marks the best value of each column. Val accuracy is that of the kept weights (the most accurate "
-        "validation epoch). Images/s: inference on the test split, in batches of 1,024, on the test device; "
-        "train seconds: on the training device in the run card. Size on disk: the checkpoint file.",
+        f"In brackets: {ci}s on the test images, Wilson's score interval for accuracy and a percentile bootstrap "
+        f"over the test images ({RESAMPLES:,} resamples) for macro-F1. Bold marks the best value of each column, "
+        "not a difference that is real: the next section tells those apart. Val accuracy is that of the kept "
+        "weights (the most accurate validation epoch). Images/s: inference on the test split, in batches of 1,024, "
+        "on the test device; train seconds: on the training device in the run card. Size on disk: the checkpoint file.",
+        "",
+        "## Which differences are real",
+        "",
+        differences_section(tests, test_images),
+        "",
+        "## Seeds",
+        "",
+        f"Each variant is trained once per seed of `train.seeds` ({seeds} here); the sections above and below show "
+        f"seed {first_seed}, the first. Mean ± sample standard deviation over the seeds, then every seed:",
+        "",
+        seeds_section(runs),
         "",
         "## Training curves",
         "",

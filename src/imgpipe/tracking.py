@@ -83,16 +83,20 @@ def dataset_inputs(name: str, data_fingerprint: str, folder: Path, images: dict[
     ]
 
 
-def run_tags(variant: str, device: str, data_fingerprint: str, params: dict) -> dict[str, str]:
-    """Where a run came from: DVC experiment, git commit and state, data, device, and its execution."""
+def run_tags(variant: str, seed: int, seed_group: str, device: str, data_fingerprint: str, params: dict) -> dict[str, str]:
+    """Where a run came from: DVC experiment, git commit and state, data, device, and its execution.
+    seed_group names the runs that differ only in their seed, whichever execution made them."""
     commit = provenance.git_commit()
     experiment = provenance.dvc_experiment()
+    # The runs of one `dvc repro` or `dvc exp run` share this: same experiment, or same code and params.
+    execution = experiment or f"{commit[:8] or 'nogit'}-{provenance.params_hash(params)}"
     tags = {
         "imgpipe.variant": variant,
+        "imgpipe.seed": str(seed),
+        "imgpipe.seed_group": seed_group,  # group by it in the UI to see a variant's runs over its seeds
         "imgpipe.device": device,
         "imgpipe.data_fingerprint": data_fingerprint,
-        # The variants of one `dvc repro` or `dvc exp run` share this: same experiment, or same code and params.
-        "imgpipe.execution": experiment or f"{commit[:8] or 'nogit'}-{provenance.params_hash(params)}",
+        "imgpipe.execution": execution,
     }
     if experiment:
         tags["imgpipe.dvc_experiment"] = experiment
