@@ -51,6 +51,8 @@ def test_comparison_table_marks_the_best_of_each_column():
     assert "| 0.8000 (0.550–0.850) | 0.7900 (0.500–0.840) |" in linear
     assert "**130**" in linear and "| 900 |" in cnn  # fewer parameters win
     assert "2.0 KB" in linear and "top-" not in table[0]  # no top-k measured: no column
+    assert "**2.0 KB**" in linear and "**2.0 KB**" in cnn  # what reads the same is marked the same
+    assert table[1].endswith("---:|---|---:|")  # images/s, the device (text: left-aligned), epochs
     assert table[0].endswith("| images/s | test device | epochs |") and "| **1,000** | cpu | 3 |" in linear
 
 

@@ -66,28 +66,33 @@ def comparison_table(results: dict[str, VariantResult]) -> str:
     k = _top_k(results)
     columns = [replace(c, heading=c.heading.format(k=k), key=c.key.format(k=k))
                for c in COLUMNS if k is not None or "{k}" not in c.key]
+    first = next(iter(results.values()))
+    text_columns = {c.heading for c in columns if isinstance(getattr(first, c.source)[c.key], str)}
     lines = [
         "| variant | model | " + " | ".join(column.heading for column in columns) + " |",
-        "|---|---|" + "---:|" * len(columns),
+        "|---|---|" + "".join("---|" if column.heading in text_columns else "---:|" for column in columns),
     ]
     best = {}
     for column in columns:
         if column.higher is not None and len(results) > 1:
             values = [getattr(r, column.source)[column.key] for r in results.values()]
-            best[column.heading] = max(values) if column.higher else min(values)
+            best[column.heading] = _shown(column, max(values) if column.higher else min(values))
     for variant, result in results.items():
         cells = []
         for column in columns:
             figures = getattr(result, column.source)
-            value = figures[column.key]
-            text = column.fmt(value) if callable(column.fmt) else column.fmt.format(value)
-            if column.heading in best and best[column.heading] == value:
+            text = _shown(column, figures[column.key])
+            if column.heading in best and best[column.heading] == text:  # what reads the same is marked the same
                 text = f"**{text}**"
             if column.interval:
                 text += f" ({_interval(figures, column.key)})"
             cells.append(text)
         lines.append(f"| {variant} | {result.train['model']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _shown(column: Column, value) -> str:
+    return column.fmt(value) if callable(column.fmt) else column.fmt.format(value)
 
 
 def _interval(figures: dict, key: str) -> str:
