@@ -1,5 +1,6 @@
 """User-facing failures: each message is one line naming the file, row or parameter at fault."""
 
+import os
 import sys
 from collections.abc import Callable
 
@@ -13,12 +14,20 @@ class ConfigError(ImgpipeError):
 
 
 def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage's main(), turning an ImgpipeError into one line on stderr and exit status 1."""
+    """Run a stage's main(), turning an ImgpipeError into one line on stderr and exit status 1.
+
+    Then the process ends at once: every output is written and closed by now, and the interpreter's
+    own teardown (unloading torch's libraries and the like) took about 2 s of every train stage.
+    """
     try:
         main()
+        status = 0
     except ImgpipeError as error:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+        status = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 class InvalidSetting(ValueError):
