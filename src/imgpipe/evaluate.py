@@ -8,26 +8,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from imgpipe.imageset import ImageSet
+from imgpipe.inference import predict_logits, score
 from imgpipe.scores import confusion_matrix, per_class_scores
 from imgpipe.stats import bootstrap_macro_f1_interval, wilson_interval
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Class scores (N, classes) for uint8 images (N, C, H, W) already on the model's device."""
-    model.eval()
-    return torch.cat([model(batch) for batch in images.split(batch_size)]).float()
-
-
-def score(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    return {
-        "loss": F.cross_entropy(logits, labels).item(),
-        "accuracy": (logits.argmax(1) == labels).sum().item() / len(labels),  # exact, not float32
-    }
 
 
 def top_k_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:

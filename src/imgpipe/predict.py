@@ -19,7 +19,7 @@ import torch
 from imgpipe.checkpoint import load_checkpoint
 from imgpipe.device import pick_device
 from imgpipe.errors import ImgpipeError
-from imgpipe.evaluate import predict_logits
+from imgpipe.inference import predict_logits
 from imgpipe.files import atomic_path
 from imgpipe.sources.image_folder import IMAGE_SUFFIXES, decode
 

@@ -163,6 +163,7 @@ def log_training(experiment: str, run_name: str, *, params: dict, history: list[
         for start in range(0, len(curves), 1000):  # MLflow takes at most 1000 metrics per batch
             client.log_batch(run.info.run_id, metrics=curves[start:start + 1000])
         mlflow.log_metrics(numeric(metrics))
+        mlflow.flush_async_logging()  # with MLFLOW_ENABLE_ASYNC_LOGGING, stored before the stage ends (os._exit)
         model = model.cpu().eval()
         with torch.no_grad():
             output = model(torch.from_numpy(example)).numpy()
@@ -197,6 +198,7 @@ def publish_evaluation(run_id: str, metrics: dict[str, float], artifacts: dict[s
             client.log_artifacts(run_id, str(path), artifact_path=folder)
         else:
             client.log_artifact(run_id, str(path), artifact_path=folder)
+    mlflow.flush_async_logging()  # with MLFLOW_ENABLE_ASYNC_LOGGING, stored before the stage ends (os._exit)
     return True
 
 

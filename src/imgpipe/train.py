@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from imgpipe.config import TrainConfig
 from imgpipe.device import pick_device
-from imgpipe.evaluate import predict_logits, score
+from imgpipe.inference import predict_logits, score
 from imgpipe.files import atomic_path
 from imgpipe.lineage import code_version
 from imgpipe.models import Classifier, build_model, count_parameters, is_fitted
