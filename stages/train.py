@@ -12,7 +12,7 @@ from imgpipe import paths, provenance, tracking
 from imgpipe.checkpoint import save_checkpoint
 from imgpipe.errors import ImgpipeError, run_stage
 from imgpipe.files import write_json
-from imgpipe.prepare import fingerprint, load_prepared
+from imgpipe.prepare import load_prepared
 from imgpipe.train import train, write_curves
 
 
@@ -33,7 +33,7 @@ def main() -> None:
     metrics = result.summary()
     record = {**metrics, "model": variant.model, "device": result.device, "mlflow_run_id": None}
     experiment, optional = P.tracking(params)
-    data_fingerprint = fingerprint(data)
+    data_fingerprint = data.fingerprint
     splits = {"train": data.train, "validation": data.val, "test": data.test}
     # Runs that differ only in their seed share this, also when `dvc exp run` adds seeds to an earlier run's.
     unseeded = {key: value for key, value in vars(variant.config).items() if key != "seed"}

@@ -7,6 +7,7 @@ split alone, so nothing about validation or test images leaks into training.
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,17 @@ class Prepared:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return self.train.image_shape
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """A short hash of every image and label of every split: the same data, the same fingerprint.
+        Hashed once per process: the resume key and the MLflow tags both need it."""
+        digest = hashlib.blake2b(digest_size=8)
+        for split in SPLITS:
+            images = getattr(self, split)
+            digest.update(images.images.tobytes())
+            digest.update(images.labels.tobytes())
+        return digest.hexdigest()
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -133,16 +145,6 @@ def prepare(raw: dict[str, ImageSet], val_fraction: float, test_fraction: float,
     train = pool
     mean, std = channel_stats(train.images)
     return Prepared(train, val, test, mean, std)
-
-
-def fingerprint(prepared: Prepared) -> str:
-    """A short hash of every image and label of every split: the same data, the same fingerprint."""
-    digest = hashlib.blake2b(digest_size=8)
-    for split in SPLITS:
-        images = getattr(prepared, split)
-        digest.update(images.images.tobytes())
-        digest.update(images.labels.tobytes())
-    return digest.hexdigest()
 
 
 def save_prepared(prepared: Prepared, folder: Path) -> None:

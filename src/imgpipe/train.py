@@ -27,7 +27,7 @@ from imgpipe.inference import predict_logits, score
 from imgpipe.files import atomic_path
 from imgpipe.lineage import code_version
 from imgpipe.models import Classifier, build_model, count_parameters, is_fitted
-from imgpipe.prepare import Prepared, fingerprint
+from imgpipe.prepare import Prepared
 
 
 @dataclass
@@ -115,7 +115,7 @@ def resume_key(model_name: str, model_settings: dict, data: Prepared, config: Tr
     settings = repr((model_name, sorted(model_settings.items()), asdict(config)))
     return {
         "settings": hashlib.blake2b(settings.encode(), digest_size=16).hexdigest(),
-        "data": fingerprint(data),
+        "data": data.fingerprint,
         "code": code_version(__name__),
         "device": device.type,
     }
