@@ -97,7 +97,7 @@ def _patch_errors(module):
 
 
 def _patch_tracking(module):
-    for name in ("log_training", "run_tags", "dataset_inputs", "publish_evaluation", "runs_page"):
+    for name in ("find_runs", "log_training", "publish_evaluation", "runs_page"):
         setattr(module, name, _timed(getattr(module, name), _RECORD, "tracking"))
 
 

@@ -3,8 +3,12 @@ each variant over its seeds in metrics/variants.json.
 
 Draws the sample grid, the training curves, and a confusion matrix and a grid of misclassified
 test images per variant (its first seed); the report compares every pair of variants on the same
-test images, read from metrics/predictions/. Then publishes each run's evaluation (test metrics,
-its tables) and the report to its MLflow run, where the run does not hold them yet.
+test images, read from metrics/predictions/.
+
+Then records each variant and seed in MLflow, all in this one process: a run per training (made once:
+a report run again finds it) with its params, curves, metrics, inputs and model, then its evaluation
+(test metrics, tables) and the report, where the run does not hold them yet. The run ids go to
+reports/mlflow_runs.json.
 """
 
 from imgpipe import figures, paths, provenance, tracking
@@ -13,6 +17,8 @@ from imgpipe.errors import run_stage
 from imgpipe.files import atomic_path, read_csv, read_json, write_json, write_text
 from imgpipe.imageset import load_splits
 from imgpipe.report import VariantResult, render, seed_summary
+
+CURVES = ("loss", "accuracy")  # metrics/curves/<variant>/seed<seed>/<measure>.csv: epoch, train, val
 
 
 def load_result(name: str, seed: int) -> VariantResult:
@@ -55,30 +61,74 @@ def main() -> None:
             drawn[f"misclassified_{name}"] = figures.misclassified(data["test"], mistakes[name])
         for figure_name, figure in drawn.items():
             figures.save(figure, folder / paths.figure(figure_name).name)
-    run = {"params_hash": provenance.params_hash(params), "commit": provenance.git_commit(),
-           "dirty": provenance.git_dirty(), "experiment": provenance.dvc_experiment(), "versions": provenance.versions()}
+    experiment, optional = P.tracking(params)
+    run = {"params_hash": provenance.params_hash(params), "commit": provenance.git_commit(), "dirty": provenance.git_dirty(),
+           "experiment": provenance.dvc_experiment(), "versions": provenance.versions(), "mlflow_experiment": experiment}
     write_text(paths.report(), render(P.get(params, "data.dataset"), card, results, run, runs))
     write_json(paths.VARIANTS, {name: seed_summary(by_seed) for name, by_seed in runs.items()})
     print(f"wrote {paths.report().relative_to(paths.ROOT)} and {len(drawn)} figures in {paths.FIGURES.relative_to(paths.ROOT)}")
 
-    experiment, optional = P.tracking(params)
-    tracked = [(name, seed, result) for name, by_seed in runs.items() for seed, result in by_seed.items()]
+    tracked = {(name, seed): result for name, by_seed in runs.items() for seed, result in by_seed.items()}
+    run_ids = dict.fromkeys(tracked)
     with tracking.reported(optional):
-        for name, seed, result in tracked:
-            run_id = result.train["mlflow_run_id"]
-            if run_id is None:
-                print(f"{name} seed {seed}: training was not tracked (tracking.optional), so neither is its evaluation")
-                continue
+        run_ids = record_trainings(params, experiment, tracked)
+        for (name, seed), result in tracked.items():
             metrics = {f"test_{key}": value for key, value in tracking.numeric(result.test).items()}
             artifacts = {"predictions": paths.predictions(name, seed), "classes": paths.class_scores(name, seed),
-                         "confusion": paths.confusion(name, seed), "report": paths.REPORTS}
+                         "confusion": paths.confusion(name, seed), "report": paths.report(), "report/figures": paths.FIGURES}
             tags = {"imgpipe.test_device": result.test.get("device", "unknown")}
-            if tracking.publish_evaluation(run_id, metrics, artifacts, tags):
-                print(f"{name} seed {seed}: evaluation and report added to MLflow run {run_id}")
-        if any(result.train["mlflow_run_id"] for _, _, result in tracked):
-            local = tracking.tracking_uri() == tracking.EMBEDDED_STORE
-            print(f"MLflow runs table: {tracking.runs_page(experiment)}" + (" (run `mlflow ui` here first)" if local else ""))
+            if tracking.publish_evaluation(run_ids[name, seed], metrics, artifacts, tags):
+                print(f"{name} seed {seed}: evaluation and report added to MLflow run {run_ids[name, seed]}")
+        local = tracking.tracking_uri() == tracking.EMBEDDED_STORE
+        print(f"MLflow runs table: {tracking.runs_page(experiment)}" + (" (run `mlflow ui` here first)" if local else ""))
+    if None in run_ids.values():
+        print("not tracked (tracking.optional: true): " + ", ".join(f"{name} seed {seed}" for name, seed in tracked))
+    # The embedded store by its project-relative address: the same on every machine.
+    store = "sqlite:///mlflow.db" if tracking.tracking_uri() == tracking.EMBEDDED_STORE else tracking.tracking_uri()
+    write_json(paths.MLFLOW_RUNS, {"experiment": experiment, "tracking_uri": store,
+                                   "runs": {name: {str(seed): run_ids[name, seed] for seed in seeds} for name in variants}})
 
+def record_trainings(params: dict, experiment: str, results: dict[tuple[str, int], VariantResult]) -> dict[tuple[str, int], str]:
+    """The MLflow run of each (variant, seed)'s training: the one made before for the same checkpoint and
+    metrics file, else a new one. Returns (variant, seed) -> run id."""
+    trainings = {key: tracking.training_digest(paths.checkpoint(*key), paths.train_metrics(*key)) for key in results}
+    found = tracking.find_runs(experiment, list(trainings.values()))
+    missing = [key for key, digest in trainings.items() if digest not in found]
+    if not missing:
+        return {key: found[digest] for key, digest in trainings.items()}
+
+    from imgpipe.checkpoint import load_checkpoint  # here: torch is slow to import, and only new runs need it
+    from imgpipe.prepare import load_prepared
+
+    data = load_prepared(paths.PREPARED)
+    datasets = tracking.dataset_inputs(P.get(params, "data.dataset"), data.fingerprint, paths.PREPARED.relative_to(paths.ROOT),
+                                       {"train": len(data.train), "validation": len(data.val), "test": len(data.test)})
+    for name, seed in missing:
+        variant = P.variant(params, name, seed)
+        model, _ = load_checkpoint(paths.checkpoint(name, seed))
+        curves = {}
+        for measure in CURVES:
+            table = read_csv(paths.curves(name, seed) / f"{measure}.csv")
+            curves |= {f"train_{measure}": table["train"].tolist(), f"val_{measure}": table["val"].tolist()}
+        # Runs that differ only in their seed share this, also when `dvc exp run` adds seeds to an earlier run's.
+        unseeded = {key: value for key, value in vars(variant.config).items() if key != "seed"}
+        seed_group = f"{name}-" + provenance.params_hash({"model": variant.model, "settings": variant.settings,
+                                                          "train": unseeded, "data": data.fingerprint})
+        train = results[name, seed].train
+        found[trainings[name, seed]] = tracking.log_training(
+            experiment,
+            run_name=f"{name} seed {seed}",
+            training=trainings[name, seed],
+            params={"data": P.get(params, "data"), "train": vars(variant.config), "model": {"name": variant.model, **variant.settings}},
+            curves=curves,
+            metrics=train,
+            model=model,
+            example=data.val.images[:2],
+            tags=tracking.run_tags(name, seed, seed_group, train["device"], data.fingerprint, params),
+            datasets=datasets,
+        )
+        print(f"{name} seed {seed}: training recorded as MLflow run {found[trainings[name, seed]]}")
+    return {key: found[digest] for key, digest in trainings.items()}
 
 if __name__ == "__main__":
     run_stage(main)

@@ -1,11 +1,12 @@
 """Does MLflow say what DVC's metrics files say? Every number of metrics/train/<variant>/seed<seed>.json
-must be the run's own metric of that name, and every number of metrics/test/<variant>/seed<seed>.json
-its test_<name>."""
+must be the run's own metric of that name, every number of metrics/test/<variant>/seed<seed>.json
+its test_<name>, and every value of the curves (metrics/curves/<variant>/seed<seed>/) its epoch/ history."""
 
 import json
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 
 
 def _numbers(figures: dict) -> dict[str, float]:
@@ -19,8 +20,16 @@ def disagreements(project: Path, variants: list[str], client: mlflow.MlflowClien
         for seed in seeds:
             train = json.loads((project / f"metrics/train/{variant}/seed{seed}.json").read_text())
             test = json.loads((project / f"metrics/test/{variant}/seed{seed}.json").read_text())
-            logged = client.get_run(train["mlflow_run_id"]).data.metrics
+            run_id = json.loads((project / "reports/mlflow_runs.json").read_text())["runs"][variant][str(seed)]
+            logged = client.get_run(run_id).data.metrics
             expected = _numbers(train) | {f"test_{key}": value for key, value in _numbers(test).items()}
             found += [f"{variant} seed {seed}: {key} is {logged.get(key)} in MLflow, {value} in the metrics files"
                       for key, value in expected.items() if logged.get(key) != value]
+            for measure in ("loss", "accuracy"):
+                curve = pd.read_csv(project / f"metrics/curves/{variant}/seed{seed}/{measure}.csv")
+                for split in ("train", "val"):
+                    history = [(m.step, m.value) for m in client.get_metric_history(run_id, f"epoch/{split}_{measure}")]
+                    if sorted(history) != list(zip(curve["epoch"], curve[split])):
+                        found.append(f"{variant} seed {seed}: epoch/{split}_{measure} is {sorted(history)} in MLflow, "
+                                     f"{list(zip(curve['epoch'], curve[split]))} in the curves")
     return found

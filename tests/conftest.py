@@ -1,5 +1,12 @@
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
 import numpy as np
 import pytest
+from project import copy_project, run
 
 from imgpipe.config import DataConfig
 from imgpipe.prepare import prepare
@@ -17,3 +24,52 @@ def random_images(n: int, shape: tuple[int, int, int], classes: int, seed: int =
     images = rng.integers(0, 256, size=(n, *shape), dtype=np.uint8)
     labels = np.arange(n) % classes
     return images, labels.astype(np.int64)
+
+
+# The end-to-end tests share one run of the real pipeline, shrunk: two variants (the centroid, fitted in one
+# pass, and the CNN, trained by gradient descent), two epochs, the bundled digits.
+PIPELINE_VARIANTS = ["centroid", "cnn"]
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory):
+    """A copy of the project after `dvc repro` (outputs, dvc.lock, MLflow store): read it, or fork it
+    (project.fork) to change it."""
+    root = copy_project(tmp_path_factory.mktemp("pipeline"), train__epochs=2, train__variants=PIPELINE_VARIANTS)
+    run(["dvc", "repro"], root)
+    return root
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def tracking_server(tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1 with its own SQLite store and proxied artifact store, started
+    once per test run (it takes seconds to start)."""
+    store = tmp_path_factory.mktemp("server")
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}", "--artifacts-destination", str(store / "artifacts")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):  # up to a minute for it to start answering
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=1)
+                break
+            except OSError:
+                if process.poll() is not None:
+                    pytest.fail("mlflow server exited while starting")
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not answer within a minute")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -55,6 +55,13 @@ def copy_project(target: Path, **changes) -> Path:
     return target
 
 
+def fork(project: Path, target: Path) -> Path:
+    """A copy of a finished project (git history, DVC cache, outputs, MLflow store) for a test that changes it.
+    The copied store's experiment keeps its artifact folder: runs made in the fork put artifacts there."""
+    shutil.copytree(project, target, symlinks=True, ignore=lambda folder, names: ["tmp"] if folder.endswith(".dvc") else [])
+    return target
+
+
 @contextmanager
 def edited_params(project: Path, **changes):
     """params.yaml with some `section__key=value` changes for the duration of the block."""

@@ -7,7 +7,7 @@ input changes nothing.
 
 import pytest
 import yaml
-from project import REPO, copy_project, edited_params, run
+from project import REPO, edited_params, fork, run
 
 pytestmark = pytest.mark.slow
 OUTPUT_FOLDERS = ("data", "models", "metrics", "reports")
@@ -20,10 +20,8 @@ def _outputs(project) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    root = copy_project(tmp_path_factory.mktemp("project"), train__epochs=1, train__variants=["linear"])
-    run(["dvc", "repro"], root)
-    return root
+def project(pipeline, tmp_path_factory):
+    return fork(pipeline, tmp_path_factory.mktemp("failed") / "project")
 
 
 def test_every_stage_output_is_persistent():
@@ -41,7 +39,7 @@ BAD_CSV = "label,pixel1,pixel2,pixel3,pixel4\n1,0,255,3,4\n2,0,12,x,4\n"
 # uncached metrics and curves; the last stage, whose report and figures are all uncached.
 FAILURES = {  # stage: (params.yaml changes, the stage's error)
     "fetch": ({"data__dataset": "csv", "data__path": "{csv}"}, "error: {csv} line 3, column 'pixel3': 'x' is not a number"),
-    "train@linear-0": ({"train__epochs": 0}, "error: params.yaml: train.epochs: must be a whole number >= 1, got 0"),
+    "train@centroid-0": ({"train__epochs": 0}, "error: params.yaml: train.epochs: must be a whole number >= 1, got 0"),
     "report": ({"report__samples_per_class": 0},
                "error: params.yaml: report.samples_per_class: must be a whole number >= 1, got 0"),
 }

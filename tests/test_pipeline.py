@@ -1,8 +1,10 @@
-"""The real pipeline end to end: a copy of the project, `dvc repro` with tiny settings, real MLflow."""
+"""The real pipeline end to end: the shared copy of the project after `dvc repro` with tiny settings (conftest's
+`pipeline`), real DVC, real MLflow. Tests that change the project change a fork of it."""
 
 import io
 import json
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import mlflow
@@ -12,20 +14,18 @@ import torch
 import yaml
 from agreement import disagreements
 from datafiles import write_image_folder
-from project import copy_project, edited_params, read_json, run
+from conftest import PIPELINE_VARIANTS as VARIANTS
+from project import edited_params, fork, read_json, run
 
 from imgpipe.checkpoint import load_checkpoint
 from imgpipe.imageset import load_splits
 
-VARIANTS = ["centroid", "linear", "mlp", "cnn"]
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    root = copy_project(tmp_path_factory.mktemp("project"), train__epochs=3)
-    run(["dvc", "repro"], root)
-    return root
+@pytest.fixture
+def project(pipeline):
+    return pipeline
 
 
 def test_every_declared_output_exists(project):
@@ -96,19 +96,23 @@ def test_mlflow_holds_one_complete_run_per_variant(project):
     assert all(t["mlflow.source.git.commit"] == head and t["imgpipe.device"] == "cpu" for t in tags)
     assert all(t["imgpipe.git_dirty"] == "false" and t["imgpipe.test_device"] == "cpu" for t in tags)
     card = read_json(project / "metrics/data_card.json")["splits"]
+    recorded = read_json(project / "reports/mlflow_runs.json")
+    assert recorded["experiment"] == "digits" and recorded["tracking_uri"] == "sqlite:///mlflow.db"
     for variant, run_ in runs.items():
-        assert run_.info.run_id == read_json(project / f"metrics/train/{variant}/seed0.json")["mlflow_run_id"]
-        assert run_.data.params["train.epochs"] == "3" and run_.data.params["data.dataset"] == "digits"
-        epochs = read_json(project / f"metrics/train/{variant}/seed0.json")["epochs"]
-        assert epochs == (1 if variant == "centroid" else 3)  # the centroid is fitted in one pass
+        assert run_.info.run_id == recorded["runs"][variant]["0"]
+        assert run_.data.params["train.epochs"] == "2" and run_.data.params["data.dataset"] == "digits"
+        train = read_json(project / f"metrics/train/{variant}/seed0.json")
+        epochs = train["epochs"]
+        assert epochs == (1 if variant == "centroid" else 2)  # the centroid is fitted in one pass
+        # The run lasts as long as its training did (the report stage records it afterwards).
+        started = int(datetime.fromisoformat(train["started"]).timestamp() * 1000)
+        assert (run_.info.start_time, run_.info.end_time) == (started, started + int(train["train_seconds"] * 1000))
         assert [m.step for m in client.get_metric_history(run_.info.run_id, "epoch/val_accuracy")] == list(range(1, epochs + 1))
         inputs = {i.tags[0].value: i.dataset for i in run_.inputs.dataset_inputs}
         assert sorted(inputs) == ["test", "train", "validation"]
         assert {d.digest for d in inputs.values()} == {run_.data.tags["imgpipe.data_fingerprint"]}
         assert inputs["validation"].name == "digits-validation"
         assert json.loads(inputs["train"].profile) == {"images": card["train"]["images"]}
-        # The report adds to a finished run without reopening it: the run's duration stays its training's.
-        assert run_.info.end_time <= client.get_metric_history(run_.info.run_id, "test_accuracy")[0].timestamp
         assert run_.info.artifact_uri.startswith((project / "mlruns").as_uri())
         assert [a.path for a in client.list_artifacts(run_.info.run_id)] == ["classes", "confusion", "predictions", "report"]
         figures = [a.path for a in client.list_artifacts(run_.info.run_id, "report/figures")]
@@ -130,35 +134,37 @@ def test_bad_parameter_fails_in_one_line_and_keeps_earlier_results(project):
     assert model.read_bytes() == before
 
 
-def test_experiment_reruns_only_what_its_parameter_affects(project):
+def test_experiment_reruns_only_what_its_parameter_affects(project, tmp_path):
+    project = fork(project, tmp_path / "project")
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "baseline results"], project)
-    done = run(["dvc", "exp", "run", "-S", "+models.linear.epochs=4", "-n", "linear-4"], project)
-    assert "Running stage 'train@linear-0'" in done.stdout
-    assert "Running stage 'train@cnn-0'" not in done.stdout and "Running stage 'train@mlp-0'" not in done.stdout
+    done = run(["dvc", "exp", "run", "-S", "+models.cnn.epochs=3", "-n", "cnn-3"], project)
+    assert "Running stage 'train@cnn-0'" in done.stdout and "Running stage 'evaluate@cnn-0'" in done.stdout
+    assert "Running stage 'train@centroid-0'" not in done.stdout and "Running stage 'evaluate@centroid-0'" not in done.stdout
     table = run(["dvc", "exp", "show", "--json"], project).stdout
-    assert "linear-4" in table
+    assert "cnn-3" in table
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
-    tagged = mlflow.search_runs(experiment_names=["digits"], filter_string="tags.`imgpipe.dvc_experiment` = 'linear-4'")
-    assert tagged["tags.imgpipe.variant"].tolist() == ["linear"]
-    # The baseline's runs keep their own report; only the experiment's new run gets the new one.
-    assert "Running stage 'report'" in done.stdout and "linear seed 0: evaluation and report added" in done.stdout
-    assert "cnn seed 0: evaluation and report added" not in done.stdout
+    tagged = mlflow.search_runs(experiment_names=["digits"], filter_string="tags.`imgpipe.dvc_experiment` = 'cnn-3'")
+    assert tagged["tags.imgpipe.variant"].tolist() == ["cnn"]
+    # The report records only the new training; the baseline's runs keep their own report.
+    assert "Running stage 'report'" in done.stdout and "cnn seed 0: training recorded as MLflow run" in done.stdout
+    assert "centroid seed 0: training recorded" not in done.stdout
+    assert "cnn seed 0: evaluation and report added" in done.stdout and "centroid seed 0: evaluation and report added" not in done.stdout
 
-    diff = json.loads(run(["dvc", "metrics", "diff", "HEAD", "linear-4", "--all", "--json"], project).stdout)
+    diff = json.loads(run(["dvc", "metrics", "diff", "HEAD", "cnn-3", "--all", "--json"], project).stdout)
     assert {f"metrics/test/{v}/seed0.json" for v in VARIANTS} <= set(diff)
-    assert diff["metrics/test/linear/seed0.json"]["accuracy"]["new"] == read_json(project / "metrics/test/linear/seed0.json")["accuracy"]
-    assert diff["metrics/test/cnn/seed0.json"]["accuracy"]["diff"] == 0
+    assert diff["metrics/test/cnn/seed0.json"]["accuracy"]["new"] == read_json(project / "metrics/test/cnn/seed0.json")["accuracy"]
+    assert diff["metrics/test/centroid/seed0.json"]["accuracy"]["diff"] == 0
 
 
 def test_evaluate_measures_on_the_device_its_settings_name(project):
     with edited_params(project, evaluate__device="tpu"):
-        done = run([sys.executable, "stages/evaluate.py", "linear", "0"], project, check=False)
+        done = run([sys.executable, "stages/evaluate.py", "cnn", "0"], project, check=False)
     assert done.returncode == 1
     assert done.stderr.strip() == "error: params.yaml: evaluate.device: unknown device 'tpu'; choose one of: auto, cuda, mps, cpu"
     if not torch.cuda.is_available():  # evaluate.device null follows train.device
         with edited_params(project, train__device="cuda"):
-            done = run([sys.executable, "stages/evaluate.py", "linear", "0"], project, check=False)
+            done = run([sys.executable, "stages/evaluate.py", "cnn", "0"], project, check=False)
         assert done.returncode == 1 and done.stderr.startswith("error: params.yaml: train.device: cuda was asked for")
 
 
@@ -174,19 +180,18 @@ def test_bad_input_file_fails_in_one_line_and_keeps_earlier_data(project, tmp_pa
     assert raw.read_bytes() == before and sorted(p.name for p in (project / "data").iterdir()) == ["prepared", "raw"]
 
 
-def test_tracking_failure_fails_the_stage_in_one_line_unless_optional(project):
+def test_tracking_failure_fails_the_stage_in_one_line_unless_optional(project, tmp_path):
+    """Only the report stage talks to MLflow: training and evaluation never wait for it or fail by it."""
+    project = fork(project, tmp_path / "project")
     down = {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}  # the discard port: nothing listens there
-    done = run([sys.executable, "stages/train.py", "centroid", "0"], project, check=False, **down)
+    (project / "reports/report.md").unlink()
+    done = run([sys.executable, "stages/report.py"], project, check=False, **down)
     assert done.returncode == 1
     assert done.stderr.strip().startswith("error: MLflow tracking at http://127.0.0.1:9 failed (")
     assert len(done.stderr.strip().splitlines()) == 1
-    assert read_json(project / "metrics/train/centroid/seed0.json")["mlflow_run_id"] is None  # outputs saved all the same
+    assert (project / "reports/report.md").exists()  # the report's own files are written before tracking is tried
     with edited_params(project, tracking__optional=True):
-        done = run([sys.executable, "stages/train.py", "centroid", "0"], project, check=False, **down)
-        assert done.returncode == 0 and "warning: MLflow tracking at http://127.0.0.1:9 failed" in done.stderr
         done = run([sys.executable, "stages/report.py"], project, check=False, **down)
-        assert done.returncode == 0 and "centroid seed 0: training was not tracked" in done.stdout
-    (project / "reports/report.md").unlink()
-    done = run([sys.executable, "stages/report.py"], project, check=False, **down)
-    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1
-    assert (project / "reports/report.md").exists()  # written before tracking was tried
+    assert done.returncode == 0 and "warning: MLflow tracking at http://127.0.0.1:9 failed" in done.stderr
+    assert "not tracked (tracking.optional: true): centroid seed 0, cnn seed 0" in done.stdout
+    assert read_json(project / "reports/mlflow_runs.json")["runs"] == {"centroid": {"0": None}, "cnn": {"0": None}}

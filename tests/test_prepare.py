@@ -20,6 +20,16 @@ def test_digits_source_spreads_its_17_levels_over_uint8():
     assert train.class_names == tuple("0123456789")
 
 
+def test_digits_source_reads_what_scikit_learn_loads():
+    """The source reads scikit-learn's file itself (no import at fetch): the same images and labels, in order."""
+    from sklearn.datasets import load_digits
+
+    reference, train = load_digits(), digits()["train"]
+    np.testing.assert_array_equal(train.images, np.rint(reference.images * (255 / 16)).astype(np.uint8)[:, None])
+    np.testing.assert_array_equal(train.labels, reference.target)
+    assert train.class_labels == tuple(int(label) for label in reference.target_names)
+
+
 def test_splits_are_disjoint_stratified_and_complete(digits_prepared):
     splits = [digits_prepared.train, digits_prepared.val, digits_prepared.test]
     assert sum(len(s) for s in splits) == 1797

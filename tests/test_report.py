@@ -13,7 +13,7 @@ CARD = {
                for split, n in (("train", 80), ("val", 10), ("test", 10))},
 }
 RUN = {"params_hash": "1a2b3c4d", "commit": "0123456789abcdef", "dirty": True, "experiment": "wider-cnn",
-       "versions": {"python": "3.11.7", "torch": "2.14.1"}}
+       "versions": {"python": "3.11.7", "torch": "2.14.1"}, "mlflow_experiment": "pets"}
 
 
 def wrong_on(images: int, *wrong: int) -> np.ndarray:
@@ -28,7 +28,7 @@ def result(model: str, accuracy: float, parameters: int, confusion: list[list[in
     names = ["cat", "dog"]
     return VariantResult(
         train={"model": model, "val_accuracy": accuracy if val_accuracy is None else val_accuracy, "val_loss": val_loss,
-               "parameters": parameters, "train_seconds": 1.5, "epochs": 3, "device": "cpu", "mlflow_run_id": f"run-{model}"},
+               "parameters": parameters, "train_seconds": 1.5, "epochs": 3, "device": "cpu", "started": "2026-11-23T10:00:00.000+00:00"},
         test={"accuracy": accuracy, "accuracy_low": accuracy - 0.25, "accuracy_high": accuracy + 0.05,
               "macro_f1": accuracy - 0.01, "macro_f1_low": accuracy - 0.3, "macro_f1_high": accuracy + 0.04,
               "images_per_second": 1000.0, "model_bytes": 2048, "device": "cpu"},
@@ -71,7 +71,7 @@ def test_report_holds_every_section_and_links_every_figure():
     assert "| **cat** | 4 | 1 |" in text  # linear's count table
     assert "| cat | 5 | 0.850 | 0.850 |" in text  # F1 per class, a column per variant
     assert "`1a2b3c4d`" in text and "`0123456789ab` with uncommitted changes" in text and "wider-cnn" in text
-    assert "python 3.11.7, torch 2.14.1" in text and "cnn `run-cnn`" in text
+    assert "python 3.11.7, torch 2.14.1" in text and "experiment `pets`" in text and "`reports/mlflow_runs.json`" in text
     assert "mean 0.3000, std 0.4000" in text
 
 

@@ -19,12 +19,12 @@ def test_the_projects_own_runs_agree_with_its_metrics_files():
     train = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]
     variants, seeds = train["variants"], train["seeds"]
     client = mlflow.MlflowClient(f"sqlite:///{store}")
+    runs = ROOT / "reports/mlflow_runs.json"
     for variant in variants:
         for seed in seeds:
-            metrics = f"metrics/train/{variant}/seed{seed}.json"
-            run_id = json.loads((ROOT / metrics).read_text())["mlflow_run_id"]
+            run_id = json.loads(runs.read_text())["runs"][variant][str(seed)]
             try:
                 client.get_run(run_id)
-            except MlflowException:  # the committed metrics name a run of the machine that committed them
-                pytest.skip(f"{metrics} names run {run_id}, which this store does not hold: run `make run` first")
+            except MlflowException:  # the committed file names a run of the machine that committed it
+                pytest.skip(f"{runs.name} names run {run_id}, which this store does not hold: run `make run` first")
     assert disagreements(ROOT, variants, client, seeds) == []

@@ -15,27 +15,51 @@ def store(tmp_path, monkeypatch):
     return tracking.mlflow.MlflowClient(uri)
 
 
-def test_a_run_shows_the_kept_epoch_not_the_last_one(store):
-    history = [  # epoch 1 is the most accurate on validation: its weights are the ones kept
-        {"epoch": 1, "train_loss": 0.9, "train_accuracy": 0.7, "val_loss": 0.5, "val_accuracy": 0.9, "seconds": 1.0},
-        {"epoch": 2, "train_loss": 0.4, "train_accuracy": 0.9, "val_loss": 0.6, "val_accuracy": 0.8, "seconds": 2.0},
-    ]
-    summary = {key: history[0][key] for key in ("val_accuracy", "val_loss", "train_accuracy", "train_loss")}
-    summary |= {"parameters": 650, "train_seconds": 2.0, "images_per_second": 100.0, "epochs": 2, "best_epoch": 1}
+def _log(store, training="0123456789abcdef"):
+    """A linear model's training whose first epoch is the most accurate on validation: its weights are kept."""
+    curves = {"train_loss": [0.9, 0.4], "train_accuracy": [0.7, 0.9], "val_loss": [0.5, 0.6], "val_accuracy": [0.9, 0.8]}
+    metrics = {"val_accuracy": 0.9, "val_loss": 0.5, "train_accuracy": 0.7, "train_loss": 0.9, "parameters": 650,
+               "train_seconds": 2.5, "images_per_second": 100.0, "epochs": 2, "best_epoch": 1,
+               "model": "linear", "device": "cpu", "started": "2026-11-23T10:00:00.000+00:00"}
     model = Classifier(build_model("linear", (1, 8, 8), 10), (0.5,), (0.25,))
     datasets = tracking.dataset_inputs("digits", "00ff00ff00ff00ff", tracking.paths.PREPARED, {"train": 8, "validation": 2})
-    run_id = tracking.log_training("digits", "linear", params={"train": {"epochs": 2}}, history=history, metrics=summary,
-                                   model=model, example=np.zeros((2, 1, 8, 8), dtype=np.uint8), tags={}, datasets=datasets)
+    run_id = tracking.log_training("digits", "linear", training=training, params={"train": {"epochs": 2}}, curves=curves,
+                                   metrics=metrics, model=model, example=np.zeros((2, 1, 8, 8), dtype=np.uint8),
+                                   tags={"imgpipe.variant": "linear"}, datasets=datasets)
+    return run_id, metrics, model
+
+
+def test_a_run_shows_the_kept_epoch_not_the_last_one(store):
+    run_id, metrics, model = _log(store)
     run = store.get_run(run_id)
-    assert {key: run.data.metrics[key] for key in summary} == summary  # not epoch 2's 0.8
-    assert [m.value for m in store.get_metric_history(run_id, "epoch/val_accuracy")] == [0.9, 0.8]
+    assert {key: run.data.metrics[key] for key in tracking.numeric(metrics)} == tracking.numeric(metrics)  # not epoch 2's 0.8
+    assert "started" not in run.data.metrics and run.data.params == {"train.epochs": "2"}
+    assert [(m.step, m.value) for m in store.get_metric_history(run_id, "epoch/val_accuracy")] == [(1, 0.9), (2, 0.8)]
     assert sorted(i.tags[0].value for i in run.inputs.dataset_inputs) == ["train", "validation"]
+    # The run lasts as long as its training did, from when it started.
+    started = 1_795_428_000_000  # 2026-11-23T10:00:00Z in milliseconds
+    assert (run.info.start_time, run.info.end_time, run.info.status) == (started, started + 2500, "FINISHED")
+    assert run.info.run_name == "linear" and run.data.tags["imgpipe.variant"] == "linear"
     experiment = store.get_experiment_by_name("digits")
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     logged = tracking.mlflow.pytorch.load_model(f"runs:/{run_id}/model")
     images = torch.randint(0, 256, (2, 1, 8, 8), dtype=torch.uint8)
     with torch.no_grad():
         assert torch.equal(logged(images), model(images))
+
+
+def test_a_training_is_found_by_its_digest(store, tmp_path):
+    assert tracking.find_runs("digits", ["0123456789abcdef"]) == {}  # no experiment yet
+    run_id, _, _ = _log(store)
+    other, _, _ = _log(store, training="fedcba9876543210")
+    assert tracking.find_runs("digits", ["0123456789abcdef", "fedcba9876543210", "0000000000000000"]) == {
+        "0123456789abcdef": run_id, "fedcba9876543210": other}
+    checkpoint, metrics = tmp_path / "seed0.pt", tmp_path / "seed0.json"
+    checkpoint.write_bytes(b"weights")
+    metrics.write_text('{"train_seconds": 1.0}')
+    digest = tracking.training_digest(checkpoint, metrics)
+    metrics.write_text('{"train_seconds": 1.1}')  # trained again: new timings, a new run
+    assert tracking.training_digest(checkpoint, metrics) != digest
 
 
 def test_an_experiment_made_before_gets_its_kind(store):

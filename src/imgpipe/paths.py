@@ -26,6 +26,7 @@ DATA_CARD = METRICS / "data_card.json"
 VARIANTS = METRICS / "variants.json"  # each variant over all its seeds (mean, std), written by the report
 REPORTS = ROOT / "reports"
 FIGURES = REPORTS / "figures"
+MLFLOW_RUNS = REPORTS / "mlflow_runs.json"  # the MLflow run of each variant and seed, written by the report
 
 # Queued experiments (`dvc queue start`) run in copies of the project under .dvc/tmp/exps/; DVC_ROOT,
 # which DVC sets for every stage it runs, names the project they belong to, so their MLflow runs

@@ -272,10 +272,9 @@ def data_card_section(card: dict) -> str:
 
 
 def run_card(card: dict, results: dict[str, VariantResult]) -> str:
-    """Where these results came from; card holds params_hash, commit, dirty, experiment, versions."""
+    """Where these results came from; card holds params_hash, commit, dirty, experiment, versions, mlflow_experiment."""
     devices = ", ".join(sorted({r.train["device"] for r in results.values()}))
     commit = card["commit"][:12] or "not a git repository"
-    runs = ", ".join(f"{variant} `{r.train['mlflow_run_id']}`" for variant, r in results.items() if r.train["mlflow_run_id"])
     lines = [
         "| | |",
         "|---|---|",
@@ -284,7 +283,7 @@ def run_card(card: dict, results: dict[str, VariantResult]) -> str:
         f"| DVC experiment | {card['experiment'] or 'none (dvc repro)'} |",
         f"| training device | {devices} |",
         "| versions | " + ", ".join(f"{name} {version}" for name, version in card["versions"].items()) + " |",
-        f"| MLflow runs | {runs or 'not tracked'} |",
+        f"| MLflow | experiment `{card['mlflow_experiment']}`, one run per variant and seed (ids: `{paths.MLFLOW_RUNS.relative_to(paths.ROOT).as_posix()}`) |",
     ]
     return "\n".join(lines)
 

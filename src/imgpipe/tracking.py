@@ -1,4 +1,9 @@
-"""MLflow tracking: one run per variant holding its params, per-epoch curves, test metrics and model.
+"""MLflow tracking: one run per trained variant and seed, holding its params, per-epoch curves, test
+metrics, model and report.
+
+The report stage records every run, in one process: MLflow's import, the store's opening and its model
+logging are paid once per pipeline, not once per variant. A run is made once per training (its
+checkpoint and metrics file): a report that runs again finds the run it made before.
 
 Runs go to the embedded store at the project root (sqlite:///mlflow.db, artifacts in mlruns/),
 which `mlflow ui` opens from there, unless MLFLOW_TRACKING_URI names another store or a server.
@@ -6,28 +11,25 @@ Every run is tagged with the DVC experiment that made it, the git commit, the da
 and the device; the runs of one pipeline execution share the tag `imgpipe.execution`.
 """
 
+import hashlib
 import json
 import os
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 import mlflow
 import numpy as np
 from filelock import FileLock
-from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.models import infer_signature
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from imgpipe import paths, provenance
 from imgpipe.errors import ImgpipeError
-
-# A tracking server that is down should fail a stage in seconds, not after MLflow's default of
-# minutes of retries; the environment can still ask for more.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 EMBEDDED_STORE = f"sqlite:///{paths.MLFLOW_DB}"
 
@@ -49,6 +51,10 @@ def _store_lock() -> Iterator[None]:
 
 
 def _client():
+    # A tracking server that is down should fail a stage in seconds, not after MLflow's default of
+    # minutes of retries; the environment can still ask for more.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     mlflow.set_tracking_uri(tracking_uri())
     return mlflow.MlflowClient()
 
@@ -141,32 +147,79 @@ def flatten(params: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
-@_store_lock()
-def log_training(experiment: str, run_name: str, *, params: dict, history: list[dict], metrics: dict,
-                 model, example: np.ndarray, tags: dict[str, str], datasets: list[DatasetInput]) -> str:
-    """Record a finished training as a new run; returns its id for the report to add test metrics to.
+TRAINING = "imgpipe.training"  # tag: the digest of the training a run records (see training_digest)
 
-    `metrics` are the run's figures as metrics/train/<variant>.json has them (those of the kept
-    weights); each epoch's figures go under `epoch/` (epoch/val_accuracy, ...), one step per epoch.
-    The two cannot share names: MLflow shows a metric's last step as its value, and the last epoch
-    is not always the one whose weights are kept.
+
+def training_digest(*files: Path) -> str:
+    """What identifies one training: its checkpoint and metrics file. Training again makes a new
+    metrics file (its timings), so a new digest and a new run; a report run again makes neither."""
+    digest = hashlib.blake2b(digest_size=8)
+    for path in files:
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()
+
+
+@_store_lock()
+def find_runs(experiment: str, trainings: list[str]) -> dict[str, str]:
+    """The runs already made for these trainings (digests): digest -> run id."""
+    client = _client()
+    found = client.get_experiment_by_name(experiment)
+    if found is None or not trainings:
+        return {}
+    runs = [run for digest in trainings  # one query each: MLflow's search takes no IN (...) for tags
+            for run in client.search_runs([found.experiment_id], filter_string=f"tags.`{TRAINING}` = '{digest}'", max_results=1)]
+    return {run.data.tags[TRAINING]: run.info.run_id for run in runs}
+
+
+def _milliseconds(iso: str) -> int:
+    return int(datetime.fromisoformat(iso).timestamp() * 1000)
+
+
+def _skip_module_scan(packages: list[str]) -> None:
+    """MLflow checks the requirements a model names against the installed versions, and first maps the
+    files of every installed distribution to its modules: about 2 s with torch's CUDA wheels, for the
+    three packages named here. Give it that map for them (once per process, before its own, if its
+    internals are still where MLflow 3 keeps them); the versions are still checked."""
+    from mlflow.utils import requirements_utils
+
+    if getattr(requirements_utils, "_MODULES_TO_PACKAGES", False) is None:
+        requirements_utils._MODULES_TO_PACKAGES = {package: [package] for package in packages}
+
+
+@_store_lock()
+def log_training(experiment: str, run_name: str, *, training: str, params: dict, curves: dict[str, list[float]],
+                 metrics: dict, model, example: np.ndarray, tags: dict[str, str], datasets: list[DatasetInput]) -> str:
+    """Record a finished training as a new run tagged with its digest (`training`); returns its id.
+
+    `metrics` are the run's figures as metrics/train/<variant>/seed<seed>.json has them (those of the
+    kept weights), including `started` (ISO time) and `train_seconds`, which become the run's start and
+    end. `curves`: name -> one value per epoch, as the DVC plots hold them (train_loss, val_accuracy, ...);
+    they go under `epoch/`, one step per epoch. The two cannot share names: MLflow shows a metric's
+    last step as its value, and the last epoch is not always the one whose weights are kept.
     """
-    import torch  # here: stages that only add to a run (report) skip its import
+    import torch  # here: a report whose runs exist already skips its import
 
     client = _client()
-    with mlflow.start_run(experiment_id=_experiment_id(client, experiment), run_name=run_name, tags=tags) as run:
-        mlflow.log_params(flatten(params))
-        client.log_inputs(run.info.run_id, datasets=datasets)
-        now = int(time.time() * 1000)
-        curves = [Metric(f"{CURVE}{key}", float(value), now, row["epoch"])
-                  for row in history for key, value in row.items() if key != "epoch"]
-        for start in range(0, len(curves), 1000):  # MLflow takes at most 1000 metrics per batch
-            client.log_batch(run.info.run_id, metrics=curves[start:start + 1000])
-        mlflow.log_metrics(numeric(metrics))
-        mlflow.flush_async_logging()  # with MLFLOW_ENABLE_ASYNC_LOGGING, stored before the stage ends (os._exit)
-        model = model.cpu().eval()
-        with torch.no_grad():
-            output = model(torch.from_numpy(example)).numpy()
+    started = _milliseconds(metrics["started"])
+    ended = started + int(metrics["train_seconds"] * 1000)
+    run = client.create_run(_experiment_id(client, experiment), start_time=started, run_name=run_name,
+                            tags=tags | {TRAINING: training})
+    run_id = run.info.run_id
+    logged = [Param(key, str(value)) for key, value in flatten(params).items()]
+    for start in range(0, len(logged), 100):  # MLflow takes at most 100 params per batch
+        client.log_batch(run_id, params=logged[start:start + 100])
+    client.log_inputs(run_id, datasets=datasets)
+    points = [Metric(f"{CURVE}{name}", float(value), ended, epoch)
+              for name, values in curves.items() for epoch, value in enumerate(values, start=1)]
+    points += [Metric(key, float(value), ended, 0) for key, value in numeric(metrics).items()]
+    for start in range(0, len(points), 1000):  # MLflow takes at most 1000 metrics per batch
+        client.log_batch(run_id, metrics=points[start:start + 1000])
+    model = model.cpu().eval()
+    with torch.no_grad():
+        output = model(torch.from_numpy(example)).numpy()
+    requirements = {"torch": torch.__version__.split("+")[0], "numpy": np.__version__}
+    _skip_module_scan(list(requirements) + ["mlflow"])
+    with mlflow.start_run(run_id=run_id):
         mlflow.pytorch.log_model(
             model,
             name="model",
@@ -174,9 +227,11 @@ def log_training(experiment: str, run_name: str, *, params: dict, history: list[
             input_example=example,
             # MLflow's default format, torch.export's pt2, holds the traced graph: loading it needs
             # neither imgpipe nor unpickling. Naming the requirements saves seconds of inferring them.
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"],
+            pip_requirements=[f"{package}=={version}" for package, version in requirements.items()],
         )
-        return run.info.run_id
+    client.set_terminated(run_id, "FINISHED", end_time=ended)  # the run lasts as long as its training did
+    mlflow.flush_async_logging()  # with MLFLOW_ENABLE_ASYNC_LOGGING, stored before the stage ends (os._exit)
+    return run_id
 
 
 @_store_lock()
