@@ -12,8 +12,8 @@ spread [min-max] of:
   mlflow import  the part of start-up spent importing imgpipe.tracking (MLflow, and what it loads
             that the stage had not loaded yet)
   work      main() less tracking: the stage's own work
-  tracking  MLflow in main(): tracking.log_training (with run_tags and dataset_inputs, which exist
-            for it) in train, tracking.publish_evaluation and tracking.runs_page in report
+  tracking  MLflow in main() (only the report stage talks to it): tracking.find_runs, log_training,
+            publish_evaluation and runs_page
   exit      after main() returns: atexit handlers, interpreter shutdown, the process's end
 
 then `dvc repro -f`'s wall time, DVC's own overhead (that wall time less the stages' processes:

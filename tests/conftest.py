@@ -1,8 +1,11 @@
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -46,18 +49,27 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+_SERVER = {}  # the tracking server's process, address and folder, once started
+
+
+def pytest_collection_modifyitems(config, items):
+    """Start the tracking server as soon as a collected test needs it: it takes seconds to come up,
+    which then pass while other tests run."""
+    if any("tracking_server" in item.fixturenames for item in items):
+        folder = Path(tempfile.mkdtemp(prefix="mlflow-server-"))
+        port = _free_port()
+        _SERVER.update(folder=folder, url=f"http://127.0.0.1:{port}", process=subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", str(folder / "artifacts")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        ))
+
+
 @pytest.fixture(scope="session")
-def tracking_server(tmp_path_factory):
-    """A real `mlflow server` on 127.0.0.1 with its own SQLite store and proxied artifact store, started
-    once per test run (it takes seconds to start)."""
-    store = tmp_path_factory.mktemp("server")
-    port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}", "--artifacts-destination", str(store / "artifacts")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
+def tracking_server():
+    """A real `mlflow server` on 127.0.0.1 with its own SQLite store and proxied artifact store, one for
+    the whole test run."""
+    process, url = _SERVER["process"], _SERVER["url"]
     try:
         for _ in range(120):  # up to a minute for it to start answering
             try:
@@ -73,3 +85,4 @@ def tracking_server(tmp_path_factory):
     finally:
         process.terminate()
         process.wait(timeout=30)
+        shutil.rmtree(_SERVER["folder"], ignore_errors=True)

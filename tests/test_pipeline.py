@@ -183,7 +183,8 @@ def test_bad_input_file_fails_in_one_line_and_keeps_earlier_data(project, tmp_pa
 def test_tracking_failure_fails_the_stage_in_one_line_unless_optional(project, tmp_path):
     """Only the report stage talks to MLflow: training and evaluation never wait for it or fail by it."""
     project = fork(project, tmp_path / "project")
-    down = {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}  # the discard port: nothing listens there
+    # The discard port: nothing listens there. No retries: the stage's own default (2) only makes the test slower.
+    down = {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
     (project / "reports/report.md").unlink()
     done = run([sys.executable, "stages/report.py"], project, check=False, **down)
     assert done.returncode == 1

@@ -1,7 +1,5 @@
-"""predict on image files: the same answers as evaluate on the same images; bad files named and skipped."""
-
-import subprocess
-import sys
+"""predict on image files: the same answers as evaluate on the same images; bad files named and skipped.
+Its command line runs in-process here (main(argv)); tests/test_pipeline.py runs `python -m imgpipe.predict`."""
 
 import numpy as np
 import pandas as pd
@@ -13,11 +11,11 @@ from PIL import Image
 from imgpipe.checkpoint import save_checkpoint
 from imgpipe.config import TrainConfig
 from imgpipe.evaluate import evaluate
-from imgpipe.predict import read_images
+from imgpipe.predict import main, read_images
 from imgpipe.train import train
 
 
-def test_predict_on_exported_test_images_matches_evaluate(digits_prepared, tmp_path):
+def test_predict_on_exported_test_images_matches_evaluate(digits_prepared, tmp_path, capsys):
     config = TrainConfig(epochs=2, device="cpu")
     model = train("linear", {}, digits_prepared, config).model
     checkpoint = tmp_path / "linear.pt"
@@ -30,10 +28,10 @@ def test_predict_on_exported_test_images_matches_evaluate(digits_prepared, tmp_p
     (tmp_path / "images" / "notes.txt").write_text("not an image, not listed")
 
     output = tmp_path / "predictions.csv"
-    done = subprocess.run([sys.executable, "-m", "imgpipe.predict", "--model", str(checkpoint), str(tmp_path / "images"),
-                           "--output", str(output), "--top-k", "3"], capture_output=True, text=True)
-    assert done.returncode == 1  # one file could not be read
-    assert "broken.png: not a readable image" in done.stderr and "notes.txt" not in done.stderr
+    status = main(["--model", str(checkpoint), str(tmp_path / "images"), "--output", str(output), "--top-k", "3"])
+    stderr = capsys.readouterr().err
+    assert status == 1  # one file could not be read
+    assert "broken.png: not a readable image" in stderr and "notes.txt" not in stderr
     table = pd.read_csv(output, dtype=str)
     assert list(table.columns) == ["path", "predicted", "confidence", "top2", "top2_confidence", "top3", "top3_confidence"]
     assert len(table) == len(digits_prepared.test)
@@ -52,15 +50,13 @@ def test_images_are_converted_resized_and_laid_on_the_background(tmp_path):
     assert len(errors) == 1 and "missing.png" in errors[0]
 
 
-def test_a_missing_model_fails_in_one_line(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "imgpipe.predict", "--model", str(tmp_path / "none.pt"), str(tmp_path)],
-                          capture_output=True, text=True)
-    assert done.returncode == 1
-    assert done.stderr.strip() == f"error: {tmp_path / 'none.pt'}: not found; train the model first (dvc repro)"
+def test_a_missing_model_fails_in_one_line(tmp_path, capsys):
+    assert main(["--model", str(tmp_path / "none.pt"), str(tmp_path)]) == 1
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'none.pt'}: not found; train the model first (dvc repro)"
 
 
 @pytest.mark.parametrize("top_k", ["0", "x"])
-def test_a_bad_top_k_is_a_usage_error(tmp_path, top_k):
-    done = subprocess.run([sys.executable, "-m", "imgpipe.predict", "--model", "m.pt", "--top-k", top_k, str(tmp_path)],
-                          capture_output=True, text=True)
-    assert done.returncode == 2 and "--top-k" in done.stderr
+def test_a_bad_top_k_is_a_usage_error(tmp_path, top_k, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["--model", "m.pt", "--top-k", top_k, str(tmp_path)])
+    assert exit.value.code == 2 and "--top-k" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""What a training run records in MLflow, against a real store in a temporary folder."""
+"""What a training run records in MLflow, against a real store in a temporary folder: one store for the
+module (creating one takes a second or two), an experiment of its own for each test."""
 
 import numpy as np
 import pytest
@@ -8,14 +9,23 @@ from imgpipe import tracking
 from imgpipe.models import Classifier, build_model
 
 
+@pytest.fixture(scope="module")
+def uri(tmp_path_factory):
+    return f"sqlite:///{tmp_path_factory.mktemp('tracking') / 'mlflow.db'}"
+
+
 @pytest.fixture
-def store(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def store(uri, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return tracking.mlflow.MlflowClient(uri)
 
 
-def _log(store, training="0123456789abcdef"):
+@pytest.fixture
+def experiment(request):
+    return request.node.name  # a name of its own in the shared store
+
+
+def _log(experiment, training="0123456789abcdef"):
     """A linear model's training whose first epoch is the most accurate on validation: its weights are kept."""
     curves = {"train_loss": [0.9, 0.4], "train_accuracy": [0.7, 0.9], "val_loss": [0.5, 0.6], "val_accuracy": [0.9, 0.8]}
     metrics = {"val_accuracy": 0.9, "val_loss": 0.5, "train_accuracy": 0.7, "train_loss": 0.9, "parameters": 650,
@@ -23,14 +33,14 @@ def _log(store, training="0123456789abcdef"):
                "model": "linear", "device": "cpu", "started": "2026-11-23T10:00:00.000+00:00"}
     model = Classifier(build_model("linear", (1, 8, 8), 10), (0.5,), (0.25,))
     datasets = tracking.dataset_inputs("digits", "00ff00ff00ff00ff", tracking.paths.PREPARED, {"train": 8, "validation": 2})
-    run_id = tracking.log_training("digits", "linear", training=training, params={"train": {"epochs": 2}}, curves=curves,
+    run_id = tracking.log_training(experiment, "linear", training=training, params={"train": {"epochs": 2}}, curves=curves,
                                    metrics=metrics, model=model, example=np.zeros((2, 1, 8, 8), dtype=np.uint8),
                                    tags={"imgpipe.variant": "linear"}, datasets=datasets)
     return run_id, metrics, model
 
 
-def test_a_run_shows_the_kept_epoch_not_the_last_one(store):
-    run_id, metrics, model = _log(store)
+def test_a_run_shows_the_kept_epoch_not_the_last_one(store, experiment):
+    run_id, metrics, model = _log(experiment)
     run = store.get_run(run_id)
     assert {key: run.data.metrics[key] for key in tracking.numeric(metrics)} == tracking.numeric(metrics)  # not epoch 2's 0.8
     assert "started" not in run.data.metrics and run.data.params == {"train.epochs": "2"}
@@ -40,19 +50,18 @@ def test_a_run_shows_the_kept_epoch_not_the_last_one(store):
     started = 1_795_428_000_000  # 2026-11-23T10:00:00Z in milliseconds
     assert (run.info.start_time, run.info.end_time, run.info.status) == (started, started + 2500, "FINISHED")
     assert run.info.run_name == "linear" and run.data.tags["imgpipe.variant"] == "linear"
-    experiment = store.get_experiment_by_name("digits")
-    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert store.get_experiment_by_name(experiment).tags["mlflow.experimentKind"] == "custom_model_development"
     logged = tracking.mlflow.pytorch.load_model(f"runs:/{run_id}/model")
     images = torch.randint(0, 256, (2, 1, 8, 8), dtype=torch.uint8)
     with torch.no_grad():
         assert torch.equal(logged(images), model(images))
 
 
-def test_a_training_is_found_by_its_digest(store, tmp_path):
-    assert tracking.find_runs("digits", ["0123456789abcdef"]) == {}  # no experiment yet
-    run_id, _, _ = _log(store)
-    other, _, _ = _log(store, training="fedcba9876543210")
-    assert tracking.find_runs("digits", ["0123456789abcdef", "fedcba9876543210", "0000000000000000"]) == {
+def test_a_training_is_found_by_its_digest(store, experiment, tmp_path):
+    assert tracking.find_runs(experiment, ["0123456789abcdef"]) == {}  # no experiment yet
+    run_id, _, _ = _log(experiment)
+    other, _, _ = _log(experiment, training="fedcba9876543210")
+    assert tracking.find_runs(experiment, ["0123456789abcdef", "fedcba9876543210", "0000000000000000"]) == {
         "0123456789abcdef": run_id, "fedcba9876543210": other}
     checkpoint, metrics = tmp_path / "seed0.pt", tmp_path / "seed0.json"
     checkpoint.write_bytes(b"weights")
@@ -69,6 +78,6 @@ def test_an_experiment_made_before_gets_its_kind(store):
     assert store.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
 
 
-def test_the_runs_page_asks_the_ui_for_its_model_training_view(store):
-    experiment_id = store.create_experiment("digits")
-    assert tracking.runs_page("digits").endswith(f"/#/experiments/{experiment_id}?workflowType=machine_learning")
+def test_the_runs_page_asks_the_ui_for_its_model_training_view(store, experiment):
+    experiment_id = store.create_experiment(experiment)
+    assert tracking.runs_page(experiment).endswith(f"/#/experiments/{experiment_id}?workflowType=machine_learning")
