@@ -7,6 +7,7 @@ from the last finished epoch and ends exactly where an uninterrupted run would (
 """
 
 import copy
+import csv
 import hashlib
 import os
 import sys
@@ -16,7 +17,6 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -311,11 +311,12 @@ def _report(name: str, row: dict, epochs: int, interactive: bool, images_per_sec
 
 
 def write_curves(folder: Path, history: list[dict]) -> None:
-    """loss.csv and accuracy.csv (epoch, train, val): one DVC plot each, swapped in as one folder."""
-    frame = pd.DataFrame(history)
+    """loss.csv and accuracy.csv (epoch, train, val): one DVC plot each, swapped in as one folder.
+    Written with the csv module: pandas would add a quarter second of import to every train stage."""
     with atomic_path(folder) as tmp:
         tmp.mkdir()
         for measure in ("loss", "accuracy"):
-            curve = frame[["epoch", f"train_{measure}", f"val_{measure}"]]
-            curve.columns = ["epoch", "train", "val"]
-            curve.to_csv(tmp / f"{measure}.csv", index=False)
+            with open(tmp / f"{measure}.csv", "w", newline="") as file:
+                writer = csv.writer(file, lineterminator="\n")
+                writer.writerow(["epoch", "train", "val"])
+                writer.writerows([row["epoch"], row[f"train_{measure}"], row[f"val_{measure}"]] for row in history)
