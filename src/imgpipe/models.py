@@ -1,4 +1,6 @@
-"""The model registry: every architecture a variant can name in params.yaml (`models.<variant>.model`).
+"""The model registry: every architecture a variant can name in params.yaml (`models.<variant>.model`):
+the seeds' ladder below (centroid, linear, mlp, cnn) and every classifier of torchvision's registry
+(resnet18, mobilenet_v3_small, ...: imgpipe.zoo).
 
 Each network takes normalized images (B, C, H, W) and returns class scores (B, num_classes). Its
 constructor takes the input shape and class count, then its own architecture settings, which
@@ -191,7 +193,15 @@ MODELS: dict[str, type[nn.Module]] = {"centroid": CentroidNet, "linear": LinearN
 
 def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int, **settings) -> nn.Module:
     """Build a registered network; unknown names and settings fail listing the valid ones."""
-    require(name in MODELS, "model", f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+    if name not in MODELS:
+        from imgpipe import zoo  # here: torchvision's import, for its models only
+
+        known = zoo.classifier_names()
+        if name in known:
+            return zoo.TorchvisionNet(tuple(input_shape), num_classes, name, **settings)
+        close = zoo.close_matches(name, [*MODELS, *known])
+        raise InvalidSetting("model", f"unknown model {name!r}" + (f"; did you mean {', '.join(close)}?" if close else "")
+                             + f" Choose one of: {', '.join(MODELS)}, or a torchvision classifier (resnet18, mobilenet_v3_small, ...)")
     cls = MODELS[name]
     valid = [p for p in inspect.signature(cls).parameters if p not in ("input_shape", "num_classes")]
     for key in settings:

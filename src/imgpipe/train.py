@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from imgpipe.config import TrainConfig
@@ -91,7 +92,8 @@ def make_schedule(config: TrainConfig, optimizer, steps: int):
     if config.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     if config.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=steps)
+        # Each group peaks at its own learning rate (a head's may be a multiple of train.lr).
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=steps)
     return None
 
 
@@ -182,9 +184,14 @@ def train(model_name: str, model_settings: dict, data: Prepared, config: TrainCo
     device = pick_device(config.device)
     _configure(config, device)
     net = build_model(model_name, data.image_shape, len(data.class_names), **model_settings)
-    model = Classifier(net, data.mean, data.std).to(device)
+    if hasattr(net, "load_pretrained"):  # named weights (torchvision's): here, not in build_model, which checkpoints use too
+        net.load_pretrained()
+    # Pretrained weights come with the normalization they were trained with; others use the data's own.
+    mean, std = getattr(net, "normalization", None) or (data.mean, data.std)
+    model = Classifier(net, mean, std).to(device)
     cuda = device.type == "cuda"
-    if cuda and model_name == "cnn":
+    channels_last = cuda and any(isinstance(module, nn.Conv2d) for module in net.modules())
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
@@ -206,7 +213,9 @@ def train(model_name: str, model_settings: dict, data: Prepared, config: TrainCo
         result.best_epoch = 1
         return result
 
-    optimizer = make_optimizer(config, model.parameters())
+    # Per-part learning rates (a head trained faster than its backbone), else every trainable parameter at lr.
+    parameters = net.parameter_groups(config.lr) if hasattr(net, "parameter_groups") else [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(config, parameters)
     steps_per_epoch = -(-len(y_train) // config.batch_size)
     schedule = make_schedule(config, optimizer, config.epochs * steps_per_epoch)
     generator = torch.Generator(device=device).manual_seed(config.seed)
@@ -240,7 +249,7 @@ def train(model_name: str, model_settings: dict, data: Prepared, config: TrainCo
             images, labels = x_train[index], y_train[index]
             if config.crop_padding or config.flip:
                 images = augment(images, config.crop_padding, config.flip, generator)
-            if cuda and model_name == "cnn":
+            if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             with autocast:
                 logits = model(images)
