@@ -1,3 +1,4 @@
+import os
 import shutil
 import socket
 import subprocess
@@ -27,6 +28,18 @@ def random_images(n: int, shape: tuple[int, int, int], classes: int, seed: int =
     images = rng.integers(0, 256, size=(n, *shape), dtype=np.uint8)
     labels = np.arange(n) % classes
     return images, labels.astype(np.int64)
+
+
+@pytest.fixture(scope="session")
+def mlflow_store(tmp_path_factory) -> str:
+    """One embedded MLflow store (its URI) for the tests that log to MLflow in-process: each uses an
+    experiment of its own (the `experiment` fixture)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture
+def experiment(request) -> str:
+    return request.node.name  # a name of its own in the shared store
 
 
 # The end-to-end tests share one run of the real pipeline, shrunk: two variants (the centroid, fitted in one
@@ -62,6 +75,9 @@ def pytest_collection_modifyitems(config, items):
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
              "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", str(folder / "artifacts")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            # No job runner: MLflow 3's server otherwise starts about seven huey worker processes (for GenAI
+            # jobs), each importing MLflow, some 20 CPU-seconds that runs and artifacts do not need.
+            env=os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         ))
 
 

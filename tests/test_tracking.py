@@ -1,5 +1,5 @@
-"""What a training run records in MLflow, against a real store in a temporary folder: one store for the
-module (creating one takes a second or two), an experiment of its own for each test."""
+"""What a training run records in MLflow, against a real store in a temporary folder: conftest's one store
+for the test run (creating one takes a second or two), an experiment of its own for each test."""
 
 import numpy as np
 import pytest
@@ -9,20 +9,10 @@ from imgpipe import tracking
 from imgpipe.models import Classifier, build_model
 
 
-@pytest.fixture(scope="module")
-def uri(tmp_path_factory):
-    return f"sqlite:///{tmp_path_factory.mktemp('tracking') / 'mlflow.db'}"
-
-
 @pytest.fixture
-def store(uri, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    return tracking.mlflow.MlflowClient(uri)
-
-
-@pytest.fixture
-def experiment(request):
-    return request.node.name  # a name of its own in the shared store
+def store(mlflow_store, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store)
+    return tracking.mlflow.MlflowClient(mlflow_store)
 
 
 def _log(experiment, training="0123456789abcdef"):

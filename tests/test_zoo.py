@@ -112,7 +112,7 @@ def test_a_frozen_backbone_stays_as_it_was_and_the_head_learns_faster(tmp_path):
     assert [group["lr"] for group in groups] == [0.1] and len(groups[0]["params"]) == 2
 
 
-def test_checkpoint_predict_evaluate_and_the_mlflow_model_agree(tmp_path, monkeypatch):
+def test_checkpoint_predict_evaluate_and_the_mlflow_model_agree(tmp_path, monkeypatch, mlflow_store, experiment):
     data = tiny_data(channels=1, size=16)
     settings = {"input_size": [24, 24]}
     config = TrainConfig(epochs=1, batch_size=8, device="cpu")
@@ -130,9 +130,9 @@ def test_checkpoint_predict_evaluate_and_the_mlflow_model_agree(tmp_path, monkey
     assert evaluate(loaded, data.test, torch.device("cpu")).metrics["accuracy"] == pytest.approx(
         float((expected.argmax(1).numpy() == data.test.labels).mean()))
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store)
     metrics = {"val_accuracy": 0.5, "train_seconds": 1.0, "started": "2026-11-23T10:00:00+00:00"}
-    run_id = tracking.log_training("zoo", "mobilenet", training="0" * 16, params={}, curves={}, metrics=metrics,
+    run_id = tracking.log_training(experiment, "mobilenet", training="0" * 16, params={}, curves={}, metrics=metrics,
                                    model=loaded, example=data.val.images[:2], tags={}, datasets=[])
     logged = tracking.mlflow.pytorch.load_model(f"runs:/{run_id}/model")
     with torch.no_grad():
