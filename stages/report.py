@@ -7,8 +7,9 @@ test images, read from metrics/predictions/.
 
 Then records each variant and seed in MLflow, all in this one process: a run per training (made once:
 a report run again finds it) with its params, curves, metrics, inputs and model, then its evaluation
-(test metrics, tables) and the report, where the run does not hold them yet. The run ids go to
-reports/mlflow_runs.json.
+(test metrics, tables) and the report, where the run does not hold them yet; and registers the variant
+best on validation as the `candidate` of the registered model imgpipe-<experiment>. The run ids and the
+candidate go to reports/mlflow_runs.json.
 """
 
 from imgpipe import figures, paths, provenance, tracking
@@ -17,6 +18,7 @@ from imgpipe.errors import run_stage
 from imgpipe.files import atomic_path, read_csv, read_json, write_json, write_text
 from imgpipe.imageset import load_splits
 from imgpipe.report import VariantResult, render, seed_summary
+from imgpipe.selection import best_on_validation, best_over_seeds
 
 CURVES = ("loss", "accuracy")  # metrics/curves/<variant>/seed<seed>/<measure>.csv: epoch, train, val
 
@@ -69,7 +71,7 @@ def main() -> None:
     print(f"wrote {paths.report().relative_to(paths.ROOT)} and {len(drawn)} figures in {paths.FIGURES.relative_to(paths.ROOT)}")
 
     tracked = {(name, seed): result for name, by_seed in runs.items() for seed, result in by_seed.items()}
-    run_ids = dict.fromkeys(tracked)
+    run_ids, candidate = dict.fromkeys(tracked), None
     with tracking.reported(optional):
         run_ids = record_trainings(params, experiment, tracked)
         for (name, seed), result in tracked.items():
@@ -79,14 +81,29 @@ def main() -> None:
             tags = {"imgpipe.test_device": result.test.get("device", "unknown")}
             if tracking.publish_evaluation(run_ids[name, seed], metrics, artifacts, tags):
                 print(f"{name} seed {seed}: evaluation and report added to MLflow run {run_ids[name, seed]}")
+        candidate = register_best(experiment, runs, run_ids)
         local = tracking.tracking_uri() == tracking.EMBEDDED_STORE
         print(f"MLflow runs table: {tracking.runs_page(experiment)}" + (" (run `mlflow ui` here first)" if local else ""))
     if None in run_ids.values():
         print("not tracked (tracking.optional: true): " + ", ".join(f"{name} seed {seed}" for name, seed in tracked))
     # The embedded store by its project-relative address: the same on every machine.
     store = "sqlite:///mlflow.db" if tracking.tracking_uri() == tracking.EMBEDDED_STORE else tracking.tracking_uri()
-    write_json(paths.MLFLOW_RUNS, {"experiment": experiment, "tracking_uri": store,
+    write_json(paths.MLFLOW_RUNS, {"experiment": experiment, "tracking_uri": store, "candidate": candidate,
                                    "runs": {name: {str(seed): run_ids[name, seed] for seed in seeds} for name in variants}})
+
+
+def register_best(experiment: str, runs: dict[str, dict[int, VariantResult]], run_ids: dict[tuple[str, int], str]) -> dict:
+    """Register the variant best on validation (over its seeds), its most accurate seed on validation,
+    as the registered model's `candidate`; test figures ride along as tags, never to choose."""
+    variant = best_over_seeds({name: {seed: r.train for seed, r in by_seed.items()} for name, by_seed in runs.items()})
+    seed = best_on_validation({seed: r.train for seed, r in runs[variant].items()})
+    result = runs[variant][seed]
+    figures = {"val_accuracy": result.train["val_accuracy"], "val_loss": result.train["val_loss"],
+               "test_accuracy": result.test["accuracy"], "test_macro_f1": result.test["macro_f1"]}
+    version = tracking.register_candidate(experiment, run_ids[variant, seed], figures)
+    name = tracking.registered_name(experiment)
+    print(f"{variant} seed {seed} (best on validation): version {version} of {name}, alias @{tracking.CANDIDATE}")
+    return {"variant": variant, "seed": seed, "version": version, "model": f"models:/{name}@{tracking.CANDIDATE}"}
 
 def record_trainings(params: dict, experiment: str, results: dict[tuple[str, int], VariantResult]) -> dict[tuple[str, int], str]:
     """The MLflow run of each (variant, seed)'s training: the one made before for the same checkpoint and

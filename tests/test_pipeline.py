@@ -19,6 +19,7 @@ from project import edited_params, fork, read_json, run
 
 from imgpipe.checkpoint import load_checkpoint
 from imgpipe.imageset import load_splits
+from imgpipe.selection import best_over_seeds
 
 pytestmark = pytest.mark.slow
 
@@ -197,3 +198,22 @@ def test_tracking_failure_fails_the_stage_in_one_line_unless_optional(project, t
     assert done.returncode == 0 and "warning: MLflow tracking at http://127.0.0.1:9 failed" in done.stderr
     assert "not tracked (tracking.optional: true): centroid seed 0, cnn seed 0" in done.stdout
     assert read_json(project / "reports/mlflow_runs.json")["runs"] == {"centroid": {"0": None}, "cnn": {"0": None}}
+
+
+def test_the_variant_best_on_validation_is_registered_as_the_candidate(project):
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    train = {v: {0: read_json(project / f"metrics/train/{v}/seed0.json")} for v in VARIANTS}
+    best = best_over_seeds(train)
+    recorded = read_json(project / "reports/mlflow_runs.json")
+    version = client.get_model_version_by_alias("imgpipe-digits", "candidate")
+    assert version.run_id == recorded["runs"][best]["0"]
+    assert recorded["candidate"] == {"variant": best, "seed": 0, "version": str(version.version), "model": "models:/imgpipe-digits@candidate"}
+    assert version.tags["imgpipe.variant"] == best and float(version.tags["val_accuracy"]) == train[best][0]["val_accuracy"]
+    assert float(version.tags["test_accuracy"]) == read_json(project / f"metrics/test/{best}/seed0.json")["accuracy"]
+    assert version.tags["imgpipe.data_fingerprint"] == client.get_run(version.run_id).data.tags["imgpipe.data_fingerprint"]
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    registered = mlflow.pytorch.load_model("models:/imgpipe-digits@candidate")
+    checkpoint, _ = load_checkpoint(project / f"models/{best}/seed0.pt")
+    images = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)
+    with torch.no_grad():
+        assert torch.equal(registered(images), checkpoint(images))

@@ -12,7 +12,7 @@ import pandas as pd
 
 from imgpipe import paths
 from imgpipe.scores import most_confused
-from imgpipe.selection import best_on_validation
+from imgpipe.selection import best_over_seeds
 from imgpipe.stats import CONFIDENCE, RESAMPLES, PairedTest, paired_tests
 
 
@@ -299,8 +299,7 @@ def render(dataset: str, card: dict, results: dict[str, VariantResult], provenan
     runs = runs or {variant: {0: result} for variant, result in results.items()}
     seeds = len(next(iter(runs.values())))
     # Chosen on validation: with several seeds, on the mean over them, which one lucky seed cannot sway.
-    best = best_on_validation({variant: {key: float(np.mean([r.train[key] for r in by_seed.values()]))
-                                         for key in ("val_accuracy", "val_loss")} for variant, by_seed in runs.items()})
+    best = best_over_seeds({variant: {seed: r.train for seed, r in by_seed.items()} for variant, by_seed in runs.items()})
     chosen = results[best]
     first_seed = next(iter(runs[best]))
     over_seeds = (f" Over its {seeds} seeds: val accuracy {_spread(seed_summary(runs[best]), 'val_accuracy')}, "

@@ -4,8 +4,18 @@ Test figures are shown beside the choice; using them to choose would make them a
 estimate of the chosen model, and the test split a second validation split.
 """
 
+from statistics import fmean
+
 
 def best_on_validation(train_metrics: dict[str, dict]) -> str:
     """The variant with the highest val accuracy; ties go to the lower val loss, then to the first listed.
     train_metrics: variant -> its metrics/train/<variant>.json."""
     return max(train_metrics, key=lambda name: (train_metrics[name]["val_accuracy"], -train_metrics[name]["val_loss"]))
+
+
+def best_over_seeds(train_metrics: dict[str, dict[int, dict]]) -> str:
+    """The variant with the highest mean val accuracy over its seeds (ties: the lower mean val loss, then
+    the first listed), which one lucky seed cannot sway. train_metrics: variant -> seed -> its metrics."""
+    means = {variant: {key: fmean(metrics[key] for metrics in by_seed.values()) for key in ("val_accuracy", "val_loss")}
+             for variant, by_seed in train_metrics.items()}
+    return best_on_validation(means)

@@ -147,6 +147,7 @@ def flatten(params: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
+MODEL_URI = "imgpipe.model_uri"  # tag: where the run's logged model is, for the registry
 TRAINING = "imgpipe.training"  # tag: the digest of the training a run records (see training_digest)
 
 
@@ -220,7 +221,7 @@ def log_training(experiment: str, run_name: str, *, training: str, params: dict,
     requirements = {"torch": torch.__version__.split("+")[0], "numpy": np.__version__}
     _skip_module_scan(list(requirements) + ["mlflow"])
     with mlflow.start_run(run_id=run_id):
-        mlflow.pytorch.log_model(
+        logged = mlflow.pytorch.log_model(
             model,
             name="model",
             signature=infer_signature(example, output),
@@ -229,6 +230,7 @@ def log_training(experiment: str, run_name: str, *, training: str, params: dict,
             # neither imgpipe nor unpickling. Naming the requirements saves seconds of inferring them.
             pip_requirements=[f"{package}=={version}" for package, version in requirements.items()],
         )
+    client.set_tag(run_id, MODEL_URI, logged.model_uri)  # MLflow 3 keeps models apart from run artifacts: models:/m-...
     client.set_terminated(run_id, "FINISHED", end_time=ended)  # the run lasts as long as its training did
     mlflow.flush_async_logging()  # with MLFLOW_ENABLE_ASYNC_LOGGING, stored before the stage ends (os._exit)
     return run_id
@@ -255,6 +257,32 @@ def publish_evaluation(run_id: str, metrics: dict[str, float], artifacts: dict[s
             client.log_artifact(run_id, str(path), artifact_path=folder)
     mlflow.flush_async_logging()  # with MLFLOW_ENABLE_ASYNC_LOGGING, stored before the stage ends (os._exit)
     return True
+
+
+CANDIDATE, CHAMPION = "candidate", "champion"  # aliases of registered versions (MLflow's stages are deprecated)
+FROM_RUN = ("imgpipe.variant", "imgpipe.seed", "imgpipe.data_fingerprint", "imgpipe.dvc_experiment", "mlflow.source.git.commit")
+
+
+def registered_name(experiment: str) -> str:
+    return f"imgpipe-{experiment}"
+
+
+@_store_lock()
+def register_candidate(experiment: str, run_id: str, figures: dict[str, float]) -> str:
+    """Register a run's model as a version of imgpipe-<experiment> with the alias `candidate`, tagged with
+    where it came from (the run's variant, seed, data fingerprint, DVC experiment, commit) and `figures`.
+    A run registered before keeps its version. Returns the version."""
+    client = _client()
+    name = registered_name(experiment)
+    found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if found:
+        version = found[0].version
+    else:
+        run_tags = client.get_run(run_id).data.tags
+        tags = {key: run_tags[key] for key in FROM_RUN if key in run_tags} | {key: str(value) for key, value in figures.items()}
+        version = mlflow.register_model(run_tags.get(MODEL_URI, f"runs:/{run_id}/model"), name, tags=tags).version
+    client.set_registered_model_alias(name, CANDIDATE, version)
+    return str(version)
 
 
 def runs_page(experiment: str) -> str:
