@@ -122,7 +122,7 @@ def record_trainings(params: dict, experiment: str, results: dict[tuple[str, int
                                        {"train": len(data.train), "validation": len(data.val), "test": len(data.test)})
     for name, seed in missing:
         variant = P.variant(params, name, seed)
-        model, _ = load_checkpoint(paths.checkpoint(name, seed))
+        model, meta = load_checkpoint(paths.checkpoint(name, seed))
         curves = {}
         for measure in CURVES:
             table = read_csv(paths.curves(name, seed) / f"{measure}.csv")
@@ -143,6 +143,7 @@ def record_trainings(params: dict, experiment: str, results: dict[tuple[str, int
             example=data.val.images[:2],
             tags=tracking.run_tags(name, seed, seed_group, train["device"], data.fingerprint, params),
             datasets=datasets,
+            preprocessing={key: meta[key] for key in ("class_names", "image_shape", "background")},
         )
         print(f"{name} seed {seed}: training recorded as MLflow run {found[trainings[name, seed]]}")
     return {key: found[digest] for key, digest in trainings.items()}

@@ -19,6 +19,7 @@ from project import edited_params, fork, read_json, run
 
 from imgpipe.checkpoint import load_checkpoint
 from imgpipe.imageset import load_splits
+from imgpipe.predict import main as predict_main
 from imgpipe.selection import best_over_seeds
 
 pytestmark = pytest.mark.slow
@@ -217,3 +218,16 @@ def test_the_variant_best_on_validation_is_registered_as_the_candidate(project):
     images = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)
     with torch.no_grad():
         assert torch.equal(registered(images), checkpoint(images))
+
+
+def test_predict_takes_the_registered_candidate_as_it_takes_its_checkpoint(project, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
+    test = load_splits(project / "data/prepared")["test"]
+    write_image_folder(tmp_path / "images", test.images[:40], test.labels[:40], test.class_names)
+    variant = read_json(project / "reports/mlflow_runs.json")["candidate"]["variant"]
+    outputs = {}
+    for name, model in (("registered", "models:/imgpipe-digits@candidate"), ("checkpoint", str(project / f"models/{variant}/seed0.pt"))):
+        outputs[name] = tmp_path / f"{name}.csv"
+        assert predict_main(["--model", model, str(tmp_path / "images"), "--output", str(outputs[name])]) == 0
+    assert outputs["registered"].read_text() == outputs["checkpoint"].read_text()
+    assert predict_main(["--model", "models:/imgpipe-digits@nothing", str(tmp_path / "images")]) == 1

@@ -1,6 +1,7 @@
 """Classify new images with a trained model:
 
     python -m imgpipe.predict --model models/cnn/seed0.pt photo.png more_images/ [--output predictions.csv]
+    python -m imgpipe.predict --model models:/imgpipe-digits@champion photo.png    (a registered model, on the CPU)
 
 Every image goes through prepare's preprocessing (the checkpoint's channel count and image size,
 transparency laid on its background colour; the model normalizes with its stored statistics), and
@@ -16,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from imgpipe import registered
 from imgpipe.checkpoint import load_checkpoint
 from imgpipe.device import pick_device
 from imgpipe.errors import ImgpipeError
@@ -67,7 +69,8 @@ def predict(model: torch.nn.Module, images: np.ndarray, class_names: tuple[str, 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m imgpipe.predict", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, required=True, help="a checkpoint written by training, e.g. models/cnn/seed0.pt")
+    parser.add_argument("--model", required=True, help="a checkpoint written by training (models/cnn/seed0.pt) or an MLflow "
+                        "model URI (models:/imgpipe-digits@champion, runs:/<run id>/model)")
     parser.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="image files or folders of images")
     parser.add_argument("--output", type=Path, help="CSV file to write (default: standard output)")
     parser.add_argument("--top-k", type=int, default=3, help="classes listed per image, best first (default: 3)")
@@ -76,7 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.top_k < 1:
         parser.error("--top-k must be at least 1")
     try:
-        model, meta = load_checkpoint(args.model)
+        if registered.is_uri(args.model):
+            model, meta = registered.load(args.model)
+            args.device = "cpu"
+        else:
+            model, meta = load_checkpoint(Path(args.model))
         missing = [str(p) for p in args.paths if not p.exists()]
         if missing:
             raise ImgpipeError(f"{missing[0]}: no such file or folder")

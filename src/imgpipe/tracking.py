@@ -189,7 +189,8 @@ def _skip_module_scan(packages: list[str]) -> None:
 
 @_store_lock()
 def log_training(experiment: str, run_name: str, *, training: str, params: dict, curves: dict[str, list[float]],
-                 metrics: dict, model, example: np.ndarray, tags: dict[str, str], datasets: list[DatasetInput]) -> str:
+                 metrics: dict, model, example: np.ndarray, tags: dict[str, str], datasets: list[DatasetInput],
+                 preprocessing: dict | None = None) -> str:
     """Record a finished training as a new run tagged with its digest (`training`); returns its id.
 
     `metrics` are the run's figures as metrics/train/<variant>/seed<seed>.json has them (those of the
@@ -197,6 +198,8 @@ def log_training(experiment: str, run_name: str, *, training: str, params: dict,
     end. `curves`: name -> one value per epoch, as the DVC plots hold them (train_loss, val_accuracy, ...);
     they go under `epoch/`, one step per epoch. The two cannot share names: MLflow shows a metric's
     last step as its value, and the last epoch is not always the one whose weights are kept.
+    `preprocessing` (class_names, image_shape, background) goes into the model's metadata: what
+    predict needs to read images for it (imgpipe.registry.load).
     """
     import torch  # here: a report whose runs exist already skips its import
 
@@ -229,6 +232,7 @@ def log_training(experiment: str, run_name: str, *, training: str, params: dict,
             # MLflow's default format, torch.export's pt2, holds the traced graph: loading it needs
             # neither imgpipe nor unpickling. Naming the requirements saves seconds of inferring them.
             pip_requirements=[f"{package}=={version}" for package, version in requirements.items()],
+            metadata={"imgpipe": preprocessing or {}},
         )
     client.set_tag(run_id, MODEL_URI, logged.model_uri)  # MLflow 3 keeps models apart from run artifacts: models:/m-...
     client.set_terminated(run_id, "FINISHED", end_time=ended)  # the run lasts as long as its training did
