@@ -105,6 +105,7 @@ def register_best(experiment: str, runs: dict[str, dict[int, VariantResult]], ru
     print(f"{variant} seed {seed} (best on validation): version {version} of {name}, alias @{tracking.CANDIDATE}")
     return {"variant": variant, "seed": seed, "version": version, "model": f"models:/{name}@{tracking.CANDIDATE}"}
 
+
 def record_trainings(params: dict, experiment: str, results: dict[tuple[str, int], VariantResult]) -> dict[tuple[str, int], str]:
     """The MLflow run of each (variant, seed)'s training: the one made before for the same checkpoint and
     metrics file, else a new one. Returns (variant, seed) -> run id."""
@@ -147,6 +148,7 @@ def record_trainings(params: dict, experiment: str, results: dict[tuple[str, int
         )
         print(f"{name} seed {seed}: training recorded as MLflow run {found[trainings[name, seed]]}")
     return {key: found[digest] for key, digest in trainings.items()}
+
 
 if __name__ == "__main__":
     run_stage(main)
