@@ -5,22 +5,19 @@ Draws the sample grid, the training curves, and a confusion matrix and a grid of
 test images per variant (its first seed); the report compares every pair of variants on the same
 test images, read from metrics/predictions/.
 
-Then records each variant and seed in MLflow, all in this one process: a run per training (made once:
-a report run again finds it) with its params, curves, metrics, inputs and model, then its evaluation
-(test metrics, tables) and the report, where the run does not hold them yet; and registers the variant
-best on validation as the `candidate` of the registered model imgpipe-<experiment>. The run ids and the
-candidate go to reports/mlflow_runs.json.
+Then records each variant and seed in MLflow, all in this one process (imgpipe.publish): a run per
+training, its evaluation and the report, and the variant best on validation as the `candidate` of the
+registered model imgpipe-<experiment>. The run ids and the candidate go to reports/mlflow_runs.json.
 """
 
-from imgpipe import figures, paths, provenance, tracking
+import functools
+
+from imgpipe import figures, paths, provenance, publish, tracking
 from imgpipe import params as P
 from imgpipe.errors import run_stage
 from imgpipe.files import atomic_path, read_csv, read_json, write_json, write_text
 from imgpipe.imageset import load_splits
 from imgpipe.report import VariantResult, render, seed_summary
-from imgpipe.selection import best_on_validation, best_over_seeds
-
-CURVES = ("loss", "accuracy")  # metrics/curves/<variant>/seed<seed>/<measure>.csv: epoch, train, val
 
 
 def load_result(name: str, seed: int) -> VariantResult:
@@ -73,7 +70,7 @@ def main() -> None:
     tracked = {(name, seed): result for name, by_seed in runs.items() for seed, result in by_seed.items()}
     run_ids, candidate = dict.fromkeys(tracked), None
     with tracking.reported(optional):
-        run_ids = record_trainings(params, experiment, tracked)
+        run_ids = publish.record_trainings(experiment, tracked, params=params, variant=functools.partial(P.variant, params))
         for (name, seed), result in tracked.items():
             metrics = {f"test_{key}": value for key, value in tracking.numeric(result.test).items()}
             artifacts = {"predictions": paths.predictions(name, seed), "classes": paths.class_scores(name, seed),
@@ -81,7 +78,7 @@ def main() -> None:
             tags = {"imgpipe.test_device": result.test.get("device", "unknown")}
             if tracking.publish_evaluation(run_ids[name, seed], metrics, artifacts, tags):
                 print(f"{name} seed {seed}: evaluation and report added to MLflow run {run_ids[name, seed]}")
-        candidate = register_best(experiment, runs, run_ids)
+        candidate = publish.register_best(experiment, runs, run_ids)
         local = tracking.tracking_uri() == tracking.EMBEDDED_STORE
         print(f"MLflow runs table: {tracking.runs_page(experiment)}" + (" (run `mlflow ui` here first)" if local else ""))
     if None in run_ids.values():
@@ -90,64 +87,6 @@ def main() -> None:
     store = "sqlite:///mlflow.db" if tracking.tracking_uri() == tracking.EMBEDDED_STORE else tracking.tracking_uri()
     write_json(paths.MLFLOW_RUNS, {"experiment": experiment, "tracking_uri": store, "candidate": candidate,
                                    "runs": {name: {str(seed): run_ids[name, seed] for seed in seeds} for name in variants}})
-
-
-def register_best(experiment: str, runs: dict[str, dict[int, VariantResult]], run_ids: dict[tuple[str, int], str]) -> dict:
-    """Register the variant best on validation (over its seeds), its most accurate seed on validation,
-    as the registered model's `candidate`; test figures ride along as tags, never to choose."""
-    variant = best_over_seeds({name: {seed: r.train for seed, r in by_seed.items()} for name, by_seed in runs.items()})
-    seed = best_on_validation({seed: r.train for seed, r in runs[variant].items()})
-    result = runs[variant][seed]
-    figures = {"val_accuracy": result.train["val_accuracy"], "val_loss": result.train["val_loss"],
-               "test_accuracy": result.test["accuracy"], "test_macro_f1": result.test["macro_f1"]}
-    version = tracking.register_candidate(experiment, run_ids[variant, seed], figures)
-    name = tracking.registered_name(experiment)
-    print(f"{variant} seed {seed} (best on validation): version {version} of {name}, alias @{tracking.CANDIDATE}")
-    return {"variant": variant, "seed": seed, "version": version, "model": f"models:/{name}@{tracking.CANDIDATE}"}
-
-
-def record_trainings(params: dict, experiment: str, results: dict[tuple[str, int], VariantResult]) -> dict[tuple[str, int], str]:
-    """The MLflow run of each (variant, seed)'s training: the one made before for the same checkpoint and
-    metrics file, else a new one. Returns (variant, seed) -> run id."""
-    trainings = {key: tracking.training_digest(paths.checkpoint(*key), paths.train_metrics(*key)) for key in results}
-    found = tracking.find_runs(experiment, list(trainings.values()))
-    missing = [key for key, digest in trainings.items() if digest not in found]
-    if not missing:
-        return {key: found[digest] for key, digest in trainings.items()}
-
-    from imgpipe.checkpoint import load_checkpoint  # here: torch is slow to import, and only new runs need it
-    from imgpipe.prepare import load_prepared
-
-    data = load_prepared(paths.PREPARED)
-    datasets = tracking.dataset_inputs(P.get(params, "data.dataset"), data.fingerprint, paths.PREPARED.relative_to(paths.ROOT),
-                                       {"train": len(data.train), "validation": len(data.val), "test": len(data.test)})
-    for name, seed in missing:
-        variant = P.variant(params, name, seed)
-        model, meta = load_checkpoint(paths.checkpoint(name, seed))
-        curves = {}
-        for measure in CURVES:
-            table = read_csv(paths.curves(name, seed) / f"{measure}.csv")
-            curves |= {f"train_{measure}": table["train"].tolist(), f"val_{measure}": table["val"].tolist()}
-        # Runs that differ only in their seed share this, also when `dvc exp run` adds seeds to an earlier run's.
-        unseeded = {key: value for key, value in vars(variant.config).items() if key != "seed"}
-        seed_group = f"{name}-" + provenance.params_hash({"model": variant.model, "settings": variant.settings,
-                                                          "train": unseeded, "data": data.fingerprint})
-        train = results[name, seed].train
-        found[trainings[name, seed]] = tracking.log_training(
-            experiment,
-            run_name=f"{name} seed {seed}",
-            training=trainings[name, seed],
-            params={"data": P.get(params, "data"), "train": vars(variant.config), "model": {"name": variant.model, **variant.settings}},
-            curves=curves,
-            metrics=train,
-            model=model,
-            example=data.val.images[:2],
-            tags=tracking.run_tags(name, seed, seed_group, train["device"], data.fingerprint, params),
-            datasets=datasets,
-            preprocessing={key: meta[key] for key in ("class_names", "image_shape", "background")},
-        )
-        print(f"{name} seed {seed}: training recorded as MLflow run {found[trainings[name, seed]]}")
-    return {key: found[digest] for key, digest in trainings.items()}
 
 
 if __name__ == "__main__":
