@@ -199,7 +199,7 @@ def log_training(experiment: str, run_name: str, *, training: str, params: dict,
     they go under `epoch/`, one step per epoch. The two cannot share names: MLflow shows a metric's
     last step as its value, and the last epoch is not always the one whose weights are kept.
     `preprocessing` (class_names, image_shape, background) goes into the model's metadata: what
-    predict needs to read images for it (imgpipe.registry.load).
+    predict needs to read images for it (imgpipe.registered.load).
     """
     import torch  # here: a report whose runs exist already skips its import
 
