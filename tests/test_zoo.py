@@ -77,7 +77,9 @@ def test_named_weights_missing_offline_name_the_file_to_place(tmp_path, monkeypa
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no route to host")
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    # The download itself, wherever the test runs: torchvision holds its own name for load_state_dict_from_url,
+    # which looks this one up in torch.hub at each call.
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     net = build_model("resnet18", (3, 32, 32), 2, weights="IMAGENET1K_V1")
     with pytest.raises(InvalidSetting) as error:
         net.load_pretrained()
