@@ -81,6 +81,15 @@ def pytest_collection_modifyitems(config, items):
         ))
 
 
+def pytest_sessionfinish(session, exitstatus):
+    """Stop the server whatever ran: a test run that deselected (-k) the tests needing it never asked for it."""
+    if "process" in _SERVER and _SERVER["process"].poll() is None:
+        _SERVER["process"].terminate()
+        _SERVER["process"].wait(timeout=30)
+    if "folder" in _SERVER:
+        shutil.rmtree(_SERVER["folder"], ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def tracking_server():
     """A real `mlflow server` on 127.0.0.1 with its own SQLite store and proxied artifact store, one for
@@ -101,4 +110,3 @@ def tracking_server():
     finally:
         process.terminate()
         process.wait(timeout=30)
-        shutil.rmtree(_SERVER["folder"], ignore_errors=True)
