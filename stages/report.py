@@ -69,6 +69,7 @@ def main() -> None:
 
     tracked = {(name, seed): result for name, by_seed in runs.items() for seed, result in by_seed.items()}
     run_ids, candidate = dict.fromkeys(tracked), None
+    local = tracking.tracking_uri() == tracking.EMBEDDED_STORE
     with tracking.reported(optional):
         run_ids = publish.record_trainings(experiment, tracked, params=params, variant=functools.partial(P.variant, params))
         for (name, seed), result in tracked.items():
@@ -79,12 +80,11 @@ def main() -> None:
             if tracking.publish_evaluation(run_ids[name, seed], metrics, artifacts, tags):
                 print(f"{name} seed {seed}: evaluation and report added to MLflow run {run_ids[name, seed]}")
         candidate = publish.register_best(experiment, runs, run_ids)
-        local = tracking.tracking_uri() == tracking.EMBEDDED_STORE
         print(f"MLflow runs table: {tracking.runs_page(experiment)}" + (" (run `mlflow ui` here first)" if local else ""))
     if None in run_ids.values():
         print("not tracked (tracking.optional: true): " + ", ".join(f"{name} seed {seed}" for name, seed in tracked))
     # The embedded store by its project-relative address: the same on every machine.
-    store = "sqlite:///mlflow.db" if tracking.tracking_uri() == tracking.EMBEDDED_STORE else tracking.tracking_uri()
+    store = "sqlite:///mlflow.db" if local else tracking.tracking_uri()
     write_json(paths.MLFLOW_RUNS, {"experiment": experiment, "tracking_uri": store, "candidate": candidate,
                                    "runs": {name: {str(seed): run_ids[name, seed] for seed in seeds} for name in variants}})
 

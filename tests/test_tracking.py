@@ -63,7 +63,7 @@ def test_a_training_is_found_by_its_digest(store, experiment, tmp_path):
 
 def test_an_experiment_made_before_gets_its_kind(store):
     experiment_id = store.create_experiment("older")
-    client = tracking._client()
+    client = tracking.store_client()
     assert tracking._experiment_id(client, "older") == experiment_id
     assert store.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
 

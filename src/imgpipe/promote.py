@@ -41,7 +41,7 @@ def describe(version) -> str:
 
 def promote(experiment: str, version: str | None = None, allow_other_data: bool = False) -> str:
     """Point `champion` at `version` (default: the candidate); returns the line that says what changed."""
-    client = tracking._client()
+    client = tracking.store_client()
     name = tracking.registered_name(experiment)
     chosen = _version(client, name, version or tracking.CANDIDATE)
     if chosen is None:

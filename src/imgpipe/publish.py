@@ -14,20 +14,6 @@ from imgpipe.selection import best_on_validation, best_over_seeds
 CURVES = ("loss", "accuracy")  # metrics/curves/<variant>/seed<seed>/<measure>.csv: epoch, train, val
 
 
-def register_best(experiment: str, runs: dict[str, dict[int, VariantResult]], run_ids: dict[tuple[str, int], str]) -> dict:
-    """Register the variant best on validation (over its seeds), its most accurate seed on validation,
-    as the registered model's `candidate`; test figures ride along as tags, never to choose."""
-    variant = best_over_seeds({name: {seed: r.train for seed, r in by_seed.items()} for name, by_seed in runs.items()})
-    seed = best_on_validation({seed: r.train for seed, r in runs[variant].items()})
-    result = runs[variant][seed]
-    figures = {"val_accuracy": result.train["val_accuracy"], "val_loss": result.train["val_loss"],
-               "test_accuracy": result.test["accuracy"], "test_macro_f1": result.test["macro_f1"]}
-    version = tracking.register_candidate(experiment, run_ids[variant, seed], figures)
-    name = tracking.registered_name(experiment)
-    print(f"{variant} seed {seed} (best on validation): version {version} of {name}, alias @{tracking.CANDIDATE}")
-    return {"variant": variant, "seed": seed, "version": version, "model": f"models:/{name}@{tracking.CANDIDATE}"}
-
-
 def record_trainings(experiment: str, results: dict[tuple[str, int], VariantResult], *, params: dict,
                      variant: Callable[[str, int], Variant]) -> dict[tuple[str, int], str]:
     """The MLflow run of each (variant, seed)'s training: the one made before for the same checkpoint and
@@ -72,3 +58,17 @@ def record_trainings(experiment: str, results: dict[tuple[str, int], VariantResu
         )
         print(f"{name} seed {seed}: training recorded as MLflow run {found[trainings[name, seed]]}")
     return {key: found[digest] for key, digest in trainings.items()}
+
+
+def register_best(experiment: str, runs: dict[str, dict[int, VariantResult]], run_ids: dict[tuple[str, int], str]) -> dict:
+    """Register the variant best on validation (over its seeds), its most accurate seed on validation,
+    as the registered model's `candidate`; test figures ride along as tags, never to choose."""
+    variant = best_over_seeds({name: {seed: r.train for seed, r in by_seed.items()} for name, by_seed in runs.items()})
+    seed = best_on_validation({seed: r.train for seed, r in runs[variant].items()})
+    result = runs[variant][seed]
+    figures = {"val_accuracy": result.train["val_accuracy"], "val_loss": result.train["val_loss"],
+               "test_accuracy": result.test["accuracy"], "test_macro_f1": result.test["macro_f1"]}
+    version = tracking.register_candidate(experiment, run_ids[variant, seed], figures)
+    name = tracking.registered_name(experiment)
+    print(f"{variant} seed {seed} (best on validation): version {version} of {name}, alias @{tracking.CANDIDATE}")
+    return {"variant": variant, "seed": seed, "version": version, "model": f"models:/{name}@{tracking.CANDIDATE}"}

@@ -30,7 +30,7 @@ class Exported(nn.Module):
 
 def load(uri: str) -> tuple[nn.Module, dict]:
     """The model at an MLflow URI and its preprocessing: {class_names, image_shape, background}."""
-    tracking._client()  # the store the stages use (MLFLOW_TRACKING_URI, else the project's mlflow.db)
+    tracking.store_client()  # the store the stages use (MLFLOW_TRACKING_URI, else the project's mlflow.db)
     try:
         import mlflow.pytorch
 

@@ -50,7 +50,8 @@ def _store_lock() -> Iterator[None]:
         yield
 
 
-def _client():
+def store_client():
+    """The MLflow client of the store the stages use: MLFLOW_TRACKING_URI, else the project's mlflow.db."""
     # A tracking server that is down should fail a stage in seconds, not after MLflow's default of
     # minutes of retries; the environment can still ask for more.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
@@ -163,7 +164,7 @@ def training_digest(*files: Path) -> str:
 @_store_lock()
 def find_runs(experiment: str, trainings: list[str]) -> dict[str, str]:
     """The runs already made for these trainings (digests): digest -> run id."""
-    client = _client()
+    client = store_client()
     found = client.get_experiment_by_name(experiment)
     if found is None or not trainings:
         return {}
@@ -203,7 +204,7 @@ def log_training(experiment: str, run_name: str, *, training: str, params: dict,
     """
     import torch  # here: a report whose runs exist already skips its import
 
-    client = _client()
+    client = store_client()
     started = _milliseconds(metrics["started"])
     ended = started + int(metrics["train_seconds"] * 1000)
     run = client.create_run(_experiment_id(client, experiment), start_time=started, run_name=run_name,
@@ -245,7 +246,7 @@ def publish_evaluation(run_id: str, metrics: dict[str, float], artifacts: dict[s
     """Add test metrics, tags and files (artifacts: folder in the run -> file or folder here) to a
     variant's training run, unless the run holds these metrics already: a variant that this execution
     did not retrain or re-evaluate keeps what its own execution recorded. Returns whether anything was added."""
-    client = _client()
+    client = store_client()
     logged = client.get_run(run_id).data.metrics
     if all(logged.get(key) == float(value) for key, value in metrics.items()):
         return False
@@ -276,7 +277,7 @@ def register_candidate(experiment: str, run_id: str, figures: dict[str, float]) 
     """Register a run's model as a version of imgpipe-<experiment> with the alias `candidate`, tagged with
     where it came from (the run's variant, seed, data fingerprint, DVC experiment, commit) and `figures`.
     A run registered before keeps its version. Returns the version."""
-    client = _client()
+    client = store_client()
     name = registered_name(experiment)
     found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     if found:
@@ -292,6 +293,6 @@ def register_candidate(experiment: str, run_id: str, figures: dict[str, float]) 
 def runs_page(experiment: str) -> str:
     """Where the MLflow UI shows the experiment's runs table. MLflow 3's UI opens on its GenAI view
     unless the page's address asks for the model-training one (the choice is then remembered)."""
-    experiment_id = _client().get_experiment_by_name(experiment).experiment_id
+    experiment_id = store_client().get_experiment_by_name(experiment).experiment_id
     server = tracking_uri() if tracking_uri().startswith("http") else "http://127.0.0.1:5000"  # `mlflow ui`'s default
     return f"{server.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
