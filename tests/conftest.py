@@ -1,16 +1,10 @@
-import os
-import shutil
-import socket
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 from project import copy_project, run
+from servers import TrackingServer
 
 from imgpipe.config import DataConfig
 from imgpipe.prepare import prepare
@@ -56,57 +50,28 @@ def pipeline(tmp_path_factory):
     return root
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-_SERVER = {}  # the tracking server's process, address and folder, once started
+_SERVER: list[TrackingServer] = []  # the tracking server, once started
 
 
 def pytest_collection_modifyitems(config, items):
     """Start the tracking server as soon as a collected test needs it: it takes seconds to come up,
     which then pass while other tests run."""
     if any("tracking_server" in item.fixturenames for item in items):
-        folder = Path(tempfile.mkdtemp(prefix="mlflow-server-"))
-        port = _free_port()
-        _SERVER.update(folder=folder, url=f"http://127.0.0.1:{port}", process=subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", str(folder / "artifacts")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            # No job runner: MLflow 3's server otherwise starts about seven huey worker processes (for GenAI
-            # jobs), each importing MLflow, some 20 CPU-seconds that runs and artifacts do not need.
-            env=os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        ))
+        _SERVER.append(TrackingServer(Path(tempfile.mkdtemp(prefix="mlflow-server-"))))
 
 
 def pytest_sessionfinish(session, exitstatus):
     """Stop the server whatever ran: a test run that deselected (-k) the tests needing it never asked for it."""
-    if "process" in _SERVER and _SERVER["process"].poll() is None:
-        _SERVER["process"].terminate()
-        _SERVER["process"].wait(timeout=30)
-    if "folder" in _SERVER:
-        shutil.rmtree(_SERVER["folder"], ignore_errors=True)
+    for server in _SERVER:
+        server.stop()
 
 
 @pytest.fixture(scope="session")
-def tracking_server():
-    """A real `mlflow server` on 127.0.0.1 with its own SQLite store and proxied artifact store, one for
-    the whole test run."""
-    process, url = _SERVER["process"], _SERVER["url"]
+def tracking_server() -> TrackingServer:
+    """A real `mlflow server` on 127.0.0.1, on PostgreSQL where it is installed (else SQLite), with proxied
+    artifacts: one for the whole test run."""
     try:
-        for _ in range(120):  # up to a minute for it to start answering
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=1)
-                break
-            except OSError:
-                if process.poll() is not None:
-                    pytest.fail("mlflow server exited while starting")
-                time.sleep(0.5)
-        else:
-            pytest.fail("mlflow server did not answer within a minute")
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+        _SERVER[0].wait()
+    except RuntimeError as error:
+        pytest.fail(str(error))
+    return _SERVER[0]

@@ -119,7 +119,7 @@ def test_mlflow_holds_one_complete_run_per_variant(project):
         assert [a.path for a in client.list_artifacts(run_.info.run_id)] == ["classes", "confusion", "predictions", "report"]
         figures = [a.path for a in client.list_artifacts(run_.info.run_id, "report/figures")]
         assert {f"report/figures/confusion_{variant}.png", "report/figures/curves.png"} <= set(figures)
-        logged = mlflow.pytorch.load_model(f"runs:/{run_.info.run_id}/model")
+        logged = mlflow.pyfunc.load_model(f"runs:/{run_.info.run_id}/model").unwrap_python_model().network
         checkpoint, _ = load_checkpoint(project / f"models/{variant}/seed0.pt")
         images = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)
         with torch.no_grad():
@@ -213,7 +213,7 @@ def test_the_variant_best_on_validation_is_registered_as_the_candidate(project):
     assert float(version.tags["test_accuracy"]) == read_json(project / f"metrics/test/{best}/seed0.json")["accuracy"]
     assert version.tags["imgpipe.data_fingerprint"] == client.get_run(version.run_id).data.tags["imgpipe.data_fingerprint"]
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
-    registered = mlflow.pytorch.load_model("models:/imgpipe-digits@candidate")
+    registered = mlflow.pyfunc.load_model("models:/imgpipe-digits@candidate").unwrap_python_model().network
     checkpoint, _ = load_checkpoint(project / f"models/{best}/seed0.pt")
     images = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)
     with torch.no_grad():

@@ -25,7 +25,8 @@ def _log(experiment, training="0123456789abcdef"):
     datasets = tracking.dataset_inputs("digits", "00ff00ff00ff00ff", tracking.paths.PREPARED, {"train": 8, "validation": 2})
     run_id = tracking.log_training(experiment, "linear", training=training, params={"train": {"epochs": 2}}, curves=curves,
                                    metrics=metrics, model=model, example=np.zeros((2, 1, 8, 8), dtype=np.uint8),
-                                   tags={"imgpipe.variant": "linear"}, datasets=datasets)
+                                   tags={"imgpipe.variant": "linear"}, datasets=datasets,
+                                   preprocessing={"class_names": list("0123456789"), "image_shape": [1, 8, 8], "background": [255, 255, 255]})
     return run_id, metrics, model
 
 
@@ -41,7 +42,7 @@ def test_a_run_shows_the_kept_epoch_not_the_last_one(store, experiment):
     assert (run.info.start_time, run.info.end_time, run.info.status) == (started, started + 2500, "FINISHED")
     assert run.info.run_name == "linear" and run.data.tags["imgpipe.variant"] == "linear"
     assert store.get_experiment_by_name(experiment).tags["mlflow.experimentKind"] == "custom_model_development"
-    logged = tracking.mlflow.pytorch.load_model(f"runs:/{run_id}/model")
+    logged = tracking.mlflow.pyfunc.load_model(f"runs:/{run_id}/model").unwrap_python_model().network
     images = torch.randint(0, 256, (2, 1, 8, 8), dtype=torch.uint8)
     with torch.no_grad():
         assert torch.equal(logged(images), model(images))

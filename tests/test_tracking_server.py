@@ -1,35 +1,49 @@
-"""The pipeline's tracking against a real `mlflow server` on 127.0.0.1, read back through MLflow's client.
-Only the report stage talks to MLflow: it runs again, in a fork of the shared pipeline, with the server as
-its store."""
+"""The team setup: the pipeline's tracking, registry, promotion and serving against a real `mlflow server`
+on 127.0.0.1, on PostgreSQL where it is installed (tests/servers.py), read back through MLflow's client.
+Only the report stage talks to MLflow: DVC runs it again, in a fork of the shared pipeline, with the server
+as its store; then `champion` is promoted and a real `mlflow models serve` answers image files."""
 
-import sys
+import base64
+import json
+import urllib.error
+import urllib.request
 
 import mlflow
+import pandas as pd
 import pytest
 import torch
 from agreement import disagreements
 from conftest import PIPELINE_VARIANTS as VARIANTS
+from datafiles import write_image_folder
 from project import fork, read_json, run
+from servers import serve_model
 
+from imgpipe import promote
 from imgpipe.checkpoint import load_checkpoint
+from imgpipe.imageset import load_splits
 
 pytestmark = pytest.mark.slow
 
 
-def test_pipeline_records_every_variant_on_a_tracking_server(pipeline, tracking_server, tmp_path):
-    project = fork(pipeline, tmp_path / "project")
+@pytest.fixture(scope="module")
+def project(pipeline, tracking_server, tmp_path_factory):
+    """A fork of the shared pipeline whose report stage `dvc repro` ran again with the server as its store."""
+    project = fork(pipeline, tmp_path_factory.mktemp("on-server") / "project")
     embedded = (project / "mlflow.db").read_bytes()
-    done = run([sys.executable, "stages/report.py"], project, MLFLOW_TRACKING_URI=tracking_server)
-    assert f"MLflow runs table: {tracking_server}/#/experiments/" in done.stdout
+    done = run(["dvc", "repro", "--force", "--single-item", "report"], project, MLFLOW_TRACKING_URI=tracking_server.url)
+    assert f"MLflow runs table: {tracking_server.url}/#/experiments/" in done.stdout
     assert (project / "mlflow.db").read_bytes() == embedded  # nothing went to the embedded store
+    return project
 
-    mlflow.set_tracking_uri(tracking_server)
+
+def test_pipeline_records_every_variant_on_a_tracking_server(project, tracking_server):
+    mlflow.set_tracking_uri(tracking_server.url)
     client = mlflow.MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
     assert sorted(r.info.run_name for r in runs) == sorted(f"{v} seed 0" for v in VARIANTS)
     assert disagreements(project, VARIANTS, client) == []
     recorded = read_json(project / "reports/mlflow_runs.json")
-    assert recorded["tracking_uri"] == tracking_server
+    assert recorded["tracking_uri"] == tracking_server.url
     for run_ in runs:
         variant = run_.data.tags["imgpipe.variant"]
         assert run_.info.run_id == recorded["runs"][variant]["0"]
@@ -37,8 +51,59 @@ def test_pipeline_records_every_variant_on_a_tracking_server(pipeline, tracking_
         assert [m.step for m in client.get_metric_history(run_.info.run_id, "epoch/val_loss")] == list(range(1, epochs + 1))
         assert [a.path for a in client.list_artifacts(run_.info.run_id)] == ["classes", "confusion", "predictions", "report"]
         assert "report/report.md" in [a.path for a in client.list_artifacts(run_.info.run_id, "report")]
-        logged = mlflow.pytorch.load_model(f"runs:/{run_.info.run_id}/model")
+        logged = mlflow.pyfunc.load_model(f"runs:/{run_.info.run_id}/model").unwrap_python_model().network
         checkpoint, _ = load_checkpoint(project / f"models/{variant}/seed0.pt")
         images = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)
         with torch.no_grad():
             assert torch.equal(logged(images), checkpoint(images))
+
+
+def _post(url: str, payload: dict) -> list[dict]:
+    request = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        return json.load(answer)["predictions"]
+
+
+def test_the_candidate_is_promoted_and_served_to_image_files(project, tracking_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server.url)
+    candidate = read_json(project / "reports/mlflow_runs.json")["candidate"]
+    assert promote.main(["--experiment", "digits"]) == 0
+    client = mlflow.MlflowClient(tracking_server.url)
+    champion = client.get_model_version_by_alias("imgpipe-digits", "champion")
+    assert champion.version == candidate["version"] == client.get_model_version_by_alias("imgpipe-digits", "candidate").version
+    assert champion.tags["imgpipe.variant"] == candidate["variant"]
+
+    test = load_splits(project / "data/prepared")["test"]
+    files = sorted(write_image_folder(tmp_path / "images", test.images, test.labels, test.class_names).rglob("*.png"),
+                   key=lambda path: int(path.stem))
+    evaluated = pd.read_csv(project / f"metrics/predictions/{candidate['variant']}/seed0.csv")
+    expected = [test.class_names[i] for i in evaluated["predicted"]]
+    assert len(files) == len(expected) == len(test.images)
+
+    process, url = serve_model("models:/imgpipe-digits@champion", tmp_path, tracking_server.url)
+    try:
+        encoded = [{"image": base64.b64encode(path.read_bytes()).decode()} for path in files]
+        served = _post(url, {"dataframe_records": encoded})
+        assert [row["predicted"] for row in served] == expected
+        assert all(0 < row["confidence"] <= 1 and row["top2_confidence"] <= row["confidence"] for row in served)
+        # Pixel arrays, (N, C, H, W) as prepare stores them, get the same answer.
+        assert _post(url, {"inputs": test.images[:20].tolist()}) == served[:20]
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            _post(url, {"dataframe_records": [{"image": base64.b64encode(b"not a picture").decode()}]})
+        assert refused.value.code == 400
+        assert "image 0: not a readable image" in json.load(refused.value)["message"]
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_the_server_keeps_runs_and_registry_in_postgresql(project, tracking_server):
+    if not tracking_server.on_postgresql:
+        pytest.skip("PostgreSQL is not installed (no initdb on PATH or in /usr/lib/postgresql): the server ran on SQLite")
+    import psycopg
+
+    with psycopg.connect(tracking_server.store) as connection, connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM runs JOIN experiments USING (experiment_id) WHERE experiments.name = 'digits'")
+        assert cursor.fetchone()[0] == len(VARIANTS)
+        cursor.execute("SELECT alias FROM registered_model_aliases WHERE name = 'imgpipe-digits'")
+        assert "candidate" in {alias for (alias,) in cursor.fetchall()}

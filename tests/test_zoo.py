@@ -135,7 +135,8 @@ def test_checkpoint_predict_evaluate_and_the_mlflow_model_agree(tmp_path, monkey
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store)
     metrics = {"val_accuracy": 0.5, "train_seconds": 1.0, "started": "2026-11-23T10:00:00+00:00"}
     run_id = tracking.log_training(experiment, "mobilenet", training="0" * 16, params={}, curves={}, metrics=metrics,
-                                   model=loaded, example=data.val.images[:2], tags={}, datasets=[])
-    logged = tracking.mlflow.pytorch.load_model(f"runs:/{run_id}/model")
+                                   model=loaded, example=data.val.images[:2], tags={}, datasets=[],
+                                   preprocessing={key: meta[key] for key in ("class_names", "image_shape", "background")})
+    logged = tracking.mlflow.pyfunc.load_model(f"runs:/{run_id}/model").unwrap_python_model().network
     with torch.no_grad():
         assert torch.allclose(logged(images), expected, atol=1e-5)

@@ -15,17 +15,18 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from importlib.metadata import version as installed
 from pathlib import Path
 
 import mlflow
 import numpy as np
 from filelock import FileLock
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
-from mlflow.models import infer_signature
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from imgpipe import paths, provenance
@@ -177,21 +178,21 @@ def _milliseconds(iso: str) -> int:
     return int(datetime.fromisoformat(iso).timestamp() * 1000)
 
 
-def _skip_module_scan(packages: list[str]) -> None:
+def _skip_module_scan(packages: dict[str, str]) -> None:
     """MLflow checks the requirements a model names against the installed versions, and first maps the
     files of every installed distribution to its modules: about 2 s with torch's CUDA wheels, for the
-    three packages named here. Give it that map for them (once per process, before its own, if its
+    packages named here. Give it that map for them (module -> package) (once per process, before its own, if its
     internals are still where MLflow 3 keeps them); the versions are still checked."""
     from mlflow.utils import requirements_utils
 
     if getattr(requirements_utils, "_MODULES_TO_PACKAGES", False) is None:
-        requirements_utils._MODULES_TO_PACKAGES = {package: [package] for package in packages}
+        requirements_utils._MODULES_TO_PACKAGES = {module: [package] for module, package in packages.items()}
 
 
 @_store_lock()
 def log_training(experiment: str, run_name: str, *, training: str, params: dict, curves: dict[str, list[float]],
                  metrics: dict, model, example: np.ndarray, tags: dict[str, str], datasets: list[DatasetInput],
-                 preprocessing: dict | None = None) -> str:
+                 preprocessing: dict) -> str:
     """Record a finished training as a new run tagged with its digest (`training`); returns its id.
 
     `metrics` are the run's figures as metrics/train/<variant>/seed<seed>.json has them (those of the
@@ -199,8 +200,9 @@ def log_training(experiment: str, run_name: str, *, training: str, params: dict,
     end. `curves`: name -> one value per epoch, as the DVC plots hold them (train_loss, val_accuracy, ...);
     they go under `epoch/`, one step per epoch. The two cannot share names: MLflow shows a metric's
     last step as its value, and the last epoch is not always the one whose weights are kept.
-    `preprocessing` (class_names, image_shape, background) goes into the model's metadata: what
-    predict needs to read images for it (imgpipe.registered.load).
+    The model is logged as imgpipe.serving's pyfunc (`example`: a few of its uint8 input images, to trace it),
+    with `preprocessing` (class_names, image_shape, background): what predict and `mlflow models serve`
+    need to read images for it.
     """
     import torch  # here: a report whose runs exist already skips its import
 
@@ -219,21 +221,18 @@ def log_training(experiment: str, run_name: str, *, training: str, params: dict,
     points += [Metric(key, float(value), ended, 0) for key, value in numeric(metrics).items()]
     for start in range(0, len(points), 1000):  # MLflow takes at most 1000 metrics per batch
         client.log_batch(run_id, metrics=points[start:start + 1000])
-    model = model.cpu().eval()
-    with torch.no_grad():
-        output = model(torch.from_numpy(example)).numpy()
-    requirements = {"torch": torch.__version__.split("+")[0], "numpy": np.__version__}
-    _skip_module_scan(list(requirements) + ["mlflow"])
-    with mlflow.start_run(run_id=run_id):
-        logged = mlflow.pytorch.log_model(
-            model,
+    from imgpipe import serving
+
+    modules = {"torch": "torch", "numpy": "numpy", "pandas": "pandas", "PIL": "pillow"}  # what serving imports -> package
+    _skip_module_scan(modules | {"mlflow": "mlflow"})
+    with tempfile.TemporaryDirectory() as folder, mlflow.start_run(run_id=run_id):
+        logged = mlflow.pyfunc.log_model(
             name="model",
-            signature=infer_signature(example, output),
-            input_example=example,
-            # MLflow's default format, torch.export's pt2, holds the traced graph: loading it needs
-            # neither imgpipe nor unpickling. Naming the requirements saves seconds of inferring them.
-            pip_requirements=[f"{package}=={version}" for package, version in requirements.items()],
-            metadata={"imgpipe": preprocessing or {}},
+            python_model=serving.LOADER,
+            artifacts=serving.artifacts(model, example, preprocessing, Path(folder)),
+            code_paths=[str(Path(serving.__file__).parent)],  # imgpipe's code travels with the model: served anywhere
+            # Naming the requirements saves seconds of inferring them.
+            pip_requirements=[f"{package}=={installed(package).split('+')[0]}" for package in modules.values()],
         )
     client.set_tag(run_id, MODEL_URI, logged.model_uri)  # MLflow 3 keeps models apart from run artifacts: models:/m-...
     client.set_terminated(run_id, "FINISHED", end_time=ended)  # the run lasts as long as its training did

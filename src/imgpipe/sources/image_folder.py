@@ -32,23 +32,30 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     return image
 
 
-def decode(path: Path, channels: int, size: tuple[int, int] | None, background: tuple[int, int, int]) -> np.ndarray:
-    """One image as uint8 (C, H, W). Raises ImgpipeError naming the file if it is corrupt."""
+def conform(image: Image.Image, channels: int, size: tuple[int, int] | None, background: tuple[int, int, int]) -> np.ndarray:
+    """An image as prepare reads it, uint8 (C, H, W): 8-bit, transparency laid on the background colour,
+    `channels` channels, resized to size (H, W). What a fetched, predicted or served image goes through."""
+    image = _to_8bit(image)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (*background, 255))
+        image = Image.alpha_composite(canvas, rgba)
+    image = image.convert("L" if channels == 1 else "RGB")
+    if size is not None and image.size != (size[1], size[0]):
+        image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    array = np.asarray(image, dtype=np.uint8)
+    return array[None] if channels == 1 else array.transpose(2, 0, 1)
+
+
+def decode(path, channels: int, size: tuple[int, int] | None, background: tuple[int, int, int], name: str | None = None) -> np.ndarray:
+    """One image file (a path, or a file object called `name` in errors) as uint8 (C, H, W).
+    Raises ImgpipeError naming the file if it is corrupt."""
     try:
         with Image.open(path) as image:
             image.load()
-            image = _to_8bit(image)
-            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-                rgba = image.convert("RGBA")
-                canvas = Image.new("RGBA", rgba.size, (*background, 255))
-                image = Image.alpha_composite(canvas, rgba)
-            image = image.convert("L" if channels == 1 else "RGB")
-            if size is not None and image.size != (size[1], size[0]):
-                image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            array = np.asarray(image, dtype=np.uint8)
+            return conform(image, channels, size, background)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise ImgpipeError(f"{path}: not a readable image ({error}); remove or replace it") from None
-    return array[None] if channels == 1 else array.transpose(2, 0, 1)
+        raise ImgpipeError(f"{name or path}: not a readable image ({error}); remove or replace it") from None
 
 
 def _decode_all(args: tuple) -> np.ndarray:

@@ -1,0 +1,135 @@
+"""The model each run logs, and `mlflow models serve` serves: a trained network as a torch.export program
+(traced on the CPU in eval mode; loading it needs neither the checkpoint nor unpickling the network)
+behind an MLflow pyfunc that takes images as a client has them and answers with class names:
+
+    mlflow models serve -m models:/imgpipe-digits@champion --env-manager local --port 5001
+    curl -s localhost:5001/invocations -H 'Content-Type: application/json' \\
+         -d "{\\"dataframe_records\\": [{\\"image\\": \\"$(base64 -w0 digit.png)\\"}]}"
+
+Accepted payloads, one image per row:
+- `{"dataframe_records": [{"image": "<base64 PNG/JPEG/...>"}, ...]}` (or `dataframe_split`, `instances`
+  with an `image` field): encoded image files, of any size and mode;
+- `{"inputs": [...]}`: uint8 pixel arrays, (N, H, W) grey or (N, H, W, C) / (N, C, H, W) with C 1, 3 or 4.
+Every image goes through prepare's preprocessing, as in predict: the model's channel count and size,
+transparency laid on its background colour. The answer is predict's table, one row per image:
+`predicted`, `confidence`, then the next best classes `top2`, `top2_confidence`, ...
+"""
+
+import base64
+import binascii
+import io
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import BAD_REQUEST
+from PIL import Image
+
+from imgpipe.errors import ImgpipeError
+from imgpipe.predict import predict
+from imgpipe.sources.image_folder import conform, decode
+
+PROGRAM, PREPROCESSING = "program", "preprocessing"  # the model's artifacts: its torch.export program, a JSON file
+TOP_K = 3  # classes per image in the answer, as predict's default
+
+
+def artifacts(model: torch.nn.Module, example: np.ndarray, preprocessing: dict, folder: Path) -> dict[str, str]:
+    """Write the served model's files into folder: the network, in eval mode on the CPU, as a torch.export
+    program taking uint8 (B, C, H, W) of any batch size (example: a few such images, to trace it), and its
+    preprocessing (class_names, image_shape, background). Returns them as MLflow's `artifacts`."""
+    model = model.cpu().eval()
+    batch = torch.export.Dim.AUTO  # the exporter decides; a batch of 1 may not be marked dynamic
+    program = torch.export.export(model, (torch.from_numpy(example),), dynamic_shapes=({0: batch},))
+    files = {PROGRAM: folder / "program.pt2", PREPROCESSING: folder / "preprocessing.json"}
+    torch.export.save(program, files[PROGRAM])
+    files[PREPROCESSING].write_text(json.dumps(preprocessing))
+    return {name: str(path) for name, path in files.items()}
+
+
+# What MLflow executes to build the model at load time ("models from code"): a file, not a pickle.
+LOADER = Path(__file__).with_name("serving_loader.py")
+
+
+class Exported(torch.nn.Module):
+    """A torch.export program as a plain module: such a program takes neither eval() nor to(), so it is
+    held outside the module tree, and it always runs on the CPU, where it was traced."""
+
+    def __init__(self, program):
+        super().__init__()
+        self._program = [program]  # a list: not a child module, so eval() and to() leave it alone
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self._program[0](pixels.cpu())
+
+
+class ImageClassifier(mlflow.pyfunc.PythonModel):
+    """The served model: the network, and the preprocessing its images need (class_names, image_shape
+    (C, H, W), background)."""
+
+    # MLflow wants predict's type hints, to infer a schema and check requests against it; a request comes
+    # in two forms (image files, pixel arrays) that no one schema states, and read_request checks it.
+    _skip_type_hint_validation = True
+
+    def load_context(self, context) -> None:
+        self.network = Exported(torch.export.load(context.artifacts[PROGRAM]).module())
+        self.preprocessing = json.loads(Path(context.artifacts[PREPROCESSING]).read_text())
+
+    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+        try:
+            images = read_request(model_input, tuple(self.preprocessing["image_shape"]), tuple(self.preprocessing["background"]))
+        except ImgpipeError as error:
+            raise MlflowException(str(error), error_code=BAD_REQUEST) from None
+        return predict(self.network, images, tuple(self.preprocessing["class_names"]), TOP_K, torch.device("cpu"))
+
+
+def read_request(payload, image_shape: tuple[int, int, int], background: tuple[int, int, int]) -> np.ndarray:
+    """A request's images, as the parsed payload MLflow hands a pyfunc, as uint8 (N, C, H, W)."""
+    channels, height, width = image_shape
+    if isinstance(payload, pd.DataFrame):
+        if "image" not in payload.columns:
+            raise ImgpipeError(f"the request's table has no 'image' column (it has {', '.join(map(str, payload.columns))}); "
+                               "send base64-encoded image files under 'image'")
+        payload = payload["image"].tolist()
+    elif isinstance(payload, dict):
+        if "image" not in payload:
+            raise ImgpipeError(f"the request has no 'image' field (it has {', '.join(payload)})")
+        payload = payload["image"]
+    encoded = [item for item in np.asarray(payload, dtype=object).ravel()[:1] if isinstance(item, (str, bytes))]
+    if encoded:
+        return np.stack([decode(io.BytesIO(_bytes(item, row)), channels, (height, width), background, name=f"image {row}")
+                         for row, item in enumerate(payload)])
+    return np.stack([conform(image, channels, (height, width), background) for image in _pixel_images(payload, channels)])
+
+
+def _bytes(item: str | bytes, row: int) -> bytes:
+    if isinstance(item, bytes):
+        return item
+    try:
+        return base64.b64decode(item, validate=False)
+    except (binascii.Error, ValueError):
+        raise ImgpipeError(f"image {row}: not base64 (send each image file base64-encoded)") from None
+
+
+def _pixel_images(payload, channels: int) -> list[Image.Image]:
+    """uint8 arrays as PIL images: (N, H, W), (N, H, W, C) or (N, C, H, W)."""
+    try:
+        pixels = np.asarray(payload)
+    except ValueError:
+        raise ImgpipeError("the request's pixel arrays differ in shape; send images of one shape per request") from None
+    if pixels.dtype.kind not in "iuf" or pixels.ndim not in (3, 4):
+        raise ImgpipeError(f"the request's pixels are {pixels.dtype} of shape {pixels.shape}; "
+                           "send uint8 (N, H, W), (N, H, W, C) or (N, C, H, W) arrays, or base64 image files under 'image'")
+    if pixels.size and (pixels.min() < 0 or pixels.max() > 255 or not np.array_equal(pixels, np.round(pixels))):
+        raise ImgpipeError("the request's pixels are not whole numbers 0..255 (send uint8 values, not normalized ones)")
+    pixels = pixels.astype(np.uint8)
+    if pixels.ndim == 4 and pixels.shape[1] in (1, 3, 4) and pixels.shape[-1] not in (1, 3, 4):
+        pixels = pixels.transpose(0, 2, 3, 1)  # (N, C, H, W) -> (N, H, W, C)
+    if pixels.ndim == 4:
+        if pixels.shape[-1] not in (1, 3, 4):
+            raise ImgpipeError(f"the request's pixel arrays have shape {pixels.shape}; their channels must be 1, 3 or 4")
+        pixels = pixels[..., 0] if pixels.shape[-1] == 1 else pixels
+    return [Image.fromarray(image) for image in pixels]

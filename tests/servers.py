@@ -1,0 +1,119 @@
+"""Real servers for the tests, started in the background: the team setup README describes, a `mlflow server`
+on PostgreSQL (a throwaway cluster: initdb, pg_ctl, createdb) where PostgreSQL is installed, else on SQLite;
+and `mlflow models serve`."""
+
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+# MLflow 3's server otherwise starts about seven huey worker processes (for GenAI jobs), each importing
+# MLflow: some 20 CPU-seconds that runs, artifacts and the registry do not need.
+NO_JOB_RUNNER = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def postgres_bin() -> Path | None:
+    """Where PostgreSQL's programs are (Debian keeps them in /usr/lib/postgresql/<version>/bin), or None."""
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    return versions[-1].parent if versions else None
+
+
+class TrackingServer:
+    """`mlflow server` on 127.0.0.1 with proxied artifacts in `folder`; its store a PostgreSQL database in a
+    cluster of its own where PostgreSQL is installed, else SQLite. Starts at once, in the background."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self.bin = postgres_bin()
+        # PostgreSQL refuses to run as root: where the tests are root, its programs run as `postgres`.
+        self.as_owner = ["runuser", "-u", "postgres", "--"] if self.bin and os.geteuid() == 0 else []
+        self.cluster = folder / "postgres"
+        commands = []
+        if self.bin:
+            port = free_port()
+            self.store = f"postgresql://postgres@127.0.0.1:{port}/mlflow"
+            self.cluster.mkdir()
+            if self.as_owner:
+                shutil.chown(self.cluster, "postgres")
+                folder.chmod(0o711)  # mkdtemp's 0700 would keep `postgres` out of its cluster
+            options = f"-p {port} -k {self.cluster} -c listen_addresses=127.0.0.1"
+            commands += [
+                self._pg("initdb", "-D", self.cluster, "-A", "trust", "-U", "postgres", "--no-locale", "-E", "UTF8") + " >/dev/null",
+                self._pg("pg_ctl", "-D", self.cluster, "-o", options, "-l", self.cluster / "log", "-w", "start") + " >/dev/null",
+                self._pg("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "mlflow"),
+            ]
+        else:
+            self.store = f"sqlite:///{folder / 'mlflow.db'}"
+        server = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", self.url.rsplit(":", 1)[1],
+                  "--workers", "1", "--backend-store-uri", self.store, "--artifacts-destination", str(folder / "artifacts")]
+        commands.append("exec " + shlex.join(server))  # the process to stop is the server's
+        self.log = folder / "server.log"
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(["bash", "-ec", " && ".join(commands)], stdout=log, stderr=subprocess.STDOUT,
+                                            env=os.environ | NO_JOB_RUNNER)
+
+    @property
+    def on_postgresql(self) -> bool:
+        return self.store.startswith("postgresql")
+
+    def _pg(self, program: str, *args) -> str:
+        return shlex.join([*self.as_owner, str(self.bin / program), *map(str, args)])
+
+    def wait(self) -> str:
+        """The server's address, once it answers (a minute at most); fails naming what went wrong."""
+        wait_for(f"{self.url}/health", self.process, self.log)
+        return self.url
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+        if self.bin and (self.cluster / "postmaster.pid").exists():
+            subprocess.run(self._pg("pg_ctl", "-D", self.cluster, "-m", "immediate", "stop"), shell=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def wait_for(url: str, process: subprocess.Popen, log: Path, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except OSError:
+            if process.poll() is not None:
+                raise RuntimeError(f"{url}: the server exited ({process.returncode}): {log.read_text()[-2000:]}")
+            time.sleep(0.25)
+    raise RuntimeError(f"{url}: no answer within {seconds:.0f} s: {log.read_text()[-2000:]}")
+
+
+def serve_model(model_uri: str, folder: Path, tracking_uri: str) -> tuple[subprocess.Popen, str]:
+    """`mlflow models serve` of a model, in the environment the tests run in (--env-manager local), on 127.0.0.1.
+    Returns the process and the address of its /invocations, once it answers."""
+    port = free_port()
+    log = folder / "serve.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
+                                    "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                                   stdout=out, stderr=subprocess.STDOUT, env=os.environ | {"MLFLOW_TRACKING_URI": tracking_uri})
+    try:
+        wait_for(f"http://127.0.0.1:{port}/ping", process, log)
+    except RuntimeError:
+        process.terminate()
+        raise
+    return process, f"http://127.0.0.1:{port}/invocations"
