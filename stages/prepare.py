@@ -6,22 +6,22 @@ from imgpipe import paths
 from imgpipe.errors import run_stage
 from imgpipe.files import write_json
 from imgpipe.imageset import load_fetched
-from imgpipe.prepare import data_card, prepare, save_prepared
+from imgpipe.prepare import data_card, prepare_into
 
 
 def main() -> None:
     params = P.load()
     raw = load_fetched(paths.RAW)
     with P.reported_as("data"):
-        prepared = prepare(
+        prepared = prepare_into(
             raw.splits,
+            paths.PREPARED,
             val_fraction=P.get(params, "data.val_fraction"),
             test_fraction=P.get(params, "data.test_fraction"),
             seed=P.get(params, "data.seed"),
             classes=P.get(params, "data.classes", None),
         )
     card = data_card(prepared, raw.decisions)
-    save_prepared(prepared, paths.PREPARED)
     write_json(paths.DATA_CARD, card)
     print(f"train {len(prepared.train)} / val {len(prepared.val)} / test {len(prepared.test)} images; "
           f"mean {[round(m, 4) for m in prepared.mean]}, std {[round(s, 4) for s in prepared.std]}")

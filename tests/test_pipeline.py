@@ -172,7 +172,7 @@ def test_evaluate_measures_on_the_device_its_settings_name(project):
 
 
 def test_bad_input_file_fails_in_one_line_and_keeps_earlier_data(project, tmp_path):
-    raw = project / "data/raw/train.npz"
+    raw = project / "data/raw/train.images.npy"
     before = raw.read_bytes()
     bad = tmp_path / "signs.csv"
     bad.write_text("label,pixel1,pixel2,pixel3,pixel4\n1,0,255,3,4\n2,0,12,x,4\n")

@@ -4,8 +4,9 @@ from conftest import random_images
 
 from imgpipe.config import DataConfig
 from imgpipe.errors import ImgpipeError, InvalidSetting
-from imgpipe.imageset import ImageSet, load
-from imgpipe.prepare import channel_stats, data_card, load_prepared, prepare, save_prepared
+from imgpipe import imageset
+from imgpipe.imageset import ImageSet, load, load_splits, save_splits
+from imgpipe.prepare import channel_stats, data_card, load_prepared, prepare, prepare_into, save_prepared
 from imgpipe.sources import digits as digits_source
 
 
@@ -138,13 +139,38 @@ def test_data_card_counts_every_split_and_flags_thin_classes():
     assert card["decisions"] == []  # what fetch decided, where it decided anything (tests/test_sources.py)
 
 
-def test_image_set_file_from_before_class_labels_still_loads(tmp_path):
-    """data/raw and data/prepared written before class labels were recorded: their classes go by name."""
+def test_names_without_labels_go_by_name_after_a_round_trip(tmp_path):
+    """An image folder's classes have names only; numbers in data.classes then mean names."""
     images, labels = random_images(40, (1, 2, 2), classes=4)
-    with open(tmp_path / "old.npz", "wb") as file:
-        np.savez(file, images=images, labels=labels, class_names=np.array(["0", "3", "7", "9"], dtype=np.str_))
-    old = load(tmp_path / "old.npz")
-    assert old.class_names == ("0", "3", "7", "9") and old.class_labels is None
-    assert np.array_equal(old.images, images) and np.array_equal(old.labels, labels)
-    prepared = prepare({"train": old}, 0.25, 0.25, seed=0, classes=[3, 7])  # numbers that are names
+    save_splits({"train": ImageSet(images, labels, ("0", "3", "7", "9"))}, tmp_path / "raw")
+    loaded = load(tmp_path / "raw", "train")
+    assert loaded.class_names == ("0", "3", "7", "9") and loaded.class_labels is None
+    assert isinstance(loaded.images, np.memmap) and np.array_equal(loaded.images, images) and np.array_equal(loaded.labels, labels)
+    prepared = prepare({"train": loaded}, 0.25, 0.25, seed=0, classes=[3, 7])  # numbers that are names
     assert prepared.class_names == ("3", "7") and len(prepared.train) + len(prepared.val) + len(prepared.test) == 20
+
+
+def test_chunked_statistics_equal_the_exact_ones(monkeypatch):
+    images, _ = random_images(50, (3, 5, 7), classes=2)
+    monkeypatch.setattr(imageset, "CHUNK_BYTES", 3 * 5 * 7 * 4)  # 4 images a chunk, the last one short
+    assert list(imageset.chunks(50, (3, 5, 7)))[-1] == slice(48, 50)
+    mean, std = channel_stats(images)
+    pixels = images.astype(np.float64) / 255
+    np.testing.assert_allclose(mean, pixels.mean(axis=(0, 2, 3)), rtol=0, atol=1e-15)
+    np.testing.assert_allclose(std, pixels.std(axis=(0, 2, 3)), rtol=0, atol=1e-15)
+
+
+def test_prepare_written_a_chunk_at_a_time_equals_prepare_in_memory(tmp_path, monkeypatch):
+    images, labels = random_images(120, (3, 4, 4), classes=3)
+    save_splits({"train": ImageSet(images, labels, ("a", "b", "c"))}, tmp_path / "raw")
+    raw = load_splits(tmp_path / "raw")  # memory-mapped
+    in_memory = prepare(raw, 0.2, 0.25, seed=3, classes=["c", "a"])
+    monkeypatch.setattr(imageset, "CHUNK_BYTES", 3 * 4 * 4 * 7)  # 7 images a chunk
+    written = prepare_into(raw, tmp_path / "prepared", 0.2, 0.25, seed=3, classes=["c", "a"])
+    for split in ("train", "val", "test"):
+        assert isinstance(getattr(written, split).images, np.memmap)
+        assert np.array_equal(getattr(written, split).images, getattr(in_memory, split).images)
+        assert np.array_equal(getattr(written, split).labels, getattr(in_memory, split).labels)
+    assert (written.mean, written.std, written.class_names) == (in_memory.mean, in_memory.std, ("c", "a"))
+    assert written.fingerprint == in_memory.fingerprint  # counted while writing, read from stats.json
+    assert load_prepared(tmp_path / "prepared").known_fingerprint == in_memory.fingerprint

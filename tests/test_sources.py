@@ -2,16 +2,19 @@
 
 import hashlib
 import shutil
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from datafiles import MNIST_T10K, small_digits, write_csv, write_image_folder
 from PIL import Image
 
-from imgpipe import paths
+from imgpipe import imageset, paths
 from imgpipe.config import DataConfig
 from imgpipe.errors import ImgpipeError, InvalidSetting
-from imgpipe.imageset import load_fetched, save_fetched
+from imgpipe.imageset import Fetched, ImageSet, load_fetched, save_fetched
 from imgpipe.prepare import data_card, load_prepared, prepare, save_prepared, select_classes
 from imgpipe.sources import fetch, fetch_dataset
 from imgpipe.sources.idx import read_idx, write_idx
@@ -299,8 +302,58 @@ def test_corrupt_image_is_named(tmp_path, damage):
 def test_mixed_sizes_without_resize_are_refused(tmp_path):
     root = _logo_folder(tmp_path / "logos")
     Image.new("RGB", (12, 10)).save(root / "liverpool" / "wide.png")
+    fetched = fetch_dataset(DataConfig(dataset="imagefolder", path=root))  # decoded as fetch writes it
     with pytest.raises(ImgpipeError, match=r"wide.png: is 12x10 pixels but .*a.png is 10x10; set data.image_size"):
-        fetch(DataConfig(dataset="imagefolder", path=root))
+        save_fetched(fetched, tmp_path / "raw")
+    assert not (tmp_path / "raw").exists() and not list(tmp_path.glob(".raw.tmp-*"))
+
+
+def test_a_folder_larger_than_a_chunk_is_fetched_intact_and_in_order(tmp_path, monkeypatch):
+    images, labels = small_digits(n=700, size=8)  # more than 256 files: decoded by a pool of processes
+    root = write_image_folder(tmp_path / "digits", images, labels, ["a", "b", "c", "d"])
+    monkeypatch.setattr(imageset, "CHUNK_BYTES", 64 * 50)  # 50 images a chunk: 14 chunks
+    save_fetched(fetch_dataset(DataConfig(dataset="imagefolder", path=root)), tmp_path / "raw")
+    raw = load_fetched(tmp_path / "raw").splits["train"]
+    order = np.argsort(labels, kind="stable")  # the folder lists class by class, each in file order
+    assert isinstance(raw.images, np.memmap) and np.array_equal(raw.images, images[order])
+    assert np.array_equal(raw.labels, labels[order])
+
+
+KILLED_FETCH = """
+import sys
+from pathlib import Path
+from imgpipe import imageset
+from imgpipe.config import DataConfig
+from imgpipe.imageset import save_fetched
+from imgpipe.sources import fetch_dataset
+
+image_folder = sys.modules["imgpipe.sources.image_folder"]  # the package names its function so too
+imageset.CHUNK_BYTES = 64 * 10  # 10 images a chunk
+decode = image_folder.decode
+def decode_then_die(path, *args, **kwargs):
+    if path.name == "00150.png":  # half-way, past several chunks already written
+        print("dying", flush=True)
+        import os, signal
+        os.kill(os.getpid(), signal.SIGKILL)
+    return decode(path, *args, **kwargs)
+image_folder.decode = decode_then_die
+save_fetched(fetch_dataset(DataConfig(dataset="imagefolder", path=Path(sys.argv[1]))), Path(sys.argv[2]))
+"""
+
+
+def test_a_fetch_killed_half_way_leaves_the_previous_output_intact(tmp_path):
+    images, labels = small_digits(n=200, size=8)  # under 256 files: decoded in this process, so the kill is its own
+    root = write_image_folder(tmp_path / "digits", images, labels, ["a", "b", "c", "d"])
+    previous = ImageSet(images[:5], labels[:5], ("a", "b", "c", "d"))
+    save_fetched(Fetched({"train": previous}), tmp_path / "raw")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "raw").iterdir()}
+    done = subprocess.run([sys.executable, "-c", KILLED_FETCH, str(root), str(tmp_path / "raw")], capture_output=True, text=True)
+    assert done.returncode == -signal.SIGKILL and "dying" in done.stdout
+    assert {p.name: p.read_bytes() for p in (tmp_path / "raw").iterdir()} == before
+    assert len(list(tmp_path.glob(".raw.tmp-*"))) == 1  # what the killed run wrote, left behind...
+    save_fetched(fetch_dataset(DataConfig(dataset="imagefolder", path=root)), tmp_path / "raw")
+    assert not list(tmp_path.glob(".raw.tmp-*"))  # ...until the next run removes it
+    assert len(load_fetched(tmp_path / "raw").splits["train"]) == 200
 
 
 def test_missing_empty_and_imageless_folders_are_named(tmp_path):

@@ -8,7 +8,8 @@ from imgpipe.config import TrainConfig
 from imgpipe.errors import ImgpipeError
 from imgpipe.evaluate import evaluate
 from imgpipe.lineage import code_version
-from imgpipe.train import augment, train
+from imgpipe.prepare import load_prepared, save_prepared
+from imgpipe.train import augment, on_device, train
 
 FAST = TrainConfig(epochs=3, batch_size=64, lr=0.01, device="cpu")
 
@@ -38,6 +39,27 @@ def test_same_settings_give_identical_runs_on_cpu(digits_prepared):
     assert measured(a.history) == measured(b.history) and same_weights(a.model, b.model)
     c = train("cnn", {"channels": [4], "dropout": 0.2}, digits_prepared, replace(config, seed=1))
     assert measured(c.history) != measured(a.history)
+
+
+@pytest.mark.parametrize("model, settings, workers", [("cnn", {"channels": [4], "dropout": 0.2}, 2), ("mlp", {"hidden": [16]}, 0)])
+def test_resident_and_streamed_batches_train_the_same_weights(tmp_path, digits_prepared, model, settings, workers):
+    save_prepared(digits_prepared, tmp_path / "prepared")
+    data = load_prepared(tmp_path / "prepared")  # memory-mapped, as the train stage reads it
+    config = replace(FAST, epochs=2, batch_size=50, deterministic=True, crop_padding=1, flip=True, stream_workers=workers)
+    resident = train(model, settings, data, replace(config, data_on_device=True))
+    streamed = train(model, settings, data, replace(config, data_on_device=False))
+    assert resident.data_on_device and not streamed.data_on_device
+    assert measured(resident.history) == measured(streamed.history) and same_weights(resident.model, streamed.model)
+    assert resident.summary()["data_on_device"] is True
+
+
+def test_auto_keeps_the_splits_on_the_device_only_when_they_fit(digits_prepared):
+    size = digits_prepared.train.images.nbytes + digits_prepared.val.images.nbytes  # about 90 KB
+    assert on_device(replace(FAST, data_on_device="auto", resident_limit_mb=1), size, torch.device("cpu"))
+    assert not on_device(replace(FAST, data_on_device="auto", resident_limit_mb=0), size, torch.device("cpu"))
+    assert not on_device(replace(FAST, data_on_device=False, resident_limit_mb=1), size, torch.device("cpu"))
+    fitted = train("centroid", {}, digits_prepared, replace(FAST, data_on_device=False))
+    assert fitted.data_on_device  # fitted in one pass over the whole split
 
 
 def test_training_killed_midway_resumes_to_the_same_result(tmp_path, digits_prepared):

@@ -43,6 +43,12 @@ class TrainConfig:
     deterministic: bool = False  # bit-identical reruns: deterministic algorithms, no cuDNN autotuning
     threads: int = 0  # CPU threads; 0 = PyTorch's own choice
     device: str = "auto"  # auto (cuda, else mps, else cpu), cuda, mps or cpu
+    # Where the train and val splits are read from: true = copied to the device once (fastest), false =
+    # streamed from their memory-mapped files batch by batch (any size), auto = true when they fit:
+    # at most resident_limit_mb together and, on CUDA, at most half the GPU's free memory.
+    data_on_device: bool | str = "auto"
+    resident_limit_mb: int = 1024  # MB: auto's limit (uint8 images, 1 byte per pixel and channel)
+    stream_workers: int = 2  # processes gathering streamed batches; 0 = in the training process
 
     def __post_init__(self):
         def whole(name, least):
@@ -69,6 +75,9 @@ class TrainConfig:
         for name in ("nesterov", "flip", "deterministic"):
             require(isinstance(getattr(self, name), bool), name, f"must be true or false, got {getattr(self, name)!r}")
         choice("device", DEVICES)
+        require(self.data_on_device in ("auto", True, False), "data_on_device", f"must be auto, true or false, got {self.data_on_device!r}")
+        whole("resident_limit_mb", 0)
+        whole("stream_workers", 0)
 
 
 ON_BAD_FILE = ("error", "skip")

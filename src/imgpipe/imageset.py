@@ -1,9 +1,14 @@
-"""ImageSet: uint8 images with their labels and class names, and its .npz file format; Fetched: what
-a source read (splits plus the decisions it made), and the raw-data folder that holds it.
+"""ImageSet: uint8 images with their labels and class names, and the folder format of its splits;
+Fetched: what a source read (splits plus the decisions it made), and the raw-data folder that holds it.
 
-The format holds plain arrays only, so loading it never unpickles code (np.load allow_pickle=False).
+A folder holds per split `<split>.images.npy` (uint8 (N, C, H, W)) and `<split>.labels.npy` (int64), and
+`classes.json`. Array files are memory-mapped when loaded: a stage reads the images it uses, when it uses
+them, and a dataset larger than memory goes through in chunks. Plain arrays only, so loading never
+unpickles code (np.load allow_pickle=False).
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +47,11 @@ class ImageSet:
         """(C, H, W)"""
         return tuple(int(d) for d in self.images.shape[1:])
 
+    def write_into(self, images: np.ndarray, chunk: int) -> None:
+        """Copy the images into an array of their shape, `chunk` at a time (a memory-mapped split is read so)."""
+        for start in range(0, len(self), chunk):
+            images[start:start + chunk] = self.images[start:start + chunk]
+
     def subset(self, indices: np.ndarray) -> "ImageSet":
         return ImageSet(self.images[indices], self.labels[indices], self.class_names, self.class_labels)
 
@@ -50,45 +60,96 @@ class ImageSet:
         return {name: int(n) for name, n in zip(self.class_names, counts)}
 
 
-def save(imageset: ImageSet, path: Path) -> None:
-    arrays = {
-        "images": imageset.images,
-        "labels": imageset.labels.astype(np.int64),
-        "class_names": np.array(imageset.class_names, dtype=np.str_),
-    }
-    if imageset.class_labels is not None:
-        arrays["class_labels"] = np.array(imageset.class_labels, dtype=np.int64)
-    with atomic_path(path) as tmp, open(tmp, "wb") as file:
-        np.savez(file, **arrays)
+CHUNK_BYTES = 64 * 2**20  # images read, decoded or copied at a time: what a stage holds of a split at once
 
 
-def load(path: Path) -> ImageSet:
-    try:
-        with np.load(path, allow_pickle=False) as arrays:
-            # Files written before class labels were recorded have none: their classes go by name.
-            class_labels = tuple(int(v) for v in arrays["class_labels"]) if "class_labels" in arrays.files else None
-            return ImageSet(arrays["images"], arrays["labels"], tuple(str(c) for c in arrays["class_names"]), class_labels)
-    except FileNotFoundError:
-        raise ImgpipeError(f"{path}: not found; run the stage that writes it (dvc repro)") from None
-    except (OSError, KeyError, ValueError) as error:
-        raise ImgpipeError(f"{path}: not a readable imgpipe image set ({error})") from None
+def chunk_of(image_shape: tuple[int, ...]) -> int:
+    """How many images of this shape make a chunk."""
+    return max(1, CHUNK_BYTES // int(np.prod(image_shape)))
 
 
-def save_splits(splits: dict[str, ImageSet], folder: Path, json_files: dict[str, dict] | None = None) -> None:
-    """Write every split as <split>.npz (plus any JSON files) into `folder`, swapped in whole."""
+def chunks(count: int, image_shape: tuple[int, ...]) -> Iterator[slice]:
+    step = chunk_of(image_shape)
+    for start in range(0, count, step):
+        yield slice(start, min(start + step, count))
+
+
+CLASSES_FILE = "classes.json"  # beside the splits: their class names and the source's labels
+
+
+def _arrays(folder: Path, split: str) -> tuple[Path, Path]:
+    return folder / f"{split}.images.npy", folder / f"{split}.labels.npy"
+
+
+class SplitsWriter:
+    """Fills a folder of splits, one split at a time: each split's images an array file, created at its
+    full size and written in place (`images(...)`), so no split need ever be whole in memory."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def images(self, split: str, count: int, shape: tuple[int, int, int]) -> np.memmap:
+        """The split's images, uint8 (count, C, H, W), to fill; flushed when the folder is swapped in."""
+        return np.lib.format.open_memmap(_arrays(self.folder, split)[0], mode="w+", dtype=np.uint8, shape=(count, *shape))
+
+    def labels(self, split: str, labels: np.ndarray) -> None:
+        np.save(_arrays(self.folder, split)[1], np.asarray(labels, dtype=np.int64))
+
+    def json(self, name: str, data: dict) -> None:
+        write_json(self.folder / name, data)
+
+    def add(self, split: str, imageset) -> None:
+        """A split: an ImageSet, or any split that writes its images into an array (an image folder's,
+        decoded as it is written), a chunk at a time."""
+        images = self.images(split, len(imageset), imageset.image_shape)
+        imageset.write_into(images, chunk_of(imageset.image_shape))
+        images.flush()
+        del images  # unmapped: the file is complete
+        self.labels(split, imageset.labels)
+
+
+@contextmanager
+def writing_splits(folder: Path, class_names: tuple[str, ...], class_labels: tuple[int, ...] | None) -> Iterator[SplitsWriter]:
+    """Write splits (they share these classes) into `folder`, swapped in whole when the block ends: a run
+    that fails, or is killed, half-way leaves the previous folder as it was."""
     with atomic_path(folder) as tmp:
         tmp.mkdir()
-        for split, images in splits.items():
-            save(images, tmp / f"{split}.npz")
+        writer = SplitsWriter(tmp)
+        writer.json(CLASSES_FILE, {"class_names": list(class_names),
+                                   "class_labels": None if class_labels is None else list(class_labels)})
+        yield writer
+
+
+def save_splits(splits: dict, folder: Path, json_files: dict[str, dict] | None = None) -> None:
+    """Write every split (they share their classes), and any JSON files, into `folder`, swapped in whole."""
+    first = next(iter(splits.values()))
+    with writing_splits(folder, first.class_names, first.class_labels) as writer:
+        for split, imageset in splits.items():
+            writer.add(split, imageset)
         for name, data in (json_files or {}).items():
-            write_json(tmp / name, data)
+            writer.json(name, data)
+
+
+def load(folder: Path, split: str) -> ImageSet:
+    """A split as saved: its images memory-mapped (read from disk as they are used, never copied whole)."""
+    images, labels = _arrays(folder, split)
+    try:
+        classes = read_json(folder / CLASSES_FILE)
+        class_labels = classes["class_labels"]
+        return ImageSet(np.load(images, mmap_mode="r", allow_pickle=False), np.load(labels, allow_pickle=False),
+                        tuple(str(name) for name in classes["class_names"]),
+                        None if class_labels is None else tuple(int(label) for label in class_labels))
+    except FileNotFoundError as error:
+        raise ImgpipeError(f"{error.filename}: not found; run the stage that writes it (dvc repro)") from None
+    except (OSError, KeyError, TypeError, ValueError) as error:
+        raise ImgpipeError(f"{images}: not a readable imgpipe image set ({error})") from None
 
 
 def load_splits(folder: Path) -> dict[str, ImageSet]:
     """Every split saved in `folder`; the train split must be there."""
-    if not (folder / "train.npz").exists():
-        raise ImgpipeError(f"{folder / 'train.npz'}: not found; run the stage that writes it (dvc repro)")
-    return {split: load(folder / f"{split}.npz") for split in SPLITS if (folder / f"{split}.npz").exists()}
+    if not _arrays(folder, "train")[0].exists():
+        raise ImgpipeError(f"{_arrays(folder, 'train')[0]}: not found; run the stage that writes it (dvc repro)")
+    return {split: load(folder, split) for split in SPLITS if _arrays(folder, split)[0].exists()}
 
 
 @dataclass(frozen=True)

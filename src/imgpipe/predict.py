@@ -3,7 +3,7 @@
     python -m imgpipe.predict --model models/cnn/seed0.pt photo.png more_images/ [--output predictions.csv]
     python -m imgpipe.predict --model models:/imgpipe-digits@champion photo.png    (a registered model, on the CPU)
 
-Every image goes through prepare's preprocessing (the checkpoint's channel count and image size,
+Images are read and classified 1,024 at a time. Every image goes through prepare's preprocessing (the checkpoint's channel count and image size,
 transparency laid on its background colour; the model normalizes with its stored statistics), and
 one CSV row per image is written: path, predicted class, confidence, then the next best classes.
 An unreadable file is reported by name and skipped; the exit status is 1 if any was, else 0.
@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from tqdm import tqdm
 
 from imgpipe import registered
 from imgpipe.checkpoint import load_checkpoint
@@ -24,6 +25,9 @@ from imgpipe.errors import ImgpipeError
 from imgpipe.inference import predict_logits
 from imgpipe.files import atomic_path
 from imgpipe.sources.image_folder import IMAGE_SUFFIXES, decode
+
+
+FILES_AT_ONCE = 1024  # images decoded and classified at a time: a folder of any size in bounded memory
 
 
 def image_files(paths: list[Path]) -> list[Path]:
@@ -90,12 +94,18 @@ def main(argv: list[str] | None = None) -> int:
         files = image_files(args.paths)
         if not files:
             raise ImgpipeError(f"no image files in {', '.join(map(str, args.paths))}")
-        read, images, errors = read_images(files, tuple(meta["image_shape"]), tuple(meta.get("background", (255, 255, 255))))
-        table = predict(model, images, tuple(meta["class_names"]), args.top_k, pick_device(args.device))
+        device, tables, errors = pick_device(args.device), [], []
+        for start in tqdm(range(0, len(files), FILES_AT_ONCE), desc="predict", unit="chunk", disable=len(files) <= FILES_AT_ONCE):
+            read, images, unreadable = read_images(files[start:start + FILES_AT_ONCE], tuple(meta["image_shape"]),
+                                                   tuple(meta.get("background", (255, 255, 255))))
+            table = predict(model, images, tuple(meta["class_names"]), args.top_k, device)
+            table.insert(0, "path", [str(p) for p in read])
+            tables.append(table)
+            errors += unreadable
+        table = pd.concat(tables, ignore_index=True)
     except (ImgpipeError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    table.insert(0, "path", [str(p) for p in read])
     for error in errors:
         print(f"skipped: {error}", file=sys.stderr)
     if args.output is None:

@@ -43,7 +43,7 @@ def artifacts(model: torch.nn.Module, example: np.ndarray, preprocessing: dict, 
     preprocessing (class_names, image_shape, background). Returns them as MLflow's `artifacts`."""
     model = model.cpu().eval()
     batch = torch.export.Dim.AUTO  # the exporter decides; a batch of 1 may not be marked dynamic
-    program = torch.export.export(model, (torch.from_numpy(example),), dynamic_shapes=({0: batch},))
+    program = torch.export.export(model, (torch.from_numpy(np.array(example)),), dynamic_shapes=({0: batch},))  # a copy: may be memory-mapped
     files = {PROGRAM: folder / "program.pt2", PREPROCESSING: folder / "preprocessing.json"}
     torch.export.save(program, files[PROGRAM])
     files[PREPROCESSING].write_text(json.dumps(preprocessing))

@@ -1,6 +1,7 @@
-"""The training engine: the whole split lives on the device as uint8, batches are slices of an
-on-device permutation, augmentation and normalization run on whole batches, so no per-sample
-Python runs in the loop. On CUDA it trains in bf16 autocast with channels_last convolutions.
+"""The training engine: batches are slices of a seeded permutation, served by the split's batch source
+(imgpipe.batches: resident on the device as uint8 where it fits, else streamed from its memory-mapped
+file); augmentation and normalization run on whole batches on the device, so no per-sample Python
+runs in the loop. On CUDA it trains in bf16 autocast with channels_last convolutions.
 
 A training writes its full state after every epoch; run again with the same settings, it resumes
 from the last finished epoch and ends exactly where an uninterrupted run would (deterministic mode).
@@ -22,9 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from imgpipe.batches import ResidentSplit, StreamedSplit, fits_on_device
 from imgpipe.config import TrainConfig
 from imgpipe.device import pick_device
-from imgpipe.inference import predict_logits, score
+from imgpipe.inference import score
 from imgpipe.files import atomic_path
 from imgpipe.lineage import code_version
 from imgpipe.models import Classifier, build_model, count_parameters, is_fitted
@@ -40,6 +42,7 @@ class TrainResult:
     best_epoch: int = 0  # the epoch whose weights were kept
     stopped_early: bool = False
     device: str = "cpu"
+    data_on_device: bool = True  # the splits resident on the device (else streamed from their files)
     peak_memory_mb: float | None = None  # CUDA only
 
     def summary(self) -> dict:
@@ -52,6 +55,7 @@ class TrainResult:
             "images_per_second": round(self.images_per_second, 1),
             "epochs": len(self.history),
             "best_epoch": self.best_epoch,
+            "data_on_device": self.data_on_device,
         }
         if self.peak_memory_mb is not None:
             metrics["peak_memory_mb"] = round(self.peak_memory_mb, 1)
@@ -77,6 +81,13 @@ def augment(images: torch.Tensor, crop_padding: int, flip: bool, generator: torc
         mirrored = torch.rand(len(images), device=images.device, generator=generator) < 0.5
         images = torch.where(mirrored[:, None, None, None], images.flip(-1), images)
     return images
+
+
+def on_device(config: TrainConfig, nbytes: int, device: torch.device) -> bool:
+    """Whether the splits (nbytes of uint8 images) stay resident on the device: train.data_on_device."""
+    if isinstance(config.data_on_device, bool):
+        return config.data_on_device
+    return fits_on_device(nbytes, device, config.resident_limit_mb)
 
 
 def make_optimizer(config: TrainConfig, parameters) -> torch.optim.Optimizer:
@@ -196,27 +207,27 @@ def train(model_name: str, model_settings: dict, data: Prepared, config: TrainCo
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
 
-    # The whole split goes to the device once, still uint8 (4x smaller than float32).
-    x_train = torch.from_numpy(data.train.images).to(device)
-    y_train = torch.from_numpy(data.train.labels).to(device)
-    x_val = torch.from_numpy(data.val.images).to(device)
-    y_val = torch.from_numpy(data.val.labels).to(device)
-    result = TrainResult(model=model, device=device.type)
+    # The splits go to the device once, still uint8 (4x smaller than float32), where they fit; else
+    # they stream from their files. A fitted model (class centroids) takes its split whole, in one pass.
+    resident = is_fitted(net) or on_device(config, data.train.images.nbytes + data.val.images.nbytes, device)
+    train_split, val_split = ((ResidentSplit(split, device) if resident else StreamedSplit(split, device, config.stream_workers))
+                              for split in (data.train, data.val))
+    result = TrainResult(model=model, device=device.type, data_on_device=resident)
 
     if is_fitted(net):  # e.g. class centroids: one pass, no gradient steps
         start = time.perf_counter()
-        net.fit(model.normalize(x_train), y_train)
-        result.history = [_epoch_row(1, score(predict_logits(model, x_train), y_train),
-                                     score(predict_logits(model, x_val), y_val), time.perf_counter() - start)]
+        net.fit(model.normalize(train_split.images), train_split.labels)
+        result.history = [_epoch_row(1, score(train_split.logits(model), train_split.labels),
+                                     score(val_split.logits(model), val_split.labels), time.perf_counter() - start)]
         result.seconds = result.history[0]["seconds"]
-        result.images_per_second = len(y_train) / max(result.seconds, 1e-9)
+        result.images_per_second = len(train_split) / max(result.seconds, 1e-9)
         result.best_epoch = 1
         return result
 
     # Per-part learning rates (a head trained faster than its backbone), else every trainable parameter at lr.
     parameters = net.parameter_groups(config.lr) if hasattr(net, "parameter_groups") else [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(config, parameters)
-    steps_per_epoch = -(-len(y_train) // config.batch_size)
+    steps_per_epoch = -(-len(train_split) // config.batch_size)
     schedule = make_schedule(config, optimizer, config.epochs * steps_per_epoch)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
@@ -243,10 +254,10 @@ def train(model_name: str, model_settings: dict, data: Prepared, config: TrainCo
         model.train()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
-        progress = tqdm(batches(len(y_train), config.batch_size, generator), total=steps_per_epoch,
+        order = list(batches(len(train_split), config.batch_size, generator))
+        progress = tqdm(train_split.batches(order), total=steps_per_epoch,
                         desc=f"{model_name} {epoch}/{config.epochs}", unit="batch", leave=False, disable=not interactive)
-        for step, index in enumerate(progress):
-            images, labels = x_train[index], y_train[index]
+        for step, (images, labels) in enumerate(progress):
             if config.crop_padding or config.flip:
                 images = augment(images, config.crop_padding, config.flip, generator)
             if channels_last:
@@ -259,24 +270,24 @@ def train(model_name: str, model_settings: dict, data: Prepared, config: TrainCo
             optimizer.step()
             if schedule is not None:
                 schedule.step()
-            loss_sum += loss.detach() * len(index)  # summed on the device: no sync per step
+            loss_sum += loss.detach() * len(labels)  # summed on the device: no sync per step
             correct += (logits.argmax(1) == labels).sum()
             if interactive and step % 20 == 0:  # a sync, so only now and then, and only on a terminal
-                seen = min((step + 1) * config.batch_size, len(y_train))
+                seen = min((step + 1) * config.batch_size, len(train_split))
                 progress.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}",
                                      img_s=f"{seen / (time.perf_counter() - start):.0f}")
         with autocast:
-            val = score(predict_logits(model, x_val), y_val)
+            val = score(val_split.logits(model), val_split.labels)
         state.elapsed += time.perf_counter() - start
-        row = _epoch_row(epoch, {"loss": loss_sum.item() / len(y_train), "accuracy": correct.item() / len(y_train)},
-                         val, state.elapsed)
+        seen = len(train_split)
+        row = _epoch_row(epoch, {"loss": loss_sum.item() / seen, "accuracy": correct.item() / seen}, val, state.elapsed)
         result.history.append(row)
         if val["loss"] < state.best_loss:  # early stopping watches the loss...
             state.best_loss, state.loss_epoch = val["loss"], epoch
         if (val["accuracy"], -val["loss"]) > state.best_score:  # ...the weights kept are the most accurate
             state.best_score, state.best_epoch = (val["accuracy"], -val["loss"]), epoch
             state.best_weights = copy.deepcopy(model.state_dict())
-        _report(model_name, row, config.epochs, interactive, images_per_second=len(y_train) / (time.perf_counter() - start))
+        _report(model_name, row, config.epochs, interactive, images_per_second=seen / (time.perf_counter() - start))
         state.epoch = epoch
         stop = config.patience and epoch - state.loss_epoch >= config.patience
         if resume is not None and epoch < config.epochs and not stop:
@@ -297,7 +308,7 @@ def train(model_name: str, model_settings: dict, data: Prepared, config: TrainCo
     model.load_state_dict(state.best_weights)
     result.best_epoch = state.best_epoch
     result.seconds = state.elapsed
-    result.images_per_second = len(result.history) * len(y_train) / max(result.seconds, 1e-9)
+    result.images_per_second = len(result.history) * len(train_split) / max(result.seconds, 1e-9)
     if cuda:
         result.peak_memory_mb = torch.cuda.max_memory_allocated(device) / 2**20
     if resume is not None:

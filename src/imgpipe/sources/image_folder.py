@@ -9,6 +9,9 @@ in a pool of processes, one per core. The classes have names only (the folders')
 
 import os
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -135,17 +138,61 @@ def image_folder(config: DataConfig) -> Fetched:
             raise ImgpipeError(f"{root}: class {unknown[0]!r} of the {split} split has no training images")
     files = [file for split_files, _ in listed.values() for file in split_files]
     channels, decision = choose_channels(files, root, config.channels)
-    # Every split in one pass: one pool of processes, and one image size that all must share.
-    arrays = _map(_decode_all, [(file, channels, config.image_size, tuple(config.background)) for file in files])
-    shape = arrays[0].shape
-    for file, array in zip(files, arrays):
-        if array.shape != shape:
-            raise ImgpipeError(f"{file}: is {array.shape[2]}x{array.shape[1]} pixels but {files[0]} is "
-                               f"{shape[2]}x{shape[1]}; set data.image_size to resize them all")
+    size = tuple(config.image_size) if config.image_size is not None else _size_of(files[0])
     index = {name: i for i, name in enumerate(names)}
-    splits = {}
-    for split, (split_files, labels) in listed.items():
-        images = np.stack(arrays[:len(split_files)])
-        del arrays[:len(split_files)]  # each image held once: as a file's array or in its split's stack
-        splits[split] = ImageSet(images, np.array([index[label] for label in labels], dtype=np.int64), names)
+    splits = {split: FolderSplit(tuple(split_files), np.array([index[label] for label in labels], dtype=np.int64), names,
+                                 (channels, *size), tuple(config.background), resize=config.image_size is not None)
+              for split, (split_files, labels) in listed.items()}
     return Fetched(splits, (decision,))
+
+
+def _size_of(file: Path) -> tuple[int, int]:
+    """(height, width) from the file's header."""
+    try:
+        with Image.open(file) as image:
+            return image.height, image.width
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ImgpipeError(f"{file}: not a readable image ({error}); remove or replace it") from None
+
+
+@dataclass(frozen=True)
+class FolderSplit:
+    """A split of an image folder, decoded when it is written (SplitsWriter): a chunk of images at a time,
+    by a pool of processes, straight into its array file, so a folder larger than memory goes through."""
+
+    files: tuple[Path, ...]
+    labels: np.ndarray  # (N,) int64
+    class_names: tuple[str, ...]
+    image_shape: tuple[int, int, int]  # (C, H, W) every image becomes
+    background: tuple[int, int, int]
+    resize: bool  # data.image_size set: resize every image; else every image must already be H x W
+    class_labels: None = None  # an image folder's classes have names only
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def write_into(self, images: np.ndarray, chunk: int) -> None:
+        """Decode every file into images (N, C, H, W), `chunk` files at a time, in order."""
+        channels, height, width = self.image_shape
+        jobs = [(file, channels, (height, width) if self.resize else None, self.background) for file in self.files]
+        workers = min(os.cpu_count() or 1, max(1, len(jobs) // 256))  # small folders: no pool to start
+        with ProcessPoolExecutor(workers) if workers > 1 else nullcontext() as pool:
+            for start in range(0, len(jobs), chunk):
+                batch = jobs[start:start + chunk]
+                arrays = pool.map(_decode_all, batch, chunksize=16) if pool else map(_decode_all, batch)
+                for offset, array in enumerate(arrays):
+                    if array.shape != self.image_shape:
+                        file = self.files[start + offset]
+                        raise ImgpipeError(f"{file}: is {array.shape[2]}x{array.shape[1]} pixels but {self.files[0]} is "
+                                           f"{width}x{height}; set data.image_size to resize them all")
+                    images[start + offset] = array
+
+    @cached_property
+    def images(self) -> np.ndarray:
+        """Every image decoded, in memory: for small folders (tests, benchmarks); fetch writes them in chunks."""
+        images = np.empty((len(self), *self.image_shape), dtype=np.uint8)
+        self.write_into(images, chunk=len(self) or 1)
+        return images
+
+    def subset(self, indices):
+        return ImageSet(self.images[indices], self.labels[indices], self.class_names)
