@@ -2,15 +2,19 @@
 entry of train.variants and train.seeds.
 
 Writes models/<variant>/seed<seed>.pt, metrics/curves/<variant>/seed<seed>/ and
-metrics/train/<variant>/seed<seed>.json; the report stage records them in MLflow.
+metrics/train/<variant>/seed<seed>.json; the report stage records them in MLflow. With train.devices
+above 1 it starts that many ranks of itself under torchrun (or, started by an outer torchrun or srun,
+joins that group); rank 0 writes the files.
 """
 
+import subprocess
 import sys
 from datetime import datetime, timezone
 
 from imgpipe import params as P
-from imgpipe import paths
+from imgpipe import distributed, gpus, paths
 from imgpipe.checkpoint import save_checkpoint
+from imgpipe.device import pick_device
 from imgpipe.errors import ImgpipeError, run_stage
 from imgpipe.files import write_json
 from imgpipe.prepare import load_prepared
@@ -23,10 +27,24 @@ def main() -> None:
     name, seed = sys.argv[1], P.seed_argument(sys.argv[2])
     params = P.load()
     variant = P.variant(params, name, seed)
+    device_type = pick_device(variant.config.device).type
+    processes = distributed.device_count(variant.config.devices, device_type)
+    if processes > 1 and not distributed.launched():  # start the ranks, each of which runs this script
+        done = subprocess.run(distributed.torchrun_command(processes, [__file__, name, str(seed)]))
+        if done.returncode != 0:
+            raise ImgpipeError(f"train {name} seed {seed}: {processes} processes under torchrun failed (exit {done.returncode}); "
+                               "the failing rank's error is above")
+        return
+    if device_type == "cuda" and not distributed.launched():
+        gpus.use_a_free_gpu()  # parallel queued experiments (dvc queue start -j N) spread over the GPUs
+    group = distributed.join(device_type) if distributed.launched() else distributed.SINGLE
     data = load_prepared(paths.PREPARED)
     started = datetime.now(timezone.utc).isoformat(timespec="milliseconds")  # the MLflow run's start
     with P.reported_as(f"models.{name}"):
-        result = train(variant.model, variant.settings, data, variant.config, resume=paths.resume_state(name, seed))
+        result = train(variant.model, variant.settings, data, variant.config, resume=paths.resume_state(name, seed), group=group)
+    distributed.leave()
+    if not group.leader:
+        return  # rank 0 writes the files; every rank holds the same result
 
     save_checkpoint(paths.checkpoint(name, seed), result.model, model_name=variant.model, model_settings=variant.settings,
                     image_shape=data.image_shape, class_names=data.class_names, config=variant.config,

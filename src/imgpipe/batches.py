@@ -48,8 +48,8 @@ class ResidentSplit:
         for index in order:
             yield self.images[index], self.labels[index]
 
-    def logits(self, model: nn.Module) -> torch.Tensor:
-        return predict_logits(model, self.images)
+    def logits(self, model: nn.Module, rows: slice = slice(None)) -> torch.Tensor:
+        return predict_logits(model, self.images[rows])
 
 
 class _Rows(Dataset):
@@ -101,5 +101,5 @@ class StreamedSplit:
         if ahead is not None:
             yield ahead
 
-    def logits(self, model: nn.Module) -> torch.Tensor:
-        return logits_in_chunks(model, self.rows.images, self.device)
+    def logits(self, model: nn.Module, rows: slice = slice(None)) -> torch.Tensor:
+        return logits_in_chunks(model, self.rows.images[rows], self.device)

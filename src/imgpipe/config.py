@@ -49,6 +49,9 @@ class TrainConfig:
     data_on_device: bool | str = "auto"
     resident_limit_mb: int = 1024  # MB: auto's limit (uint8 images, 1 byte per pixel and channel)
     stream_workers: int = 2  # processes gathering streamed batches; 0 = in the training process
+    # Processes training together, one per device (torchrun + DistributedDataParallel): 1, a number, or
+    # auto (every visible GPU). batch_size stays the global batch, so any count follows one schedule.
+    devices: int | str = 1
 
     def __post_init__(self):
         def whole(name, least):
@@ -78,6 +81,8 @@ class TrainConfig:
         require(self.data_on_device in ("auto", True, False), "data_on_device", f"must be auto, true or false, got {self.data_on_device!r}")
         whole("resident_limit_mb", 0)
         whole("stream_workers", 0)
+        require(self.devices == "auto" or (_is_int(self.devices) and self.devices >= 1), "devices",
+                f"must be a whole number >= 1 or auto, got {self.devices!r}")
 
 
 ON_BAD_FILE = ("error", "skip")

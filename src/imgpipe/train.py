@@ -26,6 +26,8 @@ from tqdm import tqdm
 from imgpipe.batches import ResidentSplit, StreamedSplit, fits_on_device
 from imgpipe.config import TrainConfig
 from imgpipe.device import pick_device
+from imgpipe.distributed import SINGLE, ProcessGroup
+from imgpipe.errors import ImgpipeError
 from imgpipe.inference import score
 from imgpipe.files import atomic_path
 from imgpipe.lineage import code_version
@@ -67,18 +69,22 @@ def batches(count: int, batch_size: int, generator: torch.Generator) -> Iterator
     yield from torch.randperm(count, device=generator.device, generator=generator).split(batch_size)
 
 
-def augment(images: torch.Tensor, crop_padding: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
-    """Random crops of zero-padded images and random horizontal flips, for a whole batch at once."""
+def augment(images: torch.Tensor, crop_padding: int, flip: bool, generator: torch.Generator,
+            share: slice = slice(None), batch: int | None = None) -> torch.Tensor:
+    """Random crops of zero-padded images and random horizontal flips, for a whole batch at once.
+    `images` may be the `share` of a global batch of `batch` images (a rank's rows): the draws are the
+    whole batch's, so every rank augments its rows as a single process would."""
+    drawn = len(images) if batch is None else batch
     if crop_padding:
         b, _, h, w = images.shape
         padded = F.pad(images, (crop_padding,) * 4)
-        shift = torch.randint(0, 2 * crop_padding + 1, (2, b), device=images.device, generator=generator)
+        shift = torch.randint(0, 2 * crop_padding + 1, (2, drawn), device=images.device, generator=generator)[:, share]
         rows = (torch.arange(h, device=images.device) + shift[0, :, None])[:, :, None]  # (B, H, 1)
         cols = (torch.arange(w, device=images.device) + shift[1, :, None])[:, None, :]  # (B, 1, W)
-        batch = torch.arange(b, device=images.device)[:, None, None]
-        images = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)  # (B, C, H, W)
+        index = torch.arange(b, device=images.device)[:, None, None]
+        images = padded.permute(0, 2, 3, 1)[index, rows, cols].permute(0, 3, 1, 2)  # (B, C, H, W)
     if flip:
-        mirrored = torch.rand(len(images), device=images.device, generator=generator) < 0.5
+        mirrored = (torch.rand(drawn, device=images.device, generator=generator) < 0.5)[share]
         images = torch.where(mirrored[:, None, None, None], images.flip(-1), images)
     return images
 
@@ -186,13 +192,18 @@ def _configure(config: TrainConfig, device: torch.device) -> None:
 
 
 def train(model_name: str, model_settings: dict, data: Prepared, config: TrainConfig, *,
-          resume: Path | None = None, on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+          resume: Path | None = None, on_epoch: Callable[[dict], None] | None = None, group: ProcessGroup = SINGLE) -> TrainResult:
     """Build the named model (seeded) and fit it to data.train, validating on data.val every epoch.
 
     `resume`: a file holding the state after each finished epoch; a matching one is continued.
     `on_epoch`: called with each epoch's row of the history.
+    `group`: the processes training together (imgpipe.distributed): each trains on its share of every
+    batch, and the leader alone saves the resume state and reports; every rank returns the same result.
     """
     device = pick_device(config.device)
+    if device.type == "cuda" and group.world > 1:
+        device = torch.device("cuda", group.local_rank)
+        torch.cuda.set_device(device)
     _configure(config, device)
     net = build_model(model_name, data.image_shape, len(data.class_names), **model_settings)
     if hasattr(net, "load_pretrained"):  # named weights (torchvision's): here, not in build_model, which checkpoints use too
@@ -235,6 +246,7 @@ def train(model_name: str, model_settings: dict, data: Prepared, config: TrainCo
 
     key = resume_key(model_name, model_settings, data, config, device)
     saved = _saved_state(resume, key, device, model_name) if resume is not None and resume.exists() else None
+    trained = group.wrap(model, device)  # what the optimizer steps through: DistributedDataParallel with several ranks
     if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -246,38 +258,47 @@ def train(model_name: str, model_settings: dict, data: Prepared, config: TrainCo
         result.history = saved["history"]
         state = LoopState(**saved["state"])
         print(f"{model_name}: resuming after epoch {state.epoch} from {resume}", flush=True)
+    if group.world > 1 and group.sum(torch.tensor(state.epoch, device=device)).item() != state.epoch * group.world:
+        raise ImgpipeError(f"{model_name}: the ranks found different resume states in {resume}; every machine must "
+                           "see the same project folder (or delete the resume state to start again)")
 
-    interactive = sys.stderr.isatty()
+    interactive = sys.stderr.isatty() and group.leader
     first_epoch = state.epoch + 1
     for epoch in range(first_epoch, config.epochs + 1):
         start = time.perf_counter()
         model.train()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
-        order = list(batches(len(train_split), config.batch_size, generator))
-        progress = tqdm(train_split.batches(order), total=steps_per_epoch,
+        order = list(batches(len(train_split), config.batch_size, generator))  # the global batches: every rank draws them
+        shares = [group.share(len(index)) for index in order]
+        progress = tqdm(train_split.batches([index[rows] for index, rows in zip(order, shares)]), total=steps_per_epoch,
                         desc=f"{model_name} {epoch}/{config.epochs}", unit="batch", leave=False, disable=not interactive)
-        for step, (images, labels) in enumerate(progress):
+        for step, ((images, labels), index, rows) in enumerate(zip(progress, order, shares)):
             if config.crop_padding or config.flip:
-                images = augment(images, config.crop_padding, config.flip, generator)
+                images = augment(images, config.crop_padding, config.flip, generator, rows, batch=len(index))
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             with autocast:
-                logits = model(images)
-                loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
+                logits = trained(images)
+                if group.world == 1:
+                    loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
+                else:  # DDP averages the ranks' gradients: scaled so, the average is the global batch's mean loss
+                    loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing,
+                                           reduction="sum") * (group.world / len(index))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             if schedule is not None:
                 schedule.step()
-            loss_sum += loss.detach() * len(labels)  # summed on the device: no sync per step
+            loss_sum += loss.detach() * len(index) / group.world  # this rank's sum, on the device: no sync per step
             correct += (logits.argmax(1) == labels).sum()
             if interactive and step % 20 == 0:  # a sync, so only now and then, and only on a terminal
                 seen = min((step + 1) * config.batch_size, len(train_split))
                 progress.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}",
                                      img_s=f"{seen / (time.perf_counter() - start):.0f}")
         with autocast:
-            val = score(val_split.logits(model), val_split.labels)
+            val = _validate(model, val_split, group)
+        loss_sum, correct = group.sum(loss_sum), group.sum(correct)
         state.elapsed += time.perf_counter() - start
         seen = len(train_split)
         row = _epoch_row(epoch, {"loss": loss_sum.item() / seen, "accuracy": correct.item() / seen}, val, state.elapsed)
@@ -287,10 +308,11 @@ def train(model_name: str, model_settings: dict, data: Prepared, config: TrainCo
         if (val["accuracy"], -val["loss"]) > state.best_score:  # ...the weights kept are the most accurate
             state.best_score, state.best_epoch = (val["accuracy"], -val["loss"]), epoch
             state.best_weights = copy.deepcopy(model.state_dict())
-        _report(model_name, row, config.epochs, interactive, images_per_second=seen / (time.perf_counter() - start))
+        if group.leader:
+            _report(model_name, row, config.epochs, interactive, images_per_second=seen / (time.perf_counter() - start))
         state.epoch = epoch
         stop = config.patience and epoch - state.loss_epoch >= config.patience
-        if resume is not None and epoch < config.epochs and not stop:
+        if resume is not None and group.leader and epoch < config.epochs and not stop:
             with atomic_path(resume) as tmp:
                 torch.save({
                     "key": key, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -302,7 +324,8 @@ def train(model_name: str, model_settings: dict, data: Prepared, config: TrainCo
             on_epoch(row)
         if stop:
             result.stopped_early = True
-            print(f"{model_name}: stopping early after epoch {epoch}: no better val loss since epoch {state.loss_epoch}")
+            if group.leader:
+                print(f"{model_name}: stopping early after epoch {epoch}: no better val loss since epoch {state.loss_epoch}")
             break
 
     model.load_state_dict(state.best_weights)
@@ -311,9 +334,20 @@ def train(model_name: str, model_settings: dict, data: Prepared, config: TrainCo
     result.images_per_second = len(result.history) * len(train_split) / max(result.seconds, 1e-9)
     if cuda:
         result.peak_memory_mb = torch.cuda.max_memory_allocated(device) / 2**20
-    if resume is not None:
+    if resume is not None and group.leader:
         resume.unlink(missing_ok=True)
     return result
+
+
+def _validate(model: nn.Module, split, group: ProcessGroup) -> dict[str, float]:
+    """Validation loss and accuracy over the whole split; with several ranks, each scores its share and
+    the sums are all-reduced, so every rank gets the same figures (and stops, or keeps, alike)."""
+    if group.world == 1:
+        return score(split.logits(model), split.labels)
+    rows = group.share(len(split))
+    logits, labels = split.logits(model, rows), split.labels[rows]
+    sums = group.sum(torch.stack([F.cross_entropy(logits, labels, reduction="sum"), (logits.argmax(1) == labels).sum().float()]))
+    return {"loss": sums[0].item() / len(split), "accuracy": int(sums[1].item()) / len(split)}
 
 
 def _epoch_row(epoch: int, train: dict, val: dict, seconds: float) -> dict:

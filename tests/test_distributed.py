@@ -1,0 +1,111 @@
+"""Data-parallel training on the CPU: 2 gloo processes under torchrun train as 1 process does (same seed,
+same global batch), and `dvc repro` with train.devices: 2 leaves one MLflow run per variant, rank 0's."""
+
+import json
+import subprocess
+import sys
+from dataclasses import asdict
+
+import pytest
+import torch
+from conftest import PIPELINE_VARIANTS
+from project import edited_params, fork, read_json, run
+
+from imgpipe.config import TrainConfig
+from imgpipe.distributed import ProcessGroup, torchrun_command
+from imgpipe.prepare import load_prepared, save_prepared
+from imgpipe.train import train
+
+# An odd global batch: the ranks' shares differ by one image, and the last batch is shorter still.
+CONFIG = TrainConfig(epochs=2, batch_size=45, lr=0.01, crop_padding=1, flip=True, device="cpu", threads=1)
+SETTINGS = {"hidden": [32]}  # mlp without dropout: dropout draws differ per process by design
+
+RANK = """
+import json, sys, torch
+from pathlib import Path
+from imgpipe import distributed
+from imgpipe.config import TrainConfig
+from imgpipe.prepare import load_prepared
+from imgpipe.train import train
+
+folder, settings, config, out = Path(sys.argv[1]), json.loads(sys.argv[2]), TrainConfig(**json.loads(sys.argv[3])), Path(sys.argv[4])
+group = distributed.join("cpu")
+result = train("mlp", settings, load_prepared(folder), config, group=group)
+distributed.leave()
+if group.leader:
+    torch.save({"weights": result.model.state_dict(), "history": result.history, "world": group.world}, out)
+"""
+
+
+def test_a_batch_is_shared_out_whole_and_in_order():
+    for count in (45, 7, 1):
+        parts = [ProcessGroup(rank, 3).share(count) for rank in range(3)]
+        assert [i for part in parts for i in range(count)[part]] == list(range(count))
+        assert max(p.stop - p.start for p in parts) - min(p.stop - p.start for p in parts) <= 1
+
+
+def test_two_gloo_processes_train_the_weights_one_process_trains(tmp_path, digits_prepared):
+    save_prepared(digits_prepared, tmp_path / "prepared")
+    single = train("mlp", SETTINGS, load_prepared(tmp_path / "prepared"), CONFIG)
+    script = tmp_path / "rank.py"
+    script.write_text(RANK)
+    done = subprocess.run(torchrun_command(2, [str(script), str(tmp_path / "prepared"), json.dumps(SETTINGS),
+                                               json.dumps(asdict(CONFIG)), str(tmp_path / "ranks.pt")]),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = torch.load(tmp_path / "ranks.pt")
+    assert ranks["world"] == 2
+    for name, weight in single.model.state_dict().items():
+        torch.testing.assert_close(ranks["weights"][name], weight, rtol=1e-4, atol=1e-5, msg=name)
+    for one, two in zip(single.history, ranks["history"]):
+        assert two["val_accuracy"] == pytest.approx(one["val_accuracy"], abs=1 / 270)  # at most one image apart
+        assert two["train_loss"] == pytest.approx(one["train_loss"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_dvc_repro_on_two_processes_records_one_run_per_variant(pipeline, tmp_path):
+    import mlflow
+
+    project = fork(pipeline, tmp_path / "project")
+    with edited_params(project, train__devices=2, train__device="cpu"):
+        done = run(["dvc", "repro"], project)
+    assert "processes under torchrun" not in done.stderr
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
+    trained = {variant: read_json(project / f"metrics/train/{variant}/seed0.json") for variant in PIPELINE_VARIANTS}
+    recorded = read_json(project / "reports/mlflow_runs.json")["runs"]
+    for variant in PIPELINE_VARIANTS:
+        run_ = client.get_run(recorded[variant]["0"])
+        assert run_.data.params["train.devices"] == "2"
+        assert run_.data.metrics["val_accuracy"] == trained[variant]["val_accuracy"]
+        # One run per training: the earlier single-process runs, and now one more per variant, never one per rank.
+        assert sum(r.data.tags["imgpipe.variant"] == variant and r.data.params.get("train.devices") == "2" for r in runs) == 1
+
+
+def test_parallel_trainings_each_take_a_free_gpu(tmp_path):
+    """A fake machine of two GPUs: two trainings get one each, a third waits until one is free."""
+    from imgpipe import gpus
+
+    said = []
+
+    class Waiting(Exception):
+        pass
+
+    def say(message):
+        said.append(message)
+        raise Waiting  # stop the test's third claim where a real one would wait
+
+    try:
+        assert gpus.claim(["GPU-a", "GPU-b"], folder=tmp_path) == "GPU-a"
+        assert gpus.claim(["GPU-a", "GPU-b"], folder=tmp_path) == "GPU-b"  # the first is held
+        with pytest.raises(Waiting):
+            gpus.claim(["GPU-a", "GPU-b"], folder=tmp_path, say=say)
+        assert said == ["every GPU (GPU-a, GPU-b) is in use by another training; waiting for one to be free"]
+        other = subprocess.run([sys.executable, "-c", f"from pathlib import Path; from imgpipe import gpus; "
+                                f"print(gpus.claim(['GPU-a', 'GPU-b', 'GPU-c'], folder=Path({str(tmp_path)!r})))"],
+                               capture_output=True, text=True, timeout=60)
+        assert other.stdout.strip() == "GPU-c"  # another process sees this one's locks
+    finally:
+        gpus.release_all()
+    assert gpus.claim(["GPU-a", "GPU-b"], folder=tmp_path) == "GPU-a"  # released: free again
+    gpus.release_all()
