@@ -157,7 +157,10 @@ def _saved_state(resume: Path, key: dict[str, str], device: torch.device, name: 
     if why is None:
         return saved
     aside = resume.with_name(f"{resume.stem}.set-aside{resume.suffix}")
-    os.replace(resume, aside)
+    try:
+        os.replace(resume, aside)
+    except FileNotFoundError:  # another rank of this training moved it first
+        pass
     print(f"{name}: not resuming from {resume}: {why}; moved to {aside.name}, training from epoch 1", flush=True)
     return None
 
