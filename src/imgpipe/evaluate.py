@@ -16,7 +16,7 @@ from imgpipe.scores import confusion_matrix, per_class_scores
 from imgpipe.stats import bootstrap_macro_f1_interval, wilson_interval
 
 
-SPEED_SAMPLE = 8192  # images inference speed is measured on (the first of the split): resident on the device
+SPEED_SAMPLE_BYTES = 64 * 2**20  # inference speed is measured on the split's first images, this much of them at most
 
 
 def top_k_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
@@ -66,7 +66,7 @@ def evaluate(model: nn.Module, split: ImageSet, device: torch.device, top_k: int
     metrics |= {f"macro_{name}": float(per_class[name].mean()) for name in ("precision", "recall", "f1")}
     metrics["macro_f1_low"], metrics["macro_f1_high"] = bootstrap_macro_f1_interval(
         split.labels, predicted, len(split.class_names), seed=0)
-    sample = torch.from_numpy(np.array(split.images[:SPEED_SAMPLE])).to(device)
+    sample = torch.from_numpy(np.array(split.images[:max(1, SPEED_SAMPLE_BYTES // split.images[0].nbytes)])).to(device)
     metrics |= {"images_per_second": round(images_per_second(model, sample), 1), "images": len(split)}
     return Evaluation(metrics, predicted, confidence.cpu().numpy(), confusion, per_class)
 

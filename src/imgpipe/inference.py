@@ -2,27 +2,37 @@
 epochs by, evaluation scores with, and predict classifies with. Kept apart from `evaluate` so that
 training depends on these few lines, not on the evaluation's statistics."""
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-PREDICT_BATCH = 1024  # images per forward pass when only scores are wanted
+PREDICT_BATCH = 1024  # images per forward pass when only scores are wanted...
+PREDICT_BYTES = 16 * 2**20  # ...or fewer, so that a batch's float32 copy stays under this: a conv net's activations
+# are many times the input (TinyVGG at 224x224: 111 images a batch took 1 GB), so large images go a few at a time
+
+
+def predict_batch(image_shape: tuple[int, ...]) -> int:
+    """Images per forward pass for images of this shape: small images 1,024, large ones fewer (224x224 RGB: 27)."""
+    return max(1, min(PREDICT_BATCH, PREDICT_BYTES // (4 * math.prod(image_shape))))
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = PREDICT_BATCH) -> torch.Tensor:
+def predict_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Class scores (N, classes) for uint8 images (N, C, H, W) already on the model's device."""
     model.eval()
-    return torch.cat([model(batch) for batch in images.split(batch_size)]).float()
+    return torch.cat([model(batch) for batch in images.split(predict_batch(images.shape[1:]))]).float()
 
 
 def logits_in_chunks(model: nn.Module, images: np.ndarray, device: torch.device) -> torch.Tensor:
     """Class scores (N, classes) of uint8 images (N, C, H, W) in memory or memory-mapped, sent to the device
     a batch at a time: the batches predict_logits makes of a whole split on the device, so the same scores."""
-    return torch.cat([predict_logits(model, torch.from_numpy(np.array(images[start:start + PREDICT_BATCH])).to(device))
-                      for start in range(0, len(images), PREDICT_BATCH)])
+    step = predict_batch(images.shape[1:])
+    return torch.cat([predict_logits(model, torch.from_numpy(np.array(images[start:start + step])).to(device))
+                      for start in range(0, len(images), step)])
 
 
 def score(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
