@@ -48,7 +48,9 @@ class TrainConfig:
     # at most resident_limit_mb together and, on CUDA, at most half the GPU's free memory.
     data_on_device: bool | str = "auto"
     resident_limit_mb: int = 1024  # MB: auto's limit (uint8 images, 1 byte per pixel and channel)
-    stream_workers: int = 2  # processes gathering streamed batches; 0 = in the training process
+    # Processes gathering streamed batches; 0 = the training process itself. auto: 0 on a CPU, whose
+    # cores the training uses (a worker there costs more than it gathers), up to 4 for a GPU.
+    stream_workers: int | str = "auto"
     # Processes training together, one per device (torchrun + DistributedDataParallel): 1, a number, or
     # auto (every visible GPU). batch_size stays the global batch, so any count follows one schedule.
     devices: int | str = 1
@@ -80,7 +82,8 @@ class TrainConfig:
         choice("device", DEVICES)
         require(self.data_on_device in ("auto", True, False), "data_on_device", f"must be auto, true or false, got {self.data_on_device!r}")
         whole("resident_limit_mb", 0)
-        whole("stream_workers", 0)
+        require(self.stream_workers == "auto" or (_is_int(self.stream_workers) and self.stream_workers >= 0), "stream_workers",
+                f"must be a whole number >= 0 or auto, got {self.stream_workers!r}")
         require(self.devices == "auto" or (_is_int(self.devices) and self.devices >= 1), "devices",
                 f"must be a whole number >= 1 or auto, got {self.devices!r}")
 
