@@ -62,6 +62,11 @@ def fork(project: Path, target: Path) -> Path:
     return target
 
 
+def edit_params(project: Path, **changes) -> None:
+    """Change params.yaml for good (`section__key=value`): a fork's own settings."""
+    _edit(project / "params.yaml", changes)
+
+
 @contextmanager
 def edited_params(project: Path, **changes):
     """params.yaml with some `section__key=value` changes for the duration of the block."""

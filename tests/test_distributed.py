@@ -1,5 +1,5 @@
 """Data-parallel training on the CPU: 2 gloo processes under torchrun train as 1 process does (same seed,
-same global batch), and `dvc repro` with train.devices: 2 leaves one MLflow run per variant, rank 0's."""
+same global batch). `dvc repro` with train.devices: 2, one MLflow run per variant: test_tracking_server."""
 
 import json
 import subprocess
@@ -8,8 +8,6 @@ from dataclasses import asdict
 
 import pytest
 import torch
-from conftest import PIPELINE_VARIANTS
-from project import edited_params, fork, read_json, run
 
 from imgpipe.config import TrainConfig
 from imgpipe.distributed import ProcessGroup, torchrun_command
@@ -60,26 +58,6 @@ def test_two_gloo_processes_train_the_weights_one_process_trains(tmp_path, digit
     for one, two in zip(single.history, ranks["history"]):
         assert two["val_accuracy"] == pytest.approx(one["val_accuracy"], abs=1 / 270)  # at most one image apart
         assert two["train_loss"] == pytest.approx(one["train_loss"], rel=1e-4)
-
-
-@pytest.mark.slow
-def test_dvc_repro_on_two_processes_records_one_run_per_variant(pipeline, tmp_path):
-    import mlflow
-
-    project = fork(pipeline, tmp_path / "project")
-    with edited_params(project, train__devices=2, train__device="cpu"):
-        done = run(["dvc", "repro"], project)
-    assert "processes under torchrun" not in done.stderr
-    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
-    trained = {variant: read_json(project / f"metrics/train/{variant}/seed0.json") for variant in PIPELINE_VARIANTS}
-    recorded = read_json(project / "reports/mlflow_runs.json")["runs"]
-    for variant in PIPELINE_VARIANTS:
-        run_ = client.get_run(recorded[variant]["0"])
-        assert run_.data.params["train.devices"] == "2"
-        assert run_.data.metrics["val_accuracy"] == trained[variant]["val_accuracy"]
-        # One run per training: the earlier single-process runs, and now one more per variant, never one per rank.
-        assert sum(r.data.tags["imgpipe.variant"] == variant and r.data.params.get("train.devices") == "2" for r in runs) == 1
 
 
 def test_parallel_trainings_each_take_a_free_gpu(tmp_path):

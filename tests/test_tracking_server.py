@@ -1,7 +1,8 @@
 """The team setup: the pipeline's tracking, registry, promotion and serving against a real `mlflow server`
 on 127.0.0.1, on PostgreSQL where it is installed (tests/servers.py), read back through MLflow's client.
-Only the report stage talks to MLflow: DVC runs it again, in a fork of the shared pipeline, with the server
-as its store; then `champion` is promoted and a real `mlflow models serve` answers image files."""
+Only the report stage talks to MLflow: `dvc repro` retrains a fork of the shared pipeline on 2 processes
+(train.devices: 2, the CPU's gloo) with the server as its store; then `champion` is promoted and a real
+`mlflow models serve` answers image files."""
 
 import base64
 import json
@@ -15,7 +16,7 @@ import torch
 from agreement import disagreements
 from conftest import PIPELINE_VARIANTS as VARIANTS
 from datafiles import write_image_folder
-from project import fork, read_json, run
+from project import edit_params, fork, read_json, run
 from servers import serve_model
 
 from imgpipe import promote
@@ -27,11 +28,13 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def project(pipeline, tracking_server, tmp_path_factory):
-    """A fork of the shared pipeline whose report stage `dvc repro` ran again with the server as its store."""
+    """A fork of the shared pipeline retrained by `dvc repro` data-parallel, on 2 processes (train.devices: 2,
+    gloo on the CPU), with the server as its store: the team's setup, and a multi-process training's record."""
     project = fork(pipeline, tmp_path_factory.mktemp("on-server") / "project")
     embedded = (project / "mlflow.db").read_bytes()
-    done = run(["dvc", "repro", "--force", "--single-item", "report"], project, MLFLOW_TRACKING_URI=tracking_server.url)
-    assert f"MLflow runs table: {tracking_server.url}/#/experiments/" in done.stdout
+    edit_params(project, train__devices=2, train__device="cpu")
+    done = run(["dvc", "repro"], project, MLFLOW_TRACKING_URI=tracking_server.url)
+    assert done.stdout.count("processes under torchrun") == 0 and f"MLflow runs table: {tracking_server.url}/#/experiments/" in done.stdout
     assert (project / "mlflow.db").read_bytes() == embedded  # nothing went to the embedded store
     return project
 
@@ -40,7 +43,9 @@ def test_pipeline_records_every_variant_on_a_tracking_server(project, tracking_s
     mlflow.set_tracking_uri(tracking_server.url)
     client = mlflow.MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
+    # One run per variant, never one per rank, holding rank 0's figures (agreement checks every number).
     assert sorted(r.info.run_name for r in runs) == sorted(f"{v} seed 0" for v in VARIANTS)
+    assert {r.data.params["train.devices"] for r in runs} == {"2"}
     assert disagreements(project, VARIANTS, client) == []
     recorded = read_json(project / "reports/mlflow_runs.json")
     assert recorded["tracking_uri"] == tracking_server.url
