@@ -57,6 +57,8 @@ def store_client():
     # minutes of retries; the environment can still ask for more.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    # Logging a model copies its two files with a progress bar each: noise in a stage's log.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow.set_tracking_uri(tracking_uri())
     return mlflow.MlflowClient()
 
