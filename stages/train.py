@@ -17,6 +17,7 @@ from imgpipe.checkpoint import save_checkpoint
 from imgpipe.device import pick_device
 from imgpipe.errors import ImgpipeError, run_stage
 from imgpipe.files import write_json
+from imgpipe.models import fitted_by_name
 from imgpipe.prepare import load_prepared
 from imgpipe.train import train, write_curves
 
@@ -29,6 +30,9 @@ def main() -> None:
     variant = P.variant(params, name, seed)
     device_type = pick_device(variant.config.device).type
     processes = distributed.device_count(variant.config.devices, device_type)
+    if processes > 1 and fitted_by_name(variant.model):
+        print(f"{name}: fitted in one pass, on one process (train.devices: {variant.config.devices} is for gradient training)")
+        processes = 1
     if processes > 1 and not distributed.launched():  # start the ranks, each of which runs this script
         done = subprocess.run(distributed.torchrun_command(processes, [__file__, name, str(seed)]))
         if done.returncode != 0:

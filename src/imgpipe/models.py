@@ -220,6 +220,11 @@ def is_fitted(net: nn.Module) -> bool:
     return callable(getattr(net, "fit", None))
 
 
+def fitted_by_name(name: str) -> bool:
+    """Whether the model of this name is fitted in one pass (is_fitted), before building it."""
+    return callable(getattr(MODELS.get(name), "fit", None))  # torchvision's are trained by gradients
+
+
 class Classifier(nn.Module):
     """A network plus the normalization it was trained with: takes raw pixels (B, C, H, W) in 0..255.
 
