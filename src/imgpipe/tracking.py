@@ -206,8 +206,6 @@ def log_training(experiment: str, run_name: str, *, training: str, params: dict,
     with `preprocessing` (class_names, image_shape, background): what predict and `mlflow models serve`
     need to read images for it.
     """
-    import torch  # here: a report whose runs exist already skips its import
-
     client = store_client()
     started = _milliseconds(metrics["started"])
     ended = started + int(metrics["train_seconds"] * 1000)
@@ -223,7 +221,7 @@ def log_training(experiment: str, run_name: str, *, training: str, params: dict,
     points += [Metric(key, float(value), ended, 0) for key, value in numeric(metrics).items()]
     for start in range(0, len(points), 1000):  # MLflow takes at most 1000 metrics per batch
         client.log_batch(run_id, metrics=points[start:start + 1000])
-    from imgpipe import serving
+    from imgpipe import serving  # here: torch's import, which a report whose runs exist already skips
 
     modules = {"torch": "torch", "numpy": "numpy", "pandas": "pandas", "PIL": "pillow"}  # what serving imports -> package
     _skip_module_scan(modules | {"mlflow": "mlflow"})

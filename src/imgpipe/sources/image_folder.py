@@ -19,7 +19,7 @@ from PIL import Image, UnidentifiedImageError
 
 from imgpipe.config import DataConfig
 from imgpipe.errors import ImgpipeError
-from imgpipe.imageset import SPLITS, Fetched, ImageSet
+from imgpipe.imageset import SPLITS, Fetched
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 SPLIT_FOLDERS = {"train": "train", "valid": "val", "val": "val", "test": "test"}
@@ -193,6 +193,3 @@ class FolderSplit:
         images = np.empty((len(self), *self.image_shape), dtype=np.uint8)
         self.write_into(images, chunk=len(self) or 1)
         return images
-
-    def subset(self, indices):
-        return ImageSet(self.images[indices], self.labels[indices], self.class_names)
