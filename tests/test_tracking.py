@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from imgpipe import tracking
+from imgpipe.errors import ImgpipeError
 from imgpipe.models import Classifier, build_model
 
 
@@ -72,3 +73,16 @@ def test_an_experiment_made_before_gets_its_kind(store):
 def test_the_runs_page_asks_the_ui_for_its_model_training_view(store, experiment):
     experiment_id = store.create_experiment(experiment)
     assert tracking.runs_page(experiment).endswith(f"/#/experiments/{experiment_id}?workflowType=machine_learning")
+
+
+def test_a_model_another_imgpipe_logged_is_refused_in_one_line(store, experiment):
+    """Before serving, runs held torch's own format: predict asks for the checkpoint instead."""
+    import mlflow.pytorch
+
+    from imgpipe import registered
+
+    tracking.mlflow.set_experiment(experiment)
+    with tracking.mlflow.start_run():
+        logged = mlflow.pytorch.log_model(torch.nn.Linear(2, 2), name="model", input_example=np.zeros((2, 2), dtype=np.float32))
+    with pytest.raises(ImgpipeError, match=r"not a model this imgpipe logged .*; give its checkpoint instead"):
+        registered.load(logged.model_uri)

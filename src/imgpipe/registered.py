@@ -20,13 +20,17 @@ def load(uri: str) -> tuple[nn.Module, dict]:
     try:
         import mlflow.pyfunc
 
-        served = mlflow.pyfunc.load_model(uri).unwrap_python_model()
-    except Exception as error:  # MLflow raises many kinds: no such model or alias, store unreachable, another flavor
+        model = mlflow.pyfunc.load_model(uri)
+    except Exception as error:  # MLflow raises many kinds: no such model or alias, store unreachable
         raise ImgpipeError(f"{uri}: cannot load it from MLflow at {tracking.tracking_uri()} "
                            f"({type(error).__name__}: {' '.join(str(error).split())[:200]})") from None
     from imgpipe.serving import ImageClassifier
 
+    try:
+        served = model.unwrap_python_model()
+    except mlflow.exceptions.MlflowException:  # another flavour: an older imgpipe logged torch's own format
+        served = None
     if not isinstance(served, ImageClassifier):
-        raise ImgpipeError(f"{uri}: not a model imgpipe logged (a {type(served).__name__}); give its checkpoint instead "
-                           "(models/<variant>/seed<seed>.pt)")
+        raise ImgpipeError(f"{uri}: not a model this imgpipe logged (an older one's, or another kind); give its "
+                           "checkpoint instead (models/<variant>/seed<seed>.pt)")
     return served.network, served.preprocessing
