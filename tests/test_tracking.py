@@ -81,8 +81,8 @@ def test_a_model_another_imgpipe_logged_is_refused_in_one_line(store, experiment
 
     from imgpipe import registered
 
-    tracking.mlflow.set_experiment(experiment)
-    with tracking.mlflow.start_run():
+    # Not set_experiment: it would stay the process's active experiment, for the tests after this one.
+    with tracking.mlflow.start_run(experiment_id=store.create_experiment(experiment)):
         logged = mlflow.pytorch.log_model(torch.nn.Linear(2, 2), name="model", input_example=np.zeros((2, 2), dtype=np.float32))
     with pytest.raises(ImgpipeError, match=r"not a model this imgpipe logged .*; give its checkpoint instead"):
         registered.load(logged.model_uri)

@@ -22,6 +22,7 @@ from servers import serve_model
 from imgpipe import promote
 from imgpipe.checkpoint import load_checkpoint
 from imgpipe.imageset import load_splits
+from imgpipe.selection import best_over_seeds
 
 pytestmark = pytest.mark.slow
 
@@ -72,6 +73,8 @@ def _post(url: str, payload: dict) -> list[dict]:
 def test_the_candidate_is_promoted_and_served_to_image_files(project, tracking_server, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server.url)
     candidate = read_json(project / "reports/mlflow_runs.json")["candidate"]
+    trained = {variant: {0: read_json(project / f"metrics/train/{variant}/seed0.json")} for variant in VARIANTS}
+    assert candidate["variant"] == best_over_seeds(trained)  # chosen on validation
     assert promote.main(["--experiment", "digits"]) == 0
     client = mlflow.MlflowClient(tracking_server.url)
     champion = client.get_model_version_by_alias("imgpipe-digits", "champion")
