@@ -9,6 +9,7 @@ alone writes files.
 """
 
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -85,6 +86,4 @@ def device_count(devices: int | str, device_type: str) -> int:
 
 def torchrun_command(processes: int, script: list[str]) -> list[str]:
     """One machine, `processes` ranks of `script` (python arguments), as torchrun starts them."""
-    import sys
-
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes), *script]

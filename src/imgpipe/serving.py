@@ -98,8 +98,8 @@ def read_request(payload, image_shape: tuple[int, int, int], background: tuple[i
         if "image" not in payload:
             raise ImgpipeError(f"the request has no 'image' field (it has {', '.join(payload)})")
         payload = payload["image"]
-    encoded = [item for item in np.asarray(payload, dtype=object).ravel()[:1] if isinstance(item, (str, bytes))]
-    if encoded:
+    first = next(iter(np.asarray(payload, dtype=object).flat), None)
+    if isinstance(first, (str, bytes)):  # encoded image files, else pixel arrays
         return np.stack([decode(io.BytesIO(_bytes(item, row)), channels, (height, width), background, name=f"image {row}")
                          for row, item in enumerate(payload)])
     return np.stack([conform(image, channels, (height, width), background) for image in _pixel_images(payload, channels)])
