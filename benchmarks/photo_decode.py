@@ -1,0 +1,171 @@
+"""Decoding phone photos for an image folder (issue #21, part 5): a 12-megapixel JPEG decoded at full size
+then resized to 224x224 (the path before), against decoded at 1/8 scale first (JPEG draft mode, now).
+
+    python benchmarks/photo_decode.py [FOLDER] [--photos 48] [--runs 3] [--size 224]   (about a minute)
+
+Makes FOLDER (default: a temporary folder, removed afterwards) holding --photos synthetic 4000x3000 JPEGs
+(quality 90, about 2 MB each) in two class folders: smooth gradients in each class's colours, soft blobs,
+fine detail and sensor-like grain, so the files are photo-sized, not flat colour. A FOLDER this benchmark
+made with the same settings (photo-decode-benchmark.json beside the class folders) is reused.
+
+Prints the machine and versions, the folder, then per run and as the median of --runs: photos/s decoding
+every photo to 3 x size x size in this process with imgpipe's decode (reduced=False: full decode then
+resize; reduced=True: draft, as fetch, predict and the served model now do), their ratio, how far the two
+results are apart (mean absolute difference in grey levels); and photos/s of the real fetch path
+(image_folder(DataConfig(...)) writing the splits, as stages/fetch.py does) before (full decode, the pool
+counted in files: none below 512) and after (draft, the pool counted in bytes too), and their ratio. Other processes' CPU use
+during the runs is printed too: a busy machine skews the figures.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from imgpipe.config import DataConfig
+from imgpipe.imageset import save_fetched
+from imgpipe.sources.image_folder import decode
+
+# The module, not the function the package re-exports under the same name: fetch_seconds patches it.
+image_folder = sys.modules["imgpipe.sources.image_folder"]
+
+WIDTH, HEIGHT = 4000, 3000  # a 12-megapixel phone photo, landscape
+QUALITY = 90  # JPEG quality, as a phone saves
+CLASSES = ("dusk", "meadow")
+PALETTE = {"dusk": ((40, 20, 90), (250, 140, 60)), "meadow": ((30, 90, 30), (180, 210, 250))}  # each class's gradient ends
+MARKER = "photo-decode-benchmark.json"  # beside the class folders: the image folder source reads folders only
+BACKGROUND = (255, 255, 255)
+
+
+def photo(index: int, label: str, grain: np.ndarray) -> Image.Image:
+    """A gradient in the class's colours at a random angle, soft blobs and detail drawn at 1/8 size and
+    scaled up (smooth, as a lens draws), then per-pixel grain: about 2 MB at quality 90, as a phone photo."""
+    rng = np.random.default_rng(index)
+    height, width = HEIGHT // 8, WIDTH // 8
+    y, x = np.mgrid[0:height, 0:width]
+    angle = rng.uniform(0, 2 * np.pi)
+    ramp = np.cos(angle) * x / width + np.sin(angle) * y / height
+    ramp = (ramp - ramp.min()) / np.ptp(ramp)
+    low, high = (np.array(colour, dtype=np.float32) for colour in PALETTE[label])
+    blobs = np.stack([np.asarray(Image.fromarray(rng.uniform(-40, 40, (height // 16, width // 16)).astype(np.float32))
+                                 .resize((width, height), Image.Resampling.BICUBIC)) for _ in range(3)], -1)
+    small = low + ramp[..., None] * (high - low) + blobs + rng.normal(0, 10, (height, width, 3))  # (H/8, W/8, 3)
+    large = Image.fromarray(np.clip(small, 0, 255).astype(np.uint8)).resize((WIDTH, HEIGHT), Image.Resampling.BICUBIC)
+    pixels = np.asarray(large).astype(np.int16) + np.roll(grain, index * 977, axis=1)  # (H, W, 3)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def make_folder(folder: Path, count: int) -> list[Path]:
+    """The folder's photos, made unless a complete folder of the same settings is there."""
+    marker, wanted = folder / MARKER, {"photos": count, "size": [WIDTH, HEIGHT], "quality": QUALITY, "classes": list(CLASSES)}
+    if marker.exists():
+        if json.loads(marker.read_text()) == wanted | {"complete": True}:
+            return sorted(folder.rglob("*.jpg"))
+        shutil.rmtree(folder)  # ours, but of other settings or left half made
+    elif folder.exists() and any(folder.iterdir()):
+        sys.exit(f"{folder}: not empty and not made by this benchmark (no {MARKER}); choose another folder")
+    for label in CLASSES:
+        (folder / label).mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(wanted | {"complete": False}))
+    start = time.perf_counter()
+    grain = np.random.default_rng(0).normal(0, 3, (HEIGHT, WIDTH, 3)).astype(np.int8)  # one field, shifted per photo
+    for index in range(count):
+        label = CLASSES[index % len(CLASSES)]
+        photo(index, label, grain).save(folder / label / f"{index:04d}.jpg", quality=QUALITY)
+    marker.write_text(json.dumps(wanted | {"complete": True}))
+    print(f"made {count} photos in {time.perf_counter() - start:.0f} s")
+    return sorted(folder.rglob("*.jpg"))
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """CPU-seconds so far: the whole machine's (user, nice, system), and this process's with its reaped children."""
+    busy = sum(map(int, Path("/proc/stat").read_text().split()[1:4])) / os.sysconf("SC_CLK_TCK")
+    return busy, time.process_time() + sum(os.times()[2:4])
+
+
+def header(files: list[Path]) -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor() or platform.machine())
+    versions = ", ".join(f"{package} {version(package)}" for package in ("pillow", "numpy", "torch"))
+    on_disk = sum(file.stat().st_size for file in files)
+    return (f"{cpu}, {len(os.sched_getaffinity(0))} cores; Python {platform.python_version()}, {versions}; "
+            f"{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}\n"
+            f"{files[0].parents[1]}: {len(files)} JPEGs of {WIDTH}x{HEIGHT} (quality {QUALITY}) in {len(CLASSES)} classes, "
+            f"{on_disk / len(files) / 1e6:.1f} MB each on average")
+
+
+def decode_all(files: list[Path], size: int, reduced: bool) -> tuple[float, np.ndarray]:
+    """Seconds to decode every file to 3 x size x size, one after another in this process, and the images."""
+    start = time.perf_counter()
+    images = np.stack([decode(file, 3, (size, size), BACKGROUND, reduced=reduced) for file in files])
+    return time.perf_counter() - start, images
+
+
+def old_pool_size(files) -> int:
+    """The decoding pool before: one process per core from 512 files on, whatever their size."""
+    return min(os.cpu_count() or 1, max(1, len(files) // 256))
+
+
+def fetch_seconds(folder: Path, size: int, scratch: Path, before: bool) -> float:
+    """The fetch stage's work on the folder: list, choose channels, decode and write the raw splits; before:
+    as fetch did it before (full decode, and the pool counted in files), patched in for this run alone."""
+    saved = image_folder.draft, image_folder.pool_size
+    if before:  # the pool's processes are forked: they see the patch too
+        image_folder.draft, image_folder.pool_size = (lambda image, size: None), old_pool_size
+    try:
+        start = time.perf_counter()
+        save_fetched(image_folder.image_folder(DataConfig(dataset="imagefolder", path=folder, image_size=(size, size))),
+                     scratch / "raw")
+        return time.perf_counter() - start
+    finally:
+        image_folder.draft, image_folder.pool_size = saved
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path, nargs="?", help="where the photos are made, or reused (default: a temporary folder)")
+    parser.add_argument("--photos", type=int, default=48)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--size", type=int, default=224, help="data.image_size, a side (pixels)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        files = make_folder(args.folder or Path(tmp) / "photos", args.photos)
+        folder = files[0].parents[1]
+        print(header(files))
+        before, after, fetch_before, fetch_after = [], [], [], []
+        others = cpu_seconds()
+        for run in range(1, args.runs + 1):  # interleaved: a neighbour's load falls on both alike
+            full_s, full = decode_all(files, args.size, reduced=False)
+            draft_s, drafted = decode_all(files, args.size, reduced=True)
+            fetch_before.append(len(files) / fetch_seconds(folder, args.size, Path(tmp), before=True))
+            fetch_after.append(len(files) / fetch_seconds(folder, args.size, Path(tmp), before=False))
+            before.append(len(files) / full_s)
+            after.append(len(files) / draft_s)
+            difference = np.abs(full.astype(np.int16) - drafted).mean()
+            print(f"run {run}: decode in one process: before (full decode, resize) {before[-1]:.1f} photos/s, after (draft) "
+                  f"{after[-1]:.1f} photos/s, results {difference:.2f} grey levels apart on average; "
+                  f"fetch: before {fetch_before[-1]:.1f} photos/s, after {fetch_after[-1]:.1f} photos/s")
+        (busy, ours), (busy_before, ours_before) = cpu_seconds(), others
+        print(f"median of {args.runs}, decode in one process: before {statistics.median(before):.1f} photos/s "
+              f"({1 / statistics.median(before):.3f} s a photo), after {statistics.median(after):.1f} photos/s "
+              f"({1 / statistics.median(after):.3f} s a photo), {statistics.median(after) / statistics.median(before):.1f}x")
+        print(f"median of {args.runs}, fetch of the {len(files)} photos to {args.size}x{args.size} (decoding pool: before "
+              f"{old_pool_size(files)} process(es), after {image_folder.pool_size(files)}): before {statistics.median(fetch_before):.1f} "
+              f"photos/s [{min(fetch_before):.1f}-{max(fetch_before):.1f}], after {statistics.median(fetch_after):.1f} photos/s "
+              f"[{min(fetch_after):.1f}-{max(fetch_after):.1f}], {statistics.median(fetch_after) / statistics.median(fetch_before):.1f}x")
+        print(f"other processes used {busy - busy_before - (ours - ours_before):.0f} CPU-seconds during the runs")
+
+
+if __name__ == "__main__":
+    main()
