@@ -352,6 +352,8 @@ def train(model_name: str, model_settings: dict, data: Prepared, config: TrainCo
             break
 
     model.load_state_dict(state.best_weights)
+    if channels_last:  # back to the layout a checkpoint loads into: the returned model computes as evaluate's will, bit for bit
+        model = model.to(memory_format=torch.contiguous_format)
     if group.leader and state.best_classes_predicted == 1 and len(set(data.val.labels.tolist())) > 1:
         print(f"warning: {model_name}: the kept weights (epoch {state.best_epoch}) predict one class for every validation "
               "image: the model has collapsed (try a lower train.lr, more epochs, or check the labels)", flush=True)
