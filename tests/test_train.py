@@ -62,21 +62,22 @@ def test_auto_keeps_the_splits_on_the_device_only_when_they_fit(digits_prepared)
     assert fitted.data_on_device  # fitted in one pass over the whole split
 
 
-def test_training_killed_midway_resumes_to_the_same_result(tmp_path, digits_prepared):
+@pytest.mark.parametrize("model, settings", [("mlp", {"hidden": [16], "dropout": 0.1}),
+                                             ("cnn", {"channels": [4], "batch_norm": True, "dropout": 0.1})])  # re-estimated statistics
+def test_training_killed_midway_resumes_to_the_same_result(tmp_path, digits_prepared, model, settings):
     config = replace(FAST, epochs=4, deterministic=True, schedule="cosine", flip=True)
-    settings = {"hidden": [16], "dropout": 0.1}
-    whole = train("mlp", settings, digits_prepared, config)
-    resume = tmp_path / "mlp.resume.pt"
+    whole = train(model, settings, digits_prepared, config)
+    resume = tmp_path / "resume.pt"
 
     def kill_after_epoch_2(row):
         if row["epoch"] == 2:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train("mlp", settings, digits_prepared, config, resume=resume, on_epoch=kill_after_epoch_2)
+        train(model, settings, digits_prepared, config, resume=resume, on_epoch=kill_after_epoch_2)
     assert resume.exists()
     epochs_run = []
-    resumed = train("mlp", settings, digits_prepared, config, resume=resume, on_epoch=lambda row: epochs_run.append(row["epoch"]))
+    resumed = train(model, settings, digits_prepared, config, resume=resume, on_epoch=lambda row: epochs_run.append(row["epoch"]))
     assert epochs_run == [3, 4]  # it continued after the last finished epoch
     assert measured(resumed.history) == measured(whole.history) and same_weights(resumed.model, whole.model)
     assert not resume.exists()  # a finished training leaves no state behind
