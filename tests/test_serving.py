@@ -3,6 +3,8 @@ prepare would make of them. The real `mlflow models serve` answers in test_track
 
 import base64
 import io
+import struct
+import zlib
 
 import numpy as np
 import pandas as pd
@@ -55,12 +57,28 @@ def _file(image: np.ndarray) -> io.BytesIO:
     return buffer
 
 
+def _png_header(width: int, height: int) -> str:
+    """A base64 PNG of a few bytes that claims width x height: a decompression bomb, refused from its header."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return base64.b64encode(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b""))
+                            + chunk(b"IEND", b"")).decode()
+
+
+GOOD = _encoded(Image.new("L", (8, 8)))
+
+
 @pytest.mark.parametrize("payload, message", [
     (pd.DataFrame({"pixels": [1]}), "the request's table has no 'image' column (it has pixels)"),
     ({"picture": ["x"]}, "the request has no 'image' field (it has picture)"),
-    (pd.DataFrame({"image": [_encoded(Image.new("L", (8, 8))), base64.b64encode(b"GIF89a?").decode()]}), "image 1: not a readable image"),
-    ([[[0.5, 0.25]]], "the request's pixels are not whole numbers 0..255"),
-    ([[[300, 0]]], "the request's pixels are not whole numbers 0..255"),
+    (pd.DataFrame({"image": [GOOD, base64.b64encode(b"GIF89a?").decode()]}), "image 1: not a readable image file (cannot identify image file)"),
+    (pd.DataFrame({"image": [GOOD, _png_header(10_000, 8_000)]}), "image 1: too many pixels (10000x8000, more than 50,000,000)"),
+    (pd.DataFrame({"image": [_png_header(20_000, 20_000)]}), "image 0: too many pixels (400,000,000 pixels, more than 178,956,970"),
+    (pd.DataFrame({"image": ["this is not base64!"]}), "image 0: not base64 text (send each image file base64-encoded)"),
+    (pd.DataFrame({"image": [GOOD] * 1025}), "the request holds 1,025 images, more than 1,024 (IMGPIPE_SERVE_MAX_IMAGES)"),
+    ([[[0.5, 0.25]]], "image 0: pixels must be whole numbers 0..255, found 0.5"),
+    ([[[0, 0]], [[300, 0]]], "image 1: pixels must be whole numbers 0..255, found 300"),
     ([1, 2, 3], "the request's pixels are int64 of shape (3,)"),
     ([[[0, 0]], [[0]]], "the request's pixel arrays differ in shape"),
 ])
@@ -68,3 +86,19 @@ def test_a_bad_request_fails_in_one_line_naming_what_is_wrong(payload, message):
     with pytest.raises(ImgpipeError) as error:
         read_request(payload, (1, 8, 8), WHITE)
     assert str(error.value).startswith(message) and "\n" not in str(error.value)
+    assert "object at 0x" not in str(error.value) and "remove or replace" not in str(error.value)  # advice for folders, not requests
+
+
+def test_a_base64_file_with_line_breaks_is_read():
+    wrapped = "\n".join(GOOD[i:i + 76] for i in range(0, len(GOOD), 76))  # as `base64` writes without -w0
+    assert read_request(pd.DataFrame({"image": [wrapped]}), (1, 8, 8), WHITE).shape == (1, 1, 8, 8)
+
+
+def test_the_refusal_stays_one_line_when_the_scoring_server_prefixes_the_payload():
+    from mlflow.protos.databricks_pb2 import BAD_REQUEST
+
+    from imgpipe.serving import RefusedRequest
+
+    refused = RefusedRequest("image 0: not base64 text", error_code=BAD_REQUEST)
+    refused.message = f"Failed to predict data '{'x' * 1000}'. \nError: {refused.message}"  # what MLflow's server does
+    assert refused.message == "image 0: not base64 text" and refused.get_http_status_code() == 400

@@ -99,7 +99,7 @@ def test_the_candidate_is_promoted_and_served_to_image_files(project, tracking_s
         with pytest.raises(urllib.error.HTTPError) as refused:
             _post(url, {"dataframe_records": [{"image": base64.b64encode(b"not a picture").decode()}]})
         assert refused.value.code == 400
-        assert "image 0: not a readable image" in json.load(refused.value)["message"]
+        assert json.load(refused.value)["message"] == "image 0: not a readable image file (cannot identify image file)"
     finally:
         process.terminate()
         process.wait(timeout=30)

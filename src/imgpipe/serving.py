@@ -13,12 +13,19 @@ Accepted payloads, one image per row:
 Every image goes through prepare's preprocessing, as in predict: the model's channel count and size,
 transparency laid on its background colour. The answer is predict's table, one row per image:
 `predicted`, `confidence`, then the next best classes `top2`, `top2_confidence`, ...
+
+A request it cannot answer gets HTTP 400 with one line naming the image and what is wrong with it (not a
+readable image file, too many pixels, not base64, pixels outside 0..255 or of the wrong shape). Limits, in
+the serving process's environment: IMGPIPE_SERVE_MAX_IMAGES (images per request, default 1,024) and
+IMGPIPE_SERVE_MAX_PIXELS (pixels per image file, default 50,000,000: a 12-megapixel photo passes, a
+decompression bomb does not).
 """
 
 import base64
 import binascii
 import io
 import json
+import os
 from pathlib import Path
 
 import mlflow
@@ -35,6 +42,28 @@ from imgpipe.sources.image_folder import conform, decode
 
 PROGRAM, PREPROCESSING = "program", "preprocessing"  # the model's artifacts: its torch.export program, a JSON file
 TOP_K = 3  # classes per image in the answer, as predict's default
+MAX_IMAGES, MAX_PIXELS = 1024, 50_000_000  # defaults of IMGPIPE_SERVE_MAX_IMAGES and IMGPIPE_SERVE_MAX_PIXELS
+
+
+def _limit(variable: str, default: int) -> int:
+    value = os.environ.get(variable, str(default))
+    if not value.isdigit() or int(value) < 1:
+        raise ImgpipeError(f"{variable}: must be a whole number >= 1, got {value!r}")
+    return int(value)
+
+
+class RefusedRequest(MlflowException):
+    """HTTP 400 with one line. MLflow's scoring server rewrites the message of an MlflowException raised in
+    predict to begin with the whole request ("Failed to predict data '<payload>'"): this one keeps its first."""
+
+    @property
+    def message(self) -> str:
+        return self._line
+
+    @message.setter
+    def message(self, value: str) -> None:
+        if not hasattr(self, "_line"):
+            self._line = value
 
 
 def artifacts(model: torch.nn.Module, example: np.ndarray, preprocessing: dict, folder: Path) -> dict[str, str]:
@@ -80,13 +109,16 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
         try:
-            images = read_request(model_input, tuple(self.preprocessing["image_shape"]), tuple(self.preprocessing["background"]))
+            images = read_request(model_input, tuple(self.preprocessing["image_shape"]), tuple(self.preprocessing["background"]),
+                                  max_images=_limit("IMGPIPE_SERVE_MAX_IMAGES", MAX_IMAGES),
+                                  max_pixels=_limit("IMGPIPE_SERVE_MAX_PIXELS", MAX_PIXELS))
         except ImgpipeError as error:
-            raise MlflowException(str(error), error_code=BAD_REQUEST) from None
+            raise RefusedRequest(str(error), error_code=BAD_REQUEST) from None
         return predict(self.network, images, tuple(self.preprocessing["class_names"]), TOP_K, torch.device("cpu"))
 
 
-def read_request(payload, image_shape: tuple[int, int, int], background: tuple[int, int, int]) -> np.ndarray:
+def read_request(payload, image_shape: tuple[int, int, int], background: tuple[int, int, int], *,
+                 max_images: int = MAX_IMAGES, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """A request's images, as the parsed payload MLflow hands a pyfunc, as uint8 (N, C, H, W)."""
     channels, height, width = image_shape
     if isinstance(payload, pd.DataFrame):
@@ -98,10 +130,13 @@ def read_request(payload, image_shape: tuple[int, int, int], background: tuple[i
         if "image" not in payload:
             raise ImgpipeError(f"the request has no 'image' field (it has {', '.join(payload)})")
         payload = payload["image"]
+    if len(payload) > max_images:
+        raise ImgpipeError(f"the request holds {len(payload):,} images, more than {max_images:,} "
+                           "(IMGPIPE_SERVE_MAX_IMAGES); send them in several requests")
     first = next(iter(np.asarray(payload, dtype=object).flat), None)
     if isinstance(first, (str, bytes)):  # encoded image files, else pixel arrays
-        return np.stack([decode(io.BytesIO(_bytes(item, row)), channels, (height, width), background, name=f"image {row}")
-                         for row, item in enumerate(payload)])
+        return np.stack([decode(io.BytesIO(_bytes(item, row)), channels, (height, width), background, name=f"image {row}",
+                                max_pixels=max_pixels) for row, item in enumerate(payload)])
     return np.stack([conform(image, channels, (height, width), background) for image in _pixel_images(payload, channels)])
 
 
@@ -109,9 +144,9 @@ def _bytes(item: str | bytes, row: int) -> bytes:
     if isinstance(item, bytes):
         return item
     try:
-        return base64.b64decode(item, validate=False)
+        return base64.b64decode("".join(item.split()), validate=True)  # line breaks allowed (base64 without -w0)
     except (binascii.Error, ValueError):
-        raise ImgpipeError(f"image {row}: not base64 (send each image file base64-encoded)") from None
+        raise ImgpipeError(f"image {row}: not base64 text (send each image file base64-encoded)") from None
 
 
 def _pixel_images(payload, channels: int) -> list[Image.Image]:
@@ -123,8 +158,11 @@ def _pixel_images(payload, channels: int) -> list[Image.Image]:
     if pixels.dtype.kind not in "iuf" or pixels.ndim not in (3, 4):
         raise ImgpipeError(f"the request's pixels are {pixels.dtype} of shape {pixels.shape}; "
                            "send uint8 (N, H, W), (N, H, W, C) or (N, C, H, W) arrays, or base64 image files under 'image'")
-    if pixels.size and (pixels.min() < 0 or pixels.max() > 255 or not np.array_equal(pixels, np.round(pixels))):
-        raise ImgpipeError("the request's pixels are not whole numbers 0..255 (send uint8 values, not normalized ones)")
+    wrong = (pixels < 0) | (pixels > 255) | (pixels != np.round(pixels))
+    if wrong.any():
+        row = int(np.argmax(wrong.reshape(len(pixels), -1).any(1)))
+        raise ImgpipeError(f"image {row}: pixels must be whole numbers 0..255, found {pixels[row][wrong[row]].flat[0].item()} "
+                           "(send uint8 values, not normalized ones)")
     pixels = pixels.astype(np.uint8)
     if pixels.ndim == 4 and pixels.shape[1] in (1, 3, 4) and pixels.shape[-1] not in (1, 3, 4):
         pixels = pixels.transpose(0, 2, 3, 1)  # (N, C, H, W) -> (N, H, W, C)

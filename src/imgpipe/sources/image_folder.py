@@ -58,13 +58,17 @@ def conform(image: Image.Image, channels: int, size: tuple[int, int] | None, bac
 UNREADABLE = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
-def _unreadable(name, error: Exception) -> ImgpipeError:
-    """One line naming the file, for any of UNREADABLE."""
+def _unreadable(name, error: Exception, in_memory: bool = False) -> ImgpipeError:
+    """One line naming the file, for any of UNREADABLE; the advice is for a file in a folder, unless the
+    image came in memory (a request's), where PIL's text would name a buffer object."""
     if isinstance(error, Image.DecompressionBombError):  # PIL's refusal, above 2 * Image.MAX_IMAGE_PIXELS
         pixels = re.search(r"\((\d+) pixels\)", str(error))
         count = f"{int(pixels[1]):,} pixels, " if pixels else ""
         return ImgpipeError(f"{name}: too many pixels ({count}more than {2 * (Image.MAX_IMAGE_PIXELS or 0):,}, "
-                            "PIL's guard against decompression bombs); shrink or remove it")
+                            f"PIL's guard against decompression bombs){'' if in_memory else '; shrink or remove it'}")
+    if in_memory:
+        reason = re.sub(r"\s*<[^>]* object at 0x[0-9a-f]+>", "", " ".join(str(error).split()))
+        return ImgpipeError(f"{name}: not a readable image file ({reason})")
     return ImgpipeError(f"{name}: not a readable image ({error}); remove or replace it")
 
 
@@ -78,19 +82,23 @@ def draft(image: Image.Image, size: tuple[int, int] | None) -> None:
 
 
 def decode(path, channels: int, size: tuple[int, int] | None, background: tuple[int, int, int], name: str | None = None,
-           *, reduced: bool = True) -> np.ndarray:
+           *, reduced: bool = True, max_pixels: int | None = None) -> np.ndarray:
     """One image file (a path, or a file object called `name` in errors) as uint8 (C, H, W): what fetch,
     predict and the served model read files with. reduced=False decodes a JPEG at full size before
-    resizing (the slower path before draft, kept to compare against). Raises ImgpipeError naming the
-    file if it is corrupt or too large to open."""
+    resizing (the slower path before draft, kept to compare against). max_pixels: a stricter limit than
+    PIL's, checked on the header before any pixel is decoded. Raises ImgpipeError naming the file if it
+    is corrupt or too large to open."""
+    in_memory = not isinstance(path, (str, os.PathLike))
     try:
         with Image.open(path) as image:
+            if max_pixels is not None and image.width * image.height > max_pixels:
+                raise ImgpipeError(f"{name or path}: too many pixels ({image.width}x{image.height}, more than {max_pixels:,})")
             if reduced:
                 draft(image, size)
             image.load()
             return conform(image, channels, size, background)
     except UNREADABLE as error:
-        raise _unreadable(name or path, error) from None
+        raise _unreadable(name or path, error, in_memory) from None
 
 
 def _decode_all(args: tuple) -> np.ndarray:
