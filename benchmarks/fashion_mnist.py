@@ -76,17 +76,20 @@ class SeedDataset(Dataset):
         return self.to_tensor(Image.fromarray(self.images[index, 0], mode="L")), int(self.labels[index])
 
 
-def seed_loop(train_set: ImageSet, test_set: ImageSet, epochs: int) -> list[tuple[float, float]]:
-    """(a): (cumulative seconds, test accuracy) after each epoch."""
+def seed_loop(train_set: ImageSet, test_set: ImageSet, epochs: int,
+              device: torch.device = torch.device("cpu")) -> list[tuple[float, float]]:
+    """(a): (cumulative seconds, test accuracy) after each epoch; on a GPU as the seed notebook runs there
+    (model moved to the device, each batch sent after the DataLoader made it)."""
     torch.manual_seed(0)
     loader = DataLoader(SeedDataset(train_set.images, train_set.labels), batch_size=32, shuffle=True)
     test = DataLoader(SeedDataset(test_set.images, test_set.labels), batch_size=32)
-    model = TinyVGG(train_set.image_shape, len(CLASSES), **TINYVGG)
+    model = TinyVGG(train_set.image_shape, len(CLASSES), **TINYVGG).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     start, rows = time.perf_counter(), []
     for _ in range(epochs):
         model.train()
         for images, labels in loader:
+            images, labels = images.to(device), labels.to(device)
             loss = F.cross_entropy(model(images), labels)
             optimizer.zero_grad()
             loss.backward()
@@ -95,7 +98,7 @@ def seed_loop(train_set: ImageSet, test_set: ImageSet, epochs: int) -> list[tupl
         correct = 0
         with torch.inference_mode():
             for images, labels in test:
-                correct += (model(images).argmax(1) == labels).sum().item()
+                correct += (model(images.to(device)).argmax(1) == labels.to(device)).sum().item()  # .item(): a sync
         rows.append((time.perf_counter() - start, correct / len(test_set)))
     return rows
 

@@ -202,6 +202,7 @@ def test_a_foreign_file_is_not_a_checkpoint(tmp_path):
         load_checkpoint(path)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_training_with_dropout_resumes_to_the_same_result(tmp_path, digits_prepared):
     """Dropout draws from the CUDA generator: its state must be saved and restored too."""
@@ -216,6 +217,7 @@ def test_cuda_training_with_dropout_resumes_to_the_same_result(tmp_path, digits_
     assert measured(resumed.history) == measured(whole.history) and same_weights(resumed.model, whole.model)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_training_runs_on_cuda(digits_prepared):
     result = train("cnn", {"channels": [8]}, digits_prepared, TrainConfig(epochs=2, device="cuda"))
