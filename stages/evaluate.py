@@ -1,9 +1,10 @@
 """evaluate: score one trained variant and seed on the test split, e.g. `python stages/evaluate.py cnn 0`.
 
 Writes, each as <variant>/seed<seed>: metrics/test/ (accuracy, loss, top-k, macro precision/recall/F1,
-95% intervals of accuracy and macro-F1, images/s and the device it was measured on, checkpoint size),
-metrics/predictions/ (per image; the confusion-matrix plot), metrics/classes/ (per class) and
-metrics/confusion/ (the count table). The report stage adds them to the run's MLflow run (one
+95% intervals of accuracy and macro-F1, expected calibration error before and after temperature scaling,
+images/s and the device it was measured on, checkpoint size), metrics/predictions/ (per image; the
+confusion-matrix plot), metrics/classes/ (per class), metrics/confusion/ (the count table) and
+metrics/reliability/ (confidence bins: the reliability diagram). The report stage adds them to the run's MLflow run (one
 MLflow start-up for all runs).
 """
 
@@ -14,7 +15,7 @@ from imgpipe import paths
 from imgpipe.checkpoint import load_checkpoint
 from imgpipe.device import describe, pick_device
 from imgpipe.errors import ImgpipeError, run_stage
-from imgpipe.evaluate import class_table, confusion_table, evaluate, predictions_table
+from imgpipe.evaluate import class_table, confusion_table, evaluate, predictions_table, reliability_table
 from imgpipe.files import write_csv, write_json
 from imgpipe.prepare import load_prepared
 from imgpipe.scores import most_confused
@@ -37,11 +38,13 @@ def main() -> None:
     write_csv(paths.predictions(name, seed), predictions_table(test, result))
     write_csv(paths.class_scores(name, seed), class_table(test.class_names, result))
     write_csv(paths.confusion(name, seed), confusion_table(test.class_names, result.confusion))
+    write_csv(paths.reliability(name, seed), reliability_table(result))
     metrics = {**result.metrics, "model_bytes": paths.checkpoint(name, seed).stat().st_size, "device": describe(device)}
     write_json(paths.test_metrics(name, seed), metrics)
     pairs = "; ".join(f"{a} as {p} ({n}x)" for a, p, n in most_confused(result.confusion, test.class_names, 3))
     print(f"{name} seed {seed}: test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, loss {metrics['loss']:.4f} "
-          f"on {len(test)} images, {metrics['images_per_second']:,.0f} images/s on {metrics['device']}; "
+          f"on {len(test)} images, ECE {metrics['ece_before_scaling']:.4f} -> {metrics['ece']:.4f} by temperature scaling, "
+          f"{metrics['images_per_second']:,.0f} images/s on {metrics['device']}; "
           f"most confused: {pairs or 'none'}")
 
 

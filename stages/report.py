@@ -1,9 +1,9 @@
 """report: every variant side by side in reports/report.md, with its figures in reports/figures/, and
 each variant over its seeds in metrics/variants.json.
 
-Draws the sample grid, the training curves, and a confusion matrix and a grid of misclassified
-test images per variant (its first seed); the report compares every pair of variants on the same
-test images, read from metrics/predictions/.
+Draws the sample grid, the training curves, the reliability diagrams, and a confusion matrix and a grid
+of misclassified test images per variant (its first seed); the report compares every pair of variants on
+the same test images, read from metrics/predictions/.
 
 Then records each variant and seed in MLflow, all in this one process (imgpipe.publish): a run per
 training, its evaluation and the report, and the variant best on validation as the `candidate` of the
@@ -28,6 +28,7 @@ def load_result(name: str, seed: int) -> VariantResult:
         classes=read_csv(paths.class_scores(name, seed), ("class",)),
         confusion=read_csv(paths.confusion(name, seed), ("actual",)).set_index("actual"),
         correct=(predictions["actual"] == predictions["predicted"]).to_numpy(),
+        reliability=read_csv(paths.reliability(name, seed), ("scaling",)),
     )
 
 
@@ -53,6 +54,9 @@ def main() -> None:
         drawn = {
             "samples": figures.sample_grid(data["train"], samples_per_class),
             "curves": figures.curves(curves),
+            "reliability": figures.reliability({name: result.reliability for name, result in results.items()},
+                                               {name: (result.test["ece_before_scaling"], result.test["ece"])
+                                                for name, result in results.items()}),
         }
         for name, result in results.items():
             drawn[f"confusion_{name}"] = figures.confusion(result.confusion.to_numpy(), data["test"].class_names,

@@ -1,9 +1,9 @@
 """train: fit one variant with one seed, e.g. `python stages/train.py cnn 0`; dvc.yaml runs it for every
 entry of train.variants and train.seeds.
 
-Writes models/<variant>/seed<seed>.pt, metrics/curves/<variant>/seed<seed>/ and
-metrics/train/<variant>/seed<seed>.json; the report stage records them in MLflow. With train.devices
-above 1 it starts that many ranks of itself under torchrun (or, started by an outer torchrun or srun,
+Writes models/<variant>/seed<seed>.pt (its temperature fitted on the validation split: imgpipe.calibration),
+metrics/curves/<variant>/seed<seed>/ and metrics/train/<variant>/seed<seed>.json; the report stage records
+them in MLflow. With train.devices above 1 it starts that many ranks of itself under torchrun (or, started by an outer torchrun or srun,
 joins that group); rank 0 writes the files.
 """
 
@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 
 from imgpipe import params as P
 from imgpipe import distributed, gpus, paths
+from imgpipe.calibration import calibrate
 from imgpipe.checkpoint import save_checkpoint
 from imgpipe.device import pick_device
 from imgpipe.errors import ImgpipeError, run_stage
@@ -50,14 +51,18 @@ def main() -> None:
     if not group.leader:
         return  # rank 0 writes the files; every rank holds the same result
 
+    # Temperature scaling, fitted on the validation split (the centroids keep their own scale: T = 1).
+    calibration = calibrate(result.model, data.val, result.model.mean.device)
     save_checkpoint(paths.checkpoint(name, seed), result.model, model_name=variant.model, model_settings=variant.settings,
                     image_shape=data.image_shape, class_names=data.class_names, config=variant.config,
                     background=P.data_config(params).background)
     write_curves(paths.curves(name, seed), result.history)
-    metrics = result.summary()
+    metrics = result.summary() | {"temperature": calibration.temperature, "val_nll_before_scaling": calibration.nll_before,
+                                  "val_nll_after_scaling": calibration.nll_after}
     write_json(paths.train_metrics(name, seed), {**metrics, "model": variant.model, "device": result.device, "started": started})
     print(f"{name} seed {seed}: val accuracy {metrics['val_accuracy']:.4f} (epoch {result.best_epoch}), {metrics['parameters']:,} parameters, "
-          f"{result.seconds:.1f} s on {result.device}")
+          f"{result.seconds:.1f} s on {result.device}; temperature {calibration.temperature:.3f} "
+          f"(val NLL {calibration.nll_before:.4f} -> {calibration.nll_after:.4f})")
 
 
 if __name__ == "__main__":

@@ -38,12 +38,13 @@ def test_every_declared_output_exists(project):
     assert outs and all((project / path).exists() for path in outs), [p for p in outs if not (project / p).exists()]
     report = (project / "reports/report.md").read_text()
     assert all(f"| {v} |" in report for v in VARIANTS)
-    figures = ["curves", "samples"] + [f"{kind}_{v}" for kind in ("confusion", "misclassified") for v in VARIANTS]
+    figures = ["curves", "reliability", "samples"] + [f"{kind}_{v}" for kind in ("confusion", "misclassified") for v in VARIANTS]
     assert sorted(p.stem for p in (project / "reports/figures").iterdir()) == sorted(figures)
     assert all(f"(figures/{name}.png)" in report for name in figures)
     for variant in VARIANTS:
         test = read_json(project / f"metrics/test/{variant}/seed0.json")
-        assert {"accuracy", "loss", "top_3_accuracy", "macro_f1", "images_per_second", "model_bytes"} <= set(test)
+        assert {"accuracy", "loss", "top_3_accuracy", "macro_f1", "ece", "ece_before_scaling", "images_per_second", "model_bytes"} <= set(test)
+        assert {"temperature", "val_nll_before_scaling", "val_nll_after_scaling"} <= set(read_json(project / f"metrics/train/{variant}/seed0.json"))
         assert test["model_bytes"] == (project / f"models/{variant}/seed0.pt").stat().st_size
         assert test["device"] == "cpu"  # train.device auto on this machine; the figure names where it was measured
 

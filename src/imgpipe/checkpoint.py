@@ -28,6 +28,7 @@ def save_checkpoint(path: Path, model: Classifier, *, model_name: str, model_set
         "class_names": list(class_names),
         "mean": model.mean.flatten().tolist(),
         "std": model.std.flatten().tolist(),
+        "temperature": model.temperature.item(),  # the scores' divisor (imgpipe.calibration); absent before: 1
         "background": list(background),  # RGB that transparent pixels were laid on (image folders)
         "train_config": asdict(config),
         "state_dict": {k: v.detach().cpu() for k, v in model.net.state_dict().items()},
@@ -49,5 +50,6 @@ def load_checkpoint(path: Path) -> tuple[Classifier, dict]:
     net = build_model(checkpoint["model"], tuple(checkpoint["image_shape"]), len(checkpoint["class_names"]),
                       **checkpoint["model_settings"])
     net.load_state_dict(checkpoint["state_dict"])
-    model = Classifier(net, tuple(checkpoint["mean"]), tuple(checkpoint["std"])).eval()
+    checkpoint.setdefault("temperature", 1.0)  # saved before temperature scaling: the network's own scores
+    model = Classifier(net, tuple(checkpoint["mean"]), tuple(checkpoint["std"]), checkpoint["temperature"]).eval()
     return model, {k: v for k, v in checkpoint.items() if k != "state_dict"}

@@ -1,6 +1,7 @@
 """Score a classifier on a split: loss, accuracy and macro-F1 with their 95% intervals, top-k, per-class
-precision/recall/F1, the confusion matrix and its most-confused pairs, inference speed, and a prediction
-with its confidence per image."""
+precision/recall/F1, the confusion matrix and its most-confused pairs, calibration (ECE and the reliability
+diagram's bins, before and after temperature scaling), inference speed, and a prediction with its confidence
+per image."""
 
 import time
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from imgpipe.calibration import Reliability, confidences, expected_calibration_error, reliability
 from imgpipe.imageset import ImageSet
 from imgpipe.inference import logits_in_chunks, predict_logits, score
 from imgpipe.scores import confusion_matrix, per_class_scores
@@ -47,12 +49,15 @@ class Evaluation:
     confidence: np.ndarray  # (N,) softmax probability of the predicted class
     confusion: np.ndarray  # (classes, classes) counts, rows actual, columns predicted
     per_class: dict[str, np.ndarray]  # precision, recall, f1, support: one value per class
+    reliability: dict[str, Reliability]  # "before" and "after" temperature scaling: confidence bins
 
 
 def evaluate(model: nn.Module, split: ImageSet, device: torch.device, top_k: int = 3) -> Evaluation:
     """Everything the metrics, plots and report say about a model on one split.
     Top-k accuracy is measured only when there are more than k classes. The split is a sample, so
-    accuracy and macro-F1 come with 95% intervals (`*_low`, `*_high`; see imgpipe.stats)."""
+    accuracy and macro-F1 come with 95% intervals (`*_low`, `*_high`; see imgpipe.stats). `ece` is that of
+    the model's own confidences (a Classifier's are divided by its temperature), `ece_before_scaling` that
+    of the network's scores before that division."""
     labels = torch.from_numpy(split.labels).to(device)
     logits = logits_in_chunks(model, split.images, device)  # a memory-mapped split is read a batch at a time
     confidence, predicted = logits.softmax(1).max(1)
@@ -66,9 +71,14 @@ def evaluate(model: nn.Module, split: ImageSet, device: torch.device, top_k: int
     metrics |= {f"macro_{name}": float(per_class[name].mean()) for name in ("precision", "recall", "f1")}
     metrics["macro_f1_low"], metrics["macro_f1_high"] = bootstrap_macro_f1_interval(
         split.labels, predicted, len(split.class_names), seed=0)
+    temperature = getattr(model, "temperature", None)  # a bare network has none: its scores are its own
+    before = logits * temperature if temperature is not None else logits
+    bins = {"before": reliability(*confidences(before, labels)), "after": reliability(*confidences(logits, labels))}
+    metrics["ece"] = expected_calibration_error(*confidences(logits, labels))
+    metrics["ece_before_scaling"] = expected_calibration_error(*confidences(before, labels))
     sample = torch.from_numpy(np.array(split.images[:max(1, SPEED_SAMPLE_BYTES // split.images[0].nbytes)])).to(device)
     metrics |= {"images_per_second": round(images_per_second(model, sample), 1), "images": len(split)}
-    return Evaluation(metrics, predicted, confidence.cpu().numpy(), confusion, per_class)
+    return Evaluation(metrics, predicted, confidence.cpu().numpy(), confusion, per_class, bins)
 
 
 def predictions_table(split: ImageSet, evaluation: Evaluation) -> pd.DataFrame:
@@ -93,3 +103,12 @@ def confusion_table(class_names: tuple[str, ...], confusion: np.ndarray) -> pd.D
     table = pd.DataFrame(confusion, index=list(class_names), columns=list(class_names))
     table.index.name = "actual"
     return table
+
+
+def reliability_table(evaluation: Evaluation) -> pd.DataFrame:
+    """The reliability diagram's figures, one row per non-empty confidence bin and scaling ("before" or
+    "after" temperature scaling): the bin's edges, its images, their accuracy and mean confidence."""
+    return pd.concat([pd.DataFrame({
+        "scaling": scaling, "bin": bins.bin, "lower": bins.lower.round(4), "upper": bins.upper.round(4),
+        "images": bins.images, "accuracy": bins.accuracy.round(4), "confidence": bins.confidence.round(4),
+    }) for scaling, bins in evaluation.reliability.items()], ignore_index=True)

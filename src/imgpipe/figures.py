@@ -135,3 +135,32 @@ def misclassified(images: ImageSet, rows: list[tuple[int, str, str, float]], col
         y = (i // columns) * (height + gap[0]) + gap[0] - 1
         ax.text(x, y, f"true {actual}\npred {predicted} ({confidence:.0%})", ha="center", va="bottom", fontsize=8)
     return figure
+
+
+def reliability(tables: dict[str, pd.DataFrame], ece: dict[str, tuple[float, float]], columns: int = 4) -> Figure:
+    """Reliability diagrams, one panel per variant: accuracy per confidence bin after temperature scaling (bars)
+    and before it (grey outline), against the diagonal of perfect calibration. tables[variant]: the bins as
+    evaluate writes them (scaling, lower, upper, images, accuracy, confidence); ece[variant]: (before, after)."""
+    columns = min(columns, len(tables))
+    rows = -(-len(tables) // columns)
+    figure = Figure(figsize=(3.2 * columns, 3.4 * rows), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(rows, columns, sharex=True, sharey=True, squeeze=False)).ravel()
+    for ax, (variant, table) in zip(axes, tables.items()):
+        for scaling, style in (("after", {"color": "C0", "alpha": 0.8, "label": "after scaling"}),
+                               ("before", {"fill": False, "edgecolor": "0.4", "linewidth": 1.2, "label": "before"})):
+            bins = table[table["scaling"] == scaling]
+            ax.bar(bins["lower"], bins["accuracy"], width=bins["upper"] - bins["lower"], align="edge", **style)
+        ax.plot([0, 1], [0, 1], color="black", linestyle="--", linewidth=0.8)
+        before, after = ece[variant]
+        ax.set_title(f"{variant}: ECE {before:.3f} → {after:.3f}", fontsize=10)
+        ax.set(xlim=(0, 1), ylim=(0, 1))
+        ax.grid(alpha=0.3)
+    for ax in axes[len(tables):]:
+        ax.set_visible(False)
+    for ax in axes[::columns]:
+        ax.set_ylabel("accuracy")
+    for ax in axes[(rows - 1) * columns:]:
+        ax.set_xlabel("confidence")
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside lower center", ncols=2)
+    return figure

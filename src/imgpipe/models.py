@@ -229,17 +229,27 @@ class Classifier(nn.Module):
     """A network plus the normalization it was trained with: takes raw pixels (B, C, H, W) in 0..255.
 
     Keeping normalization inside the module means the checkpoint, the MLflow model and predict
-    all take the same uint8 images and cannot disagree about preprocessing.
+    all take the same uint8 images and cannot disagree about preprocessing. The same holds for the
+    temperature the scores are divided by (fitted on validation by imgpipe.calibration; 1: the
+    network's own scores): every consumer answers with the same calibrated confidences. A positive
+    temperature never changes which class scores highest.
     """
 
-    def __init__(self, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]):
+    def __init__(self, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...], temperature: float = 1.0):
         super().__init__()
+        require(temperature > 0, "temperature", f"must be positive, got {temperature}")
         self.net = net
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("temperature", torch.tensor(temperature, dtype=torch.float32))
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         return (pixels.float() / 255 - self.mean) / self.std  # (B, C, H, W)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.net(self.normalize(pixels))
+        return self.net(self.normalize(pixels)) / self.temperature  # (B, classes)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # State saved before the temperature existed (a training's resume state) keeps the network's own scores.
+        state_dict.setdefault(prefix + "temperature", torch.ones(()))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

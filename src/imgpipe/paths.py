@@ -77,10 +77,15 @@ def confusion(variant: str, seed: int) -> Path:
     return METRICS / "confusion" / variant / f"seed{seed}.csv"
 
 
+def reliability(variant: str, seed: int) -> Path:
+    """Confidence bins on the test split, before and after temperature scaling: the reliability diagram."""
+    return METRICS / "reliability" / variant / f"seed{seed}.csv"
+
+
 def report() -> Path:
     return REPORTS / "report.md"
 
 
 def figure(name: str) -> Path:
-    """A PNG of the report: samples, curves, confusion_<variant>, misclassified_<variant>."""
+    """A PNG of the report: samples, curves, reliability, confusion_<variant>, misclassified_<variant>."""
     return FIGURES / f"{name}.png"

@@ -5,7 +5,9 @@
 
 Images are read and classified 1,024 at a time. Every image goes through prepare's preprocessing (the checkpoint's channel count and image size,
 transparency laid on its background colour; the model normalizes with its stored statistics), and
-one CSV row per image is written: path, predicted class, confidence, then the next best classes.
+one CSV row per image is written: path, predicted class, confidence, then the next best classes. Confidences
+are the model's calibrated ones: its class scores divided by the temperature fitted on the validation split
+(imgpipe.calibration), which changes no predicted class.
 An unreadable file is reported by name and skipped; the exit status is 1 if any was, else 0.
 """
 
@@ -71,6 +73,10 @@ def predict(model: torch.nn.Module, images: np.ndarray, class_names: tuple[str, 
     return pd.DataFrame(columns)
 
 
+def calibration_note(temperature: float) -> str:
+    return f"confidences calibrated by temperature scaling (T={temperature:.2f}, fitted on validation)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m imgpipe.predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="a checkpoint written by training (models/cnn/seed0.pt) or an MLflow "
@@ -88,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
             args.device = "cpu"
         else:
             model, meta = load_checkpoint(Path(args.model))
+        temperature = meta.get("temperature", 1.0)  # absent from checkpoints and models saved before calibration
+        if temperature != 1:
+            print(calibration_note(temperature), file=sys.stderr)
         missing = [str(p) for p in args.paths if not p.exists()]
         if missing:
             raise ImgpipeError(f"{missing[0]}: no such file or folder")

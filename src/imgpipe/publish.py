@@ -54,7 +54,8 @@ def record_trainings(experiment: str, results: dict[tuple[str, int], VariantResu
             example=data.val.images[:2],
             tags=tracking.run_tags(name, seed, seed_group, train["device"], data.fingerprint, params),
             datasets=datasets,
-            preprocessing={key: meta[key] for key in ("class_names", "image_shape", "background")},
+            # The temperature is inside the program already; stored beside it so that predict can say so.
+            preprocessing={key: meta[key] for key in ("class_names", "image_shape", "background", "temperature")},
         )
         print(f"{name} seed {seed}: training recorded as MLflow run {found[trainings[name, seed]]}")
     return {key: found[digest] for key, digest in trainings.items()}

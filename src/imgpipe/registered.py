@@ -15,7 +15,8 @@ def is_uri(model: str) -> bool:
 
 
 def load(uri: str) -> tuple[nn.Module, dict]:
-    """The model at an MLflow URI and its preprocessing: {class_names, image_shape, background}."""
+    """The model at an MLflow URI and its preprocessing: {class_names, image_shape, background, temperature}
+    (temperature: recorded since calibration; the network applies it already)."""
     tracking.store_client()  # the store the stages use (MLFLOW_TRACKING_URI, else the project's mlflow.db)
     try:
         import mlflow.pyfunc

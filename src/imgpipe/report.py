@@ -25,6 +25,7 @@ class VariantResult:
     classes: pd.DataFrame  # metrics/classes/: class, precision, recall, f1, support
     confusion: pd.DataFrame  # metrics/confusion/: counts, actual classes as the index
     correct: np.ndarray  # (N,) bool: whether it got each test image right, in metrics/predictions/'s order
+    reliability: pd.DataFrame | None = None  # metrics/reliability/: confidence bins before and after temperature scaling
 
 
 def _size(size: int) -> str:
@@ -45,6 +46,9 @@ COLUMNS = [
     Column("test accuracy", "test", "accuracy", "{:.4f}", True, interval=True),
     Column("macro-F1", "test", "macro_f1", "{:.4f}", True, interval=True),
     Column("top-{k} accuracy", "test", "top_{k}_accuracy", "{:.4f}", True),
+    Column("test ECE before scaling", "test", "ece_before_scaling", "{:.4f}", False),
+    Column("test ECE", "test", "ece", "{:.4f}", False),
+    Column("temperature", "train", "temperature", "{:.3f}", None),
     Column("val accuracy", "train", "val_accuracy", "{:.4f}", True),
     Column("parameters", "train", "parameters", "{:,}", False),
     Column("size on disk", "test", "model_bytes", _size, False),
@@ -66,6 +70,8 @@ def comparison_table(results: dict[str, VariantResult]) -> str:
     k = _top_k(results)
     columns = [replace(c, heading=c.heading.format(k=k), key=c.key.format(k=k))
                for c in COLUMNS if k is not None or "{k}" not in c.key]
+    # Figures older metrics files lack (calibration before imgpipe measured it) leave their column out.
+    columns = [c for c in columns if all(c.key in getattr(r, c.source) for r in results.values())]
     first = next(iter(results.values()))
     text_columns = {c.heading for c in columns if isinstance(getattr(first, c.source)[c.key], str)}
     lines = [
@@ -288,6 +294,28 @@ def run_card(card: dict, results: dict[str, VariantResult]) -> str:
     return "\n".join(lines)
 
 
+def calibration_section(results: dict[str, VariantResult]) -> list[str]:
+    """The reliability diagram and how to read it; nothing for results measured before calibration was."""
+    if any(result.reliability is None or "ece" not in result.test for result in results.values()):
+        return []
+    return [
+        "## Calibration",
+        "",
+        "Is a confidence of 0.99 worth 0.99? A model's confidence is its largest softmax probability; on the test "
+        "images, cut into 15 equal-width confidence bins, a calibrated model is right as often as it is confident. "
+        "The expected calibration error (ECE) is the gap between the two, averaged over the images. Temperature "
+        "scaling divides every class score by one number T > 0, fitted on the validation split by minimizing its "
+        "negative log-likelihood: it changes the confidences, never the predicted class. The checkpoint and the "
+        "MLflow model carry T, so `predict`, the served model and the figures above (test loss included) use the "
+        "scaled confidences. A fitted model (centroid) keeps T = 1: it fits its own scale on the training split.",
+        "",
+        f"![reliability diagrams before and after temperature scaling]({_link('reliability')})",
+        "",
+        "Bars: accuracy per confidence bin after scaling; grey outline: before; the diagonal is perfect calibration.",
+        "",
+    ]
+
+
 def _link(figure: str) -> str:
     """The report's relative link to one of its figures."""
     return paths.figure(figure).relative_to(paths.REPORTS).as_posix()
@@ -342,6 +370,7 @@ def render(dataset: str, card: dict, results: dict[str, VariantResult], provenan
         "",
         seeds_section(runs),
         "",
+        *calibration_section(results),
         "## Training curves",
         "",
         f"![loss and accuracy per epoch]({_link('curves')})",

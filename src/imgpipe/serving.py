@@ -12,7 +12,9 @@ Accepted payloads, one image per row:
 - `{"inputs": [...]}`: uint8 pixel arrays, (N, H, W) grey or (N, H, W, C) / (N, C, H, W) with C 1, 3 or 4.
 Every image goes through prepare's preprocessing, as in predict: the model's channel count and size,
 transparency laid on its background colour. The answer is predict's table, one row per image:
-`predicted`, `confidence`, then the next best classes `top2`, `top2_confidence`, ...
+`predicted`, `confidence`, then the next best classes `top2`, `top2_confidence`, ... The confidences are
+calibrated: the exported network divides its scores by the temperature fitted on the validation split
+(imgpipe.models.Classifier), which `preprocessing.json` records too.
 
 A request it cannot answer gets HTTP 400 with one line naming the image and what is wrong with it (not a
 readable image file, too many pixels, not base64, pixels outside 0..255 or of the wrong shape). Limits, in
@@ -69,7 +71,7 @@ class RefusedRequest(MlflowException):
 def artifacts(model: torch.nn.Module, example: np.ndarray, preprocessing: dict, folder: Path) -> dict[str, str]:
     """Write the served model's files into folder: the network, in eval mode on the CPU, as a torch.export
     program taking uint8 (B, C, H, W) of any batch size (example: a few such images, to trace it), and its
-    preprocessing (class_names, image_shape, background). Returns them as MLflow's `artifacts`."""
+    preprocessing (class_names, image_shape, background, temperature). Returns them as MLflow's `artifacts`."""
     model = model.cpu().eval()
     batch = torch.export.Dim.AUTO  # the exporter decides; a batch of 1 may not be marked dynamic
     program = torch.export.export(model, (torch.from_numpy(np.array(example)),), dynamic_shapes=({0: batch},))  # a copy: may be memory-mapped
