@@ -58,10 +58,13 @@ _S3: list[S3Server | str] = []  # the S3 server once started, or why it could no
 def pytest_collection_modifyitems(config, items):
     """Start the tracking server as soon as a collected test needs it: it takes seconds to come up,
     which then pass while other tests run."""
-    if any("tracking_server" in item.fixturenames for item in items):
-        _SERVER.append(TrackingServer(Path(tempfile.mkdtemp(prefix="mlflow-server-"))))
-    if any("s3_server" in item.fixturenames for item in items):
+    tracking = any("tracking_server" in item.fixturenames for item in items)
+    if tracking or any("s3_server" in item.fixturenames for item in items):
         _S3.append(S3Server(Path(tempfile.mkdtemp(prefix="s3-server-"))) if weed() else NO_WEED)
+    if tracking:  # the team's setup: artifacts on the S3 server, which the tracking server alone can reach
+        s3 = _S3[0] if isinstance(_S3[0], S3Server) else None
+        _SERVER.append(TrackingServer(Path(tempfile.mkdtemp(prefix="mlflow-server-")), artifacts=s3 and f"s3://{s3.bucket}/mlflow",
+                                      env=s3 and s3.env))
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -76,8 +79,10 @@ def pytest_sessionfinish(session, exitstatus):
 @pytest.fixture(scope="session")
 def tracking_server() -> TrackingServer:
     """A real `mlflow server` on 127.0.0.1, on PostgreSQL where it is installed (else SQLite), with proxied
-    artifacts: one for the whole test run."""
+    artifacts on the S3 server where SeaweedFS is installed (else in a folder): one for the whole test run."""
     try:
+        if isinstance(_S3[0], S3Server):
+            _S3[0].wait()  # the bucket its artifacts go to
         _SERVER[0].wait()
     except RuntimeError as error:
         pytest.fail(str(error))

@@ -33,13 +33,15 @@ def postgres_bin() -> Path | None:
 
 
 class TrackingServer:
-    """`mlflow server` on 127.0.0.1 with proxied artifacts in `folder`; its store a PostgreSQL database in a
-    cluster of its own where PostgreSQL is installed, else SQLite. Starts at once, in the background."""
+    """`mlflow server` on 127.0.0.1 with proxied artifacts, in `folder` or at `artifacts` (an s3:// address, the
+    server alone given the bucket's credentials in `env`); its store a PostgreSQL database in a cluster of its
+    own where PostgreSQL is installed (and `postgres`), else SQLite. Starts at once, in the background."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, artifacts: str | None = None, env: dict[str, str] | None = None, postgres: bool = True):
         self.folder = folder
         self.url = f"http://127.0.0.1:{free_port()}"
-        self.bin = postgres_bin()
+        self.artifacts = artifacts or str(folder / "artifacts")
+        self.bin = postgres_bin() if postgres else None
         # PostgreSQL refuses to run as root: where the tests are root, its programs run as `postgres`.
         self.as_owner = ["runuser", "-u", "postgres", "--"] if self.bin and os.geteuid() == 0 else []
         self.cluster = folder / "postgres"
@@ -60,12 +62,12 @@ class TrackingServer:
         else:
             self.store = f"sqlite:///{folder / 'mlflow.db'}"
         server = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", self.url.rsplit(":", 1)[1],
-                  "--workers", "1", "--backend-store-uri", self.store, "--artifacts-destination", str(folder / "artifacts")]
+                  "--workers", "1", "--backend-store-uri", self.store, "--artifacts-destination", self.artifacts]
         commands.append("exec " + shlex.join(server))  # the process to stop is the server's
         self.log = folder / "server.log"
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(["bash", "-ec", " && ".join(commands)], stdout=log, stderr=subprocess.STDOUT,
-                                            env=os.environ | NO_JOB_RUNNER)
+                                            env=os.environ | NO_JOB_RUNNER | (env or {}))
 
     @property
     def on_postgresql(self) -> bool:
