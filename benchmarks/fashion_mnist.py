@@ -50,6 +50,7 @@ SEED_EPOCHS = 10
 # (b): the same network, trained the way this engine trains fast on a CPU: bf16 autocast and channels_last
 # where the CPU has native bf16 (train.precision: auto), batches of 128 (4x the seed's: fewer, better-used
 # steps), SGD with Nesterov momentum under a one-cycle schedule that warms up to lr 0.1 and anneals to zero.
+# (Measured on this data; on 8,000 MNIST images the same TinyVGG, without batch norm, diverged at lr 0.1.)
 RECIPE_B = TrainConfig(epochs=3, batch_size=128, optimizer="sgd", lr=0.1, nesterov=True, schedule="onecycle", device="cpu")
 SEED_RECIPE = TrainConfig(epochs=1, batch_size=32, optimizer="sgd", lr=0.1, momentum=0.0, schedule="constant", device="cpu")
 SEED_RECIPE_EPOCHS = 2
