@@ -2,8 +2,8 @@
 section sets it up. One machine pushes the shared pipeline's outputs; a fresh clone of its commit pulls them back
 byte for byte and has nothing to rerun; an experiment travels the same way; a storage crash in the middle of a
 push fails it, and a rerun after the restart completes it. Runs travel too: the tests' tracking server keeps its
-artifacts on the same S3 server (conftest), and another machine, with no bucket credentials, loads a registered
-model from it; a tracking server whose artifact store is down fails the report stage in one line."""
+artifacts on the same S3 server (conftest; test_tracking_server loads and serves models from it); a tracking
+server whose artifact store is down fails the report stage in one line."""
 
 import os
 import subprocess
@@ -13,12 +13,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from datafiles import write_image_folder
-from project import edit_params, fork, read_json, run
+from project import fork, run
 from s3 import ACCESS_KEY, NO_WEED, SECRET_KEY, S3Server, dvc_credential_commands, dvc_remote_commands, weed
 from servers import TrackingServer, free_port
-
-from imgpipe.imageset import load_splits
 
 pytestmark = pytest.mark.slow  # the shared pipeline run
 
@@ -154,31 +151,6 @@ def test_storage_stopped_in_the_middle_of_a_push_fails_it_and_a_rerun_completes_
         assert up_to_date(third) == "Data and pipelines are up to date."
     finally:
         server.stop()
-
-
-def test_runs_travel_through_the_tracking_server_to_s3_and_load_on_another_machine(pipeline, tracking_server, s3_server, tmp_path):
-    """The pipeline records to the server, whose artifacts land in the bucket; a machine that has only the server's
-    address (no bucket credentials) classifies images with the registered model."""
-    assert tracking_server.artifacts == f"s3://{s3_server.bucket}/mlflow"
-    # The tests' own processes hold no bucket credentials: the server alone was given them.
-    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & os.environ.keys() and not (Path.home() / ".aws").exists()
-    project = fork(pipeline, tmp_path / "project")
-    edit_params(project, tracking__experiment="team-s3")  # an experiment of its own on the shared server
-    done = run([sys.executable, "stages/report.py"], project, MLFLOW_TRACKING_URI=tracking_server.url)
-    assert "version 1 of imgpipe-team-s3, alias @candidate" in done.stdout, done.stdout
-    stored = s3_server.keys("mlflow/")
-    assert any(key.endswith("/MLmodel") for key in stored) and any(key.endswith("program.pt2") for key in stored)
-
-    test = load_splits(project / "data/prepared")["test"]
-    images = write_image_folder(tmp_path / "images", test.images[:20], test.labels[:20], test.class_names)
-    elsewhere = tmp_path / "elsewhere"  # another machine: no project, no store, the server's address alone
-    elsewhere.mkdir()
-    run([sys.executable, "-m", "imgpipe.predict", "--model", "models:/imgpipe-team-s3@candidate", str(images),
-         "--output", str(elsewhere / "predicted.csv")], elsewhere, MLFLOW_TRACKING_URI=tracking_server.url)
-    variant = read_json(project / "reports/mlflow_runs.json")["candidate"]["variant"]
-    run([sys.executable, "-m", "imgpipe.predict", "--model", str(project / f"models/{variant}/seed0.pt"), str(images),
-         "--output", str(elsewhere / "checkpoint.csv")], elsewhere)
-    assert (elsewhere / "predicted.csv").read_text() == (elsewhere / "checkpoint.csv").read_text()
 
 
 def test_an_artifact_store_that_is_down_fails_the_report_stage_in_one_line(pipeline, tmp_path):

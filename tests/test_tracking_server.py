@@ -6,8 +6,11 @@ Only the report stage talks to MLflow: `dvc repro` retrains a fork of the shared
 
 import base64
 import json
+import os
+import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -22,6 +25,7 @@ from servers import serve_model
 from imgpipe import promote
 from imgpipe.checkpoint import load_checkpoint
 from imgpipe.imageset import load_splits
+from imgpipe.predict import main as predict_main
 from imgpipe.selection import best_over_seeds
 
 pytestmark = pytest.mark.slow
@@ -103,6 +107,24 @@ def test_the_candidate_is_promoted_and_served_to_image_files(project, tracking_s
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_runs_travel_through_s3_to_a_machine_that_knows_only_the_server(project, tracking_server, s3_server, tmp_path):
+    """The server keeps its artifacts in the S3 bucket (conftest), and only it holds the bucket's credentials: a
+    folder with nothing but the server's address classifies images with the registered model, as the checkpoint does."""
+    assert tracking_server.artifacts == f"s3://{s3_server.bucket}/mlflow"
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & os.environ.keys() and not (Path.home() / ".aws").exists()
+    stored = s3_server.keys("mlflow/")
+    assert any(key.endswith("/MLmodel") for key in stored) and any(key.endswith("program.pt2") for key in stored)
+    test = load_splits(project / "data/prepared")["test"]
+    images = write_image_folder(tmp_path / "images", test.images[:20], test.labels[:20], test.class_names)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    run([sys.executable, "-m", "imgpipe.predict", "--model", "models:/imgpipe-digits@candidate", str(images),
+         "--output", str(elsewhere / "registered.csv")], elsewhere, MLFLOW_TRACKING_URI=tracking_server.url)
+    variant = read_json(project / "reports/mlflow_runs.json")["candidate"]["variant"]
+    assert predict_main(["--model", str(project / f"models/{variant}/seed0.pt"), str(images), "--output", str(elsewhere / "checkpoint.csv")]) == 0
+    assert (elsewhere / "registered.csv").read_text() == (elsewhere / "checkpoint.csv").read_text()
 
 
 def test_the_server_keeps_runs_and_registry_in_postgresql(project, tracking_server):
