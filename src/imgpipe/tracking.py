@@ -124,7 +124,9 @@ def reported(optional: bool) -> Iterator[None]:
     except ImgpipeError:
         raise
     except Exception as error:  # MLflow raises many kinds: connection, store lock, REST errors
-        detail = " ".join(str(error).split())[:200]
+        detail = " ".join(str(error).split())
+        if len(detail) > 240:  # MLflow's REST errors name the request first and the cause last: keep both ends
+            detail = f"{detail[:140]} ... {detail[-100:]}"
         message = f"MLflow tracking at {tracking_uri()} failed ({type(error).__name__}: {detail}); the stage's outputs are saved"
         if not optional:
             raise ImgpipeError(f"{message}; fix the store or set tracking.optional: true") from None
