@@ -31,6 +31,11 @@ class Reliability:
     accuracy: np.ndarray  # (B,) share of them predicted right
     confidence: np.ndarray  # (B,) their mean confidence
 
+    @property
+    def error(self) -> float:
+        """The expected calibration error: sum over bins of |bin| / N * |accuracy(bin) - mean confidence(bin)|."""
+        return float((self.images * np.abs(self.accuracy - self.confidence)).sum() / self.images.sum())
+
 
 def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = BINS) -> Reliability:
     """Each non-empty bin's images, accuracy and mean confidence. confidence: (N,) in (0, 1]; correct: (N,) bool."""
@@ -48,8 +53,7 @@ def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = BINS) -
 
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = BINS) -> float:
     """Sum over bins of |bin| / N * |accuracy(bin) - mean confidence(bin)|."""
-    table = reliability(confidence, correct, bins)
-    return float((table.images * np.abs(table.accuracy - table.confidence)).sum() / table.images.sum())
+    return reliability(confidence, correct, bins).error
 
 
 def confidences(logits: torch.Tensor, labels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from imgpipe.calibration import Reliability, confidences, expected_calibration_error, reliability
+from imgpipe.calibration import Reliability, confidences, reliability
 from imgpipe.imageset import ImageSet
 from imgpipe.inference import logits_in_chunks, predict_logits, score
 from imgpipe.scores import confusion_matrix, per_class_scores
@@ -74,8 +74,7 @@ def evaluate(model: nn.Module, split: ImageSet, device: torch.device, top_k: int
     temperature = getattr(model, "temperature", None)  # a bare network has none: its scores are its own
     before = logits * temperature if temperature is not None else logits
     bins = {"before": reliability(*confidences(before, labels)), "after": reliability(*confidences(logits, labels))}
-    metrics["ece"] = expected_calibration_error(*confidences(logits, labels))
-    metrics["ece_before_scaling"] = expected_calibration_error(*confidences(before, labels))
+    metrics["ece"], metrics["ece_before_scaling"] = bins["after"].error, bins["before"].error
     sample = torch.from_numpy(np.array(split.images[:max(1, SPEED_SAMPLE_BYTES // split.images[0].nbytes)])).to(device)
     metrics |= {"images_per_second": round(images_per_second(model, sample), 1), "images": len(split)}
     return Evaluation(metrics, predicted, confidence.cpu().numpy(), confusion, per_class, bins)
