@@ -6,7 +6,7 @@ global batch:
 
 Trains the model on random MNIST-size images (1x28x28, 10 classes) under `torchrun --standalone
 --nproc-per-node N` for each N (1 included, so every figure pays the same start-up), and prints per
-N the training images/s of the whole group (imgpipe.train's own figure: epochs x images / seconds of
+N the training images/s of the whole group (imgpipe.training.loop's own figure: epochs x images / seconds of
 training and validation), the speed-up over 1 process, and how far the final weights are from 1
 process's. On CPUs each rank gets cores/N threads; on GPUs one device each (--device cuda).
 """
@@ -25,17 +25,17 @@ import numpy as np
 import torch
 
 from imgpipe.config import TrainConfig
-from imgpipe.distributed import torchrun_command
-from imgpipe.imageset import ImageSet
-from imgpipe.prepare import prepare, save_prepared
+from imgpipe.training.distributed import torchrun_command
+from imgpipe.data.imageset import ImageSet
+from imgpipe.data.prepare import prepare, save_prepared
 
 RANK = """
 import json, sys, torch
 from pathlib import Path
-from imgpipe import distributed
+from imgpipe.training import distributed
 from imgpipe.config import TrainConfig
-from imgpipe.prepare import load_prepared
-from imgpipe.train import train
+from imgpipe.data.prepare import load_prepared
+from imgpipe.training.loop import train
 
 folder, model, config, out = Path(sys.argv[1]), sys.argv[2], TrainConfig(**json.loads(sys.argv[3])), Path(sys.argv[4])
 group = distributed.join(config.device)

@@ -7,7 +7,7 @@ Reads the real Fashion-MNIST (60,000 train / 10,000 test, ../shared/datasets/fas
 (a) the seed notebook's loop as written: a dataset turning each uint8 image into a PIL image and then a
     tensor with ToTensor, DataLoader(batch_size=32, shuffle=True), SGD lr 0.1, TinyVGG with 10 hidden units,
     10 epochs, test accuracy after each;
-(b) imgpipe's engine (imgpipe.train.train) on the same TinyVGG with the recipe below (RECIPE_B), scored on
+(b) imgpipe's engine (imgpipe.training.loop.train) on the same TinyVGG with the recipe below (RECIPE_B), scored on
     the test split after each epoch like (a); then the time each needs to reach (a)'s best test accuracy,
     and their ratio. The same engine with the seed's own recipe (batch 32, SGD 0.1, constant) runs
     SEED_RECIPE_EPOCHS epochs too, so the images/s the engine alone buys is apart from what the recipe buys;
@@ -36,12 +36,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from imgpipe.config import DataConfig, TrainConfig
 from imgpipe.device import describe, has_native_bf16, pick_device
-from imgpipe.imageset import ImageSet
-from imgpipe.inference import logits_in_chunks
-from imgpipe.models import TinyVGG
-from imgpipe.prepare import Prepared, channel_stats, stratified_split
-from imgpipe.sources import fetch
-from imgpipe.train import train
+from imgpipe.data.imageset import ImageSet
+from imgpipe.models.inference import logits_in_chunks
+from imgpipe.models.networks import TinyVGG
+from imgpipe.data.prepare import Prepared, channel_stats, stratified_split
+from imgpipe.data.sources import fetch
+from imgpipe.training.loop import train
 
 FASHION = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "fashion-mnist"
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")

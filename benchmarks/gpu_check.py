@@ -15,7 +15,7 @@ $OUT/gpu_check.log, rewritten after every row (a run cut short still brings back
 The exit status is 1 if any check FAILED. The rows:
 
 - the suite's CUDA tests (`pytest -m cuda tests/test_train.py`);
-- the engine's CUDA path (imgpipe.train.train): resident and streamed (pinned-memory) batches train the same
+- the engine's CUDA path (imgpipe.training.loop.train): resident and streamed (pinned-memory) batches train the same
   weights; a run killed after epoch 1 resumes, CUDA random state included, to an uninterrupted run's result;
   bf16 autocast, channels_last and cuDNN autotuning are on; deterministic mode is bit-identical across two
   runs; batch-norm statistics re-estimated on CUDA score as evaluation does;
@@ -23,7 +23,7 @@ The exit status is 1 if any check FAILED. The rows:
 - the real Fashion-MNIST: images/s and seconds to 0.90 and to the recommended configuration's test accuracy
   for the seed's DataLoader loop (benchmarks/fashion_mnist.py), TinyVGG (its recipes B and C) and resnet18
   (32x32 and 224x224 inputs), every one scored on the test split after each epoch;
-- inference images/s of the exported TinyVGG (torch.export, as imgpipe.serving writes the served model).
+- inference images/s of the exported TinyVGG (torch.export, as imgpipe.serving.model writes the served model).
 
     PYTHONPATH=src python benchmarks/gpu_check.py --dry-run     # the same checks on the CPU, tiny: seconds
 
@@ -58,13 +58,13 @@ from fashion_mnist import CLASSES, FASHION, MODEL_C, RECIPE_B, RECIPE_C, TINYVGG
 from torch import nn
 
 from imgpipe.config import DataConfig, TrainConfig
-from imgpipe.distributed import join, torchrun_command
-from imgpipe.imageset import ImageSet
-from imgpipe.inference import predict_logits
-from imgpipe.models import Classifier, build_model
-from imgpipe.prepare import Prepared, channel_stats
-from imgpipe.sources import fetch
-from imgpipe.train import TrainResult, train, trains_in_bf16
+from imgpipe.training.distributed import join, torchrun_command
+from imgpipe.data.imageset import ImageSet
+from imgpipe.models.inference import predict_logits
+from imgpipe.models.networks import Classifier, build_model
+from imgpipe.data.prepare import Prepared, channel_stats
+from imgpipe.data.sources import fetch
+from imgpipe.training.loop import TrainResult, train, trains_in_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
 CARRIED = ROOT / ".gpu_data" / "fashion-mnist"  # where a session copies the data before the device call
@@ -404,7 +404,7 @@ def resnet18_224(context: Context):
 # ---- the exported model ----
 
 def exported_inference(context: Context):
-    """As imgpipe.serving.artifacts writes the served model (not imported: it imports mlflow): torch.export on the
+    """As imgpipe.serving.model.artifacts writes the served model (not imported: it imports mlflow): torch.export on the
     CPU in eval mode with a dynamic batch, saved and loaded; its module moved to the device and timed."""
     model, settings = context.trained.get("cnn", (None, TINYVGG))
     untrained = model is None

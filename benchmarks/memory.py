@@ -178,9 +178,9 @@ def throughput(runs: int) -> dict[str, dict[bool, list[float]]]:
     """Per variant, training images/s over `runs` 1-epoch runs with data_on_device True and False."""
     from imgpipe import params as P
     from imgpipe.config import TrainConfig
-    from imgpipe.imageset import ImageSet
-    from imgpipe.prepare import load_prepared, prepare, save_prepared
-    from imgpipe.train import train
+    from imgpipe.data.imageset import ImageSet
+    from imgpipe.data.prepare import load_prepared, prepare, save_prepared
+    from imgpipe.training.loop import train
 
     if "data_on_device" not in {field.name for field in dataclasses.fields(TrainConfig)}:
         raise LookupError("imgpipe.config.TrainConfig has no data_on_device field: streamed training is not in this code yet")

@@ -34,11 +34,12 @@ import numpy as np
 from PIL import Image
 
 from imgpipe.config import DataConfig
-from imgpipe.imageset import save_fetched
-from imgpipe.sources.image_folder import decode
+from imgpipe.data.imageset import save_fetched
+from imgpipe.data import decode as decoding
+from imgpipe.data.decode import decode
 
 # The module, not the function the package re-exports under the same name: fetch_seconds patches it.
-image_folder = sys.modules["imgpipe.sources.image_folder"]
+image_folder = sys.modules["imgpipe.data.sources.image_folder"]
 
 WIDTH, HEIGHT = 4000, 3000  # a 12-megapixel phone photo, landscape
 QUALITY = 90  # JPEG quality, as a phone saves
@@ -120,16 +121,16 @@ def old_pool_size(files) -> int:
 def fetch_seconds(folder: Path, size: int, scratch: Path, before: bool) -> float:
     """The fetch stage's work on the folder: list, choose channels, decode and write the raw splits; before:
     as fetch did it before (full decode, and the pool counted in files), patched in for this run alone."""
-    saved = image_folder.draft, image_folder.pool_size
+    saved = decoding.draft, image_folder.pool_size
     if before:  # the pool's processes are forked: they see the patch too
-        image_folder.draft, image_folder.pool_size = (lambda image, size: None), old_pool_size
+        decoding.draft, image_folder.pool_size = (lambda image, size: None), old_pool_size
     try:
         start = time.perf_counter()
         save_fetched(image_folder.image_folder(DataConfig(dataset="imagefolder", path=folder, image_size=(size, size))),
                      scratch / "raw")
         return time.perf_counter() - start
     finally:
-        image_folder.draft, image_folder.pool_size = saved
+        decoding.draft, image_folder.pool_size = saved
 
 
 def main() -> None:

@@ -9,11 +9,11 @@ spread [min-max] of:
 
   wall      the stage's process, from the `python` command DVC starts to its exit
   start-up  interpreter start and imports, until the stage's main() starts
-  mlflow import  the part of start-up spent importing imgpipe.tracking (MLflow, and what it loads
+  mlflow import  the part of start-up spent importing imgpipe.tracking.store (MLflow, and what it loads
             that the stage had not loaded yet)
   work      main() less tracking: the stage's own work
-  tracking  MLflow in main() (only the report stage talks to it): tracking.find_runs, log_training,
-            publish_evaluation and runs_page
+  tracking  MLflow in main() (only the publish stage talks to it): runs.find_runs, log_training,
+            publish_evaluation and store.runs_page
   exit      after main() returns: atexit handlers, interpreter shutdown, the process's end
 
 then `dvc repro -f`'s wall time, DVC's own overhead (that wall time less the stages' processes:
@@ -96,12 +96,15 @@ def _patch_errors(module):
     module.run_stage = run_stage  # bound by `from imgpipe.errors import run_stage` in the stage, after this
 
 
-def _patch_tracking(module):
-    for name in ("find_runs", "log_training", "publish_evaluation", "runs_page"):
-        setattr(module, name, _timed(getattr(module, name), _RECORD, "tracking"))
+def _patch_tracking(names):
+    def patch(module):
+        for name in names:
+            setattr(module, name, _timed(getattr(module, name), _RECORD, "tracking"))
+    return patch
 
 
-_PATCHES = {"imgpipe.errors": _patch_errors, "imgpipe.tracking": _patch_tracking}
+_PATCHES = {"imgpipe.errors": _patch_errors, "imgpipe.tracking.store": _patch_tracking(["runs_page"]),
+            "imgpipe.tracking.runs": _patch_tracking(["find_runs", "log_training", "publish_evaluation"])}
 
 
 class _AfterImport:
@@ -121,7 +124,7 @@ class _AfterImport:
         def timed_exec(module):
             start = time.perf_counter()
             exec_module(module)
-            if name == "imgpipe.tracking":
+            if name == "imgpipe.tracking.store":
                 _RECORD["mlflow import"] = time.perf_counter() - start
             _PATCHES[name](module)
         spec.loader.exec_module = timed_exec
@@ -184,7 +187,7 @@ def one_run(project: Path, env: dict, log: Path) -> tuple[float, dict[str, dict[
 
 
 def stage_order(name: str) -> int:
-    kinds = ["fetch", "prepare", "train", "evaluate", "report"]
+    kinds = ["fetch", "prepare", "train", "evaluate", "report", "publish"]
     kind = name.split("@")[0]
     return kinds.index(kind) if kind in kinds else len(kinds)
 

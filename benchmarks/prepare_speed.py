@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from imgpipe.config import DataConfig
-from imgpipe.imageset import save_splits
-from imgpipe.prepare import data_card, prepare, save_prepared
-from imgpipe.sources import fetch
-from imgpipe.sources.idx import read_idx, write_idx
+from imgpipe.data.imageset import save_splits
+from imgpipe.data.prepare import data_card, prepare, save_prepared
+from imgpipe.data.sources import fetch
+from imgpipe.data.sources.idx import read_idx, write_idx
 
 MNIST_T10K = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist-t10k"
 

@@ -23,8 +23,8 @@ from pathlib import Path
 from PIL import Image
 
 from imgpipe.config import DataConfig
-from imgpipe.imageset import save_splits
-from imgpipe.sources import fetch
+from imgpipe.data.imageset import save_splits
+from imgpipe.data.sources import fetch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the tests' S3 server: one way to start and stop it

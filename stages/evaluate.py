@@ -4,7 +4,7 @@ Writes, each as <variant>/seed<seed>: metrics/test/ (accuracy, loss, top-k, macr
 95% intervals of accuracy and macro-F1, expected calibration error before and after temperature scaling,
 images/s and the device it was measured on, checkpoint size), metrics/predictions/ (per image; the
 confusion-matrix plot), metrics/classes/ (per class), metrics/confusion/ (the count table) and
-metrics/reliability/ (confidence bins: the reliability diagram). The report stage adds them to the run's MLflow run (one
+metrics/reliability/ (confidence bins: the reliability diagram). The publish stage adds them to the run's MLflow run (one
 MLflow start-up for all runs).
 """
 
@@ -12,13 +12,13 @@ import sys
 
 from imgpipe import params as P
 from imgpipe import paths
-from imgpipe.checkpoint import load_checkpoint
+from imgpipe.models.checkpoint import load_checkpoint
 from imgpipe.device import describe, pick_device
 from imgpipe.errors import ImgpipeError, run_stage
-from imgpipe.evaluate import class_table, confusion_table, evaluate, predictions_table, reliability_table
+from imgpipe.evaluation.evaluate import class_table, confusion_table, evaluate, predictions_table, reliability_table
 from imgpipe.files import write_csv, write_json
-from imgpipe.prepare import load_prepared
-from imgpipe.scores import most_confused
+from imgpipe.data.prepare import load_prepared
+from imgpipe.evaluation.scores import most_confused
 
 
 def main() -> None:

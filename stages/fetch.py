@@ -4,8 +4,8 @@ and the decisions the source made about them, for the data card)."""
 from imgpipe import params as P
 from imgpipe import paths
 from imgpipe.errors import run_stage
-from imgpipe.imageset import save_fetched
-from imgpipe.sources import fetch_dataset
+from imgpipe.data.imageset import save_fetched
+from imgpipe.data.sources import fetch_dataset
 
 
 def main() -> None:

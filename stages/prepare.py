@@ -5,8 +5,8 @@ from imgpipe import params as P
 from imgpipe import paths
 from imgpipe.errors import run_stage
 from imgpipe.files import write_json
-from imgpipe.imageset import load_fetched
-from imgpipe.prepare import data_card, prepare_into
+from imgpipe.data.imageset import load_fetched
+from imgpipe.data.prepare import data_card, prepare_into
 
 
 def main() -> None:

@@ -5,31 +5,17 @@ Draws the sample grid, the training curves, the reliability diagrams, and a conf
 of misclassified test images per variant (its first seed); the report compares every pair of variants on
 the same test images, read from metrics/predictions/.
 
-Then records each variant and seed in MLflow, all in this one process (imgpipe.publish): a run per
-training, its evaluation and the report, and the variant best on validation as the `candidate` of the
-registered model imgpipe-<experiment>. The run ids and the candidate go to reports/mlflow_runs.json.
+MLflow records it all in the next stage (stages/publish.py), so a report edit does not relog the runs.
 """
 
-import functools
-
-from imgpipe import figures, paths, provenance, publish, tracking
 from imgpipe import params as P
+from imgpipe import paths, provenance
+from imgpipe.data.imageset import load_splits
 from imgpipe.errors import run_stage
+from imgpipe.evaluation.results import load_results
 from imgpipe.files import atomic_path, read_csv, read_json, write_json, write_text
-from imgpipe.imageset import load_splits
-from imgpipe.report import VariantResult, render, seed_summary
-
-
-def load_result(name: str, seed: int) -> VariantResult:
-    predictions = read_csv(paths.predictions(name, seed), ("actual", "predicted"))
-    return VariantResult(
-        train=read_json(paths.train_metrics(name, seed)),
-        test=read_json(paths.test_metrics(name, seed)),
-        classes=read_csv(paths.class_scores(name, seed), ("class",)),
-        confusion=read_csv(paths.confusion(name, seed), ("actual",)).set_index("actual"),
-        correct=(predictions["actual"] == predictions["predicted"]).to_numpy(),
-        reliability=read_csv(paths.reliability(name, seed), ("scaling",)),
-    )
+from imgpipe.reporting import figures
+from imgpipe.reporting.report import render, seed_summary
 
 
 def main() -> None:
@@ -39,7 +25,7 @@ def main() -> None:
     shown_mistakes = P.whole_number(params, "report.misclassified", minimum=0)
     card = read_json(paths.DATA_CARD)
     data = load_splits(paths.PREPARED)
-    runs = {name: {seed: load_result(name, seed) for seed in seeds} for name in variants}
+    runs = load_results(variants, seeds)
     # The detailed sections and figures show each variant's first seed; the seeds section shows them all.
     results, curves, mistakes = {name: runs[name][seeds[0]] for name in variants}, {}, {}
     for name in variants:
@@ -70,27 +56,6 @@ def main() -> None:
     write_text(paths.report(), render(P.get(params, "data.dataset"), card, results, run, runs))
     write_json(paths.VARIANTS, {name: seed_summary(by_seed) for name, by_seed in runs.items()})
     print(f"wrote {paths.report().relative_to(paths.ROOT)} and {len(drawn)} figures in {paths.FIGURES.relative_to(paths.ROOT)}")
-
-    tracked = {(name, seed): result for name, by_seed in runs.items() for seed, result in by_seed.items()}
-    run_ids, candidate = dict.fromkeys(tracked), None
-    local = tracking.tracking_uri() == tracking.EMBEDDED_STORE
-    with tracking.reported(optional):
-        run_ids = publish.record_trainings(experiment, tracked, params=params, variant=functools.partial(P.variant, params))
-        for (name, seed), result in tracked.items():
-            metrics = {f"test_{key}": value for key, value in tracking.numeric(result.test).items()}
-            artifacts = {"predictions": paths.predictions(name, seed), "classes": paths.class_scores(name, seed),
-                         "confusion": paths.confusion(name, seed), "report": paths.report(), "report/figures": paths.FIGURES}
-            tags = {"imgpipe.test_device": result.test.get("device", "unknown")}
-            if tracking.publish_evaluation(run_ids[name, seed], metrics, artifacts, tags):
-                print(f"{name} seed {seed}: evaluation and report added to MLflow run {run_ids[name, seed]}")
-        candidate = publish.register_best(experiment, runs, run_ids)
-        print(f"MLflow runs table: {tracking.runs_page(experiment)}" + (" (run `mlflow ui` here first)" if local else ""))
-    if None in run_ids.values():
-        print("not tracked (tracking.optional: true): " + ", ".join(f"{name} seed {seed}" for name, seed in tracked))
-    # The embedded store by its project-relative address: the same on every machine.
-    store = "sqlite:///mlflow.db" if local else tracking.tracking_uri()
-    write_json(paths.MLFLOW_RUNS, {"experiment": experiment, "tracking_uri": store, "candidate": candidate,
-                                   "runs": {name: {str(seed): run_ids[name, seed] for seed in seeds} for name in variants}})
 
 
 if __name__ == "__main__":

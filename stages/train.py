@@ -1,8 +1,8 @@
 """train: fit one variant with one seed, e.g. `python stages/train.py cnn 0`; dvc.yaml runs it for every
 entry of train.variants and train.seeds.
 
-Writes models/<variant>/seed<seed>.pt (its temperature fitted on the validation split: imgpipe.calibration),
-metrics/curves/<variant>/seed<seed>/ and metrics/train/<variant>/seed<seed>.json; the report stage records
+Writes models/<variant>/seed<seed>.pt (its temperature fitted on the validation split: imgpipe.evaluation.calibration),
+metrics/curves/<variant>/seed<seed>/ and metrics/train/<variant>/seed<seed>.json; the publish stage records
 them in MLflow. With train.devices above 1 it starts that many ranks of itself under torchrun (or, started by an outer torchrun or srun,
 joins that group); rank 0 writes the files.
 """
@@ -12,15 +12,17 @@ import sys
 from datetime import datetime, timezone
 
 from imgpipe import params as P
-from imgpipe import distributed, gpus, paths
-from imgpipe.calibration import calibrate
-from imgpipe.checkpoint import save_checkpoint
+from imgpipe import paths
+from imgpipe.training import distributed
+from imgpipe.training import gpus
+from imgpipe.evaluation.calibration import calibrate
+from imgpipe.models.checkpoint import save_checkpoint
 from imgpipe.device import pick_device
 from imgpipe.errors import ImgpipeError, run_stage
 from imgpipe.files import write_json
-from imgpipe.models import fitted_by_name
-from imgpipe.prepare import load_prepared
-from imgpipe.train import train, write_curves
+from imgpipe.models.networks import fitted_by_name
+from imgpipe.data.prepare import load_prepared
+from imgpipe.training.loop import train, write_curves
 
 
 def main() -> None:
@@ -29,7 +31,8 @@ def main() -> None:
     name, seed = sys.argv[1], P.seed_argument(sys.argv[2])
     params = P.load()
     variant = P.variant(params, name, seed)
-    device_type = pick_device(variant.config.device).type
+    with P.reported_as(P.section_of(params, name, "device")):  # fail now, naming the key, if the device is absent
+        device_type = pick_device(variant.config.device).type
     processes = distributed.device_count(variant.config.devices, device_type)
     if processes > 1 and fitted_by_name(variant.model):
         print(f"{name}: fitted in one pass, on one process (train.devices: {variant.config.devices} is for gradient training)")

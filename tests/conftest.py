@@ -8,8 +8,8 @@ from s3 import NO_WEED, S3Server, weed
 from servers import TrackingServer
 
 from imgpipe.config import DataConfig
-from imgpipe.prepare import prepare
-from imgpipe.sources import digits
+from imgpipe.data.prepare import prepare
+from imgpipe.data.sources import digits
 
 
 @pytest.fixture(scope="session")

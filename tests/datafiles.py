@@ -1,5 +1,5 @@
 """Builders of real-format dataset files for tests: CSV pixel tables and image folders
-(IDX files come from imgpipe.sources.idx.write_idx)."""
+(IDX files come from imgpipe.data.sources.idx.write_idx)."""
 
 from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""Batch-norm statistics re-estimated with the current weights (imgpipe.batchnorm): evaluation scores what
+"""Batch-norm statistics re-estimated with the current weights (imgpipe.training.batchnorm): evaluation scores what
 training mode scores, the statistics are the plain averages over the sample, a frozen backbone keeps its
 own, and a run whose predictions collapse onto one class says so."""
 
@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from imgpipe import models
-from imgpipe.batchnorm import learning_norms, reestimate
+from imgpipe.models import networks as models
+from imgpipe.training.batchnorm import learning_norms, reestimate
 from imgpipe.config import TrainConfig
-from imgpipe.inference import predict_logits
+from imgpipe.models.inference import predict_logits
 
 FAST = TrainConfig(epochs=3, batch_size=64, lr=0.01, device="cpu", precision="fp32")
 
@@ -50,7 +50,7 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, tr
 
 
 def test_evaluation_scores_what_training_mode_scores_once_statistics_are_reestimated(digits_prepared, slow_norm):
-    from imgpipe.train import train
+    from imgpipe.training.loop import train
 
     val = torch.from_numpy(digits_prepared.val.images), torch.from_numpy(digits_prepared.val.labels)
     stale = train(slow_norm, {}, digits_prepared, replace(FAST, bn_images=0)).model
@@ -88,7 +88,7 @@ def test_a_network_without_batch_norm_reads_no_batch():
 
 def test_a_frozen_backbone_keeps_its_statistics():
     pytest.importorskip("torchvision")
-    from imgpipe.zoo import TorchvisionNet
+    from imgpipe.models.zoo import TorchvisionNet
 
     net = TorchvisionNet((3, 32, 32), 2, "resnet18", freeze="backbone")
     before = {name: buffer.clone() for name, buffer in net.named_buffers()}
@@ -113,7 +113,7 @@ class OneClass(nn.Module):
 
 
 def test_a_run_predicting_one_class_says_so_in_one_warning_line(digits_prepared, monkeypatch, capsys):
-    from imgpipe.train import train
+    from imgpipe.training.loop import train
 
     monkeypatch.setitem(models.MODELS, "one_class", OneClass)
     train("one_class", {}, digits_prepared, replace(FAST, epochs=1, lr=1e-9))

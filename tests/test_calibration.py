@@ -8,15 +8,15 @@ import pytest
 import torch
 from datafiles import write_image_folder
 
-from imgpipe import figures
-from imgpipe.calibration import calibrate, confidences, expected_calibration_error, fit_temperature, nll, reliability
-from imgpipe.checkpoint import load_checkpoint, save_checkpoint
+from imgpipe.reporting import figures
+from imgpipe.evaluation.calibration import calibrate, confidences, expected_calibration_error, fit_temperature, nll, reliability
+from imgpipe.models.checkpoint import load_checkpoint, save_checkpoint
 from imgpipe.config import TrainConfig
-from imgpipe.evaluate import evaluate, reliability_table
-from imgpipe.models import Classifier, LinearNet
+from imgpipe.evaluation.evaluate import evaluate, reliability_table
+from imgpipe.models.networks import Classifier, LinearNet
 from imgpipe.predict import main
-from imgpipe.report import comparison_table, render
-from imgpipe.train import train
+from imgpipe.reporting.report import comparison_table, render
+from imgpipe.training.loop import train
 
 from test_report import CARD, RESULTS, RUN
 

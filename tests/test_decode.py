@@ -14,12 +14,13 @@ from PIL import Image
 from imgpipe.config import DataConfig
 from imgpipe.errors import ImgpipeError
 from imgpipe.predict import read_images
-from imgpipe.serving import read_request
-from imgpipe.imageset import save_fetched
-from imgpipe.sources import fetch, fetch_dataset
-from imgpipe.sources.image_folder import decode
+from imgpipe.serving.model import read_request
+from imgpipe.data.imageset import save_fetched
+from imgpipe.data.sources import fetch, fetch_dataset
+from imgpipe.data import decode as decoding
+from imgpipe.data.decode import decode
 
-image_folder = sys.modules["imgpipe.sources.image_folder"]  # the package names its function so too
+image_folder = sys.modules["imgpipe.data.sources.image_folder"]  # the package names its function so too
 WHITE = (255, 255, 255)
 
 
@@ -42,8 +43,8 @@ def photo_jpeg(tmp_path_factory):
 
 def _decoded_sizes(monkeypatch) -> list[tuple[int, int]]:
     """The (width, height) of every image decode hands to conform: what the file was decoded at, before resizing."""
-    sizes, conform = [], image_folder.conform
-    monkeypatch.setattr(image_folder, "conform", lambda image, *args: sizes.append(image.size) or conform(image, *args))
+    sizes, conform = [], decoding.conform
+    monkeypatch.setattr(decoding, "conform", lambda image, *args: sizes.append(image.size) or conform(image, *args))
     return sizes
 
 
@@ -125,7 +126,7 @@ def test_a_decompression_bomb_fails_in_one_line_naming_the_file(tmp_path, channe
 
 
 def test_the_decoding_pool_counts_bytes_as_well_as_files(tmp_path, monkeypatch):
-    from imgpipe.sources.image_folder import pool_size
+    from imgpipe.data.sources.image_folder import pool_size
 
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     small = [tmp_path / f"small{i}.png" for i in range(300)]

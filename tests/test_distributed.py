@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from imgpipe.config import TrainConfig
-from imgpipe.distributed import ProcessGroup, torchrun_command
-from imgpipe.prepare import load_prepared, save_prepared
-from imgpipe.train import train
+from imgpipe.training.distributed import ProcessGroup, torchrun_command
+from imgpipe.data.prepare import load_prepared, save_prepared
+from imgpipe.training.loop import train
 
 # An odd global batch: the ranks' shares differ by one image, and the last batch is shorter still.
 # fp32: in bf16 the products of a share and of the whole batch round apart, so the logic is compared in fp32.
@@ -22,10 +22,10 @@ SETTINGS = {"hidden": [32]}  # mlp without dropout: dropout draws differ per pro
 RANK = """
 import json, sys, torch
 from pathlib import Path
-from imgpipe import distributed
+from imgpipe.training import distributed
 from imgpipe.config import TrainConfig
-from imgpipe.prepare import load_prepared
-from imgpipe.train import train
+from imgpipe.data.prepare import load_prepared
+from imgpipe.training.loop import train
 
 model, folder, settings, config, out = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3]), TrainConfig(**json.loads(sys.argv[4])), Path(sys.argv[5])
 group = distributed.join("cpu")
@@ -78,7 +78,7 @@ def test_reestimated_batch_norm_statistics_are_equal_on_every_rank(tmp_path, dig
 
 def test_parallel_trainings_each_take_a_free_gpu(tmp_path):
     """A fake machine of two GPUs: two trainings get one each, a third waits until one is free."""
-    from imgpipe import gpus
+    from imgpipe.training import gpus
 
     said = []
 
@@ -95,7 +95,7 @@ def test_parallel_trainings_each_take_a_free_gpu(tmp_path):
         with pytest.raises(Waiting):
             gpus.claim(["GPU-a", "GPU-b"], folder=tmp_path, say=say)
         assert said == ["every GPU (GPU-a, GPU-b) is in use by another training; waiting for one to be free"]
-        other = subprocess.run([sys.executable, "-c", f"from pathlib import Path; from imgpipe import gpus; "
+        other = subprocess.run([sys.executable, "-c", f"from pathlib import Path; from imgpipe.training import gpus; "
                                 f"print(gpus.claim(['GPU-a', 'GPU-b', 'GPU-c'], folder=Path({str(tmp_path)!r})))"],
                                capture_output=True, text=True, timeout=60)
         assert other.stdout.strip() == "GPU-c"  # another process sees this one's locks

@@ -49,9 +49,9 @@ def test_stage_depends_on_every_module_it_runs(name):
 
 def test_a_removed_dependency_is_caught():
     """The comparison itself can fail: drop one module from train's deps and it is named."""
-    stage = dict(PIPELINE["train"], deps=[dep for dep in PIPELINE["train"]["deps"] if dep != "src/imgpipe/inference.py"])
+    stage = dict(PIPELINE["train"], deps=[dep for dep in PIPELINE["train"]["deps"] if dep != "src/imgpipe/models/inference.py"])
     missing, _ = _differences(stage)
-    assert "src/imgpipe/inference.py" in missing  # train keeps the epoch that inference.score ranks best
+    assert "src/imgpipe/models/inference.py" in missing  # train keeps the epoch that inference.score ranks best
 
 
 def test_closure_follows_every_kind_of_import(tmp_path, monkeypatch):

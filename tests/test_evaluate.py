@@ -7,10 +7,10 @@ from scipy import stats as sp
 from sklearn import metrics as sk
 
 from imgpipe.config import TrainConfig
-from imgpipe.evaluate import class_table, confusion_table, evaluate, predictions_table, top_k_accuracy
-from imgpipe.scores import confusion_matrix, most_confused, per_class_scores
-from imgpipe.stats import bootstrap_macro_f1_interval
-from imgpipe.train import train
+from imgpipe.evaluation.evaluate import class_table, confusion_table, evaluate, predictions_table, top_k_accuracy
+from imgpipe.evaluation.scores import confusion_matrix, most_confused, per_class_scores
+from imgpipe.evaluation.stats import bootstrap_macro_f1_interval
+from imgpipe.training.loop import train
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imgpipe.sources.idx import write_idx
+from imgpipe.data.sources.idx import write_idx
 
 ROOT = Path(__file__).resolve().parents[1]
 FASHION = ROOT.parent / "shared" / "datasets" / "fashion-mnist"
@@ -54,7 +54,7 @@ def blocked_env(tmp_path) -> dict[str, str]:
 
 
 def test_the_blocker_refuses_mlflow_and_dvc(blocked_env):
-    for module in ("mlflow", "dvc.repo", "imgpipe.tracking"):
+    for module in ("mlflow", "dvc.repo", "imgpipe.tracking.store"):
         done = subprocess.run([sys.executable, "-c", f"import {module}"], env=blocked_env, capture_output=True, text=True)
         assert done.returncode != 0 and "the lent GPU machines have neither mlflow nor dvc" in done.stderr, module
 

@@ -5,8 +5,8 @@ import pytest
 from datafiles import MNIST_T10K, write_csv, write_image_folder
 
 from imgpipe.config import DataConfig
-from imgpipe.prepare import prepare
-from imgpipe.sources import fetch
+from imgpipe.data.prepare import prepare
+from imgpipe.data.sources import fetch
 
 pytestmark = pytest.mark.skipif(not MNIST_T10K.is_dir(), reason="../shared/datasets/mnist-t10k is absent")
 

@@ -17,10 +17,10 @@ from datafiles import write_image_folder
 from conftest import PIPELINE_VARIANTS as VARIANTS
 from project import edited_params, fork, read_json, run
 
-from imgpipe.checkpoint import load_checkpoint
-from imgpipe.imageset import load_splits
+from imgpipe.models.checkpoint import load_checkpoint
+from imgpipe.data.imageset import load_splits
 from imgpipe.predict import main as predict_main
-from imgpipe.selection import best_over_seeds
+from imgpipe.evaluation.selection import best_over_seeds
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +33,7 @@ def project(pipeline):
 def test_every_declared_output_exists(project):
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     stages = set(lock["stages"])
-    assert {f"{stage}@{v}-0" for stage in ("train", "evaluate") for v in VARIANTS} | {"fetch", "prepare", "report"} == stages
+    assert {f"{stage}@{v}-0" for stage in ("train", "evaluate") for v in VARIANTS} | {"fetch", "prepare", "report", "publish"} == stages
     outs = [out["path"] for stage in lock["stages"].values() for out in stage.get("outs", [])]
     assert outs and all((project / path).exists() for path in outs), [p for p in outs if not (project / p).exists()]
     report = (project / "reports/report.md").read_text()
@@ -107,7 +107,7 @@ def test_mlflow_holds_one_complete_run_per_variant(project):
         train = read_json(project / f"metrics/train/{variant}/seed0.json")
         epochs = train["epochs"]
         assert epochs == (1 if variant == "centroid" else 2)  # the centroid is fitted in one pass
-        # The run lasts as long as its training did (the report stage records it afterwards).
+        # The run lasts as long as its training did (the publish stage records it afterwards).
         started = int(datetime.fromisoformat(train["started"]).timestamp() * 1000)
         assert (run_.info.start_time, run_.info.end_time) == (started, started + int(train["train_seconds"] * 1000))
         assert [m.step for m in client.get_metric_history(run_.info.run_id, "epoch/val_accuracy")] == list(range(1, epochs + 1))
@@ -185,18 +185,18 @@ def test_bad_input_file_fails_in_one_line_and_keeps_earlier_data(project, tmp_pa
 
 
 def test_tracking_failure_fails_the_stage_in_one_line_unless_optional(project, tmp_path):
-    """Only the report stage talks to MLflow: training and evaluation never wait for it or fail by it."""
+    """Only the publish stage talks to MLflow: training, evaluation and the report never wait for it or fail by it."""
     project = fork(project, tmp_path / "project")
     # The discard port: nothing listens there. No retries: the stage's own default (2) only makes the test slower.
     down = {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
-    (project / "reports/report.md").unlink()
-    done = run([sys.executable, "stages/report.py"], project, check=False, **down)
+    report = (project / "reports/report.md").read_text()
+    done = run([sys.executable, "stages/publish.py"], project, check=False, **down)
     assert done.returncode == 1
     assert done.stderr.strip().startswith("error: MLflow tracking at http://127.0.0.1:9 failed (")
     assert len(done.stderr.strip().splitlines()) == 1
-    assert (project / "reports/report.md").exists()  # the report's own files are written before tracking is tried
+    assert (project / "reports/report.md").read_text() == report  # the report is its own stage's, untouched
     with edited_params(project, tracking__optional=True):
-        done = run([sys.executable, "stages/report.py"], project, check=False, **down)
+        done = run([sys.executable, "stages/publish.py"], project, check=False, **down)
     assert done.returncode == 0 and "warning: MLflow tracking at http://127.0.0.1:9 failed" in done.stderr
     assert "not tracked (tracking.optional: true): centroid seed 0, cnn seed 0" in done.stdout
     assert read_json(project / "reports/mlflow_runs.json")["runs"] == {"centroid": {"0": None}, "cnn": {"0": None}}

@@ -8,11 +8,11 @@ import torch
 from datafiles import write_image_folder
 from PIL import Image
 
-from imgpipe.checkpoint import save_checkpoint
+from imgpipe.models.checkpoint import save_checkpoint
 from imgpipe.config import TrainConfig
-from imgpipe.evaluate import evaluate
+from imgpipe.evaluation.evaluate import evaluate
 from imgpipe.predict import main, read_images
-from imgpipe.train import train
+from imgpipe.training.loop import train
 
 
 def test_predict_on_exported_test_images_matches_evaluate(digits_prepared, tmp_path, capsys):

@@ -12,7 +12,7 @@ from imgpipe import promote
 def registry(pipeline, tmp_path, monkeypatch):
     project = fork(pipeline, tmp_path / "project")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
-    return promote.tracking.store_client()
+    return promote.store.store_client()
 
 
 def test_the_candidate_becomes_champion_and_other_data_needs_consent(registry, capsys):

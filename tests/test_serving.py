@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from imgpipe.errors import ImgpipeError
-from imgpipe.serving import read_request
-from imgpipe.sources.image_folder import decode
+from imgpipe.serving.model import read_request
+from imgpipe.data.decode import decode
 
 WHITE = (255, 255, 255)
 
@@ -97,7 +97,7 @@ def test_a_base64_file_with_line_breaks_is_read():
 def test_the_refusal_stays_one_line_when_the_scoring_server_prefixes_the_payload():
     from mlflow.protos.databricks_pb2 import BAD_REQUEST
 
-    from imgpipe.serving import RefusedRequest
+    from imgpipe.serving.model import RefusedRequest
 
     refused = RefusedRequest("image 0: not base64 text", error_code=BAD_REQUEST)
     refused.message = f"Failed to predict data '{'x' * 1000}'. \nError: {refused.message}"  # what MLflow's server does

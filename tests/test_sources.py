@@ -11,13 +11,14 @@ import pytest
 from datafiles import MNIST_T10K, small_digits, write_csv, write_image_folder
 from PIL import Image
 
-from imgpipe import imageset, paths
+from imgpipe import paths
+from imgpipe.data import imageset
 from imgpipe.config import DataConfig
 from imgpipe.errors import ImgpipeError, InvalidSetting
-from imgpipe.imageset import Fetched, ImageSet, load_fetched, save_fetched
-from imgpipe.prepare import data_card, load_prepared, prepare, save_prepared, select_classes
-from imgpipe.sources import fetch, fetch_dataset
-from imgpipe.sources.idx import read_idx, write_idx
+from imgpipe.data.imageset import Fetched, ImageSet, load_fetched, save_fetched
+from imgpipe.data.prepare import data_card, load_prepared, prepare, save_prepared, select_classes
+from imgpipe.data.sources import fetch, fetch_dataset
+from imgpipe.data.sources.idx import read_idx, write_idx
 
 # --- idx -------------------------------------------------------------------------------------------
 
@@ -322,12 +323,12 @@ def test_a_folder_larger_than_a_chunk_is_fetched_intact_and_in_order(tmp_path, m
 KILLED_FETCH = """
 import sys
 from pathlib import Path
-from imgpipe import imageset
+from imgpipe.data import imageset
 from imgpipe.config import DataConfig
-from imgpipe.imageset import save_fetched
-from imgpipe.sources import fetch_dataset
+from imgpipe.data.imageset import save_fetched
+from imgpipe.data.sources import fetch_dataset
 
-image_folder = sys.modules["imgpipe.sources.image_folder"]  # the package names its function so too
+image_folder = sys.modules["imgpipe.data.sources.image_folder"]  # the package names its function so too
 imageset.CHUNK_BYTES = 64 * 10  # 10 images a chunk
 decode = image_folder.decode
 def decode_then_die(path, *args, **kwargs):

@@ -9,9 +9,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 from sklearn.metrics import f1_score
 
-from imgpipe import stats
-from imgpipe.scores import confusion_matrix, per_class_scores
-from imgpipe.stats import (
+from imgpipe.evaluation import stats
+from imgpipe.evaluation.scores import confusion_matrix, per_class_scores
+from imgpipe.evaluation.stats import (
     bootstrap_macro_f1,
     bootstrap_macro_f1_interval,
     holm_adjusted,

@@ -1,19 +1,23 @@
 """What a training run records in MLflow, against a real store in a temporary folder: conftest's one store
 for the test run (creating one takes a second or two), an experiment of its own for each test."""
 
+import mlflow
 import numpy as np
 import pytest
 import torch
 
-from imgpipe import tracking
+from imgpipe.tracking import registry, runs
+from imgpipe.tracking import store as tracking_store
+from imgpipe import paths
+from imgpipe.serving.preprocessing import Preprocessing
 from imgpipe.errors import ImgpipeError
-from imgpipe.models import Classifier, build_model
+from imgpipe.models.networks import Classifier, build_model
 
 
 @pytest.fixture
 def store(mlflow_store, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store)
-    return tracking.mlflow.MlflowClient(mlflow_store)
+    return mlflow.MlflowClient(mlflow_store)
 
 
 def _log(experiment, training="0123456789abcdef"):
@@ -23,18 +27,18 @@ def _log(experiment, training="0123456789abcdef"):
                "train_seconds": 2.5, "images_per_second": 100.0, "epochs": 2, "best_epoch": 1,
                "model": "linear", "device": "cpu", "started": "2026-11-23T10:00:00.000+00:00"}
     model = Classifier(build_model("linear", (1, 8, 8), 10), (0.5,), (0.25,))
-    datasets = tracking.dataset_inputs("digits", "00ff00ff00ff00ff", tracking.paths.PREPARED, {"train": 8, "validation": 2})
-    run_id = tracking.log_training(experiment, "linear", training=training, params={"train": {"epochs": 2}}, curves=curves,
+    datasets = runs.dataset_inputs("digits", "00ff00ff00ff00ff", paths.PREPARED, {"train": 8, "validation": 2})
+    run_id = runs.log_training(experiment, "linear", training=training, params={"train": {"epochs": 2}}, curves=curves,
                                    metrics=metrics, model=model, example=np.zeros((2, 1, 8, 8), dtype=np.uint8),
                                    tags={"imgpipe.variant": "linear"}, datasets=datasets,
-                                   preprocessing={"class_names": list("0123456789"), "image_shape": [1, 8, 8], "background": [255, 255, 255]})
+                                   preprocessing=Preprocessing.of({"class_names": list("0123456789"), "image_shape": [1, 8, 8], "background": [255, 255, 255]}))
     return run_id, metrics, model
 
 
 def test_a_run_shows_the_kept_epoch_not_the_last_one(store, experiment):
     run_id, metrics, model = _log(experiment)
     run = store.get_run(run_id)
-    assert {key: run.data.metrics[key] for key in tracking.numeric(metrics)} == tracking.numeric(metrics)  # not epoch 2's 0.8
+    assert {key: run.data.metrics[key] for key in runs.numeric(metrics)} == runs.numeric(metrics)  # not epoch 2's 0.8
     assert "started" not in run.data.metrics and run.data.params == {"train.epochs": "2"}
     assert [(m.step, m.value) for m in store.get_metric_history(run_id, "epoch/val_accuracy")] == [(1, 0.9), (2, 0.8)]
     assert sorted(i.tags[0].value for i in run.inputs.dataset_inputs) == ["train", "validation"]
@@ -43,46 +47,45 @@ def test_a_run_shows_the_kept_epoch_not_the_last_one(store, experiment):
     assert (run.info.start_time, run.info.end_time, run.info.status) == (started, started + 2500, "FINISHED")
     assert run.info.run_name == "linear" and run.data.tags["imgpipe.variant"] == "linear"
     assert store.get_experiment_by_name(experiment).tags["mlflow.experimentKind"] == "custom_model_development"
-    logged = tracking.mlflow.pyfunc.load_model(f"runs:/{run_id}/model").unwrap_python_model().network
+    logged = mlflow.pyfunc.load_model(f"runs:/{run_id}/model").unwrap_python_model().network
     images = torch.randint(0, 256, (2, 1, 8, 8), dtype=torch.uint8)
     with torch.no_grad():
         assert torch.equal(logged(images), model(images))
 
 
 def test_a_training_is_found_by_its_digest(store, experiment, tmp_path):
-    assert tracking.find_runs(experiment, ["0123456789abcdef"]) == {}  # no experiment yet
+    assert runs.find_runs(experiment, ["0123456789abcdef"]) == {}  # no experiment yet
     run_id, _, _ = _log(experiment)
     other, _, _ = _log(experiment, training="fedcba9876543210")
-    assert tracking.find_runs(experiment, ["0123456789abcdef", "fedcba9876543210", "0000000000000000"]) == {
+    assert runs.find_runs(experiment, ["0123456789abcdef", "fedcba9876543210", "0000000000000000"]) == {
         "0123456789abcdef": run_id, "fedcba9876543210": other}
     checkpoint, metrics = tmp_path / "seed0.pt", tmp_path / "seed0.json"
     checkpoint.write_bytes(b"weights")
     metrics.write_text('{"train_seconds": 1.0}')
-    digest = tracking.training_digest(checkpoint, metrics)
+    digest = runs.training_digest(checkpoint, metrics)
     metrics.write_text('{"train_seconds": 1.1}')  # trained again: new timings, a new run
-    assert tracking.training_digest(checkpoint, metrics) != digest
+    assert runs.training_digest(checkpoint, metrics) != digest
 
 
 def test_an_experiment_made_before_gets_its_kind(store):
     experiment_id = store.create_experiment("older")
-    client = tracking.store_client()
-    assert tracking._experiment_id(client, "older") == experiment_id
+    client = tracking_store.store_client()
+    assert tracking_store.experiment_id(client, "older") == experiment_id
     assert store.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_the_runs_page_asks_the_ui_for_its_model_training_view(store, experiment):
     experiment_id = store.create_experiment(experiment)
-    assert tracking.runs_page(experiment).endswith(f"/#/experiments/{experiment_id}?workflowType=machine_learning")
+    assert tracking_store.runs_page(experiment).endswith(f"/#/experiments/{experiment_id}?workflowType=machine_learning")
 
 
 def test_a_model_another_imgpipe_logged_is_refused_in_one_line(store, experiment):
     """Before serving, runs held torch's own format: predict asks for the checkpoint instead."""
     import mlflow.pytorch
 
-    from imgpipe import registered
 
     # Not set_experiment: it would stay the process's active experiment, for the tests after this one.
-    with tracking.mlflow.start_run(experiment_id=store.create_experiment(experiment)):
+    with mlflow.start_run(experiment_id=store.create_experiment(experiment)):
         logged = mlflow.pytorch.log_model(torch.nn.Linear(2, 2), name="model", input_example=np.zeros((2, 2), dtype=np.float32))
     with pytest.raises(ImgpipeError, match=r"not a model this imgpipe logged .*; give its checkpoint instead"):
-        registered.load(logged.model_uri)
+        registry.load(logged.model_uri)

@@ -1,6 +1,6 @@
 """The team setup: the pipeline's tracking, registry, promotion and serving against a real `mlflow server`
 on 127.0.0.1, on PostgreSQL where it is installed (tests/servers.py), read back through MLflow's client.
-Only the report stage talks to MLflow: `dvc repro` retrains a fork of the shared pipeline on 2 processes
+Only the publish stage talks to MLflow: `dvc repro` retrains a fork of the shared pipeline on 2 processes
 (train.devices: 2, the CPU's gloo) with the server as its store; then `champion` is promoted and a real
 `mlflow models serve` answers image files."""
 
@@ -23,10 +23,10 @@ from project import edit_params, fork, read_json, run
 from servers import serve_model
 
 from imgpipe import promote
-from imgpipe.checkpoint import load_checkpoint
-from imgpipe.imageset import load_splits
+from imgpipe.models.checkpoint import load_checkpoint
+from imgpipe.data.imageset import load_splits
 from imgpipe.predict import main as predict_main
-from imgpipe.selection import best_over_seeds
+from imgpipe.evaluation.selection import best_over_seeds
 
 pytestmark = pytest.mark.slow
 

@@ -3,13 +3,13 @@ from dataclasses import replace
 import pytest
 import torch
 
-from imgpipe.checkpoint import load_checkpoint, save_checkpoint
+from imgpipe.models.checkpoint import load_checkpoint, save_checkpoint
 from imgpipe.config import TrainConfig
 from imgpipe.errors import ImgpipeError
-from imgpipe.evaluate import evaluate
+from imgpipe.evaluation.evaluate import evaluate
 from imgpipe.lineage import code_version
-from imgpipe.prepare import load_prepared, save_prepared
-from imgpipe.train import augment, on_device, train
+from imgpipe.data.prepare import load_prepared, save_prepared
+from imgpipe.training.loop import augment, on_device, train
 
 FAST = TrainConfig(epochs=3, batch_size=64, lr=0.01, device="cpu")
 
@@ -106,7 +106,7 @@ def test_state_saved_by_other_code_data_or_device_is_never_resumed(tmp_path, dig
     resume = tmp_path / "linear.pt"
     interrupted_training(resume, digits_prepared)
     state = torch.load(resume, weights_only=True)
-    assert state["key"]["code"] == code_version("imgpipe.train") and state["key"]["device"] == "cpu"
+    assert state["key"]["code"] == code_version("imgpipe.training.loop") and state["key"]["device"] == "cpu"
     state["key"][part] = "cuda" if part == "device" else "0123456789abcdef"  # as another machine or commit saved it
     torch.save(state, resume)
     epochs_run = []

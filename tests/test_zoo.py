@@ -3,21 +3,23 @@ cache, frozen or not; the checkpoint, predict, evaluate and the MLflow model giv
 
 import urllib.error
 
+import mlflow
 import numpy as np
 import pytest
 import torch
 import torchvision.models
 
-from imgpipe import tracking
-from imgpipe.checkpoint import load_checkpoint, save_checkpoint
+from imgpipe.tracking import runs
+from imgpipe.models.checkpoint import load_checkpoint, save_checkpoint
 from imgpipe.config import TrainConfig
+from imgpipe.serving.preprocessing import Preprocessing
 from imgpipe.errors import InvalidSetting
-from imgpipe.evaluate import evaluate
-from imgpipe.imageset import ImageSet
-from imgpipe.models import build_model
-from imgpipe.predict import predict
-from imgpipe.prepare import Prepared
-from imgpipe.train import train
+from imgpipe.evaluation.evaluate import evaluate
+from imgpipe.data.imageset import ImageSet
+from imgpipe.models.networks import build_model
+from imgpipe.serving.answer import top_classes as predict
+from imgpipe.data.prepare import Prepared
+from imgpipe.training.loop import train
 
 CLASSES = ("circle", "square", "triangle")
 
@@ -134,9 +136,9 @@ def test_checkpoint_predict_evaluate_and_the_mlflow_model_agree(tmp_path, monkey
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store)
     metrics = {"val_accuracy": 0.5, "train_seconds": 1.0, "started": "2026-11-23T10:00:00+00:00"}
-    run_id = tracking.log_training(experiment, "mobilenet", training="0" * 16, params={}, curves={}, metrics=metrics,
+    run_id = runs.log_training(experiment, "mobilenet", training="0" * 16, params={}, curves={}, metrics=metrics,
                                    model=loaded, example=data.val.images[:2], tags={}, datasets=[],
-                                   preprocessing={key: meta[key] for key in ("class_names", "image_shape", "background")})
-    logged = tracking.mlflow.pyfunc.load_model(f"runs:/{run_id}/model").unwrap_python_model().network
+                                   preprocessing=Preprocessing.of({key: meta[key] for key in ("class_names", "image_shape", "background")}))
+    logged = mlflow.pyfunc.load_model(f"runs:/{run_id}/model").unwrap_python_model().network
     with torch.no_grad():
         assert torch.allclose(logged(images), expected, atol=1e-5)

@@ -8,6 +8,7 @@ training code, so a state saved by other code is never continued.
 
 import ast
 import hashlib
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent  # src/imgpipe
@@ -38,7 +39,7 @@ def _module_name(path: Path) -> str | None:
 
 def imported_modules(path: Path) -> set[str]:
     """Every module `path` imports anywhere (function-level imports too), with the packages above each:
-    importing imgpipe.sources.idx runs imgpipe/__init__.py and imgpipe/sources/__init__.py first."""
+    importing imgpipe.data.sources.idx runs imgpipe/__init__.py and imgpipe/sources/__init__.py first."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     own = _module_name(path)
     package = own if own and path.name == "__init__.py" else (own.rpartition(".")[0] if own else "")
@@ -81,3 +82,10 @@ def code_version(module: str) -> str:
     for path in closure(module_file(module)):
         digest.update(path.relative_to(PACKAGE).as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
+
+
+def third_party(files: list[Path]) -> set[str]:
+    """The top-level modules outside the standard library and imgpipe that these files import: what an
+    environment running them must install (the logged model's requirements are derived from it)."""
+    names = set().union(*(imported_modules(path) for path in files)) if files else set()
+    return {name for name in names if "." not in name and name != NAME and name not in sys.stdlib_module_names}

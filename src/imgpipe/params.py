@@ -107,13 +107,15 @@ def variant(params: dict, name: str, seed: int) -> Variant:
         TrainConfig(**base)  # train: must be valid even where a variant overrides it
     try:
         config = TrainConfig(**base | overrides, seed=seed)
-        from imgpipe.device import pick_device  # here: torch is slow to import, and only train needs this
-
-        pick_device(config.device)  # fail now, naming the key, if the device asked for is absent
     except InvalidSetting as error:
         section = f"models.{name}" if error.name in overrides else "train"
         raise ConfigError(f"params.yaml: {section}.{error.name}: {error.reason}") from None
     return Variant(name, model, spec, config)
+
+
+def section_of(params: dict, name: str, key: str) -> str:
+    """Where a variant's training setting comes from: `models.<name>` where it overrides `train`."""
+    return f"models.{name}" if key in (get(params, f"models.{name}", None) or {}) else "train"
 
 
 def _local(value: str | None) -> Path | None:

@@ -7,7 +7,7 @@ Images are read and classified 1,024 at a time. Every image goes through prepare
 transparency laid on its background colour; the model normalizes with its stored statistics), and
 one CSV row per image is written: path, predicted class, confidence, then the next best classes. Confidences
 are the model's calibrated ones: its class scores divided by the temperature fitted on the validation split
-(imgpipe.calibration), which changes no predicted class.
+(imgpipe.evaluation.calibration), which changes no predicted class.
 An unreadable file is reported by name and skipped; the exit status is 1 if any was, else 0.
 """
 
@@ -17,16 +17,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm import tqdm
 
-from imgpipe import registered
-from imgpipe.checkpoint import load_checkpoint
+from imgpipe.tracking import registry
+from imgpipe.models.checkpoint import load_checkpoint
 from imgpipe.device import pick_device
 from imgpipe.errors import ImgpipeError
-from imgpipe.inference import predict_logits
+from imgpipe.serving.answer import top_classes
+from imgpipe.serving.preprocessing import Preprocessing
 from imgpipe.files import atomic_path
-from imgpipe.sources.image_folder import IMAGE_SUFFIXES, decode
+from imgpipe.data.decode import IMAGE_SUFFIXES, decode
 
 
 FILES_AT_ONCE = 1024  # images decoded and classified at a time: a folder of any size in bounded memory
@@ -58,25 +58,6 @@ def read_images(files: list[Path], image_shape: tuple[int, int, int], background
     return read, images, errors
 
 
-def predict(model: torch.nn.Module, images: np.ndarray, class_names: tuple[str, ...], top_k: int,
-            device: torch.device) -> pd.DataFrame:
-    """Predicted class and confidence per image, then the next best classes: top2, top2_confidence, ..."""
-    logits = predict_logits(model.to(device), torch.from_numpy(images).to(device))
-    probabilities = logits.softmax(1).cpu()
-    k = min(top_k, len(class_names))
-    confidence, index = probabilities.topk(k, dim=1)
-    names = np.array(class_names)
-    columns = {"predicted": names[index[:, 0].numpy()], "confidence": confidence[:, 0].numpy().round(4)}
-    for rank in range(1, k):
-        columns[f"top{rank + 1}"] = names[index[:, rank].numpy()]
-        columns[f"top{rank + 1}_confidence"] = confidence[:, rank].numpy().round(4)
-    return pd.DataFrame(columns)
-
-
-def calibration_note(temperature: float) -> str:
-    return f"confidences calibrated by temperature scaling (T={temperature:.2f}, fitted on validation)"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m imgpipe.predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="a checkpoint written by training (models/cnn/seed0.pt) or an MLflow "
@@ -89,14 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.top_k < 1:
         parser.error("--top-k must be at least 1")
     try:
-        if registered.is_uri(args.model):
-            model, meta = registered.load(args.model)
+        if registry.is_uri(args.model):
+            model, preprocessing = registry.load(args.model)
             args.device = "cpu"
         else:
             model, meta = load_checkpoint(Path(args.model))
-        temperature = meta.get("temperature", 1.0)  # absent from checkpoints and models saved before calibration
-        if temperature != 1:
-            print(calibration_note(temperature), file=sys.stderr)
+            preprocessing = Preprocessing.of(meta)
+        if preprocessing.note:
+            print(preprocessing.note, file=sys.stderr)
         missing = [str(p) for p in args.paths if not p.exists()]
         if missing:
             raise ImgpipeError(f"{missing[0]}: no such file or folder")
@@ -105,9 +86,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ImgpipeError(f"no image files in {', '.join(map(str, args.paths))}")
         device, tables, errors = pick_device(args.device), [], []
         for start in tqdm(range(0, len(files), FILES_AT_ONCE), desc="predict", unit="chunk", disable=len(files) <= FILES_AT_ONCE):
-            read, images, unreadable = read_images(files[start:start + FILES_AT_ONCE], tuple(meta["image_shape"]),
-                                                   tuple(meta.get("background", (255, 255, 255))))
-            table = predict(model, images, tuple(meta["class_names"]), args.top_k, device)
+            read, images, unreadable = read_images(files[start:start + FILES_AT_ONCE], preprocessing.image_shape,
+                                                   preprocessing.background)
+            table = top_classes(model, images, preprocessing.class_names, args.top_k, device)
             table.insert(0, "path", [str(p) for p in read])
             tables.append(table)
             errors += unreadable

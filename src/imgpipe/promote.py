@@ -2,7 +2,7 @@
 
     python -m imgpipe.promote [--experiment digits] [--version N] [--allow-other-data]
 
-The report stage registers each execution's best-on-validation variant as a version of
+The publish stage registers each execution's best-on-validation variant as a version of
 imgpipe-<experiment> with the alias `candidate`; this moves the alias `champion` to a version (by
 default the candidate). A version trained on other data (another data fingerprint) than the current
 champion is refused unless --allow-other-data: their figures are not comparable. The experiment
@@ -13,7 +13,8 @@ import argparse
 import json
 import sys
 
-from imgpipe import paths, tracking
+from imgpipe import paths
+from imgpipe.tracking import registry, store
 from imgpipe.errors import ImgpipeError
 
 SHOWN = ("imgpipe.variant", "imgpipe.seed", "val_accuracy", "test_accuracy", "imgpipe.data_fingerprint", "imgpipe.dvc_experiment")
@@ -41,12 +42,12 @@ def describe(version) -> str:
 
 def promote(experiment: str, version: str | None = None, allow_other_data: bool = False) -> str:
     """Point `champion` at `version` (default: the candidate); returns the line that says what changed."""
-    client = tracking.store_client()
-    name = tracking.registered_name(experiment)
-    chosen = _version(client, name, version or tracking.CANDIDATE)
+    client = store.store_client()
+    name = registry.registered_name(experiment)
+    chosen = _version(client, name, version or registry.CANDIDATE)
     if chosen is None:
         raise ImgpipeError(f"{name} has no {'version ' + version if version else 'candidate'}; run the pipeline first (dvc repro)")
-    champion = _version(client, name, tracking.CHAMPION)
+    champion = _version(client, name, registry.CHAMPION)
     print(f"promoting {describe(chosen)}")
     print(f"champion  {describe(champion)}" if champion else "champion  none yet")
     fingerprint = chosen.tags.get("imgpipe.data_fingerprint")
@@ -54,9 +55,9 @@ def promote(experiment: str, version: str | None = None, allow_other_data: bool 
         raise ImgpipeError(f"version {chosen.version} was trained on other data (fingerprint {fingerprint}) than champion version "
                            f"{champion.version} ({champion.tags.get('imgpipe.data_fingerprint')}): their figures are not "
                            "comparable; pass --allow-other-data to promote it all the same")
-    client.set_registered_model_alias(name, tracking.CHAMPION, chosen.version)
+    client.set_registered_model_alias(name, registry.CHAMPION, chosen.version)
     was = f" (was version {champion.version})" if champion else ""
-    return f"{name}@{tracking.CHAMPION} is version {chosen.version}{was}"
+    return f"{name}@{registry.CHAMPION} is version {chosen.version}{was}"
 
 
 def main(argv: list[str] | None = None) -> int:

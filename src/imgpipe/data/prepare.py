@@ -1,0 +1,274 @@
+"""Split raw data into stratified train/val/test sets and measure normalization statistics.
+
+Images stay uint8 on disk; the per-channel mean/std (on the 0..1 scale) come from the training
+split alone, so nothing about validation or test images leaks into training.
+"""
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from imgpipe.errors import ImgpipeError, require
+from imgpipe.files import read_json
+from imgpipe.data.imageset import SPLITS, ImageSet, chunks, load_splits, writing_splits
+
+
+@dataclass(frozen=True)
+class Prepared:
+    train: ImageSet
+    val: ImageSet
+    test: ImageSet
+    mean: tuple[float, ...]  # per channel, pixels scaled to 0..1, training split only
+    std: tuple[float, ...]
+    known_fingerprint: str | None = None  # as prepare computed it while writing the folder (stats.json)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.train.class_names
+
+    @property
+    def class_labels(self) -> tuple[int, ...] | None:
+        """The source's own label of each class (None: the classes have names only)."""
+        return self.train.class_labels
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.train.image_shape
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """A short hash of every image and label of every split: the same data, the same fingerprint.
+        Read from the prepared folder, else hashed once per process, a chunk at a time."""
+        if self.known_fingerprint is not None:
+            return self.known_fingerprint
+        digest = hashlib.blake2b(digest_size=8)
+        for split in SPLITS:
+            images = getattr(self, split)
+            for part in chunks(len(images), images.image_shape):
+                digest.update(np.ascontiguousarray(images.images[part]).tobytes())
+            digest.update(images.labels.astype(np.int64).tobytes())
+        return digest.hexdigest()
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (kept, held out) with `fraction` of every class held out, reproducibly."""
+    from sklearn.model_selection import train_test_split  # here: stages that only load splits skip its import
+
+    indices = np.arange(len(labels))
+    try:
+        kept, held = train_test_split(indices, test_size=fraction, stratify=labels, random_state=seed)
+    except ValueError as error:  # e.g. a class with a single image cannot be stratified
+        raise ImgpipeError(f"cannot split {len(labels)} images with fraction {fraction}: {error}") from None
+    return np.sort(kept), np.sort(held)
+
+
+def channel_histogram(images: np.ndarray) -> np.ndarray:
+    """Per channel, how many pixels of uint8 (N, C, H, W) images take each value: (C, 256) counts,
+    counted a chunk at a time (a memory-mapped split is never read whole)."""
+    counts = np.zeros((images.shape[1], 256), dtype=np.int64)
+    for part in chunks(len(images), images.shape[1:]):
+        block = np.asarray(images[part])
+        for channel in range(images.shape[1]):
+            counts[channel] += np.bincount(block[:, channel].ravel(), minlength=256)
+    return counts
+
+
+def stats_of(counts: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Exact per-channel mean and std, on the 0..1 scale, of the pixels a channel_histogram counted:
+    exact moments without a float copy of the data."""
+    values = np.arange(256, dtype=np.float64) / 255
+    means, stds = [], []
+    for channel_counts in counts.astype(np.float64):
+        mean = channel_counts @ values / channel_counts.sum()
+        var = channel_counts @ (values - mean) ** 2 / channel_counts.sum()
+        means.append(float(mean))
+        stds.append(float(max(np.sqrt(var), 1e-8)))  # a blank channel must not divide by zero
+    return tuple(means), tuple(stds)
+
+
+def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Exact per-channel mean and std of uint8 (N, C, H, W) images on the 0..1 scale."""
+    return stats_of(channel_histogram(images))
+
+
+def _label_ranges(labels: tuple[int, ...]) -> str:
+    """Sorted labels as runs, e.g. 0..8, 10..24 for Sign Language MNIST."""
+    runs: list[list[int]] = []
+    for label in sorted(labels):
+        if runs and label == runs[-1][1] + 1:
+            runs[-1][1] = label
+        else:
+            runs.append([label, label])
+    return ", ".join(str(a) if a == b else f"{a}, {b}" if b == a + 1 else f"{a}..{b}" for a, b in runs)
+
+
+def _class_of(entry: int | str, names: tuple[str, ...], labels: tuple[int, ...] | None) -> int:
+    """The index of the class an entry of data.classes means: a number is the source's own label
+    (never a position, which a gap in the labels would shift), a string is a name."""
+    if not (isinstance(entry, int) and not isinstance(entry, bool)):
+        require(str(entry) in names, "classes", f"unknown class {entry!r}; the classes are: {', '.join(names)}")
+        return names.index(str(entry))
+    if labels is not None:
+        require(entry in labels, "classes", f"no class has the label {entry}; the labels are {_label_ranges(labels)}")
+        return labels.index(entry)
+    # Named classes (an image folder's folders): a number can only mean a name written as one.
+    example = ", ".join(names[:2])
+    require(str(entry) in names, "classes",
+            f"{entry} is ambiguous: the classes have names, not numbers (an image folder's are its folder names); "
+            f"write the names, e.g. [{example}]")
+    return names.index(str(entry))
+
+
+def _relabel(raw: dict, classes: list[int | str] | None) -> tuple[np.ndarray, tuple[str, ...], tuple[int, ...] | None]:
+    """Old class index -> new (-1: dropped), and the kept classes' names and source labels, in the order listed."""
+    names, labels = raw["train"].class_names, raw["train"].class_labels
+    if classes is None:
+        return np.arange(len(names)), names, labels
+    require(isinstance(classes, list) and len(classes) >= 2, "classes", f"must list at least two classes, got {classes!r}")
+    indices = [_class_of(entry, names, labels) for entry in classes]
+    require(len(set(indices)) == len(indices), "classes", f"lists a class twice: {classes!r}")
+    relabel = np.full(len(names), -1, dtype=np.int64)
+    relabel[indices] = np.arange(len(indices))
+    return relabel, tuple(names[i] for i in indices), None if labels is None else tuple(labels[i] for i in indices)
+
+
+def select_classes(raw: dict[str, ImageSet], classes: list[int | str]) -> dict[str, ImageSet]:
+    """Keep only the listed classes (by the source's own label or by name), relabelled 0..k-1 in the order listed."""
+    relabel, names, labels = _relabel(raw, classes)
+    subsets = {}
+    for split, images in raw.items():
+        keep = np.flatnonzero(relabel[images.labels] >= 0)
+        subsets[split] = ImageSet(images.images[keep], relabel[images.labels[keep]], names, labels)
+    return subsets
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A prepared split as images of a raw split: which, in which order, with which (relabelled) labels."""
+
+    source: str
+    indices: np.ndarray
+    labels: np.ndarray
+
+    def take(self, positions: np.ndarray) -> "Selection":
+        return Selection(self.source, self.indices[positions], self.labels[positions])
+
+
+def plan_splits(raw: dict, val_fraction: float, test_fraction: float, seed: int,
+                classes: list[int | str] | None = None) -> tuple[dict[str, Selection], tuple[str, ...], tuple[int, ...] | None]:
+    """Which raw images make each prepared split, decided on the labels alone (no image is read): val
+    and test carved from the training data where the source has none, stratified by class. Returns the
+    selections, and the kept classes' names and source labels."""
+    for name, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        require(isinstance(fraction, float) and 0 < fraction < 1, name, f"must be a fraction between 0 and 1, got {fraction!r}")
+    require(isinstance(seed, int), "seed", f"must be a whole number, got {seed!r}")
+    relabel, names, labels = _relabel(raw, classes)
+    plan = {}
+    for split, images in raw.items():
+        relabelled = relabel[images.labels]
+        kept = np.flatnonzero(relabelled >= 0)
+        # Class-major order, stable within a class: the split then depends on each class's images in
+        # source order only, so an image folder (listed class by class) splits exactly like the IDX or
+        # CSV files it was exported from.
+        kept = kept[np.argsort(relabelled[kept], kind="stable")]
+        plan[split] = Selection(split, kept, relabelled[kept])
+    pool = plan["train"]
+    if "test" not in plan:
+        kept, held = stratified_split(pool.labels, test_fraction, seed)
+        pool, plan["test"] = pool.take(kept), pool.take(held)
+    if "val" not in plan:
+        kept, held = stratified_split(pool.labels, val_fraction, seed)
+        pool, plan["val"] = pool.take(kept), pool.take(held)
+    plan["train"] = pool
+    return plan, names, labels
+
+
+def prepare(raw: dict[str, ImageSet], val_fraction: float, test_fraction: float, seed: int,
+            classes: list[int | str] | None = None) -> Prepared:
+    """The prepared splits in memory (see plan_splits), with the training split's statistics."""
+    plan, names, labels = plan_splits(raw, val_fraction, test_fraction, seed, classes)
+    train, val, test = (ImageSet(np.asarray(raw[plan[split].source].images[plan[split].indices]), plan[split].labels, names, labels)
+                        for split in SPLITS)
+    return Prepared(train, val, test, *channel_stats(train.images))
+
+
+def prepare_into(raw: dict[str, ImageSet], folder: Path, val_fraction: float, test_fraction: float, seed: int,
+                 classes: list[int | str] | None = None) -> Prepared:
+    """As prepare, written into `folder` a chunk at a time (raw splits memory-mapped: never whole in
+    memory), the statistics and the fingerprint counted on the way; the folder is swapped in whole.
+    Returns the prepared folder, memory-mapped."""
+    plan, names, labels = plan_splits(raw, val_fraction, test_fraction, seed, classes)
+    shape = raw["train"].image_shape
+    digest, counts = hashlib.blake2b(digest_size=8), np.zeros((shape[0], 256), dtype=np.int64)
+    with writing_splits(folder, names, labels) as writer:
+        for split in SPLITS:
+            selection = plan[split]
+            images = writer.images(split, len(selection.indices), shape)
+            for part in chunks(len(selection.indices), shape):
+                block = np.asarray(raw[selection.source].images[selection.indices[part]])
+                images[part] = block
+                digest.update(block.tobytes())  # as Prepared.fingerprint hashes: images, then labels, per split
+                if split == "train":
+                    counts += channel_histogram(block)
+            images.flush()
+            del images  # unmapped: the file is complete
+            writer.labels(split, selection.labels)
+            digest.update(selection.labels.astype(np.int64).tobytes())
+        mean, std = stats_of(counts)
+        writer.json(STATS_FILE, _stats(names, shape, mean, std, {split: len(plan[split].indices) for split in SPLITS},
+                                       digest.hexdigest()))
+    return load_prepared(folder)
+
+
+STATS_FILE = "stats.json"
+
+
+def _stats(names, shape, mean, std, counts: dict[str, int], fingerprint: str) -> dict:
+    return {"class_names": list(names), "image_shape": list(shape), "mean": list(mean), "std": list(std),
+            "counts": counts, "fingerprint": fingerprint}
+
+
+def save_prepared(prepared: Prepared, folder: Path) -> None:
+    """Write prepared splits held in memory, with their statistics, as one folder, swapped in whole."""
+    with writing_splits(folder, prepared.class_names, prepared.class_labels) as writer:
+        for split in SPLITS:
+            writer.add(split, getattr(prepared, split))
+        writer.json(STATS_FILE, _stats(prepared.class_names, prepared.image_shape, prepared.mean, prepared.std,
+                                       {split: len(getattr(prepared, split)) for split in SPLITS}, prepared.fingerprint))
+
+
+def load_prepared(folder: Path) -> Prepared:
+    """The prepared splits, memory-mapped, with their statistics and fingerprint."""
+    stats = read_json(folder / STATS_FILE)
+    return Prepared(**load_splits(folder), mean=tuple(stats["mean"]), std=tuple(stats["std"]),
+                    known_fingerprint=stats.get("fingerprint"))
+
+
+FEW_EXAMPLES = 5  # a class with fewer images than this in a split is flagged on the data card
+
+
+def data_card(prepared: Prepared, decisions: Sequence[str] = ()) -> dict:
+    """Per split the images per class, plus image size, channels and statistics; thin classes flagged;
+    and the decisions fetch made about the data (e.g. why it has 3 channels), one sentence each."""
+    channels, height, width = prepared.image_shape
+    splits = {split: getattr(prepared, split) for split in SPLITS}
+    flagged = [
+        f"{split}: class {name!r} has only {count} image{'s' if count != 1 else ''}"
+        for split, images in splits.items()
+        for name, count in images.class_counts().items()
+        if count < FEW_EXAMPLES
+    ]
+    return {
+        "classes": list(prepared.class_names),
+        "image_size": [height, width],
+        "channels": channels,
+        "mean": list(prepared.mean),
+        "std": list(prepared.std),
+        "splits": {split: {"images": len(images), "per_class": images.class_counts()} for split, images in splits.items()},
+        "flagged": flagged,
+        "decisions": list(decisions),
+    }

@@ -1,0 +1,92 @@
+"""IDX files, the format of the original MNIST-family downloads, gzip-compressed or not.
+
+A folder holds pairs `<prefix>-images-idx3-ubyte[.gz]` and `<prefix>-labels-idx1-ubyte[.gz]`; the
+prefix `train` gives the train split, `t10k` or `test` the test split. A folder with one pair of
+any other prefix is taken as the training pool.
+"""
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+
+from imgpipe.config import DataConfig
+from imgpipe.errors import ImgpipeError
+from imgpipe.data.imageset import Fetched, ImageSet
+
+SPLIT_OF_PREFIX = {"train": "train", "t10k": "test", "test": "test"}
+DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """The array an IDX file holds: magic (0, 0, dtype, ndim), ndim big-endian sizes, then the data."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as file:
+            data = file.read()
+    except (OSError, EOFError) as error:
+        raise ImgpipeError(f"{path}: cannot be read ({error}); is the download complete?") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in DTYPES:
+        raise ImgpipeError(f"{path}: not an IDX file (bad magic number)")
+    ndim = data[3]
+    shape = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
+    dtype = np.dtype(DTYPES[data[2]])
+    expected = 4 + 4 * ndim + int(np.prod(shape)) * dtype.itemsize
+    if len(data) != expected:
+        raise ImgpipeError(f"{path}: header promises {shape} values ({expected} bytes) but the file has {len(data)} bytes")
+    return np.frombuffer(data, dtype, offset=4 + 4 * ndim).reshape(shape)
+
+
+def write_idx(path: Path, array: np.ndarray) -> Path:
+    """The inverse of read_idx for uint8 arrays, gzip-compressed if the name ends in .gz."""
+    header = bytes([0, 0, 0x08, array.ndim]) + np.array(array.shape, dtype=">u4").tobytes()
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wb") as file:
+        file.write(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+    return path
+
+
+def _pairs(folder: Path) -> dict[str, tuple[Path, Path]]:
+    files = {p.name.removesuffix(".gz"): p for p in folder.iterdir() if p.is_file()}
+    pairs = {}
+    for name, images in files.items():
+        if name.endswith("-images-idx3-ubyte"):
+            prefix = name.removesuffix("-images-idx3-ubyte")
+            labels = files.get(f"{prefix}-labels-idx1-ubyte")
+            if labels is None:
+                raise ImgpipeError(f"{images}: no matching {prefix}-labels-idx1-ubyte[.gz] beside it")
+            pairs[prefix] = (images, labels)
+    return pairs
+
+
+def read_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 1, H, W) uint8 images and int64 labels, checked against each other."""
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise ImgpipeError(f"{images_path}: expected uint8 images of shape (N, H, W), got {images.dtype} {images.shape}")
+    if labels.ndim != 1:
+        raise ImgpipeError(f"{labels_path}: expected one label per image, got shape {labels.shape}")
+    if len(images) != len(labels):
+        raise ImgpipeError(f"{labels_path}: holds {len(labels)} labels but {images_path.name} holds {len(images)} images")
+    return images[:, None], labels.astype(np.int64)
+
+
+def idx_folder(config: DataConfig) -> Fetched:
+    folder = config.require_path()
+    if not folder.is_dir():
+        raise ImgpipeError(f"{folder}: not found or not a folder; set data.path to a folder of IDX files")
+    pairs = _pairs(folder)
+    if not pairs:
+        raise ImgpipeError(f"{folder}: holds no *-images-idx3-ubyte[.gz] file")
+    if len(pairs) == 1:  # one pair, whatever its name (e.g. only t10k): the pool prepare splits
+        splits = {"train": next(iter(pairs.values()))}
+    else:
+        splits = {}
+        for prefix, pair in pairs.items():
+            if prefix not in SPLIT_OF_PREFIX:
+                raise ImgpipeError(f"{pair[0]}: prefix {prefix!r} is neither train nor t10k/test")
+            splits[SPLIT_OF_PREFIX[prefix]] = pair
+    arrays = {split: read_pair(*pair) for split, pair in splits.items()}
+    count = max(int(labels.max()) for _, labels in arrays.values()) + 1
+    names, class_labels = tuple(str(i) for i in range(count)), tuple(range(count))
+    return Fetched({split: ImageSet(images, labels, names, class_labels) for split, (images, labels) in arrays.items()})

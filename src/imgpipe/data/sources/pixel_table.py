@@ -1,0 +1,109 @@
+"""CSV pixel tables, as the Sign Language MNIST files: `label,pixel1,...,pixelN`, values 0..255.
+
+Pixels run row by row, and for colour images with the channels of each pixel together (H, W, C).
+Labels need not be contiguous (Sign Language MNIST has no J and no Z): the sorted label values map
+to classes 0..k-1, named by `data.class_names` or by the values themselves, and are kept as the
+classes' own labels, which a number in `data.classes` means.
+"""
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from imgpipe.config import DataConfig
+from imgpipe.errors import ImgpipeError
+from imgpipe.data.imageset import Fetched, ImageSet
+
+
+def _line(row: int) -> int:
+    return row + 2  # the header is line 1
+
+
+def read_table(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray]:
+    """(N, P) uint8 pixels and the N raw label values, every cell checked."""
+    if not path.is_file():
+        raise ImgpipeError(f"{path}: not found; check data.path / data.test_path")
+    try:
+        frame = pd.read_csv(path, skip_blank_lines=False)
+    except pd.errors.ParserError as error:
+        found = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(error))
+        if found:
+            expected, line, saw = found.groups()
+            raise ImgpipeError(f"{path} line {line}: {saw} columns where the header has {expected}") from None
+        raise ImgpipeError(f"{path}: not a readable CSV ({' '.join(str(error).split())})") from None
+    except (pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise ImgpipeError(f"{path}: not a readable CSV ({error})") from None
+    if label_column not in frame.columns:
+        shown = ", ".join(map(str, frame.columns[:5])) + (", ..." if len(frame.columns) > 5 else "")
+        raise ImgpipeError(f"{path}: no label column {label_column!r} (columns: {shown}); set data.label_column")
+    if len(frame) == 0:
+        raise ImgpipeError(f"{path}: has a header but no rows")
+    missing = frame.isna().to_numpy()
+    if missing.any():
+        row, col = np.argwhere(missing)[0]
+        raise ImgpipeError(f"{path} line {_line(row)}: no value in column {frame.columns[col]!r} "
+                           f"(a short row or an empty cell; every row needs {len(frame.columns)} columns)")
+    labels = frame.pop(label_column).to_numpy()
+    if frame.shape[1] == 0:
+        raise ImgpipeError(f"{path}: has no pixel columns besides {label_column!r}")
+    for column in frame.columns:
+        if not pd.api.types.is_numeric_dtype(frame[column]):
+            numbers = pd.to_numeric(frame[column], errors="coerce")
+            row = int(np.flatnonzero(numbers.isna())[0])
+            raise ImgpipeError(f"{path} line {_line(row)}, column {column!r}: {frame[column].iloc[row]!r} is not a number")
+    pixels = frame.to_numpy()
+    bad = (pixels < 0) | (pixels > 255) | (pixels != np.round(pixels))
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise ImgpipeError(f"{path} line {_line(row)}, column {frame.columns[col]!r}: {pixels[row, col]} "
+                           "is not a pixel value (whole numbers 0..255)")
+    return pixels.astype(np.uint8), labels
+
+
+def _image_shape(path: Path, pixels: int, config: DataConfig) -> tuple[int, int, int]:
+    channels = config.channels or 1
+    if config.image_size is not None:
+        height, width = config.image_size
+        if height * width * channels != pixels:
+            raise ImgpipeError(f"{path}: has {pixels} pixel columns, but data.image_size {list(config.image_size)} "
+                               f"with {channels} channel(s) needs {height * width * channels}")
+        return channels, height, width
+    side = math.isqrt(pixels // channels)
+    if side * side * channels != pixels:
+        raise ImgpipeError(f"{path}: {pixels} pixel columns are not a square image with {channels} channel(s); "
+                           "set data.image_size and data.channels")
+    return channels, side, side
+
+
+def _class_labels(values: np.ndarray) -> tuple[int, ...] | None:
+    """The distinct label values as whole numbers; None for a column of words, whose classes have names only."""
+    if np.issubdtype(values.dtype, np.number) and np.all(values == np.round(values)):
+        return tuple(int(v) for v in values)
+    return None
+
+
+def pixel_table(config: DataConfig) -> Fetched:
+    files = {"train": config.require_path()}
+    if config.test_path is not None:
+        files["test"] = config.test_path
+    tables = {split: read_table(path, config.label_column) for split, path in files.items()}
+    values = np.unique(tables["train"][1])
+    if config.class_names is not None and len(config.class_names) != len(values):
+        raise ImgpipeError(f"{files['train']}: has {len(values)} distinct labels but data.class_names lists "
+                           f"{len(config.class_names)} names")
+    names = tuple(config.class_names or (str(v) for v in values))
+    class_labels = _class_labels(values)
+    splits = {}
+    for split, (pixels, labels) in tables.items():
+        unknown = ~np.isin(labels, values)
+        if unknown.any():
+            row = int(np.flatnonzero(unknown)[0])
+            raise ImgpipeError(f"{files[split]} line {_line(row)}: label {labels[row]!r} does not occur in {files['train'].name}")
+        channels, height, width = _image_shape(files[split], pixels.shape[1], config)
+        images = pixels.reshape(-1, height, width, channels).transpose(0, 3, 1, 2)  # (N, C, H, W)
+        classes = np.searchsorted(values, labels).astype(np.int64)
+        splits[split] = ImageSet(np.ascontiguousarray(images), classes, names, class_labels)
+    return Fetched(splits)

@@ -1,0 +1,1 @@
+"""The networks: imgpipe's own, torchvision's zoo, self-describing checkpoints, and class scores."""

@@ -1,0 +1,1 @@
+"""MLflow: the store, a run per training, the registry and its aliases."""

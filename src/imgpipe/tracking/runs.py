@@ -1,0 +1,189 @@
+"""MLflow runs: one per trained variant and seed, holding its params, per-epoch curves, test metrics,
+model and report. A run is made once per training (its checkpoint and metrics file): a publish that runs
+again finds the run it made before.
+
+Every run is tagged with the DVC experiment that made it, the git commit, the data's fingerprint
+and the device; the runs of one pipeline execution share the tag `imgpipe.execution`.
+"""
+
+import hashlib
+import json
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+from imgpipe import provenance
+from imgpipe.tracking.store import experiment_id, store_client, store_lock
+
+def dataset_inputs(name: str, data_fingerprint: str, folder: Path, images: dict[str, int]) -> list[DatasetInput]:
+    """The prepared splits as MLflow dataset inputs, which fill the runs table's Dataset column: one
+    per split, named after the dataset and split, the data fingerprint as digest, the split's role
+    as context. images: context (train, validation, test) -> how many images the split holds."""
+    return [
+        DatasetInput(
+            Dataset(name=f"{name}-{context}", digest=data_fingerprint, source_type="local",
+                    source=json.dumps({"uri": folder.as_posix(), "split": context}), profile=json.dumps({"images": count})),
+            tags=[InputTag(key=MLFLOW_DATASET_CONTEXT, value=context)],
+        )
+        for context, count in images.items()
+    ]
+
+
+def run_tags(variant: str, seed: int, seed_group: str, device: str, data_fingerprint: str, params: dict) -> dict[str, str]:
+    """Where a run came from: DVC experiment, git commit and state, data, device, and its execution.
+    seed_group names the runs that differ only in their seed, whichever execution made them."""
+    commit = provenance.git_commit()
+    experiment = provenance.dvc_experiment()
+    # The runs of one `dvc repro` or `dvc exp run` share this: same experiment, or same code and params.
+    execution = experiment or f"{commit[:8] or 'nogit'}-{provenance.params_hash(params)}"
+    tags = {
+        "imgpipe.variant": variant,
+        "imgpipe.seed": str(seed),
+        "imgpipe.seed_group": seed_group,  # group by it in the UI to see a variant's runs over its seeds
+        "imgpipe.device": device,
+        "imgpipe.data_fingerprint": data_fingerprint,
+        "imgpipe.execution": execution,
+    }
+    if experiment:
+        tags["imgpipe.dvc_experiment"] = experiment
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+        tags["imgpipe.git_dirty"] = str(provenance.git_dirty()).lower()
+    return tags
+
+
+CURVE = "epoch/"  # prefix of the per-epoch metrics; the MLflow UI groups their charts under it
+
+
+def numeric(figures: dict) -> dict[str, float]:
+    """The numbers of a metrics file (MLflow metrics are numbers; names and ids are not)."""
+    return {key: value for key, value in figures.items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
+
+
+def flatten(params: dict, prefix: str = "") -> dict[str, object]:
+    """{'data': {'dataset': 'digits'}} -> {'data.dataset': 'digits'}"""
+    flat = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat |= flatten(value, f"{name}.")
+        else:
+            flat[name] = value
+    return flat
+
+
+MODEL_URI = "imgpipe.model_uri"  # tag: where the run's logged model is, for the registry
+TRAINING = "imgpipe.training"  # tag: the digest of the training a run records (see training_digest)
+
+
+def training_digest(*files: Path) -> str:
+    """What identifies one training: its checkpoint and metrics file. Training again makes a new
+    metrics file (its timings), so a new digest and a new run; a report run again makes neither."""
+    digest = hashlib.blake2b(digest_size=8)
+    for path in files:
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()
+
+
+@store_lock()
+def find_runs(experiment: str, trainings: list[str]) -> dict[str, str]:
+    """The runs already made for these trainings (digests): digest -> run id."""
+    client = store_client()
+    found = client.get_experiment_by_name(experiment)
+    if found is None or not trainings:
+        return {}
+    runs = [run for digest in trainings  # one query each: MLflow's search takes no IN (...) for tags
+            for run in client.search_runs([found.experiment_id], filter_string=f"tags.`{TRAINING}` = '{digest}'", max_results=1)]
+    return {run.data.tags[TRAINING]: run.info.run_id for run in runs}
+
+
+def _milliseconds(iso: str) -> int:
+    return int(datetime.fromisoformat(iso).timestamp() * 1000)
+
+
+def _skip_module_scan(packages: dict[str, str]) -> None:
+    """MLflow checks the requirements a model names against the installed versions, and first maps the
+    files of every installed distribution to its modules: about 2 s with torch's CUDA wheels, for the
+    packages named here. Give it that map for them (module -> package) (once per process, before its own, if its
+    internals are still where MLflow 3 keeps them); the versions are still checked."""
+    from mlflow.utils import requirements_utils
+
+    if getattr(requirements_utils, "_MODULES_TO_PACKAGES", False) is None:
+        requirements_utils._MODULES_TO_PACKAGES = {module: [package] for module, package in packages.items()}
+
+
+@store_lock()
+def log_training(experiment: str, run_name: str, *, training: str, params: dict, curves: dict[str, list[float]],
+                 metrics: dict, model, example: np.ndarray, tags: dict[str, str], datasets: list[DatasetInput],
+                 preprocessing) -> str:
+    """Record a finished training as a new run tagged with its digest (`training`); returns its id.
+
+    `metrics` are the run's figures as metrics/train/<variant>/seed<seed>.json has them (those of the
+    kept weights), including `started` (ISO time) and `train_seconds`, which become the run's start and
+    end. `curves`: name -> one value per epoch, as the DVC plots hold them (train_loss, val_accuracy, ...);
+    they go under `epoch/`, one step per epoch. The two cannot share names: MLflow shows a metric's
+    last step as its value, and the last epoch is not always the one whose weights are kept.
+    The model is logged as imgpipe.serving's pyfunc (`example`: a few of its uint8 input images, to trace it),
+    with its `preprocessing`: what predict and `mlflow models serve` need to read images for it.
+    """
+    client = store_client()
+    started = _milliseconds(metrics["started"])
+    ended = started + int(metrics["train_seconds"] * 1000)
+    run = client.create_run(experiment_id(client, experiment), start_time=started, run_name=run_name,
+                            tags=tags | {TRAINING: training})
+    run_id = run.info.run_id
+    logged = [Param(key, str(value)) for key, value in flatten(params).items()]
+    for start in range(0, len(logged), 100):  # MLflow takes at most 100 params per batch
+        client.log_batch(run_id, params=logged[start:start + 100])
+    client.log_inputs(run_id, datasets=datasets)
+    points = [Metric(f"{CURVE}{name}", float(value), ended, epoch)
+              for name, values in curves.items() for epoch, value in enumerate(values, start=1)]
+    points += [Metric(key, float(value), ended, 0) for key, value in numeric(metrics).items()]
+    for start in range(0, len(points), 1000):  # MLflow takes at most 1000 metrics per batch
+        client.log_batch(run_id, metrics=points[start:start + 1000])
+    from imgpipe.serving import export  # here: torch's import, which a publish whose runs exist already skips
+
+    _skip_module_scan(export.distributions())
+    with tempfile.TemporaryDirectory() as folder, mlflow.start_run(run_id=run_id):
+        logged = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=export.LOADER,
+            artifacts=export.artifacts(model, example, preprocessing, Path(folder)),
+            code_paths=[str(export.copy_code(Path(folder) / "code"))],  # the served code alone: loads anywhere
+            pip_requirements=export.requirements(),  # derived from what that code imports
+        )
+    client.set_tag(run_id, MODEL_URI, logged.model_uri)  # MLflow 3 keeps models apart from run artifacts: models:/m-...
+    client.set_terminated(run_id, "FINISHED", end_time=ended)  # the run lasts as long as its training did
+    mlflow.flush_async_logging()  # with MLFLOW_ENABLE_ASYNC_LOGGING, stored before the stage ends (os._exit)
+    return run_id
+
+
+@store_lock()
+def publish_evaluation(run_id: str, metrics: dict[str, float], artifacts: dict[str, Path], tags: dict[str, str]) -> bool:
+    """Add test metrics, tags and files (artifacts: folder in the run -> file or folder here) to a
+    variant's training run, unless the run holds these metrics already: a variant that this execution
+    did not retrain or re-evaluate keeps what its own execution recorded. Returns whether anything was added."""
+    client = store_client()
+    logged = client.get_run(run_id).data.metrics
+    if all(logged.get(key) == float(value) for key, value in metrics.items()):
+        return False
+    # Through the client, not start_run: reopening the run would move its end time to now, and the
+    # UI's Duration would count the wait for the other variants and the report.
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(key, float(value), now, 0) for key, value in metrics.items()],
+                     tags=[RunTag(key, value) for key, value in tags.items()])
+    for folder, path in artifacts.items():
+        if Path(path).is_dir():
+            client.log_artifacts(run_id, str(path), artifact_path=folder)
+        else:
+            client.log_artifact(run_id, str(path), artifact_path=folder)
+    mlflow.flush_async_logging()  # with MLFLOW_ENABLE_ASYNC_LOGGING, stored before the stage ends (os._exit)
+    return True
+
+

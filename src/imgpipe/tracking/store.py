@@ -1,0 +1,85 @@
+"""The MLflow store the stages record in: the embedded one at the project root (sqlite:///mlflow.db,
+artifacts in mlruns/), which `mlflow ui` opens from there, unless MLFLOW_TRACKING_URI names another store or
+a server; taking turns at it, and a tracking failure as one line."""
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import mlflow
+from filelock import FileLock
+
+from imgpipe import paths
+from imgpipe.errors import ImgpipeError
+
+EMBEDDED_STORE = f"sqlite:///{paths.MLFLOW_DB}"
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or EMBEDDED_STORE
+
+
+@contextmanager
+def store_lock() -> Iterator[None]:
+    """Take turns at the embedded store: SQLite has one writer at a time, and MLflow's first-use
+    migrations race when parallel stages (dvc queue start -j 2) create the store together."""
+    if tracking_uri() != EMBEDDED_STORE:
+        yield
+        return
+    paths.MLFLOW_DB.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{paths.MLFLOW_DB}.lock"):
+        yield
+
+
+def store_client():
+    """The MLflow client of the store the stages use: MLFLOW_TRACKING_URI, else the project's mlflow.db."""
+    # A tracking server that is down should fail a stage in seconds, not after MLflow's default of
+    # minutes of retries; the environment can still ask for more.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    # Logging a model copies its two files with a progress bar each: noise in a stage's log.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    mlflow.set_tracking_uri(tracking_uri())
+    return mlflow.MlflowClient()
+
+
+# Without this tag MLflow's UI opens an experiment on its GenAI traces overview; with it, on the runs table.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def experiment_id(client, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        # Keep artifacts beside the embedded store, not in whatever folder the stage was started from.
+        location = paths.MLFLOW_ARTIFACTS.as_uri() if tracking_uri() == EMBEDDED_STORE else None
+        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
+    for key, value in EXPERIMENT_KIND.items():  # an experiment an older imgpipe made
+        if experiment.tags.get(key) != value:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
+    return experiment.experiment_id
+
+
+@contextmanager
+def reported(optional: bool) -> Iterator[None]:
+    """Turn a tracking failure into one line: an error, or with `optional` a warning and no run."""
+    try:
+        yield
+    except ImgpipeError:
+        raise
+    except Exception as error:  # MLflow raises many kinds: connection, store lock, REST errors
+        detail = " ".join(str(error).split())
+        if len(detail) > 240:  # MLflow's REST errors name the request first and the cause last: keep both ends
+            detail = f"{detail[:140]} ... {detail[-100:]}"
+        message = f"MLflow tracking at {tracking_uri()} failed ({type(error).__name__}: {detail}); the stage's outputs are saved"
+        if not optional:
+            raise ImgpipeError(f"{message}; fix the store or set tracking.optional: true") from None
+        print(f"warning: {message}; going on without tracking (tracking.optional: true)", file=sys.stderr)
+
+
+def runs_page(experiment: str) -> str:
+    """Where the MLflow UI shows the experiment's runs table. MLflow 3's UI opens on its GenAI view
+    unless the page's address asks for the model-training one (the choice is then remembered)."""
+    experiment_id = store_client().get_experiment_by_name(experiment).experiment_id
+    server = tracking_uri() if tracking_uri().startswith("http") else "http://127.0.0.1:5000"  # `mlflow ui`'s default
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"

@@ -1,0 +1,89 @@
+"""Data-parallel training: the process group a training runs in, and how the train stage starts one.
+
+PyTorch's own engine does the work: `torchrun` starts one process per device (or joins the group an
+outer torchrun or srun made: RANK, WORLD_SIZE and MASTER_ADDR set), DistributedDataParallel averages
+the gradients (NCCL on GPUs, gloo on CPUs). The loop in imgpipe.training.loop stays one loop: every rank draws
+the same seeded global batches and trains on its share of each; sums (losses, correct counts,
+validation) are all-reduced, so every rank sees the same figures and makes the same decisions; rank 0
+alone writes files.
+"""
+
+import os
+import sys
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+TIMEOUT = timedelta(minutes=10)  # a collective no rank completes by then fails the stage instead of hanging
+
+
+@dataclass(frozen=True)
+class ProcessGroup:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0  # this process's device on its machine (cuda:<local_rank>)
+
+    @property
+    def leader(self) -> bool:
+        """The rank that writes the checkpoint, metrics, curves and resume state."""
+        return self.rank == 0
+
+    def share(self, count: int) -> slice:
+        """This rank's rows of a batch of `count`: contiguous parts that differ in size by at most one."""
+        base, extra = divmod(count, self.world)
+        start = self.rank * base + min(self.rank, extra)
+        return slice(start, start + base + (self.rank < extra))
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The sum over all ranks (a no-op in a single process)."""
+        if self.world > 1:
+            tensor = tensor.clone()
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
+        """The module to train: DistributedDataParallel around the model where there are several ranks."""
+        if self.world == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+SINGLE = ProcessGroup()
+
+
+def launched() -> bool:
+    """Whether torchrun or srun started this process as a rank of a group."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ or "SLURM_PROCID" in os.environ and "MASTER_ADDR" in os.environ
+
+
+def join(device_type: str) -> ProcessGroup:
+    """Join the group this process was started in (torchrun's or srun's environment)."""
+    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0)))
+    world = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", 1)))
+    local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0)))
+    if world > 1 and not dist.is_initialized():
+        os.environ.setdefault("MASTER_PORT", "29500")
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo", rank=rank, world_size=world, timeout=TIMEOUT)
+    return ProcessGroup(rank, world, local_rank)
+
+
+def leave() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def device_count(devices: int | str, device_type: str) -> int:
+    """train.devices as a number: `auto` is every visible GPU (1 without CUDA)."""
+    if devices == "auto":
+        return max(torch.cuda.device_count(), 1) if device_type == "cuda" else 1
+    return int(devices)
+
+
+def torchrun_command(processes: int, script: list[str]) -> list[str]:
+    """One machine, `processes` ranks of `script` (python arguments), as torchrun starts them."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes), *script]
