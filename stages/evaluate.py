@@ -4,19 +4,25 @@ Writes, each as <variant>/seed<seed>: metrics/test/ (accuracy, loss, top-k, macr
 95% intervals of accuracy and macro-F1, expected calibration error before and after temperature scaling,
 images/s and the device it was measured on, checkpoint size), metrics/predictions/ (per image; the
 confusion-matrix plot), metrics/classes/ (per class), metrics/confusion/ (the count table) and
-metrics/reliability/ (confidence bins: the reliability diagram). The publish stage adds them to the run's MLflow run (one
+metrics/reliability/ (confidence bins: the reliability diagram) and metrics/saliency/ (where the model looked, in a few
+right and the most confident wrong test images: the report's overlays). The publish stage adds them to the run's MLflow run (one
 MLflow start-up for all runs).
 """
 
 import sys
+
+import numpy as np
+import torch
 
 from imgpipe import params as P
 from imgpipe import paths
 from imgpipe.models.checkpoint import load_checkpoint
 from imgpipe.device import describe, pick_device
 from imgpipe.errors import ImgpipeError, run_stage
-from imgpipe.evaluation.evaluate import class_table, confusion_table, evaluate, predictions_table, reliability_table
-from imgpipe.files import write_csv, write_json
+from imgpipe.evaluation.evaluate import (class_table, confusion_table, evaluate, examples_to_explain, predictions_table,
+                                         reliability_table)
+from imgpipe.evaluation.saliency import saliency
+from imgpipe.files import write_arrays, write_csv, write_json
 from imgpipe.data.prepare import load_prepared
 from imgpipe.evaluation.scores import most_confused
 
@@ -39,6 +45,10 @@ def main() -> None:
     write_csv(paths.class_scores(name, seed), class_table(test.class_names, result))
     write_csv(paths.confusion(name, seed), confusion_table(test.class_names, result.confusion))
     write_csv(paths.reliability(name, seed), reliability_table(result))
+    shown = examples_to_explain(test.labels, result, P.whole_number(params, "evaluate.explained", minimum=0))
+    heat, method = saliency(model, torch.from_numpy(test.images[shown]).to(device), torch.from_numpy(result.predicted[shown]))
+    write_arrays(paths.saliency(name, seed), index=shown, heat=(heat.cpu().numpy() * 255).round().astype(np.uint8),
+                 method=np.array(method))
     metrics = {**result.metrics, "model_bytes": paths.checkpoint(name, seed).stat().st_size, "device": describe(device)}
     write_json(paths.test_metrics(name, seed), metrics)
     pairs = "; ".join(f"{a} as {p} ({n}x)" for a, p, n in most_confused(result.confusion, test.class_names, 3))

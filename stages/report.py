@@ -1,8 +1,8 @@
 """report: every variant side by side in reports/report.md, with its figures in reports/figures/, and
 each variant over its seeds in metrics/variants.json.
 
-Draws the sample grid, the training curves, the reliability diagrams, and a confusion matrix and a grid
-of misclassified test images per variant (its first seed); the report compares every pair of variants on
+Draws the sample grid, the training curves, the reliability diagrams, and per variant (its first seed) a
+confusion matrix, a grid of misclassified test images and where the model looked (metrics/saliency/); the report compares every pair of variants on
 the same test images, read from metrics/predictions/.
 
 MLflow records it all in the next stage (stages/publish.py), so a report edit does not relog the runs.
@@ -13,7 +13,7 @@ from imgpipe import paths, provenance
 from imgpipe.data.imageset import load_splits
 from imgpipe.errors import run_stage
 from imgpipe.evaluation.results import load_results
-from imgpipe.files import atomic_path, read_csv, read_json, write_json, write_text
+from imgpipe.files import atomic_path, read_arrays, read_csv, read_json, write_json, write_text
 from imgpipe.reporting import figures
 from imgpipe.reporting.report import render, seed_summary
 
@@ -27,13 +27,16 @@ def main() -> None:
     data = load_splits(paths.PREPARED)
     runs = load_results(variants, seeds)
     # The detailed sections and figures show each variant's first seed; the seeds section shows them all.
-    results, curves, mistakes = {name: runs[name][seeds[0]] for name in variants}, {}, {}
+    results, curves, mistakes, explained = {name: runs[name][seeds[0]] for name in variants}, {}, {}, {}
     for name in variants:
         curves[name] = {measure: read_csv(paths.curves(name, seeds[0]) / f"{measure}.csv") for measure in ("loss", "accuracy")}
         predictions = read_csv(paths.predictions(name, seeds[0]), ("actual", "predicted"))
         wrong = predictions[predictions["actual"] != predictions["predicted"]]
         wrong = wrong.sort_values("confidence", ascending=False, kind="stable").head(shown_mistakes)
         mistakes[name] = list(wrong[["index", "actual", "predicted", "confidence"]].itertuples(index=False, name=None))
+        explained[name] = read_arrays(paths.saliency(name, seeds[0]))
+        rows = predictions.set_index("index").loc[explained[name]["index"]]
+        explained[name]["captions"] = [f"true {row.actual}\npred {row.predicted} ({row.confidence:.0%})" for row in rows.itertuples()]
 
     with atomic_path(paths.FIGURES) as folder:
         folder.mkdir()
@@ -48,12 +51,15 @@ def main() -> None:
             drawn[f"confusion_{name}"] = figures.confusion(result.confusion.to_numpy(), data["test"].class_names,
                                                            f"{name}: confusion matrix on the test split")
             drawn[f"misclassified_{name}"] = figures.misclassified(data["test"], mistakes[name])
+            maps = explained[name]
+            drawn[f"saliency_{name}"] = figures.explained(data["test"], maps["index"], maps["heat"], maps["captions"])
         for figure_name, figure in drawn.items():
             figures.save(figure, folder / paths.figure(figure_name).name)
     experiment, optional = P.tracking(params)
     run = {"params_hash": provenance.params_hash(params), "commit": provenance.git_commit(), "dirty": provenance.git_dirty(),
            "experiment": provenance.dvc_experiment(), "versions": provenance.versions(), "mlflow_experiment": experiment}
-    write_text(paths.report(), render(P.get(params, "data.dataset"), card, results, run, runs))
+    write_text(paths.report(), render(P.get(params, "data.dataset"), card, results, run, runs,
+                                           saliency={name: str(maps["method"]) for name, maps in explained.items()}))
     write_json(paths.VARIANTS, {name: seed_summary(by_seed) for name, by_seed in runs.items()})
     print(f"wrote {paths.report().relative_to(paths.ROOT)} and {len(drawn)} figures in {paths.FIGURES.relative_to(paths.ROOT)}")
 

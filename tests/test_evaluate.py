@@ -7,7 +7,8 @@ from scipy import stats as sp
 from sklearn import metrics as sk
 
 from imgpipe.config import TrainConfig
-from imgpipe.evaluation.evaluate import class_table, confusion_table, evaluate, predictions_table, top_k_accuracy
+from imgpipe.evaluation.evaluate import (Evaluation, class_table, confusion_table, evaluate, examples_to_explain,
+                                         predictions_table, top_k_accuracy)
 from imgpipe.evaluation.scores import confusion_matrix, most_confused, per_class_scores
 from imgpipe.evaluation.stats import bootstrap_macro_f1_interval
 from imgpipe.training.loop import train
@@ -92,3 +93,14 @@ def test_tables_name_the_classes(digits_prepared, linear_on_digits):
     counts = confusion_table(test.class_names, result.confusion)
     assert counts.index.name == "actual" and list(counts.columns) == list(test.class_names)
     assert counts.to_numpy().sum() == len(test)
+
+
+def test_the_images_explained_are_each_class_s_surest_right_answers_then_the_surest_mistakes():
+    labels = np.array([0, 0, 1, 1, 2, 2, 0])
+    predicted = np.array([0, 0, 1, 2, 2, 1, 1])
+    confidence = np.array([0.6, 0.9, 0.7, 0.95, 0.8, 0.5, 0.99])
+    evaluation = Evaluation(metrics={}, predicted=predicted, confidence=confidence, confusion=None, per_class={}, reliability={})
+    # right: 1 (0.9, class 0), 4 (0.8, class 2), 2 (0.7, class 1), then 0 (class 0's second); wrong: 6, 3, 5
+    assert examples_to_explain(labels, evaluation, 4).tolist() == [1, 4, 2, 0, 6, 3, 5]
+    assert examples_to_explain(labels, evaluation, 1).tolist() == [1, 6]
+    assert examples_to_explain(labels, evaluation, 0).tolist() == []

@@ -8,6 +8,7 @@ from datetime import datetime
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -38,7 +39,8 @@ def test_every_declared_output_exists(project):
     assert outs and all((project / path).exists() for path in outs), [p for p in outs if not (project / p).exists()]
     report = (project / "reports/report.md").read_text()
     assert all(f"| {v} |" in report for v in VARIANTS)
-    figures = ["curves", "reliability", "samples"] + [f"{kind}_{v}" for kind in ("confusion", "misclassified") for v in VARIANTS]
+    figures = ["curves", "reliability", "samples"] + [f"{kind}_{v}" for kind in ("confusion", "misclassified", "saliency")
+                                                      for v in VARIANTS]
     assert sorted(p.stem for p in (project / "reports/figures").iterdir()) == sorted(figures)
     assert all(f"(figures/{name}.png)" in report for name in figures)
     for variant in VARIANTS:
@@ -47,6 +49,18 @@ def test_every_declared_output_exists(project):
         assert {"temperature", "val_nll_before_scaling", "val_nll_after_scaling"} <= set(read_json(project / f"metrics/train/{variant}/seed0.json"))
         assert test["model_bytes"] == (project / f"models/{variant}/seed0.pt").stat().st_size
         assert test["device"] == "cpu"  # train.device auto on this machine; the figure names where it was measured
+
+
+def test_the_report_shows_where_each_model_looked(project):
+    """Grad-CAM for the CNN, input gradients for the centroid, which has no convolution; maps of the test images."""
+    report = (project / "reports/report.md").read_text()
+    section = report[report.index("## Where the models looked"):report.index("## Data")]
+    assert "Grad-CAM on net.features.7." in section and "Input gradients." in section
+    test = load_splits(project / "data/prepared")["test"]
+    for variant in VARIANTS:
+        with np.load(project / f"metrics/saliency/{variant}/seed0.npz") as maps:
+            assert maps["heat"].shape == (len(maps["index"]), *test.image_shape[1:]) and maps["heat"].dtype == np.uint8
+            assert 8 < len(maps["index"]) <= 16 and (maps["heat"].reshape(len(maps["index"]), -1).max(1) == 255).all()
 
 
 def test_dvc_plots_show_renders_curves_confusion_matrices_and_figures(project):

@@ -60,3 +60,21 @@ def test_a_bad_top_k_is_a_usage_error(tmp_path, top_k, capsys):
     with pytest.raises(SystemExit) as exit:
         main(["--model", "m.pt", "--top-k", top_k, str(tmp_path)])
     assert exit.value.code == 2 and "--top-k" in capsys.readouterr().err
+
+
+def test_explain_writes_an_overlay_of_where_the_model_looked_per_image(digits_prepared, tmp_path, capsys):
+    config = TrainConfig(epochs=1, device="cpu")
+    model = train("cnn", {"channels": [8]}, digits_prepared, config).model
+    checkpoint = tmp_path / "cnn.pt"
+    save_checkpoint(checkpoint, model, model_name="cnn", model_settings={"channels": [8]}, image_shape=digits_prepared.image_shape,
+                    class_names=digits_prepared.class_names, config=config)
+    test = digits_prepared.test
+    write_image_folder(tmp_path / "images", test.images[:5], test.labels[:5], test.class_names)
+    assert main(["--model", str(checkpoint), str(tmp_path / "images"), "--explain", str(tmp_path / "overlays")]) == 0
+    assert "5 overlays (Grad-CAM on net.features.2) -> " in capsys.readouterr().err
+    overlays = sorted((tmp_path / "overlays").iterdir())
+    assert [path.stem for path in overlays] == sorted(path.stem for path in (tmp_path / "images").rglob("*.png"))
+    with Image.open(overlays[0]) as picture:
+        assert picture.mode == "RGB" and picture.size == (256, 256)  # 8x8 enlarged 32 times, each pixel a block
+        pixels = np.asarray(picture)
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 2 and (pixels[:32, :32] == pixels[0, 0]).all()

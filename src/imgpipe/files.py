@@ -75,6 +75,22 @@ def write_csv(path: Path, table) -> None:
         table.to_csv(tmp, index=table.index.name is not None)
 
 
+def write_arrays(path: Path, **arrays) -> None:
+    """numpy arrays by name, as one compressed .npz file."""
+    import numpy as np  # here: most callers of this module write text
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as file:  # a file object: np.savez would add .npz to a name
+        np.savez_compressed(file, **arrays)
+
+
+def read_arrays(path: Path) -> dict:
+    """The arrays of a file write_arrays wrote, by name."""
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as arrays:
+        return {name: arrays[name] for name in arrays.files}
+
+
 def read_csv(path: Path, text_columns: tuple[str, ...] = ()):
     """A CSV the pipeline wrote; `text_columns` stay text (class names "0" or "NA"), never numbers or missing."""
     import pandas as pd  # here: most callers of this module never read a table

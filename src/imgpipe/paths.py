@@ -82,10 +82,16 @@ def reliability(variant: str, seed: int) -> Path:
     return METRICS / "reliability" / variant / f"seed{seed}.csv"
 
 
+def saliency(variant: str, seed: int) -> Path:
+    """Saliency maps of a few test images (their index, heat 0..255, the method): the report's overlays."""
+    return METRICS / "saliency" / variant / f"seed{seed}.npz"
+
+
 def report() -> Path:
     return REPORTS / "report.md"
 
 
 def figure(name: str) -> Path:
-    """A PNG of the report: samples, curves, reliability, confusion_<variant>, misclassified_<variant>."""
+    """A PNG of the report: samples, curves, reliability, confusion_<variant>, misclassified_<variant>,
+    saliency_<variant>, label_issues."""
     return FIGURES / f"{name}.png"

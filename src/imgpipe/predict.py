@@ -2,12 +2,15 @@
 
     python -m imgpipe.predict --model models/cnn/seed0.pt photo.png more_images/ [--output predictions.csv]
     python -m imgpipe.predict --model models:/imgpipe-digits@champion photo.png    (a registered model, on the CPU)
+    python -m imgpipe.predict --model models/cnn/seed0.pt photos/ --explain overlays/   (and where it looked)
 
 Images are read and classified 1,024 at a time. Every image goes through prepare's preprocessing (the checkpoint's channel count and image size,
 transparency laid on its background colour; the model normalizes with its stored statistics), and
 one CSV row per image is written: path, predicted class, confidence, then the next best classes. Confidences
 are the model's calibrated ones: its class scores divided by the temperature fitted on the validation split
 (imgpipe.evaluation.calibration), which changes no predicted class.
+With --explain, an overlay PNG per image shows where the model looked for the class it predicted (Grad-CAM, or input
+gradients for a model without convolutions: imgpipe.evaluation.saliency).
 An unreadable file is reported by name and skipped; the exit status is 1 if any was, else 0.
 """
 
@@ -17,12 +20,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
+from PIL import Image
 from tqdm import tqdm
 
 from imgpipe.tracking import registry
 from imgpipe.models.checkpoint import load_checkpoint
 from imgpipe.device import pick_device
 from imgpipe.errors import ImgpipeError
+from imgpipe.evaluation.saliency import saliency
+from imgpipe.reporting.figures import overlay
 from imgpipe.serving.answer import top_classes
 from imgpipe.serving.preprocessing import Preprocessing
 from imgpipe.files import atomic_path
@@ -30,6 +37,7 @@ from imgpipe.data.decode import IMAGE_SUFFIXES, decode
 
 
 FILES_AT_ONCE = 1024  # images decoded and classified at a time: a folder of any size in bounded memory
+EXPLAIN_PIXELS = 256  # --explain's overlays are enlarged to at least this many pixels on their short side
 
 
 def image_files(paths: list[Path]) -> list[Path]:
@@ -58,6 +66,47 @@ def read_images(files: list[Path], image_shape: tuple[int, int, int], background
     return read, images, errors
 
 
+def write_explanations(folder: Path, model: torch.nn.Module, files: list[Path], images: np.ndarray, table: pd.DataFrame,
+                       class_names: tuple[str, ...], device: torch.device) -> str:
+    """An overlay PNG per image in folder: where the model looked for the class it predicted, enlarged to at
+    least EXPLAIN_PIXELS on its short side. Returns the method (Grad-CAM or input gradients)."""
+    predicted = torch.tensor([class_names.index(name) for name in table["predicted"]])
+    heat, method = saliency(model.to(device), torch.from_numpy(images).to(device), predicted)
+    folder.mkdir(parents=True, exist_ok=True)
+    for file, image, map_ in zip(files, images, heat.cpu().numpy()):
+        picture = Image.fromarray(overlay(image, map_))
+        scale = max(1, -(-EXPLAIN_PIXELS // min(picture.size)))
+        picture = picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
+        with atomic_path(folder / f"{file.stem}.png") as tmp:
+            picture.save(tmp, format="PNG")
+    return method
+
+
+def load_model(model: str) -> tuple[torch.nn.Module, Preprocessing, bool]:
+    """The model a checkpoint or an MLflow URI names, its preprocessing, and whether it is a checkpoint."""
+    if registry.is_uri(model):
+        return *registry.load(model), False
+    network, meta = load_checkpoint(Path(model))
+    return network, Preprocessing.of(meta), True
+
+
+def classify(files: list[Path], model: torch.nn.Module, preprocessing: Preprocessing, top_k: int, device: torch.device,
+             explain: Path | None) -> tuple[pd.DataFrame, list[str]]:
+    """Every readable file's row, and one error line per unreadable file."""
+    tables, errors = [], []
+    for start in tqdm(range(0, len(files), FILES_AT_ONCE), desc="predict", unit="chunk", disable=len(files) <= FILES_AT_ONCE):
+        read, images, unreadable = read_images(files[start:start + FILES_AT_ONCE], preprocessing.image_shape,
+                                               preprocessing.background)
+        table = top_classes(model, images, preprocessing.class_names, top_k, device)
+        if explain is not None and len(read):
+            method = write_explanations(explain, model, read, images, table, preprocessing.class_names, device)
+            print(f"{len(read)} overlays ({method}) -> {explain}", file=sys.stderr)
+        table.insert(0, "path", [str(p) for p in read])
+        tables.append(table)
+        errors += unreadable
+    return pd.concat(tables, ignore_index=True), errors
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m imgpipe.predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="a checkpoint written by training (models/cnn/seed0.pt) or an MLflow "
@@ -66,16 +115,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, help="CSV file to write (default: standard output)")
     parser.add_argument("--top-k", type=int, default=3, help="classes listed per image, best first (default: 3)")
     parser.add_argument("--device", default="auto", help="auto (default), cuda, mps or cpu")
+    parser.add_argument("--explain", type=Path, metavar="FOLDER", help="also write an overlay PNG per image into FOLDER: "
+                        "where the model looked for the class it predicted (a checkpoint's model only)")
     args = parser.parse_args(argv)
     if args.top_k < 1:
         parser.error("--top-k must be at least 1")
     try:
-        if registry.is_uri(args.model):
-            model, preprocessing = registry.load(args.model)
-            args.device = "cpu"
-        else:
-            model, meta = load_checkpoint(Path(args.model))
-            preprocessing = Preprocessing.of(meta)
+        model, preprocessing, is_checkpoint = load_model(args.model)
+        if args.explain is not None and not is_checkpoint:
+            raise ImgpipeError(f"--explain needs a checkpoint (models/<variant>/seed<seed>.pt): {args.model} is an exported "
+                               "program, which keeps no layers to look into")
         if preprocessing.note:
             print(preprocessing.note, file=sys.stderr)
         missing = [str(p) for p in args.paths if not p.exists()]
@@ -84,15 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         files = image_files(args.paths)
         if not files:
             raise ImgpipeError(f"no image files in {', '.join(map(str, args.paths))}")
-        device, tables, errors = pick_device(args.device), [], []
-        for start in tqdm(range(0, len(files), FILES_AT_ONCE), desc="predict", unit="chunk", disable=len(files) <= FILES_AT_ONCE):
-            read, images, unreadable = read_images(files[start:start + FILES_AT_ONCE], preprocessing.image_shape,
-                                                   preprocessing.background)
-            table = top_classes(model, images, preprocessing.class_names, args.top_k, device)
-            table.insert(0, "path", [str(p) for p in read])
-            tables.append(table)
-            errors += unreadable
-        table = pd.concat(tables, ignore_index=True)
+        device = pick_device("cpu" if not is_checkpoint else args.device)
+        table, errors = classify(files, model, preprocessing, args.top_k, device, args.explain)
     except (ImgpipeError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -112,3 +112,17 @@ def reliability_table(evaluation: Evaluation) -> pd.DataFrame:
         "images": bins.images, "accuracy": bins.accuracy.round(4), "confidence": bins.confidence.round(4),
     }) for scaling, bins in evaluation.reliability.items()], ignore_index=True)
 
+
+def examples_to_explain(labels: np.ndarray, evaluation: Evaluation, count: int) -> np.ndarray:
+    """Test images worth a saliency map: `count` right answers (each class's most confident one, then each
+    class's second, ...) and the `count` most confident mistakes, as indices into the split."""
+    by_confidence = np.argsort(-evaluation.confidence, kind="stable")
+    right = labels[by_confidence] == evaluation.predicted[by_confidence]
+    wrong = by_confidence[~right][:count]
+    correct = by_confidence[right]
+    rank = np.zeros(len(correct), dtype=np.int64)  # each image's place in its class, most confident first
+    for label in np.unique(labels[correct]):
+        mine = labels[correct] == label
+        rank[mine] = np.arange(mine.sum())
+    correct = correct[np.argsort(rank, kind="stable")][:count]
+    return np.concatenate([correct, wrong]).astype(np.int64)

@@ -7,6 +7,7 @@ Each function returns a Figure; `save` writes it as a PNG. Images are stored as 
 from pathlib import Path
 
 import numpy as np
+import matplotlib
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -118,22 +119,56 @@ def misclassified(images: ImageSet, rows: list[tuple[int, str, str, float]], col
     """Test images a model got wrong, each captioned with its true and predicted class and the
     model's confidence; rows are (index in the split, actual, predicted, confidence)."""
     if not rows:
-        figure = Figure(figsize=(4, 0.6))
-        figure.text(0.5, 0.5, "no misclassified test images", ha="center", va="center", fontsize=12)
-        return figure
-    _, height, width = images.image_shape
-    columns = min(columns, len(rows))
+        return _nothing("no misclassified test images")
+    tiles = images.images[[index for index, *_ in rows]]
+    return _captioned(tiles, [f"true {actual}\npred {predicted} ({confidence:.0%})" for _, actual, predicted, confidence in rows],
+                      columns)
+
+
+def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """An image (C, H, W) uint8 with C 1, 3 or 4, blended with the jet colours of heat (H, W) in [0, 1]:
+    (H, W, 3) uint8. Each pixel's blend weight is alpha x heat, so where heat is 0 the image shows as is."""
+    if image.ndim != 3 or image.shape[0] not in (1, 3, 4):
+        raise ValueError(f"image must be (C, H, W) with C 1, 3 or 4, got shape {image.shape}")
+    if heat.shape != image.shape[1:]:
+        raise ValueError(f"heat {heat.shape} must have the image's height and width {image.shape[1:]}")
+    rgb = np.repeat(image, 3, axis=0) if image.shape[0] == 1 else image[:3]  # alpha channel dropped
+    rgb = rgb.transpose(1, 2, 0).astype(np.float64)  # (H, W, 3)
+    heat = np.clip(np.nan_to_num(np.asarray(heat, dtype=np.float64)), 0, 1)
+    colour = matplotlib.colormaps["jet"](heat)[..., :3] * 255  # (H, W, 3)
+    weight = alpha * heat[..., None]
+    return np.clip(np.rint(rgb * (1 - weight) + colour * weight), 0, 255).astype(np.uint8)
+
+
+def explained(images: ImageSet, index: np.ndarray, heat: np.ndarray, captions: list[str], columns: int = 8) -> Figure:
+    """Where a model looked: each test image with its saliency map laid over it (red: most), captioned."""
+    if not len(index):
+        return _nothing("no test images to explain")
+    tiles = np.stack([overlay(images.images[i], map_ / 255) for i, map_ in zip(index, heat)]).transpose(0, 3, 1, 2)
+    return _captioned(tiles, captions, columns)
+
+
+def _nothing(text: str) -> Figure:
+    figure = Figure(figsize=(4, 0.6))
+    figure.text(0.5, 0.5, text, ha="center", va="center", fontsize=12)
+    return figure
+
+
+def _captioned(tiles: np.ndarray, captions: list[str], columns: int) -> Figure:
+    """Tiles (N, C, H, W) in rows, a two-line caption above each."""
+    _, _, height, width = tiles.shape
+    columns = min(columns, len(tiles))
     caption = int(np.ceil(0.5 * height))  # room above each tile for a two-line caption
     gap = (caption, max(2, int(0.35 * width)))
-    canvas = _mosaic(images.images[[index for index, *_ in rows]], columns, gap)
+    canvas = _mosaic(tiles, columns, gap)
     scale = TILE_INCHES / max(height, width)
     figure = Figure(figsize=(canvas.shape[1] * scale, canvas.shape[0] * scale))
     ax = figure.add_axes((0, 0, 1, 1))
     _draw(ax, canvas)
-    for i, (_, actual, predicted, confidence) in enumerate(rows):
+    for i, text in enumerate(captions):
         x = (i % columns) * (width + gap[1]) + width / 2 - 0.5
         y = (i // columns) * (height + gap[0]) + gap[0] - 1
-        ax.text(x, y, f"true {actual}\npred {predicted} ({confidence:.0%})", ha="center", va="bottom", fontsize=8)
+        ax.text(x, y, text, ha="center", va="bottom", fontsize=8)
     return figure
 
 

@@ -336,9 +336,26 @@ def headline(dataset: str, card: dict, runs: dict[str, dict[int, VariantResult]]
     ]
 
 
+def saliency_section(methods: dict[str, str]) -> list[str]:
+    """Where each variant looked, in the images drawn by evaluate (metrics/saliency/); methods: variant -> method."""
+    if not methods:
+        return []
+    lines = ["## Where the models looked", "",
+             "Each test image with a heat map laid over it (red: what raised the predicted class's score most): first the "
+             "right answers (each class's most confident), then the most confident mistakes. A model that looks at a "
+             "watermark, a border or the background instead of the object shows it here. Networks with convolutions get "
+             "Grad-CAM on their last convolution (Selvaraju et al., 2017); the others, which have no spatial layer, the "
+             "size of the score's gradient with respect to each pixel. Each map is scaled to its own maximum.", ""]
+    for variant, method in methods.items():
+        lines += [f"### {variant}", "", f"{method[0].upper()}{method[1:]}.", "",
+                  f"![where {variant} looked]({_link(f'saliency_{variant}')})", ""]
+    return lines
+
+
 def render(dataset: str, card: dict, results: dict[str, VariantResult], provenance: dict,
-           runs: dict[str, dict[int, VariantResult]] | None = None) -> str:
-    """results: each variant's run shown in detail (its first seed); runs: every variant's run per seed."""
+           runs: dict[str, dict[int, VariantResult]] | None = None, *, saliency: dict[str, str] | None = None) -> str:
+    """results: each variant's run shown in detail (its first seed); runs: every variant's run per seed;
+    saliency: the method of each variant's saliency maps (figures saliency_<variant>)."""
     runs = runs or {variant: {0: result} for variant, result in results.items()}
     seeds = len(next(iter(runs.values())))
     first_seed = next(iter(next(iter(runs.values()))))
@@ -391,6 +408,7 @@ def render(dataset: str, card: dict, results: dict[str, VariantResult], provenan
     ]
     for variant in results:
         sections += [f"### {variant}", "", f"![misclassified by {variant}]({_link(f'misclassified_{variant}')})", ""]
+    sections += saliency_section(saliency or {})
     sections += [
         "## Data",
         "",

@@ -1,0 +1,122 @@
+"""Where an image classifier looked: a heat map per image, for the report and `predict --explain` (imgpipe.reporting.figures.overlay
+lays one over its image).
+
+The method follows from the model. A model with a convolution gets Grad-CAM (Selvaraju et al. 2017)
+on its last Conv2d: the last convolutional block keeps the image's layout while holding the most
+class-specific features, so weighting its channels by their gradients shows which places raised the
+chosen class's score. A model without one (linear, MLP, centroid) has no spatial layer to look at,
+so it gets the magnitude of the score's gradient with respect to the pixels instead.
+
+Every map is (N, H, W) float32 in [0, 1], scaled per image by its maximum: maps show where a model
+looked within an image, not how strongly compared with other images. Models are anything that takes
+uint8 pixels (N, C, H, W) and returns class scores (N, classes), as imgpipe's Classifier does; the
+model's parameters, their gradients and its training modes are left as they were.
+"""
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+CHUNK = 32  # images per forward and backward pass: bounds the activations kept for the gradients
+
+
+def last_conv(model: nn.Module) -> nn.Module | None:
+    """The last nn.Conv2d in module order (where Grad-CAM looks); None when the model has none."""
+    return _last_conv_named(model)[1]
+
+
+def _last_conv_named(model: nn.Module) -> tuple[str, nn.Module | None]:
+    convs = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
+    return convs[-1] if convs else ("", None)
+
+
+def gradcam(model: nn.Module, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM maps (N, H, W) in [0, 1] of uint8 images (N, C, H, W) for their classes (N,)."""
+    layer = last_conv(model)
+    if layer is None:
+        raise ValueError("Grad-CAM needs a model with a convolution (nn.Conv2d); use input_gradients")
+    return _chunked(model, images, classes, lambda x, c: _gradcam_chunk(model, layer, x, c))
+
+
+def input_gradients(model: nn.Module, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """|d score / d pixel|, the largest over channels: maps (N, H, W) in [0, 1] of images (N, C, H, W)."""
+    return _chunked(model, images, classes, lambda x, c: _input_gradient_chunk(model, x, c))
+
+
+def saliency(model: nn.Module, images: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """Maps (N, H, W) in [0, 1] by the method that fits the model, and that method's name."""
+    name, layer = _last_conv_named(model)
+    if layer is None:
+        return input_gradients(model, images, classes), "input gradients"
+    return gradcam(model, images, classes), f"Grad-CAM on {name or type(layer).__name__}"
+
+
+def _chunked(model: nn.Module, images: torch.Tensor, classes: torch.Tensor,
+             method: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    if images.ndim != 4 or classes.shape != images.shape[:1]:
+        raise ValueError(f"images must be (N, C, H, W) and classes (N,), got {tuple(images.shape)} and {tuple(classes.shape)}")
+    classes = classes.to(images.device, torch.long)
+    # enable_grad: callers (evaluation, predict) usually run under no_grad, and the maps are gradients.
+    with _eval_mode(model), torch.enable_grad():
+        maps = [method(images[i:i + CHUNK], classes[i:i + CHUNK]) for i in range(0, len(images), CHUNK)]
+    if not maps:
+        return torch.zeros(0, *images.shape[2:], device=images.device)
+    return _scale_to_unit(torch.cat(maps)).float()
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    # Each module's own flag is restored, not just the top one: some models keep parts in eval while
+    # training (a frozen backbone's batch norm), which a plain model.train(previous) would undo.
+    modes = {module: module.training for module in model.modules()}
+    model.eval()  # dropout off and batch norm on its running statistics: the map of the model as it predicts
+    try:
+        yield
+    finally:
+        for module, training in modes.items():
+            module.training = training
+
+
+def _class_score(scores: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    # A sum of per-image scores: each image's gradient is its own score's, as images do not interact in eval mode.
+    return scores.gather(1, classes[:, None]).sum()
+
+
+def _gradcam_chunk(model: nn.Module, layer: nn.Module, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    captured: list[torch.Tensor] = []
+
+    def keep(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        if not output.requires_grad:  # a frozen layer on uint8 pixels: the activation itself is what needs grad
+            output.requires_grad_()
+        captured.append(output)
+        # The layers after it get a copy: an in-place activation (ReLU(inplace=True)) would otherwise
+        # overwrite the kept activation, or fail on it when it is a leaf.
+        return output.clone()
+
+    handle = layer.register_forward_hook(keep)
+    try:
+        scores = model(images)
+    finally:
+        handle.remove()
+    if not captured:
+        raise RuntimeError(f"the model's forward never called its last convolution {layer}")
+    activation = captured[-1]  # (n, K, h, w); a layer called twice: the call nearest the scores
+    # autograd.grad rather than backward(): no parameter's .grad is written.
+    (gradient,) = torch.autograd.grad(_class_score(scores, classes), activation)
+    weights = gradient.mean((2, 3), keepdim=True)  # (n, K, 1, 1)
+    cam = torch.relu((weights * activation).sum(1, keepdim=True)).detach()  # (n, 1, h, w)
+    return nn.functional.interpolate(cam, size=images.shape[2:], mode="bilinear", align_corners=False)[:, 0]
+
+
+def _input_gradient_chunk(model: nn.Module, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    pixels = images.float().requires_grad_()  # the same 0..255 values, now differentiable
+    (gradient,) = torch.autograd.grad(_class_score(model(pixels), classes), pixels)
+    return gradient.abs().amax(1)  # (n, H, W)
+
+
+def _scale_to_unit(maps: torch.Tensor) -> torch.Tensor:
+    # Per image by its maximum; an all-zero map (no evidence) stays zero rather than dividing by zero.
+    peak = maps.flatten(1).amax(1).clamp(min=torch.finfo(maps.dtype).tiny)
+    return (maps / peak[:, None, None]).clamp(0, 1)
