@@ -44,7 +44,7 @@ import yaml
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-KEEP = ["dvc.yaml", "params.yaml", "stages", "src", ".dvc", ".dvcignore", ".gitignore"]  # as tests/project.py
+KEEP = ["dvc.yaml", "params.yaml", "excluded.txt", "stages", "src", ".dvc", ".dvcignore", ".gitignore"]  # as tests/project.py
 SIZE = 224  # data.image_size, a side: every image is decoded to 3 x SIZE x SIZE
 IMAGE_BYTES = 3 * SIZE * SIZE
 CLASSES, SEED = 5, 0

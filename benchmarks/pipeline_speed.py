@@ -48,7 +48,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-KEEP = ["dvc.yaml", "params.yaml", "stages", "src", ".dvc", ".dvcignore", ".gitignore"]  # as tests/project.py
+KEEP = ["dvc.yaml", "params.yaml", "excluded.txt", "stages", "src", ".dvc", ".dvcignore", ".gitignore"]  # as tests/project.py
 COLUMNS = ["wall", "start-up", "mlflow import", "work", "tracking", "exit"]
 
 SHIM = """#!/bin/bash

@@ -1,12 +1,12 @@
-"""prepare: select classes, split data/raw/ into stratified train/val/test, measure the training
-split's statistics, and write the data card."""
+"""prepare: select classes, split data/raw/ into stratified train/val/test, leave out of the training split the
+images data.exclude lists, measure the training split's statistics, and write the data card."""
 
 from imgpipe import params as P
 from imgpipe import paths
 from imgpipe.errors import run_stage
 from imgpipe.files import write_json
 from imgpipe.data.imageset import load_fetched
-from imgpipe.data.prepare import data_card, prepare_into
+from imgpipe.data.prepare import data_card, prepare_into, read_excluded
 
 
 def main() -> None:
@@ -20,8 +20,11 @@ def main() -> None:
             test_fraction=P.get(params, "data.test_fraction"),
             seed=P.get(params, "data.seed"),
             classes=P.get(params, "data.classes", None),
+            exclude=read_excluded(paths.ROOT / P.get(params, "data.exclude")),
         )
     card = data_card(prepared, raw.decisions)
+    if prepared.excluded:
+        card["decisions"].append(f"{prepared.excluded} training images listed in {P.get(params, 'data.exclude')} were left out")
     write_json(paths.DATA_CARD, card)
     print(f"train {len(prepared.train)} / val {len(prepared.val)} / test {len(prepared.test)} images; "
           f"mean {[round(m, 4) for m in prepared.mean]}, std {[round(s, 4) for s in prepared.std]}")

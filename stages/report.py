@@ -1,12 +1,15 @@
 """report: every variant side by side in reports/report.md, with its figures in reports/figures/, and
 each variant over its seeds in metrics/variants.json.
 
-Draws the sample grid, the training curves, the reliability diagrams, and per variant (its first seed) a
-confusion matrix, a grid of misclassified test images and where the model looked (metrics/saliency/); the report compares every pair of variants on
-the same test images, read from metrics/predictions/.
+Draws the sample grid, the training curves, the reliability diagrams, the surest label issues
+(metrics/label_issues.csv), and per variant (its first seed) a confusion matrix, a grid of misclassified test
+images and where the model looked (metrics/saliency/); the report compares every pair of variants on the same
+test images, read from metrics/predictions/.
 
 MLflow records it all in the next stage (stages/publish.py), so a report edit does not relog the runs.
 """
+
+import numpy as np
 
 from imgpipe import params as P
 from imgpipe import paths, provenance
@@ -53,13 +56,18 @@ def main() -> None:
             drawn[f"misclassified_{name}"] = figures.misclassified(data["test"], mistakes[name])
             maps = explained[name]
             drawn[f"saliency_{name}"] = figures.explained(data["test"], maps["index"], maps["heat"], maps["captions"])
+        issues = read_csv(paths.LABEL_ISSUES, ("id", "split", "given", "suggested")).head(shown_mistakes)
+        drawn["label_issues"] = figures.labelled(
+            np.stack([data[split].images[index] for split, index in zip(issues["split"], issues["index"])]) if len(issues) else None,
+            [f"{row.id}\n{row.given} -> {row.suggested}?" for row in issues.itertuples()])
         for figure_name, figure in drawn.items():
             figures.save(figure, folder / paths.figure(figure_name).name)
     experiment, optional = P.tracking(params)
     run = {"params_hash": provenance.params_hash(params), "commit": provenance.git_commit(), "dirty": provenance.git_dirty(),
            "experiment": provenance.dvc_experiment(), "versions": provenance.versions(), "mlflow_experiment": experiment}
     write_text(paths.report(), render(P.get(params, "data.dataset"), card, results, run, runs,
-                                           saliency={name: str(maps["method"]) for name, maps in explained.items()}))
+                                           saliency={name: str(maps["method"]) for name, maps in explained.items()},
+                                           label_issues=(read_json(paths.LABEL_ISSUES_SUMMARY), issues, shown_mistakes)))
     write_json(paths.VARIANTS, {name: seed_summary(by_seed) for name, by_seed in runs.items()})
     print(f"wrote {paths.report().relative_to(paths.ROOT)} and {len(drawn)} figures in {paths.FIGURES.relative_to(paths.ROOT)}")
 

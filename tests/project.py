@@ -41,7 +41,7 @@ def copy_project(target: Path, **changes) -> Path:
     """The project's code and configuration, none of its outputs, as a fresh git repository,
     with `section__key=value` changes to params.yaml."""
     target.mkdir(parents=True, exist_ok=True)
-    keep = ["dvc.yaml", "params.yaml", "stages", "src", ".dvc", ".dvcignore", ".gitignore"]
+    keep = ["dvc.yaml", "params.yaml", "excluded.txt", "stages", "src", ".dvc", ".dvcignore", ".gitignore"]
     for name in keep:
         source = REPO / name
         if source.is_dir():

@@ -34,12 +34,12 @@ def project(pipeline):
 def test_every_declared_output_exists(project):
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     stages = set(lock["stages"])
-    assert {f"{stage}@{v}-0" for stage in ("train", "evaluate") for v in VARIANTS} | {"fetch", "prepare", "report", "publish"} == stages
+    assert {f"{stage}@{v}-0" for stage in ("train", "evaluate") for v in VARIANTS} | {"fetch", "prepare", "label_issues", "report", "publish"} == stages
     outs = [out["path"] for stage in lock["stages"].values() for out in stage.get("outs", [])]
     assert outs and all((project / path).exists() for path in outs), [p for p in outs if not (project / p).exists()]
     report = (project / "reports/report.md").read_text()
     assert all(f"| {v} |" in report for v in VARIANTS)
-    figures = ["curves", "reliability", "samples"] + [f"{kind}_{v}" for kind in ("confusion", "misclassified", "saliency")
+    figures = ["curves", "label_issues", "reliability", "samples"] + [f"{kind}_{v}" for kind in ("confusion", "misclassified", "saliency")
                                                       for v in VARIANTS]
     assert sorted(p.stem for p in (project / "reports/figures").iterdir()) == sorted(figures)
     assert all(f"(figures/{name}.png)" in report for name in figures)
@@ -49,6 +49,22 @@ def test_every_declared_output_exists(project):
         assert {"temperature", "val_nll_before_scaling", "val_nll_after_scaling"} <= set(read_json(project / f"metrics/train/{variant}/seed0.json"))
         assert test["model_bytes"] == (project / f"models/{variant}/seed0.pt").stat().st_size
         assert test["device"] == "cpu"  # train.device auto on this machine; the figure names where it was measured
+
+
+def test_the_report_lists_the_possibly_mislabelled_images(project):
+    """Judged by models that did not train on the image; ids name the raw images, the report the surest first."""
+    table = pd.read_csv(project / "metrics/label_issues.csv", dtype={"given": str, "suggested": str})
+    summary = read_json(project / "metrics/label_issues.json")
+    assert list(table.columns) == ["id", "split", "index", "given", "suggested", "given_probability", "suggested_probability", "score"]
+    assert summary["issues"] == len(table) and sum(summary["by_split"].values()) == len(table) == sum(summary["by_class"].values())
+    assert summary["images"] == 1797 and summary["judged_by"] == "cnn" and summary["folds"] == 4
+    assert table["score"].is_monotonic_decreasing and (table["suggested_probability"] > table["given_probability"]).all()
+    assert table["id"].str.fullmatch(r"train:\d+").all()  # digits has one raw split: val and test are carved from it
+    report = (project / "reports/report.md").read_text()
+    section = report[report.index("## Possibly mislabelled"):report.index("## Data")]
+    assert f"**{len(table)}** of 1,797 images are listed" in section and "confident learning" in section
+    if len(table):
+        assert f"| {table['id'][0]} | {table['split'][0]} | {table['given'][0]} | {table['suggested'][0]} |" in section
 
 
 def test_the_report_shows_where_each_model_looked(project):

@@ -174,3 +174,27 @@ def test_prepare_written_a_chunk_at_a_time_equals_prepare_in_memory(tmp_path, mo
     assert (written.mean, written.std, written.class_names) == (in_memory.mean, in_memory.std, ("c", "a"))
     assert written.fingerprint == in_memory.fingerprint  # counted while writing, read from stats.json
     assert load_prepared(tmp_path / "prepared").known_fingerprint == in_memory.fingerprint
+
+def test_listed_images_leave_the_training_split_only(tmp_path):
+    """data.exclude: ids name raw images whatever the split settings; validation and test stay as they were, so the
+    run before and the run after are scored on the same images."""
+    from imgpipe.data.prepare import image_ids, read_excluded
+
+    raw = digits_source(DataConfig()).splits
+    before = prepare_into(raw, tmp_path / "before", 0.15, 0.2, seed=0)
+    ids = {split: image_ids(tmp_path / "before", split) for split in ("train", "val", "test")}
+    assert len(set(np.concatenate(list(ids.values())))) == 1797  # every image once
+    listed = list(ids["train"][:5]) + [ids["test"][0]]  # a test image listed stays in test
+    (tmp_path / "issues.csv").write_text("id,split,given\n" + "".join(f"{i},x,y\n" for i in listed))
+    exclude = read_excluded(tmp_path / "issues.csv")
+    after = prepare_into(raw, tmp_path / "after", 0.15, 0.2, seed=0, exclude=exclude)
+    assert len(after.train) == len(before.train) - 5 and after.excluded == 5
+    assert set(image_ids(tmp_path / "after", "train")) == set(ids["train"][5:])
+    for split in ("val", "test"):
+        assert np.array_equal(getattr(after, split).images, getattr(before, split).images)
+        assert np.array_equal(image_ids(tmp_path / "after", split), ids[split])
+    (tmp_path / "list.txt").write_text("# reviewed\ntrain:3\n\ntrain:7  # a 7 labelled 1\n")
+    assert read_excluded(tmp_path / "list.txt") == {"train:3", "train:7"}
+    (tmp_path / "bad.txt").write_text("train:3\nseven\n")
+    with pytest.raises(InvalidSetting, match=r"bad.txt: .seven. is not an image id \(such as train:1234\)"):
+        read_excluded(tmp_path / "bad.txt")

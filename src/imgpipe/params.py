@@ -18,7 +18,7 @@ from imgpipe.errors import ConfigError, InvalidSetting
 # train@<variant>-<seed> stage per variant and seed, and hands each stage its seed on the command line.
 TRAIN_SETTINGS = tuple(f.name for f in fields(TrainConfig) if f.name != "seed")
 SOURCE_SETTINGS = tuple(f.name for f in fields(DataConfig))
-PREPARE_SETTINGS = ("classes", "val_fraction", "test_fraction", "seed")
+PREPARE_SETTINGS = ("classes", "val_fraction", "test_fraction", "seed", "exclude")
 
 
 def load(path: Path = paths.PARAMS) -> dict:

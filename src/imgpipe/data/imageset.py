@@ -98,6 +98,9 @@ class SplitsWriter:
     def json(self, name: str, data: dict) -> None:
         write_json(self.folder / name, data)
 
+    def array(self, name: str, array: np.ndarray) -> None:
+        np.save(self.folder / name, np.asarray(array))
+
     def add(self, split: str, imageset) -> None:
         """A split: an ImageSet, or any split that writes its images into an array (an image folder's,
         decoded as it is written), a chunk at a time."""

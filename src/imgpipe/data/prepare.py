@@ -5,6 +5,7 @@ split alone, so nothing about validation or test images leaks into training.
 """
 
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -25,6 +26,7 @@ class Prepared:
     mean: tuple[float, ...]  # per channel, pixels scaled to 0..1, training split only
     std: tuple[float, ...]
     known_fingerprint: str | None = None  # as prepare computed it while writing the folder (stats.json)
+    excluded: int = 0  # training images left out because data.exclude listed them
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -197,11 +199,13 @@ def prepare(raw: dict[str, ImageSet], val_fraction: float, test_fraction: float,
 
 
 def prepare_into(raw: dict[str, ImageSet], folder: Path, val_fraction: float, test_fraction: float, seed: int,
-                 classes: list[int | str] | None = None) -> Prepared:
+                 classes: list[int | str] | None = None, exclude: set[str] = frozenset()) -> Prepared:
     """As prepare, written into `folder` a chunk at a time (raw splits memory-mapped: never whole in
     memory), the statistics and the fingerprint counted on the way; the folder is swapped in whole.
-    Returns the prepared folder, memory-mapped."""
+    `exclude`: image ids (see image_ids) left out of the training split. Returns the prepared folder, memory-mapped."""
     plan, names, labels = plan_splits(raw, val_fraction, test_fraction, seed, classes)
+    listed = len(plan["train"].indices)
+    plan["train"] = without(plan["train"], exclude)
     shape = raw["train"].image_shape
     digest, counts = hashlib.blake2b(digest_size=8), np.zeros((shape[0], 256), dtype=np.int64)
     with writing_splits(folder, names, labels) as writer:
@@ -217,14 +221,53 @@ def prepare_into(raw: dict[str, ImageSet], folder: Path, val_fraction: float, te
             images.flush()
             del images  # unmapped: the file is complete
             writer.labels(split, selection.labels)
+            writer.array(f"{split}.ids.npy", selection.indices)
             digest.update(selection.labels.astype(np.int64).tobytes())
         mean, std = stats_of(counts)
         writer.json(STATS_FILE, _stats(names, shape, mean, std, {split: len(plan[split].indices) for split in SPLITS},
-                                       digest.hexdigest()))
+                                       digest.hexdigest()) | {"sources": {split: plan[split].source for split in SPLITS},
+                                                            "excluded": listed - len(plan["train"].indices)})
     return load_prepared(folder)
 
 
+def without(selection: Selection, exclude: set[str]) -> Selection:
+    """The selection less the images whose ids are listed."""
+    if not exclude:
+        return selection
+    ids = np.array([f"{selection.source}:{index}" for index in selection.indices])
+    return selection.take(np.flatnonzero(~np.isin(ids, list(exclude))))
+
+
+def image_ids(folder: Path, split: str) -> np.ndarray:
+    """Each image's id in a prepared split: `<raw split>:<index there>` (train:1234), which names the same image
+    whatever the split settings, so a list of ids can be left out of a later run's training (data.exclude)."""
+    source = read_json(folder / STATS_FILE).get("sources", {}).get(split)
+    indices = folder / f"{split}.ids.npy"
+    if source is None or not indices.exists():
+        raise ImgpipeError(f"{folder}: prepared by an older imgpipe, without image ids; run the prepare stage again (dvc repro)")
+    return np.array([f"{source}:{index}" for index in np.load(indices)])
+
+
+def read_excluded(path: Path) -> set[str]:
+    """The image ids a file lists: one per line (# starts a comment), or a CSV with an `id` column
+    (metrics/label_issues.csv, or a copy of it kept to the rows you agree with)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as error:
+        raise ImgpipeError(f"{path}: cannot read the list of images to exclude ({error.strerror})") from None
+    rows = [line.split("#")[0].strip() for line in lines]
+    rows = [row for row in rows if row]
+    if rows and "," in rows[0]:
+        header = rows[0].split(",")
+        require("id" in header, "exclude", f"{path}: a CSV must have an 'id' column; it has {', '.join(header)}")
+        rows = [row.split(",")[header.index("id")] for row in rows[1:]]
+    bad = next((row for row in rows if not IMAGE_ID.fullmatch(row)), None)
+    require(bad is None, "exclude", f"{path}: {bad!r} is not an image id (such as train:1234)")
+    return set(rows)
+
+
 STATS_FILE = "stats.json"
+IMAGE_ID = re.compile(r"(train|val|test):\d+")
 
 
 def _stats(names, shape, mean, std, counts: dict[str, int], fingerprint: str) -> dict:
@@ -245,7 +288,7 @@ def load_prepared(folder: Path) -> Prepared:
     """The prepared splits, memory-mapped, with their statistics and fingerprint."""
     stats = read_json(folder / STATS_FILE)
     return Prepared(**load_splits(folder), mean=tuple(stats["mean"]), std=tuple(stats["std"]),
-                    known_fingerprint=stats.get("fingerprint"))
+                    known_fingerprint=stats.get("fingerprint"), excluded=stats.get("excluded", 0))
 
 
 FEW_EXAMPLES = 5  # a class with fewer images than this in a split is flagged on the data card

@@ -148,6 +148,13 @@ def explained(images: ImageSet, index: np.ndarray, heat: np.ndarray, captions: l
     return _captioned(tiles, captions, columns)
 
 
+def labelled(tiles: np.ndarray | None, captions: list[str], columns: int = 8) -> Figure:
+    """Images (N, C, H, W) with a two-line caption each (the possibly mislabelled ones: id, given -> likely)."""
+    if tiles is None or not len(tiles):
+        return _nothing("no possibly mislabelled images")
+    return _captioned(tiles, captions, columns)
+
+
 def _nothing(text: str) -> Figure:
     figure = Figure(figsize=(4, 0.6))
     figure.text(0.5, 0.5, text, ha="center", va="center", fontsize=12)

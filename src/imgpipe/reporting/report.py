@@ -352,10 +352,39 @@ def saliency_section(methods: dict[str, str]) -> list[str]:
     return lines
 
 
+def label_issues_section(summary: dict | None, table: pd.DataFrame | None, shown: int) -> list[str]:
+    """The possibly mislabelled images: how many, where, the surest of them, and what to do about them."""
+    if summary is None:
+        return []
+    by_split = ", ".join(f"{count} in {split}" for split, count in summary["by_split"].items())
+    classes = {name: count for name, count in summary["by_class"].items() if count}
+    lines = ["## Possibly mislabelled", "",
+             f"Model problem or label problem? {summary['method']} The judges are {summary['judged_by']}'s trained checkpoints "
+             f"for the validation and test images and {summary['folds']} cross-fitted {summary['judged_by']} models for the "
+             f"training images, so no image is judged by a model that trained on it.", "",
+             f"**{summary['issues']}** of {summary['images']:,} images are listed ({by_split}), in "
+             f"`{paths.LABEL_ISSUES.relative_to(paths.ROOT).as_posix()}`, surest first."]
+    if classes:
+        lines += ["", "| given class | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes),
+                  "| listed | " + " | ".join(str(count) for count in classes.values()) + " |"]
+    if table is not None and len(table):
+        lines += ["", "| id | split | given | likely | p(given) | p(likely) |", "|---|---|---|---|---:|---:|"]
+        lines += [f"| {row.id} | {row.split} | {row.given} | {row.suggested} | {row.given_probability:.3f} | "
+                  f"{row.suggested_probability:.3f} |" for row in table.head(10).itertuples()]
+        lines += ["", f"![the {min(shown, len(table))} surest label issues]({_link('label_issues')})"]
+    lines += ["", "A listed image is worth a look, not proof: a wrong label, an ambiguous image, or a model's blind spot. "
+              "To train without the ones you judge mislabelled, list their ids in the file `data.exclude` names "
+              "(`excluded.txt`) and run again: only the training split loses them, so both runs are scored on the same "
+              "test images (`dvc exp show`, `dvc metrics diff`).", ""]
+    return lines
+
+
 def render(dataset: str, card: dict, results: dict[str, VariantResult], provenance: dict,
-           runs: dict[str, dict[int, VariantResult]] | None = None, *, saliency: dict[str, str] | None = None) -> str:
+           runs: dict[str, dict[int, VariantResult]] | None = None, *, saliency: dict[str, str] | None = None,
+           label_issues: tuple[dict, pd.DataFrame, int] | None = None) -> str:
     """results: each variant's run shown in detail (its first seed); runs: every variant's run per seed;
-    saliency: the method of each variant's saliency maps (figures saliency_<variant>)."""
+    saliency: the method of each variant's saliency maps (figures saliency_<variant>); label_issues: the summary, the
+    list and how many of it the figure label_issues shows."""
     runs = runs or {variant: {0: result} for variant, result in results.items()}
     seeds = len(next(iter(runs.values())))
     first_seed = next(iter(next(iter(runs.values()))))
@@ -409,6 +438,7 @@ def render(dataset: str, card: dict, results: dict[str, VariantResult], provenan
     for variant in results:
         sections += [f"### {variant}", "", f"![misclassified by {variant}]({_link(f'misclassified_{variant}')})", ""]
     sections += saliency_section(saliency or {})
+    sections += label_issues_section(*(label_issues or (None, None, 0)))
     sections += [
         "## Data",
         "",

@@ -83,7 +83,8 @@ def add_evaluations(run_ids: dict[tuple[str, int], str], results: dict[tuple[str
     for (name, seed), result in results.items():
         metrics = {f"test_{key}": value for key, value in runs.numeric(result.test).items()}
         artifacts = {"predictions": paths.predictions(name, seed), "classes": paths.class_scores(name, seed),
-                     "confusion": paths.confusion(name, seed), "report": paths.report(), "report/figures": paths.FIGURES}
+                     "confusion": paths.confusion(name, seed), "report": paths.report(), "report/figures": paths.FIGURES,
+                     "report/label_issues": paths.LABEL_ISSUES}
         tags = {"imgpipe.test_device": result.test.get("device", "unknown")}
         if runs.publish_evaluation(run_ids[name, seed], metrics, artifacts, tags):
             print(f"{name} seed {seed}: evaluation and report added to MLflow run {run_ids[name, seed]}")

@@ -1,0 +1,69 @@
+"""label_issues: model problem or label problem? Lists the images of every split whose given label the models
+find very unlikely, judged only by models that did not train on the image: the label_issues.variant's trained
+checkpoints (every seed's probabilities, averaged) for the validation and test images, and the same recipe
+cross-fitted for the training images (label_issues.folds models, each trained on the other folds).
+
+Writes metrics/label_issues.csv (surest first: id, split, index, given and suggested class, their probabilities)
+and metrics/label_issues.json (how many, per split and per given class, and the method). List ids in the file
+data.exclude names to leave those images out of the next run's training.
+"""
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+
+from imgpipe import params as P
+from imgpipe import paths
+from imgpipe.data.prepare import image_ids, load_prepared
+from imgpipe.device import pick_device
+from imgpipe.errors import ConfigError, run_stage
+from imgpipe.evaluation import label_issues
+from imgpipe.files import write_csv, write_json
+from imgpipe.models.checkpoint import load_checkpoint
+from imgpipe.models.inference import logits_in_chunks
+from imgpipe.training.loop import train
+
+
+def probabilities(model, images: np.ndarray, device) -> np.ndarray:
+    return logits_in_chunks(model.to(device), images, device).softmax(1).cpu().numpy()
+
+
+def main() -> None:
+    params = P.load()
+    name, folds = P.get(params, "label_issues.variant"), P.whole_number(params, "label_issues.folds", minimum=2)
+    seeds = P.seeds(params)
+    if name not in P.get(params, "train.variants"):
+        raise ConfigError(f"params.yaml: label_issues.variant: {name!r} is not among train.variants "
+                          f"({', '.join(P.get(params, 'train.variants'))})")
+    variant, data = P.variant(params, name, seeds[0]), load_prepared(paths.PREPARED)
+    device = pick_device(variant.config.device)
+    judged = {split: np.mean([probabilities(load_checkpoint(paths.checkpoint(name, seed))[0], getattr(data, split).images, device)
+                              for seed in seeds], axis=0)
+              for split in ("val", "test")}
+
+    def fold(train_rows: np.ndarray, held_rows: np.ndarray) -> np.ndarray:
+        print(f"{name}: cross-fitting, {len(train_rows)} training images for the other {len(held_rows)}", flush=True)
+        part = dataclasses.replace(data, train=data.train.subset(train_rows), known_fingerprint=None)
+        model = train(variant.model, variant.settings, part, variant.config).model
+        return probabilities(model, data.train.images[held_rows], device)
+
+    judged["train"] = label_issues.out_of_fold(fold, data.train.labels, folds, variant.config.seed, len(data.class_names))
+    found = {split: label_issues.find_label_issues(judged[split], getattr(data, split).labels) for split in ("train", "val", "test")}
+    table = pd.DataFrame([row for split, issues in found.items()
+                          for row in label_issues.rows(split, image_ids(paths.PREPARED, split), issues, data.class_names)],
+                         columns=["id", "split", "index", "given", "suggested", "given_probability", "suggested_probability", "score"])
+    table = table.sort_values(["score", "id"], ascending=[False, True], kind="stable")
+    write_csv(paths.LABEL_ISSUES, table)
+    write_json(paths.LABEL_ISSUES_SUMMARY, {
+        "images": sum(len(getattr(data, split)) for split in found), "issues": len(table), "judged_by": name, "folds": folds,
+        "by_split": {split: len(issues) for split, issues in found.items()},
+        "by_class": {cls: int(count) for cls, count in zip(data.class_names, sum(i.counts(len(data.class_names)) for i in found.values()))},
+        "method": label_issues.METHOD,
+    })
+    print(f"{len(table)} possibly mislabelled images of {sum(len(getattr(data, s)) for s in found)} "
+          f"({', '.join(f'{split} {len(issues)}' for split, issues in found.items())}) -> {paths.LABEL_ISSUES.relative_to(paths.ROOT)}")
+
+
+if __name__ == "__main__":
+    run_stage(main)
