@@ -1,7 +1,8 @@
 """label_issues: model problem or label problem? Lists the images of every split whose given label the models
 find very unlikely, judged only by models that did not train on the image: the label_issues.variant's trained
 checkpoints (every seed's probabilities, averaged) for the validation and test images, and the same recipe
-cross-fitted for the training images (label_issues.folds models, each trained on the other folds).
+cross-fitted for the training images (label_issues.folds models, each trained on the other folds and, as the
+checkpoints are, calibrated on the validation split).
 
 Writes metrics/label_issues.csv (surest first: id, split, index, given and suggested class, their probabilities)
 and metrics/label_issues.json (how many, per split and per given class, and the method). List ids in the file
@@ -19,6 +20,7 @@ from imgpipe.data.prepare import image_ids, load_prepared
 from imgpipe.device import pick_device
 from imgpipe.errors import ConfigError, run_stage
 from imgpipe.evaluation import label_issues
+from imgpipe.evaluation.calibration import calibrate
 from imgpipe.files import write_csv, write_json
 from imgpipe.models.checkpoint import load_checkpoint
 from imgpipe.models.inference import logits_in_chunks
@@ -46,6 +48,7 @@ def main() -> None:
         print(f"{name}: cross-fitting, {len(train_rows)} training images for the other {len(held_rows)}", flush=True)
         part = dataclasses.replace(data, train=data.train.subset(train_rows), known_fingerprint=None)
         model = train(variant.model, variant.settings, part, variant.config).model
+        calibrate(model, data.val, device)  # as the checkpoints are: a model sure of its training images says 1.0 to all
         return probabilities(model, data.train.images[held_rows], device)
 
     judged["train"] = label_issues.out_of_fold(fold, data.train.labels, folds, variant.config.seed, len(data.class_names))

@@ -46,7 +46,8 @@ PIPELINE_VARIANTS = ["centroid", "cnn"]
 def pipeline(tmp_path_factory):
     """A copy of the project after `dvc repro` (outputs, dvc.lock, MLflow store): read it, or fork it
     (project.fork) to change it."""
-    root = copy_project(tmp_path_factory.mktemp("pipeline"), train__epochs=2, train__variants=PIPELINE_VARIANTS)
+    root = copy_project(tmp_path_factory.mktemp("pipeline"), train__epochs=2, train__variants=PIPELINE_VARIANTS,
+                        label_issues__folds=2)
     run(["dvc", "repro"], root)
     return root
 

@@ -1,6 +1,8 @@
 """Builders of real-format dataset files for tests: CSV pixel tables and image folders
 (IDX files come from imgpipe.data.sources.idx.write_idx)."""
 
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -32,3 +34,11 @@ def small_digits(n: int = 40, size: int = 8, seed: int = 0) -> tuple[np.ndarray,
     """n random 1-channel images with labels cycling through 4 classes."""
     rng = np.random.default_rng(seed)
     return rng.integers(0, 256, (n, 1, size, size), dtype=np.uint8), np.arange(n) % 4
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG of a few bytes that claims width x height: a decompression bomb, refused from its header."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")

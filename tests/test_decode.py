@@ -2,13 +2,12 @@
 predict and the served model; other formats as before; a decompression bomb refused in one line."""
 
 import base64
-import struct
 import sys
-import zlib
 
 import numpy as np
 import pandas as pd
 import pytest
+from datafiles import png_header
 from PIL import Image
 
 from imgpipe.config import DataConfig
@@ -98,20 +97,12 @@ def test_fetch_predict_and_the_served_model_read_a_jpeg_alike(tmp_path, photo_jp
     assert not np.array_equal(fetched, decode(file, channels, shape[1:], background, reduced=False))  # reduced, all three
 
 
-def _png_header(width: int, height: int) -> bytes:
-    """A 1-bit greyscale PNG that claims width x height: PIL refuses it from the header, before decoding."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
-
-
 @pytest.mark.parametrize("channels", [None, 3])  # None: refused as fetch looks at every file's mode; 3: as it decodes
 def test_a_decompression_bomb_fails_in_one_line_naming_the_file(tmp_path, channels):
     assert 20_000 * 20_000 > 2 * Image.MAX_IMAGE_PIXELS  # PIL's own limit, unchanged
     (tmp_path / "photos" / "a").mkdir(parents=True)
     bomb = tmp_path / "photos" / "a" / "bomb.png"
-    bomb.write_bytes(_png_header(20_000, 20_000))
+    bomb.write_bytes(png_header(20_000, 20_000))
     Image.new("RGB", (8, 8)).save(tmp_path / "photos" / "a" / "fine.png")
     expected = (f"{bomb}: too many pixels (400,000,000 pixels, more than {2 * Image.MAX_IMAGE_PIXELS:,}, "
                 "PIL's guard against decompression bombs); shrink or remove it")

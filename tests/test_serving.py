@@ -3,12 +3,11 @@ prepare would make of them. The real `mlflow models serve` answers in test_track
 
 import base64
 import io
-import struct
-import zlib
 
 import numpy as np
 import pandas as pd
 import pytest
+from datafiles import png_header
 from PIL import Image
 
 from imgpipe.errors import ImgpipeError
@@ -58,12 +57,7 @@ def _file(image: np.ndarray) -> io.BytesIO:
 
 
 def _png_header(width: int, height: int) -> str:
-    """A base64 PNG of a few bytes that claims width x height: a decompression bomb, refused from its header."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return base64.b64encode(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b""))
-                            + chunk(b"IEND", b"")).decode()
+    return base64.b64encode(png_header(width, height)).decode()
 
 
 GOOD = _encoded(Image.new("L", (8, 8)))

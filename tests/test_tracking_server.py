@@ -18,7 +18,7 @@ import pytest
 import torch
 from agreement import disagreements
 from conftest import PIPELINE_VARIANTS as VARIANTS
-from datafiles import write_image_folder
+from datafiles import png_header, write_image_folder
 from project import edit_params, fork, read_json, run
 from servers import serve_model
 
@@ -100,10 +100,22 @@ def test_the_candidate_is_promoted_and_served_to_image_files(project, tracking_s
         assert all(0 < row["confidence"] <= 1 and row["top2_confidence"] <= row["confidence"] for row in served)
         # Pixel arrays, (N, C, H, W) as prepare stores them, get the same answer.
         assert _post(url, {"inputs": test.images[:20].tolist()}) == served[:20]
+        good = encoded[0]["image"]
+        bad_requests = {  # each answered with HTTP 400 and one line naming the image: no stack trace, no echoed payload
+            "image 1: not a readable image file (cannot identify image file)":
+                {"dataframe_records": [{"image": good}, {"image": base64.b64encode(b"not a picture").decode()}]},
+            "image 0: too many pixels (20000x20000, more than 50,000,000)": {"dataframe_records": [{"image": base64.b64encode(png_header(20_000, 20_000)).decode()}]},
+            "image 2: not base64 text (send each image file base64-encoded)":
+                {"dataframe_records": [{"image": good}, {"image": good}, {"image": "this is not base64!"}]},
+        }
+        for message, payload in bad_requests.items():
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                _post(url, payload)
+            assert refused.value.code == 400 and json.load(refused.value)["message"] == message
         with pytest.raises(urllib.error.HTTPError) as refused:
-            _post(url, {"dataframe_records": [{"image": base64.b64encode(b"not a picture").decode()}]})
+            _post(url, {"inputs": [[[0] * 8] * 8, [[300] + [0] * 7] + [[0] * 8] * 7]})
         assert refused.value.code == 400
-        assert json.load(refused.value)["message"] == "image 0: not a readable image file (cannot identify image file)"
+        assert json.load(refused.value)["message"].startswith("image 1: pixels must be whole numbers 0..255, found 300")
     finally:
         process.terminate()
         process.wait(timeout=30)
