@@ -379,20 +379,12 @@ def label_issues_section(summary: dict | None, table: pd.DataFrame | None, shown
     return lines
 
 
-def render(dataset: str, card: dict, results: dict[str, VariantResult], provenance: dict,
-           runs: dict[str, dict[int, VariantResult]] | None = None, *, saliency: dict[str, str] | None = None,
-           label_issues: tuple[dict, pd.DataFrame, int] | None = None) -> str:
-    """results: each variant's run shown in detail (its first seed); runs: every variant's run per seed;
-    saliency: the method of each variant's saliency maps (figures saliency_<variant>); label_issues: the summary, the
-    list and how many of it the figure label_issues shows."""
-    runs = runs or {variant: {0: result} for variant, result in results.items()}
-    seeds = len(next(iter(runs.values())))
-    first_seed = next(iter(next(iter(runs.values()))))
-    test_images = card["splits"]["test"]["images"]
-    tests = paired_tests({variant: result.correct for variant, result in results.items()})
+def comparison_sections(results: dict[str, VariantResult], runs: dict[str, dict[int, VariantResult]],
+                        tests: list[PairedTest], test_images: int) -> list[str]:
+    """The variants side by side, which of their differences are real, and their spread over the seeds."""
+    seeds, first_seed = len(next(iter(runs.values()))), next(iter(next(iter(runs.values()))))
     ci = f"{CONFIDENCE:.0%} CI"
-    sections = [
-        *headline(dataset, card, runs, tests),
+    return [
         "## Variants",
         "",
         comparison_table(results),
@@ -414,7 +406,12 @@ def render(dataset: str, card: dict, results: dict[str, VariantResult], provenan
         "",
         seeds_section(runs),
         "",
-        *calibration_section(results),
+    ]
+
+
+def per_variant_sections(results: dict[str, VariantResult]) -> list[str]:
+    """Training curves, confusion matrices, F1 per class and the most confident mistakes of each variant."""
+    sections = [
         "## Training curves",
         "",
         f"![loss and accuracy per epoch]({_link('curves')})",
@@ -437,9 +434,24 @@ def render(dataset: str, card: dict, results: dict[str, VariantResult], provenan
     ]
     for variant in results:
         sections += [f"### {variant}", "", f"![misclassified by {variant}]({_link(f'misclassified_{variant}')})", ""]
-    sections += saliency_section(saliency or {})
-    sections += label_issues_section(*(label_issues or (None, None, 0)))
-    sections += [
+    return sections
+
+
+def render(dataset: str, card: dict, results: dict[str, VariantResult], provenance: dict,
+           runs: dict[str, dict[int, VariantResult]] | None = None, *, saliency: dict[str, str] | None = None,
+           label_issues: tuple[dict, pd.DataFrame, int] | None = None) -> str:
+    """results: each variant's run shown in detail (its first seed); runs: every variant's run per seed;
+    saliency: the method of each variant's saliency maps (figures saliency_<variant>); label_issues: the summary, the
+    list and how many of it the figure label_issues shows."""
+    runs = runs or {variant: {0: result} for variant, result in results.items()}
+    tests = paired_tests({variant: result.correct for variant, result in results.items()})
+    sections = [
+        *headline(dataset, card, runs, tests),
+        *comparison_sections(results, runs, tests, card["splits"]["test"]["images"]),
+        *calibration_section(results),
+        *per_variant_sections(results),
+        *saliency_section(saliency or {}),
+        *label_issues_section(*(label_issues or (None, None, 0))),
         "## Data",
         "",
         data_card_section(card),
