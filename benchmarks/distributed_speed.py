@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from imgpipe.config import TrainConfig
-from imgpipe.training.distributed import torchrun_command
 from imgpipe.data.imageset import ImageSet
 from imgpipe.data.prepare import prepare, save_prepared
+from imgpipe.training.distributed import torchrun_command
 
 RANK = """
 import json, sys, torch

@@ -35,12 +35,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from imgpipe.config import DataConfig, TrainConfig
-from imgpipe.device import describe, has_native_bf16, pick_device
 from imgpipe.data.imageset import ImageSet
-from imgpipe.models.inference import logits_in_chunks
-from imgpipe.models.networks import TinyVGG
 from imgpipe.data.prepare import Prepared, channel_stats, stratified_split
 from imgpipe.data.sources import fetch
+from imgpipe.device import describe, has_native_bf16, pick_device
+from imgpipe.models.inference import logits_in_chunks
+from imgpipe.models.networks import TinyVGG
 from imgpipe.training.loop import train
 
 FASHION = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "fashion-mnist"

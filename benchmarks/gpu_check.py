@@ -58,12 +58,12 @@ from fashion_mnist import CLASSES, FASHION, MODEL_C, RECIPE_B, RECIPE_C, TINYVGG
 from torch import nn
 
 from imgpipe.config import DataConfig, TrainConfig
-from imgpipe.training.distributed import join, torchrun_command
 from imgpipe.data.imageset import ImageSet
-from imgpipe.models.inference import predict_logits
-from imgpipe.models.networks import Classifier, build_model
 from imgpipe.data.prepare import Prepared, channel_stats
 from imgpipe.data.sources import fetch
+from imgpipe.models.inference import predict_logits
+from imgpipe.models.networks import Classifier, build_model
+from imgpipe.training.distributed import join, torchrun_command
 from imgpipe.training.loop import TrainResult, train, trains_in_bf16
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -177,6 +177,7 @@ def run_measured(argv: list[str], project: Path, env: dict, logs: Path, name: st
 def throughput(runs: int) -> dict[str, dict[bool, list[float]]]:
     """Per variant, training images/s over `runs` 1-epoch runs with data_on_device True and False."""
     from imgpipe import params as P
+    from imgpipe import settings
     from imgpipe.config import TrainConfig
     from imgpipe.data.imageset import ImageSet
     from imgpipe.data.prepare import load_prepared, prepare, save_prepared
@@ -192,7 +193,7 @@ def throughput(runs: int) -> dict[str, dict[bool, list[float]]]:
         save_prepared(prepare(raw, 0.15, 0.2, SEED), Path(tmp) / "prepared")
         data = load_prepared(Path(tmp) / "prepared")  # memory-mapped; the resident runs copy it to the device
         for name in VARIANTS:
-            variant, rates[name] = P.variant(params, name, SEED), {True: [], False: []}
+            variant, rates[name] = settings.variant(params, name, SEED), {True: [], False: []}
             print(f"{name}: {variant.model} {variant.settings}, batch_size {variant.config.batch_size}, "
                   f"stream_workers {getattr(variant.config, 'stream_workers', 'n/a')} (params.yaml)", flush=True)
             for _ in range(runs):

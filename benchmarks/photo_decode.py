@@ -34,9 +34,9 @@ import numpy as np
 from PIL import Image
 
 from imgpipe.config import DataConfig
-from imgpipe.data.imageset import save_fetched
 from imgpipe.data import decode as decoding
 from imgpipe.data.decode import decode
+from imgpipe.data.imageset import save_fetched
 
 # The module, not the function the package re-exports under the same name: fetch_seconds patches it.
 image_folder = sys.modules["imgpipe.data.sources.image_folder"]

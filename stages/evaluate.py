@@ -16,15 +16,21 @@ import torch
 
 from imgpipe import params as P
 from imgpipe import paths
-from imgpipe.models.checkpoint import load_checkpoint
+from imgpipe.data.prepare import load_prepared
 from imgpipe.device import describe, pick_device
 from imgpipe.errors import ImgpipeError, run_stage
-from imgpipe.evaluation.evaluate import (class_table, confusion_table, evaluate, examples_to_explain, predictions_table,
-                                         reliability_table)
+from imgpipe.evaluation.evaluate import (
+    class_table,
+    confusion_table,
+    evaluate,
+    examples_to_explain,
+    predictions_table,
+    reliability_table,
+)
 from imgpipe.evaluation.saliency import saliency
-from imgpipe.files import write_arrays, write_csv, write_json
-from imgpipe.data.prepare import load_prepared
 from imgpipe.evaluation.scores import most_confused
+from imgpipe.files import write_arrays, write_csv, write_json
+from imgpipe.models.checkpoint import load_checkpoint
 
 
 def main() -> None:

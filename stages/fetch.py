@@ -2,14 +2,14 @@
 and the decisions the source made about them, for the data card)."""
 
 from imgpipe import params as P
-from imgpipe import paths
-from imgpipe.errors import run_stage
+from imgpipe import paths, settings
 from imgpipe.data.imageset import save_fetched
 from imgpipe.data.sources import fetch_dataset
+from imgpipe.errors import run_stage
 
 
 def main() -> None:
-    config = P.data_config(P.load())
+    config = settings.data_config(P.load())
     with P.reported_as("data"):
         fetched = fetch_dataset(config)
     save_fetched(fetched, paths.RAW)

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from imgpipe import params as P
-from imgpipe import paths
+from imgpipe import paths, settings
 from imgpipe.data.prepare import image_ids, load_prepared
 from imgpipe.device import pick_device
 from imgpipe.errors import ConfigError, run_stage
@@ -38,7 +38,7 @@ def main() -> None:
     if name not in P.get(params, "train.variants"):
         raise ConfigError(f"params.yaml: label_issues.variant: {name!r} is not among train.variants "
                           f"({', '.join(P.get(params, 'train.variants'))})")
-    variant, data = P.variant(params, name, seeds[0]), load_prepared(paths.PREPARED)
+    variant, data = settings.variant(params, name, seeds[0]), load_prepared(paths.PREPARED)
     device = pick_device(variant.config.device)
     judged = {split: np.mean([probabilities(load_checkpoint(paths.checkpoint(name, seed))[0], getattr(data, split).images, device)
                               for seed in seeds], axis=0)

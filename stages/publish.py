@@ -7,7 +7,7 @@ reports/mlflow_runs.json. A run is made once per training: publishing again find
 import functools
 
 from imgpipe import params as P
-from imgpipe import paths
+from imgpipe import paths, settings
 from imgpipe.errors import run_stage
 from imgpipe.evaluation.results import load_results
 from imgpipe.files import write_json
@@ -18,7 +18,7 @@ def main() -> None:
     params = P.load()
     experiment, optional = P.tracking(params)
     results = load_results(P.get(params, "train.variants"), P.seeds(params))
-    record = publish(experiment, results, params=params, optional=optional, variant=functools.partial(P.variant, params))
+    record = publish(experiment, results, params=params, optional=optional, variant=functools.partial(settings.variant, params))
     write_json(paths.MLFLOW_RUNS, record)
 
 

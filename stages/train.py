@@ -12,16 +12,15 @@ import sys
 from datetime import datetime, timezone
 
 from imgpipe import params as P
-from imgpipe import paths
-from imgpipe.training import distributed
-from imgpipe.training import gpus
-from imgpipe.evaluation.calibration import calibrate
-from imgpipe.models.checkpoint import save_checkpoint
+from imgpipe import paths, settings
+from imgpipe.data.prepare import load_prepared
 from imgpipe.device import pick_device
 from imgpipe.errors import ImgpipeError, run_stage
+from imgpipe.evaluation.calibration import calibrate
 from imgpipe.files import write_json
+from imgpipe.models.checkpoint import save_checkpoint
 from imgpipe.models.networks import fitted_by_name
-from imgpipe.data.prepare import load_prepared
+from imgpipe.training import distributed, gpus
 from imgpipe.training.loop import train, write_curves
 
 
@@ -30,8 +29,8 @@ def main() -> None:
         raise ImgpipeError("usage: python stages/train.py VARIANT SEED (one of params.yaml train.variants and train.seeds)")
     name, seed = sys.argv[1], P.seed_argument(sys.argv[2])
     params = P.load()
-    variant = P.variant(params, name, seed)
-    with P.reported_as(P.section_of(params, name, "device")):  # fail now, naming the key, if the device is absent
+    variant = settings.variant(params, name, seed)
+    with P.reported_as(settings.section_of(params, name, "device")):  # fail now, naming the key, if the device is absent
         device_type = pick_device(variant.config.device).type
     processes = distributed.device_count(variant.config.devices, device_type)
     if processes > 1 and fitted_by_name(variant.model):
@@ -58,7 +57,7 @@ def main() -> None:
     calibration = calibrate(result.model, data.val, result.model.mean.device)
     save_checkpoint(paths.checkpoint(name, seed), result.model, model_name=variant.model, model_settings=variant.settings,
                     image_shape=data.image_shape, class_names=data.class_names, config=variant.config,
-                    background=P.data_config(params).background)
+                    background=settings.data_config(params).background)
     write_curves(paths.curves(name, seed), result.history)
     metrics = result.summary() | {"temperature": calibration.temperature, "val_nll_before_scaling": calibration.nll_before,
                                   "val_nll_after_scaling": calibration.nll_after}

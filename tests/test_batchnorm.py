@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from imgpipe.models import networks as models
-from imgpipe.training.batchnorm import learning_norms, reestimate
 from imgpipe.config import TrainConfig
+from imgpipe.models import networks as models
 from imgpipe.models.inference import predict_logits
+from imgpipe.training.batchnorm import learning_norms, reestimate
 
 FAST = TrainConfig(epochs=3, batch_size=64, lr=0.01, device="cpu", precision="fp32")
 

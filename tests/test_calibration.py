@@ -7,18 +7,17 @@ import pandas as pd
 import pytest
 import torch
 from datafiles import write_image_folder
+from test_report import CARD, RESULTS, RUN
 
-from imgpipe.reporting import figures
-from imgpipe.evaluation.calibration import calibrate, confidences, expected_calibration_error, fit_temperature, nll, reliability
-from imgpipe.models.checkpoint import load_checkpoint, save_checkpoint
 from imgpipe.config import TrainConfig
+from imgpipe.evaluation.calibration import calibrate, confidences, expected_calibration_error, fit_temperature, nll, reliability
 from imgpipe.evaluation.evaluate import evaluate, reliability_table
+from imgpipe.models.checkpoint import load_checkpoint, save_checkpoint
 from imgpipe.models.networks import Classifier, LinearNet
 from imgpipe.predict import main
+from imgpipe.reporting import figures
 from imgpipe.reporting.report import comparison_table, render
 from imgpipe.training.loop import train
-
-from test_report import CARD, RESULTS, RUN
 
 
 def ece_by_loop(confidence, correct, bins=15) -> float:

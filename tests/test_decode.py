@@ -11,13 +11,13 @@ from datafiles import png_header
 from PIL import Image
 
 from imgpipe.config import DataConfig
+from imgpipe.data import decode as decoding
+from imgpipe.data.decode import decode
+from imgpipe.data.imageset import save_fetched
+from imgpipe.data.sources import fetch, fetch_dataset
 from imgpipe.errors import ImgpipeError
 from imgpipe.predict import read_images
 from imgpipe.serving.model import read_request
-from imgpipe.data.imageset import save_fetched
-from imgpipe.data.sources import fetch, fetch_dataset
-from imgpipe.data import decode as decoding
-from imgpipe.data.decode import decode
 
 image_folder = sys.modules["imgpipe.data.sources.image_folder"]  # the package names its function so too
 WHITE = (255, 255, 255)

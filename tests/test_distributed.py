@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from imgpipe.config import TrainConfig
-from imgpipe.training.distributed import ProcessGroup, torchrun_command
 from imgpipe.data.prepare import load_prepared, save_prepared
+from imgpipe.training.distributed import ProcessGroup, torchrun_command
 from imgpipe.training.loop import train
 
 # An odd global batch: the ranks' shares differ by one image, and the last batch is shorter still.

@@ -7,8 +7,15 @@ from scipy import stats as sp
 from sklearn import metrics as sk
 
 from imgpipe.config import TrainConfig
-from imgpipe.evaluation.evaluate import (Evaluation, class_table, confusion_table, evaluate, examples_to_explain,
-                                         predictions_table, top_k_accuracy)
+from imgpipe.evaluation.evaluate import (
+    Evaluation,
+    class_table,
+    confusion_table,
+    evaluate,
+    examples_to_explain,
+    predictions_table,
+    top_k_accuracy,
+)
 from imgpipe.evaluation.scores import confusion_matrix, most_confused, per_class_scores
 from imgpipe.evaluation.stats import bootstrap_macro_f1_interval
 from imgpipe.training.loop import train

@@ -8,8 +8,8 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
-from imgpipe.reporting import figures
 from imgpipe.data.imageset import ImageSet
+from imgpipe.reporting import figures
 
 LETTERS = tuple(f"{letter}{'-sign' * (i % 3)}" for i, letter in enumerate(string.ascii_uppercase))  # 26 classes
 

@@ -19,9 +19,9 @@ from datafiles import small_digits
 
 from imgpipe import paths
 from imgpipe.config import DataConfig
-from imgpipe.errors import ImgpipeError
 from imgpipe.data.sources import downloads, fetch
 from imgpipe.data.sources.idx import write_idx
+from imgpipe.errors import ImgpipeError
 
 FASHION_MNIST = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "fashion-mnist"
 FASHION_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")

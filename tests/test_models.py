@@ -3,9 +3,9 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import minimize_scalar
 
-from imgpipe.models.checkpoint import load_checkpoint, save_checkpoint
 from imgpipe.config import TrainConfig
 from imgpipe.errors import InvalidSetting
+from imgpipe.models.checkpoint import load_checkpoint, save_checkpoint
 from imgpipe.models.networks import MODELS, Classifier, TinyVGG, build_model, count_parameters, fit_scale
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32), (3, 140, 140), (1, 28, 20)]

@@ -1,6 +1,7 @@
 import pytest
 
 from imgpipe import params as P
+from imgpipe import settings
 from imgpipe.errors import ConfigError
 
 BASE = {
@@ -11,14 +12,14 @@ BASE = {
 
 
 def test_variant_takes_train_settings_and_its_own_overrides():
-    cnn = P.variant(BASE, "cnn", 1)
+    cnn = settings.variant(BASE, "cnn", 1)
     assert (cnn.model, cnn.settings) == ("cnn", {"channels": [8]})
     assert (cnn.config.epochs, cnn.config.lr, cnn.config.seed) == (9, 0.01, 1)
-    assert P.variant(BASE, "linear", 0).config.epochs == 5
+    assert settings.variant(BASE, "linear", 0).config.epochs == 5
 
 
 def test_variant_may_name_another_model():
-    wide = P.variant(BASE, "wide", 0)
+    wide = settings.variant(BASE, "wide", 0)
     assert (wide.model, wide.settings) == ("cnn", {"channels": [64]})
 
 
@@ -35,13 +36,13 @@ def test_bad_settings_name_their_key(patch, message):
     for section, values in patch.items():
         params[section] = params[section] | values
     with pytest.raises(ConfigError) as caught:
-        P.variant(params, "cnn", 0)
+        settings.variant(params, "cnn", 0)
     assert str(caught.value).startswith(message)
 
 
 def test_a_variant_not_listed_is_refused():
     with pytest.raises(ConfigError, match="train.variants does not list 'mlp'"):
-        P.variant(BASE, "mlp", 0)
+        settings.variant(BASE, "mlp", 0)
 
 
 def test_missing_key_is_named():
@@ -59,13 +60,13 @@ def test_unreadable_params_file_is_named(tmp_path):
 def test_data_config_resolves_local_paths_and_refuses_unknown_keys():
     from imgpipe import paths
 
-    config = P.data_config({"data": {"dataset": "csv", "path": "signs/train.csv", "image_size": [28, 28],
+    config = settings.data_config({"data": {"dataset": "csv", "path": "signs/train.csv", "image_size": [28, 28],
                                      "classes": [0, 1], "val_fraction": 0.1}})
     assert config.path == paths.ROOT / "signs/train.csv" and config.image_size == (28, 28)
     with pytest.raises(ConfigError, match="params.yaml: data.label: unknown setting; valid: dataset, path"):
-        P.data_config({"data": {"dataset": "csv", "label": "y"}})
+        settings.data_config({"data": {"dataset": "csv", "label": "y"}})
     with pytest.raises(ConfigError, match=r"params.yaml: data.channels: must be 1, 3 or null, got 4"):
-        P.data_config({"data": {"dataset": "imagefolder", "channels": 4}})
+        settings.data_config({"data": {"dataset": "imagefolder", "channels": 4}})
 
 
 @pytest.mark.parametrize("seeds", [[], [0, 0], [-1], ["a"], 3, [True]])

@@ -14,14 +14,14 @@ import pytest
 import torch
 import yaml
 from agreement import disagreements
-from datafiles import write_image_folder
 from conftest import PIPELINE_VARIANTS as VARIANTS
+from datafiles import write_image_folder
 from project import edited_params, fork, read_json, run
 
-from imgpipe.models.checkpoint import load_checkpoint
 from imgpipe.data.imageset import load_splits
-from imgpipe.predict import main as predict_main
 from imgpipe.evaluation.selection import best_over_seeds
+from imgpipe.models.checkpoint import load_checkpoint
+from imgpipe.predict import main as predict_main
 
 pytestmark = pytest.mark.slow
 

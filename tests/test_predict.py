@@ -8,9 +8,9 @@ import torch
 from datafiles import write_image_folder
 from PIL import Image
 
-from imgpipe.models.checkpoint import save_checkpoint
 from imgpipe.config import TrainConfig
 from imgpipe.evaluation.evaluate import evaluate
+from imgpipe.models.checkpoint import save_checkpoint
 from imgpipe.predict import main, read_images
 from imgpipe.training.loop import train
 

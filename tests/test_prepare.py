@@ -3,11 +3,11 @@ import pytest
 from conftest import random_images
 
 from imgpipe.config import DataConfig
-from imgpipe.errors import ImgpipeError, InvalidSetting
 from imgpipe.data import imageset
 from imgpipe.data.imageset import ImageSet, load, load_splits, save_splits
 from imgpipe.data.prepare import channel_stats, data_card, load_prepared, prepare, prepare_into, save_prepared
 from imgpipe.data.sources import digits as digits_source
+from imgpipe.errors import ImgpipeError, InvalidSetting
 
 
 def digits():

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from imgpipe.reporting.report import VariantResult, comparison_table, render, seed_summary
 from imgpipe.evaluation.selection import best_on_validation
+from imgpipe.reporting.report import VariantResult, comparison_table, render, seed_summary
 
 CARD = {
     "classes": ["cat", "dog"], "image_size": [8, 8], "channels": 1, "mean": [0.3], "std": [0.4], "flagged": [],

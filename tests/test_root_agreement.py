@@ -4,10 +4,10 @@ import json
 from pathlib import Path
 
 import mlflow
-from mlflow.exceptions import MlflowException
 import pytest
 import yaml
 from agreement import disagreements
+from mlflow.exceptions import MlflowException
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,9 +10,9 @@ import pytest
 from datafiles import png_header
 from PIL import Image
 
+from imgpipe.data.decode import decode
 from imgpipe.errors import ImgpipeError
 from imgpipe.serving.model import read_request
-from imgpipe.data.decode import decode
 
 WHITE = (255, 255, 255)
 

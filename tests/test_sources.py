@@ -12,13 +12,13 @@ from datafiles import MNIST_T10K, small_digits, write_csv, write_image_folder
 from PIL import Image
 
 from imgpipe import paths
-from imgpipe.data import imageset
 from imgpipe.config import DataConfig
-from imgpipe.errors import ImgpipeError, InvalidSetting
+from imgpipe.data import imageset
 from imgpipe.data.imageset import Fetched, ImageSet, load_fetched, save_fetched
 from imgpipe.data.prepare import data_card, load_prepared, prepare, save_prepared, select_classes
 from imgpipe.data.sources import fetch, fetch_dataset
 from imgpipe.data.sources.idx import read_idx, write_idx
+from imgpipe.errors import ImgpipeError, InvalidSetting
 
 # --- idx -------------------------------------------------------------------------------------------
 

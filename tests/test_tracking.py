@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from imgpipe.tracking import registry, runs
-from imgpipe.tracking import store as tracking_store
 from imgpipe import paths
-from imgpipe.serving.preprocessing import Preprocessing
 from imgpipe.errors import ImgpipeError
 from imgpipe.models.networks import Classifier, build_model
+from imgpipe.serving.preprocessing import Preprocessing
+from imgpipe.tracking import registry, runs
+from imgpipe.tracking import store as tracking_store
 
 
 @pytest.fixture

@@ -23,10 +23,10 @@ from project import edit_params, fork, read_json, run
 from servers import serve_model
 
 from imgpipe import promote
-from imgpipe.models.checkpoint import load_checkpoint
 from imgpipe.data.imageset import load_splits
-from imgpipe.predict import main as predict_main
 from imgpipe.evaluation.selection import best_over_seeds
+from imgpipe.models.checkpoint import load_checkpoint
+from imgpipe.predict import main as predict_main
 
 pytestmark = pytest.mark.slow
 

@@ -3,12 +3,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from imgpipe.models.checkpoint import load_checkpoint, save_checkpoint
 from imgpipe.config import TrainConfig
+from imgpipe.data.prepare import load_prepared, save_prepared
 from imgpipe.errors import ImgpipeError
 from imgpipe.evaluation.evaluate import evaluate
 from imgpipe.lineage import code_version
-from imgpipe.data.prepare import load_prepared, save_prepared
+from imgpipe.models.checkpoint import load_checkpoint, save_checkpoint
 from imgpipe.training.loop import augment, on_device, train
 
 FAST = TrainConfig(epochs=3, batch_size=64, lr=0.01, device="cpu")

@@ -9,16 +9,16 @@ import pytest
 import torch
 import torchvision.models
 
-from imgpipe.tracking import runs
-from imgpipe.models.checkpoint import load_checkpoint, save_checkpoint
 from imgpipe.config import TrainConfig
-from imgpipe.serving.preprocessing import Preprocessing
+from imgpipe.data.imageset import ImageSet
+from imgpipe.data.prepare import Prepared
 from imgpipe.errors import InvalidSetting
 from imgpipe.evaluation.evaluate import evaluate
-from imgpipe.data.imageset import ImageSet
+from imgpipe.models.checkpoint import load_checkpoint, save_checkpoint
 from imgpipe.models.networks import build_model
 from imgpipe.serving.answer import top_classes as predict
-from imgpipe.data.prepare import Prepared
+from imgpipe.serving.preprocessing import Preprocessing
+from imgpipe.tracking import runs
 from imgpipe.training.loop import train
 
 CLASSES = ("circle", "square", "triangle")

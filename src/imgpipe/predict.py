@@ -24,17 +24,16 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from imgpipe.tracking import registry
-from imgpipe.models.checkpoint import load_checkpoint
+from imgpipe.data.decode import IMAGE_SUFFIXES, decode
 from imgpipe.device import pick_device
 from imgpipe.errors import ImgpipeError
 from imgpipe.evaluation.saliency import saliency
+from imgpipe.files import atomic_path
+from imgpipe.models.checkpoint import load_checkpoint
 from imgpipe.reporting.figures import overlay
 from imgpipe.serving.answer import top_classes
 from imgpipe.serving.preprocessing import Preprocessing
-from imgpipe.files import atomic_path
-from imgpipe.data.decode import IMAGE_SUFFIXES, decode
-
+from imgpipe.tracking import registry
 
 FILES_AT_ONCE = 1024  # images decoded and classified at a time: a folder of any size in bounded memory
 EXPLAIN_PIXELS = 256  # --explain's overlays are enlarged to at least this many pixels on their short side

@@ -14,8 +14,8 @@ import json
 import sys
 
 from imgpipe import paths
-from imgpipe.tracking import registry, store
 from imgpipe.errors import ImgpipeError
+from imgpipe.tracking import registry, store
 
 SHOWN = ("imgpipe.variant", "imgpipe.seed", "val_accuracy", "test_accuracy", "imgpipe.data_fingerprint", "imgpipe.dvc_experiment")
 

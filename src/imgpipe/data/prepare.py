@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from imgpipe.data.imageset import SPLITS, ImageSet, chunks, load_splits, writing_splits
 from imgpipe.errors import ImgpipeError, require
 from imgpipe.files import read_json
-from imgpipe.data.imageset import SPLITS, ImageSet, chunks, load_splits, writing_splits
 
 
 @dataclass(frozen=True)

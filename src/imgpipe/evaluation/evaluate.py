@@ -11,12 +11,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from imgpipe.evaluation.calibration import Reliability, confidences, reliability
 from imgpipe.data.imageset import ImageSet
-from imgpipe.models.inference import logits_in_chunks, predict_logits, score
+from imgpipe.evaluation.calibration import Reliability, confidences, reliability
 from imgpipe.evaluation.scores import confusion_matrix, per_class_scores
 from imgpipe.evaluation.stats import bootstrap_macro_f1_interval, wilson_interval
-
+from imgpipe.models.inference import logits_in_chunks, predict_logits, score
 
 SPEED_SAMPLE_BYTES = 64 * 2**20  # inference speed is measured on the split's first images, this much of them at most
 

@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 PREDICT_BATCH = 1024  # images per forward pass when only scores are wanted...
 PREDICT_BYTES = 16 * 2**20  # ...or fewer, so that a batch's float32 copy stays under this: a conv net's activations
 # are many times the input (TinyVGG at 224x224: 111 images a batch took 1 GB), so large images go a few at a time

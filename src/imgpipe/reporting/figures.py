@@ -6,8 +6,8 @@ Each function returns a Figure; `save` writes it as a PNG. Images are stored as 
 
 from pathlib import Path
 
-import numpy as np
 import matplotlib
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D

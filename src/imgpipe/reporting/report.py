@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 
 from imgpipe import paths
-from imgpipe.evaluation.scores import most_confused
 from imgpipe.evaluation.results import VariantResult
+from imgpipe.evaluation.scores import most_confused
 from imgpipe.evaluation.selection import choose
 from imgpipe.evaluation.stats import CONFIDENCE, RESAMPLES, PairedTest, paired_tests
 

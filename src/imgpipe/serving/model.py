@@ -37,10 +37,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import BAD_REQUEST
 from PIL import Image
 
+from imgpipe.data.decode import conform, decode
 from imgpipe.errors import ImgpipeError
 from imgpipe.serving.answer import top_classes
 from imgpipe.serving.preprocessing import Preprocessing
-from imgpipe.data.decode import conform, decode
 
 PROGRAM, PREPROCESSING = "program", "preprocessing"  # the model's artifacts: its torch.export program, a JSON file
 TOP_K = 3  # classes per image in the answer, as predict's default

@@ -10,7 +10,7 @@ from imgpipe import paths, provenance
 from imgpipe.evaluation.results import VariantResult
 from imgpipe.evaluation.selection import choose
 from imgpipe.files import read_csv
-from imgpipe.params import Variant
+from imgpipe.settings import Variant
 from imgpipe.tracking import registry, runs, store
 
 CURVES = ("loss", "accuracy")  # metrics/curves/<variant>/seed<seed>/<measure>.csv: epoch, train, val
@@ -27,8 +27,8 @@ def record_trainings(experiment: str, results: dict[tuple[str, int], VariantResu
     if not missing:
         return {key: found[digest] for key, digest in trainings.items()}
 
-    from imgpipe.models.checkpoint import load_checkpoint  # here: torch is slow to import, and only new runs need it
     from imgpipe.data.prepare import load_prepared
+    from imgpipe.models.checkpoint import load_checkpoint  # here: torch is slow to import, and only new runs need it
     from imgpipe.serving.preprocessing import Preprocessing
 
     data = load_prepared(paths.PREPARED)

@@ -21,6 +21,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from imgpipe import provenance
 from imgpipe.tracking.store import experiment_id, store_client, store_lock
 
+
 def dataset_inputs(name: str, data_fingerprint: str, folder: Path, images: dict[str, int]) -> list[DatasetInput]:
     """The prepared splits as MLflow dataset inputs, which fill the runs table's Dataset column: one
     per split, named after the dataset and split, the data fingerprint as digest, the split's role

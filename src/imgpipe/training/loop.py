@@ -25,17 +25,17 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from imgpipe.training.batches import ResidentSplit, StreamedSplit, fits_on_device
-from imgpipe.training.batchnorm import reestimate
 from imgpipe.config import TrainConfig
+from imgpipe.data.prepare import Prepared
 from imgpipe.device import has_native_bf16, pick_device
-from imgpipe.training.distributed import SINGLE, ProcessGroup
 from imgpipe.errors import ImgpipeError
-from imgpipe.models.inference import score
 from imgpipe.files import atomic_path
 from imgpipe.lineage import code_version
+from imgpipe.models.inference import score
 from imgpipe.models.networks import Classifier, build_model, count_parameters, is_fitted
-from imgpipe.data.prepare import Prepared
+from imgpipe.training.batches import ResidentSplit, StreamedSplit, fits_on_device
+from imgpipe.training.batchnorm import reestimate
+from imgpipe.training.distributed import SINGLE, ProcessGroup
 
 
 @dataclass

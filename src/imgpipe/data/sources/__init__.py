@@ -13,13 +13,12 @@ from pathlib import Path
 import numpy as np
 
 from imgpipe.config import DataConfig
-from imgpipe.errors import require
 from imgpipe.data.imageset import Fetched, ImageSet
 from imgpipe.data.sources.downloads import DATASETS, torchvision_source
 from imgpipe.data.sources.idx import idx_folder
 from imgpipe.data.sources.image_folder import image_folder
 from imgpipe.data.sources.pixel_table import pixel_table
-
+from imgpipe.errors import require
 
 DIGITS = Path("datasets", "data", "digits.csv.gz")  # inside scikit-learn: what sklearn.datasets.load_digits reads
 

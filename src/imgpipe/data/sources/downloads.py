@@ -26,10 +26,10 @@ import numpy as np
 
 from imgpipe import paths
 from imgpipe.config import DataConfig
-from imgpipe.errors import ImgpipeError
-from imgpipe.files import atomic_path
 from imgpipe.data.imageset import Fetched, ImageSet
 from imgpipe.data.sources.idx import read_pair
+from imgpipe.errors import ImgpipeError
+from imgpipe.files import atomic_path
 
 DATASETS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "kmnist": "KMNIST", "cifar10": "CIFAR10"}
 

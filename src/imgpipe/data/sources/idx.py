@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from imgpipe.config import DataConfig
-from imgpipe.errors import ImgpipeError
 from imgpipe.data.imageset import Fetched, ImageSet
+from imgpipe.errors import ImgpipeError
 
 SPLIT_OF_PREFIX = {"train": "train", "t10k": "test", "test": "test"}
 DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}

@@ -22,9 +22,9 @@ import numpy as np
 from PIL import Image
 
 from imgpipe.config import DataConfig
-from imgpipe.errors import ImgpipeError
 from imgpipe.data.decode import IMAGE_SUFFIXES, UNREADABLE, decode, unreadable
 from imgpipe.data.imageset import SPLITS, Fetched
+from imgpipe.errors import ImgpipeError
 
 SPLIT_FOLDERS = {"train": "train", "valid": "val", "val": "val", "test": "test"}
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}

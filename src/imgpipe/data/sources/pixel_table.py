@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from imgpipe.config import DataConfig
-from imgpipe.errors import ImgpipeError
 from imgpipe.data.imageset import Fetched, ImageSet
+from imgpipe.errors import ImgpipeError
 
 
 def _line(row: int) -> int:
