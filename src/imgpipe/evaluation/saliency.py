@@ -1,10 +1,10 @@
-"""Where an image classifier looked: a heat map per image, for the report and `predict --explain` (imgpipe.reporting.figures.overlay
-lays one over its image).
+"""Where an image classifier looked: a heat map per image, for the report and `predict --explain`
+(imgpipe.reporting.figures.overlay lays one over its image).
 
 The method follows from the model. A model with a convolution gets Grad-CAM (Selvaraju et al. 2017)
-on its last Conv2d: the last convolutional block keeps the image's layout while holding the most
-class-specific features, so weighting its channels by their gradients shows which places raised the
-chosen class's score. A model without one (linear, MLP, centroid) has no spatial layer to look at,
+on the output of its last convolution's block (the convolution, then its normalization and activation):
+that block keeps the image's layout while holding the most class-specific features, so weighting its
+channels by their gradients shows which places raised the chosen class's score. A model without one (linear, MLP, centroid) has no spatial layer to look at,
 so it gets the magnitude of the score's gradient with respect to the pixels instead.
 
 Every map is (N, H, W) float32 in [0, 1], scaled per image by its maximum: maps show where a model
@@ -22,8 +22,13 @@ from torch import nn
 CHUNK = 32  # images per forward and backward pass: bounds the activations kept for the gradients
 
 
+# Layers that keep the map's layout and change each value alone: the last convolution's block ends with them.
+ELEMENTWISE = (nn.BatchNorm2d, nn.GroupNorm, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.GELU, nn.SiLU,
+               nn.Hardswish, nn.Hardsigmoid, nn.Mish, nn.Sigmoid, nn.Tanh)
+
+
 def last_conv(model: nn.Module) -> nn.Module | None:
-    """The last nn.Conv2d in module order (where Grad-CAM looks); None when the model has none."""
+    """The last nn.Conv2d in module order; None when the model has none."""
     return _last_conv_named(model)[1]
 
 
@@ -32,9 +37,24 @@ def _last_conv_named(model: nn.Module) -> tuple[str, nn.Module | None]:
     return convs[-1] if convs else ("", None)
 
 
+def _target(model: nn.Module) -> tuple[str, nn.Module | None]:
+    """Where Grad-CAM looks: the output of the last convolution's block, the convolution and the normalization
+    and activation registered right after it (TinyVGG's conv-ReLU, MobileNet's conv-BN-Hardswish). A rectified
+    map is what the classifier reads; the raw convolution's output mixes signs, and its Grad-CAM lights a few
+    pixels only."""
+    modules = list(model.named_modules())
+    convs = [i for i, (_, module) in enumerate(modules) if isinstance(module, nn.Conv2d)]
+    if not convs:
+        return "", None
+    end = convs[-1]
+    while end + 1 < len(modules) and isinstance(modules[end + 1][1], ELEMENTWISE):
+        end += 1
+    return modules[end]
+
+
 def gradcam(model: nn.Module, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     """Grad-CAM maps (N, H, W) in [0, 1] of uint8 images (N, C, H, W) for their classes (N,)."""
-    layer = last_conv(model)
+    layer = _target(model)[1]
     if layer is None:
         raise ValueError("Grad-CAM needs a model with a convolution (nn.Conv2d); use input_gradients")
     return _chunked(model, images, classes, lambda x, c: _gradcam_chunk(model, layer, x, c))
@@ -47,10 +67,10 @@ def input_gradients(model: nn.Module, images: torch.Tensor, classes: torch.Tenso
 
 def saliency(model: nn.Module, images: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, str]:
     """Maps (N, H, W) in [0, 1] by the method that fits the model, and that method's name."""
-    name, layer = _last_conv_named(model)
+    name, layer = _target(model)
     if layer is None:
         return input_gradients(model, images, classes), "input gradients"
-    return gradcam(model, images, classes), f"Grad-CAM on {name or type(layer).__name__}"
+    return gradcam(model, images, classes), f"Grad-CAM on {name or type(layer).__name__} ({type(layer).__name__})"
 
 
 def _chunked(model: nn.Module, images: torch.Tensor, classes: torch.Tensor,
@@ -101,7 +121,7 @@ def _gradcam_chunk(model: nn.Module, layer: nn.Module, images: torch.Tensor, cla
     finally:
         handle.remove()
     if not captured:
-        raise RuntimeError(f"the model's forward never called its last convolution {layer}")
+        raise RuntimeError(f"the model's forward never called {layer}, the end of its last convolution's block")
     activation = captured[-1]  # (n, K, h, w); a layer called twice: the call nearest the scores
     # autograd.grad rather than backward(): no parameter's .grad is written.
     (gradient,) = torch.autograd.grad(_class_score(scores, classes), activation)

@@ -17,6 +17,7 @@ from imgpipe.data.imageset import ImageSet
 DPI = 100
 CELL_INCHES = 0.45  # side of one confusion-matrix cell: room for a 3-digit count up to 26 classes
 TILE_INCHES = 0.9  # side of one image in the sample and mistake grids
+CHARACTER_POINTS = 4.8  # width of a character of the captions' 8-point type, about
 
 
 def save(figure: Figure, path: Path) -> None:
@@ -165,10 +166,12 @@ def _captioned(tiles: np.ndarray, captions: list[str], columns: int) -> Figure:
     """Tiles (N, C, H, W) in rows, a two-line caption above each."""
     _, _, height, width = tiles.shape
     columns = min(columns, len(tiles))
+    scale = TILE_INCHES / max(height, width)  # inches per pixel
     caption = int(np.ceil(0.5 * height))  # room above each tile for a two-line caption
-    gap = (caption, max(2, int(0.35 * width)))
+    # Wide enough for the longest caption line (8-point type: about 4.8 points a character): no overlap.
+    widest = max(len(line) for text in captions for line in text.split("\n")) * CHARACTER_POINTS / 72 / scale
+    gap = (caption, max(2, int(0.35 * width), int(np.ceil(widest - width)) + 2))
     canvas = _mosaic(tiles, columns, gap)
-    scale = TILE_INCHES / max(height, width)
     figure = Figure(figsize=(canvas.shape[1] * scale, canvas.shape[0] * scale))
     ax = figure.add_axes((0, 0, 1, 1))
     _draw(ax, canvas)
