@@ -26,7 +26,8 @@ import torch
 
 from imgpipe.config import TrainConfig
 from imgpipe.data.imageset import ImageSet
-from imgpipe.data.prepare import prepare, save_prepared
+from imgpipe.data.prepare import prepare
+from imgpipe.data.prepared import save_prepared
 from imgpipe.training.distributed import torchrun_command
 
 RANK = """
@@ -34,7 +35,7 @@ import json, sys, torch
 from pathlib import Path
 from imgpipe.training import distributed
 from imgpipe.config import TrainConfig
-from imgpipe.data.prepare import load_prepared
+from imgpipe.data.prepared import load_prepared
 from imgpipe.training.loop import train
 
 folder, model, config, out = Path(sys.argv[1]), sys.argv[2], TrainConfig(**json.loads(sys.argv[3])), Path(sys.argv[4])

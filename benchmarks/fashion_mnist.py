@@ -36,7 +36,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from imgpipe.config import DataConfig, TrainConfig
 from imgpipe.data.imageset import ImageSet
-from imgpipe.data.prepare import Prepared, channel_stats, stratified_split
+from imgpipe.data.prepare import channel_stats, stratified_split
+from imgpipe.data.prepared import Prepared
 from imgpipe.data.sources import fetch
 from imgpipe.device import describe, has_native_bf16, pick_device
 from imgpipe.models.inference import logits_in_chunks

@@ -59,7 +59,8 @@ from torch import nn
 
 from imgpipe.config import DataConfig, TrainConfig
 from imgpipe.data.imageset import ImageSet
-from imgpipe.data.prepare import Prepared, channel_stats
+from imgpipe.data.prepare import channel_stats
+from imgpipe.data.prepared import Prepared
 from imgpipe.data.sources import fetch
 from imgpipe.models.inference import predict_logits
 from imgpipe.models.networks import Classifier, build_model

@@ -180,7 +180,8 @@ def throughput(runs: int) -> dict[str, dict[bool, list[float]]]:
     from imgpipe import settings
     from imgpipe.config import TrainConfig
     from imgpipe.data.imageset import ImageSet
-    from imgpipe.data.prepare import load_prepared, prepare, save_prepared
+    from imgpipe.data.prepare import prepare
+    from imgpipe.data.prepared import load_prepared, save_prepared
     from imgpipe.training.loop import train
 
     if "data_on_device" not in {field.name for field in dataclasses.fields(TrainConfig)}:

@@ -19,8 +19,10 @@ import numpy as np
 import torch
 
 from imgpipe.config import DataConfig
+from imgpipe.data.card import data_card
 from imgpipe.data.imageset import save_splits
-from imgpipe.data.prepare import data_card, prepare, save_prepared
+from imgpipe.data.prepare import prepare
+from imgpipe.data.prepared import save_prepared
 from imgpipe.data.sources import fetch
 from imgpipe.data.sources.idx import read_idx, write_idx
 

@@ -16,7 +16,7 @@ import torch
 
 from imgpipe import params as P
 from imgpipe import paths
-from imgpipe.data.prepare import load_prepared
+from imgpipe.data.prepared import load_prepared
 from imgpipe.device import describe, pick_device
 from imgpipe.errors import ImgpipeError, run_stage
 from imgpipe.evaluation.evaluate import (

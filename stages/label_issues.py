@@ -16,7 +16,7 @@ import pandas as pd
 
 from imgpipe import params as P
 from imgpipe import paths, settings
-from imgpipe.data.prepare import image_ids, load_prepared
+from imgpipe.data.prepared import image_ids, load_prepared
 from imgpipe.device import pick_device
 from imgpipe.errors import ConfigError, run_stage
 from imgpipe.evaluation import label_issues

@@ -3,8 +3,9 @@ images data.exclude lists, measure the training split's statistics, and write th
 
 from imgpipe import params as P
 from imgpipe import paths
+from imgpipe.data.card import data_card
 from imgpipe.data.imageset import load_fetched
-from imgpipe.data.prepare import data_card, prepare_into, read_excluded
+from imgpipe.data.prepare import prepare_into, read_excluded
 from imgpipe.errors import run_stage
 from imgpipe.files import write_json
 

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 
 from imgpipe import params as P
 from imgpipe import paths, settings
-from imgpipe.data.prepare import load_prepared
+from imgpipe.data.prepared import load_prepared
 from imgpipe.device import pick_device
 from imgpipe.errors import ImgpipeError, run_stage
 from imgpipe.evaluation.calibration import calibrate

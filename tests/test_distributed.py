@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from imgpipe.config import TrainConfig
-from imgpipe.data.prepare import load_prepared, save_prepared
+from imgpipe.data.prepared import load_prepared, save_prepared
 from imgpipe.training.distributed import ProcessGroup, torchrun_command
 from imgpipe.training.loop import train
 
@@ -24,7 +24,7 @@ import json, sys, torch
 from pathlib import Path
 from imgpipe.training import distributed
 from imgpipe.config import TrainConfig
-from imgpipe.data.prepare import load_prepared
+from imgpipe.data.prepared import load_prepared
 from imgpipe.training.loop import train
 
 model, folder, settings, config, out = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3]), TrainConfig(**json.loads(sys.argv[4])), Path(sys.argv[5])

@@ -4,8 +4,10 @@ from conftest import random_images
 
 from imgpipe.config import DataConfig
 from imgpipe.data import imageset
+from imgpipe.data.card import data_card
 from imgpipe.data.imageset import ImageSet, load, load_splits, save_splits
-from imgpipe.data.prepare import channel_stats, data_card, load_prepared, prepare, prepare_into, save_prepared
+from imgpipe.data.prepare import channel_stats, prepare, prepare_into
+from imgpipe.data.prepared import load_prepared, save_prepared
 from imgpipe.data.sources import digits as digits_source
 from imgpipe.errors import ImgpipeError, InvalidSetting
 
@@ -178,7 +180,8 @@ def test_prepare_written_a_chunk_at_a_time_equals_prepare_in_memory(tmp_path, mo
 def test_listed_images_leave_the_training_split_only(tmp_path):
     """data.exclude: ids name raw images whatever the split settings; validation and test stay as they were, so the
     run before and the run after are scored on the same images."""
-    from imgpipe.data.prepare import image_ids, read_excluded
+    from imgpipe.data.prepare import read_excluded
+    from imgpipe.data.prepared import image_ids
 
     raw = digits_source(DataConfig()).splits
     before = prepare_into(raw, tmp_path / "before", 0.15, 0.2, seed=0)

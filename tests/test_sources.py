@@ -14,8 +14,10 @@ from PIL import Image
 from imgpipe import paths
 from imgpipe.config import DataConfig
 from imgpipe.data import imageset
+from imgpipe.data.card import data_card
 from imgpipe.data.imageset import Fetched, ImageSet, load_fetched, save_fetched
-from imgpipe.data.prepare import data_card, load_prepared, prepare, save_prepared, select_classes
+from imgpipe.data.prepare import prepare, select_classes
+from imgpipe.data.prepared import load_prepared, save_prepared
 from imgpipe.data.sources import fetch, fetch_dataset
 from imgpipe.data.sources.idx import read_idx, write_idx
 from imgpipe.errors import ImgpipeError, InvalidSetting

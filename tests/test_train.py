@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from imgpipe.config import TrainConfig
-from imgpipe.data.prepare import load_prepared, save_prepared
+from imgpipe.data.prepared import load_prepared, save_prepared
 from imgpipe.errors import ImgpipeError
 from imgpipe.evaluation.evaluate import evaluate
 from imgpipe.lineage import code_version

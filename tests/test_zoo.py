@@ -11,7 +11,7 @@ import torchvision.models
 
 from imgpipe.config import TrainConfig
 from imgpipe.data.imageset import ImageSet
-from imgpipe.data.prepare import Prepared
+from imgpipe.data.prepared import Prepared
 from imgpipe.errors import InvalidSetting
 from imgpipe.evaluation.evaluate import evaluate
 from imgpipe.models.checkpoint import load_checkpoint, save_checkpoint

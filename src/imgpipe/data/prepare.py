@@ -6,54 +6,14 @@ split alone, so nothing about validation or test images leaks into training.
 
 import hashlib
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
-from imgpipe.data.imageset import SPLITS, ImageSet, chunks, load_splits, writing_splits
+from imgpipe.data.imageset import SPLITS, ImageSet, chunks, writing_splits
+from imgpipe.data.prepared import STATS_FILE, Prepared, load_prepared, stats_record
 from imgpipe.errors import ImgpipeError, require
-from imgpipe.files import read_json
-
-
-@dataclass(frozen=True)
-class Prepared:
-    train: ImageSet
-    val: ImageSet
-    test: ImageSet
-    mean: tuple[float, ...]  # per channel, pixels scaled to 0..1, training split only
-    std: tuple[float, ...]
-    known_fingerprint: str | None = None  # as prepare computed it while writing the folder (stats.json)
-    excluded: int = 0  # training images left out because data.exclude listed them
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return self.train.class_names
-
-    @property
-    def class_labels(self) -> tuple[int, ...] | None:
-        """The source's own label of each class (None: the classes have names only)."""
-        return self.train.class_labels
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return self.train.image_shape
-
-    @cached_property
-    def fingerprint(self) -> str:
-        """A short hash of every image and label of every split: the same data, the same fingerprint.
-        Read from the prepared folder, else hashed once per process, a chunk at a time."""
-        if self.known_fingerprint is not None:
-            return self.known_fingerprint
-        digest = hashlib.blake2b(digest_size=8)
-        for split in SPLITS:
-            images = getattr(self, split)
-            for part in chunks(len(images), images.image_shape):
-                digest.update(np.ascontiguousarray(images.images[part]).tobytes())
-            digest.update(images.labels.astype(np.int64).tobytes())
-        return digest.hexdigest()
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -224,7 +184,7 @@ def prepare_into(raw: dict[str, ImageSet], folder: Path, val_fraction: float, te
             writer.array(f"{split}.ids.npy", selection.indices)
             digest.update(selection.labels.astype(np.int64).tobytes())
         mean, std = stats_of(counts)
-        writer.json(STATS_FILE, _stats(names, shape, mean, std, {split: len(plan[split].indices) for split in SPLITS},
+        writer.json(STATS_FILE, stats_record(names, shape, mean, std, {split: len(plan[split].indices) for split in SPLITS},
                                        digest.hexdigest()) | {"sources": {split: plan[split].source for split in SPLITS},
                                                             "excluded": listed - len(plan["train"].indices)})
     return load_prepared(folder)
@@ -236,16 +196,6 @@ def without(selection: Selection, exclude: set[str]) -> Selection:
         return selection
     ids = np.array([f"{selection.source}:{index}" for index in selection.indices])
     return selection.take(np.flatnonzero(~np.isin(ids, list(exclude))))
-
-
-def image_ids(folder: Path, split: str) -> np.ndarray:
-    """Each image's id in a prepared split: `<raw split>:<index there>` (train:1234), which names the same image
-    whatever the split settings, so a list of ids can be left out of a later run's training (data.exclude)."""
-    source = read_json(folder / STATS_FILE).get("sources", {}).get(split)
-    indices = folder / f"{split}.ids.npy"
-    if source is None or not indices.exists():
-        raise ImgpipeError(f"{folder}: prepared by an older imgpipe, without image ids; run the prepare stage again (dvc repro)")
-    return np.array([f"{source}:{index}" for index in np.load(indices)])
 
 
 def read_excluded(path: Path) -> set[str]:
@@ -266,52 +216,4 @@ def read_excluded(path: Path) -> set[str]:
     return set(rows)
 
 
-STATS_FILE = "stats.json"
 IMAGE_ID = re.compile(r"(train|val|test):\d+")
-
-
-def _stats(names, shape, mean, std, counts: dict[str, int], fingerprint: str) -> dict:
-    return {"class_names": list(names), "image_shape": list(shape), "mean": list(mean), "std": list(std),
-            "counts": counts, "fingerprint": fingerprint}
-
-
-def save_prepared(prepared: Prepared, folder: Path) -> None:
-    """Write prepared splits held in memory, with their statistics, as one folder, swapped in whole."""
-    with writing_splits(folder, prepared.class_names, prepared.class_labels) as writer:
-        for split in SPLITS:
-            writer.add(split, getattr(prepared, split))
-        writer.json(STATS_FILE, _stats(prepared.class_names, prepared.image_shape, prepared.mean, prepared.std,
-                                       {split: len(getattr(prepared, split)) for split in SPLITS}, prepared.fingerprint))
-
-
-def load_prepared(folder: Path) -> Prepared:
-    """The prepared splits, memory-mapped, with their statistics and fingerprint."""
-    stats = read_json(folder / STATS_FILE)
-    return Prepared(**load_splits(folder), mean=tuple(stats["mean"]), std=tuple(stats["std"]),
-                    known_fingerprint=stats.get("fingerprint"), excluded=stats.get("excluded", 0))
-
-
-FEW_EXAMPLES = 5  # a class with fewer images than this in a split is flagged on the data card
-
-
-def data_card(prepared: Prepared, decisions: Sequence[str] = ()) -> dict:
-    """Per split the images per class, plus image size, channels and statistics; thin classes flagged;
-    and the decisions fetch made about the data (e.g. why it has 3 channels), one sentence each."""
-    channels, height, width = prepared.image_shape
-    splits = {split: getattr(prepared, split) for split in SPLITS}
-    flagged = [
-        f"{split}: class {name!r} has only {count} image{'s' if count != 1 else ''}"
-        for split, images in splits.items()
-        for name, count in images.class_counts().items()
-        if count < FEW_EXAMPLES
-    ]
-    return {
-        "classes": list(prepared.class_names),
-        "image_size": [height, width],
-        "channels": channels,
-        "mean": list(prepared.mean),
-        "std": list(prepared.std),
-        "splits": {split: {"images": len(images), "per_class": images.class_counts()} for split, images in splits.items()},
-        "flagged": flagged,
-        "decisions": list(decisions),
-    }

@@ -27,7 +27,7 @@ def record_trainings(experiment: str, results: dict[tuple[str, int], VariantResu
     if not missing:
         return {key: found[digest] for key, digest in trainings.items()}
 
-    from imgpipe.data.prepare import load_prepared
+    from imgpipe.data.prepared import load_prepared
     from imgpipe.models.checkpoint import load_checkpoint  # here: torch is slow to import, and only new runs need it
     from imgpipe.serving.preprocessing import Preprocessing
 

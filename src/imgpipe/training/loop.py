@@ -26,7 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from imgpipe.config import TrainConfig
-from imgpipe.data.prepare import Prepared
+from imgpipe.data.prepared import Prepared
 from imgpipe.device import has_native_bf16, pick_device
 from imgpipe.errors import ImgpipeError
 from imgpipe.files import atomic_path
