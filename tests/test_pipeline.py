@@ -68,10 +68,10 @@ def test_the_report_lists_the_possibly_mislabelled_images(project):
 
 
 def test_the_report_shows_where_each_model_looked(project):
-    """Grad-CAM for the CNN, input gradients for the centroid, which has no convolution; maps of the test images."""
+    """HiResCAM for the CNN, input gradients for the centroid, which has no convolution; maps of the test images."""
     report = (project / "reports/report.md").read_text()
     section = report[report.index("## Where the models looked"):report.index("## Data")]
-    assert "Grad-CAM on net.features.8 (ReLU)." in section and "Input gradients." in section
+    assert "HiResCAM on net.features.8 (ReLU)." in section and "Input gradients." in section
     test = load_splits(project / "data/prepared")["test"]
     for variant in VARIANTS:
         with np.load(project / f"metrics/saliency/{variant}/seed0.npz") as maps:

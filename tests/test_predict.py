@@ -71,7 +71,7 @@ def test_explain_writes_an_overlay_of_where_the_model_looked_per_image(digits_pr
     test = digits_prepared.test
     write_image_folder(tmp_path / "images", test.images[:5], test.labels[:5], test.class_names)
     assert main(["--model", str(checkpoint), str(tmp_path / "images"), "--explain", str(tmp_path / "overlays")]) == 0
-    assert "5 overlays (Grad-CAM on net.features.3 (ReLU)) -> " in capsys.readouterr().err
+    assert "5 overlays (HiResCAM on net.features.3 (ReLU)) -> " in capsys.readouterr().err
     overlays = sorted((tmp_path / "overlays").iterdir())
     assert [path.stem for path in overlays] == sorted(path.stem for path in (tmp_path / "images").rglob("*.png"))
     with Image.open(overlays[0]) as picture:

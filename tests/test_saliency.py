@@ -6,7 +6,7 @@ import torch
 from matplotlib import colormaps
 from torch import nn
 
-from imgpipe.evaluation.saliency import gradcam, input_gradients, last_conv, saliency
+from imgpipe.evaluation.saliency import gradcam, hirescam, input_gradients, last_conv, saliency
 from imgpipe.reporting.figures import overlay
 
 SIZE = 16
@@ -87,19 +87,37 @@ def inside_over_outside(maps: torch.Tensor) -> float:
     return (maps[:, inside].mean() / maps[:, ~inside].mean()).item()
 
 
-def test_gradcam_lights_the_region_the_answer_depends_on(task):
+@pytest.mark.parametrize("method", [gradcam, hirescam])
+def test_class_activation_maps_light_the_region_the_answer_depends_on(task, method):
     torch.manual_seed(0)
     model = trained(cnn(), task)
     images, labels = task["test"]
-    maps = gradcam(model, images, labels)
+    maps = method(model, images, labels)
     assert maps.shape == (len(images), SIZE, SIZE) and maps.dtype == torch.float32
     ratio = inside_over_outside(maps)
-    assert ratio > 3, f"Grad-CAM's heat inside the region is only {ratio:.2f}x the heat outside"
+    assert ratio > 3, f"{method.__name__}'s heat inside the region is only {ratio:.2f}x the heat outside"
     # The distractors are as bright or dark as the region's patch: the map follows the answer, not contrast.
     # (Grad-CAM's channel weights are global, so a distractor alike to the region's patch still gets some heat.)
     distractors = ((images[:, 0] == 0) | (images[:, 0] == 255)) & ~in_region()
     region = maps[:, in_region()].mean().item()
-    assert region > 1.2 * maps[distractors].mean().item(), "Grad-CAM lights the distractors as much as the region"
+    assert region > 1.2 * maps[distractors].mean().item(), f"{method.__name__} lights the distractors as much as the region"
+
+
+def test_behind_a_flatten_head_grad_cam_can_go_empty_where_hirescam_draws_the_evidence():
+    """A head whose weights differ place by place (TinyVGG's flatten-linear): two places push the class score in
+    opposite directions through the same channel. Grad-CAM's averaged gradient cancels and leaves an empty map;
+    HiResCAM keeps the place that raised the score."""
+    model = Pixels(nn.Sequential(nn.Conv2d(1, 1, 1, bias=False), nn.ReLU(), nn.Flatten(), nn.Linear(SIZE * SIZE, 2, bias=False)))
+    with torch.no_grad():
+        model.net[0].weight.fill_(1.0)
+        weights = torch.zeros(2, SIZE, SIZE)
+        weights[0, 2, 3], weights[0, 10, 12] = 1.0, -1.0  # class 0: up at (2, 3), down at (10, 12)
+        model.net[3].weight.copy_(weights.flatten(1))
+    image = torch.zeros(1, 1, SIZE, SIZE, dtype=torch.uint8)
+    image[0, 0, 2, 3], image[0, 0, 10, 12] = 255, 200  # both places lit; the raising one brighter
+    assert torch.equal(gradcam(model, image, torch.tensor([0])), torch.zeros(1, SIZE, SIZE))
+    heat = hirescam(model, image, torch.tensor([0]))[0]
+    assert heat.max() == 1 and heat[2, 3] > 0.5 and heat[10, 12] == 0
 
 
 def test_input_gradients_light_the_region_a_linear_model_depends_on(task):
@@ -115,7 +133,7 @@ def test_input_gradients_light_the_region_a_linear_model_depends_on(task):
 
 
 @pytest.mark.parametrize("build, method", [
-    (lambda: cnn(3, 4), "Grad-CAM on net.3 (ReLU)"),  # the second Conv2d of the Sequential inside Pixels
+    (lambda: cnn(3, 4), "HiResCAM on net.3 (ReLU)"),  # the second Conv2d of the Sequential inside Pixels
     (lambda: Pixels(nn.Sequential(nn.Flatten(), nn.Linear(3 * SIZE * SIZE, 16), nn.ReLU(), nn.Linear(16, 4))),
      "input gradients"),
 ])
@@ -164,7 +182,7 @@ def test_a_map_without_evidence_stays_zero():
     model = cnn(1, 2).eval()
     nn.init.zeros_(model.net[-1].weight)  # scores that no activation changes: zero gradients everywhere
     images = torch.randint(0, 256, (3, 1, SIZE, SIZE), dtype=torch.uint8)
-    for method in (gradcam, input_gradients):
+    for method in (gradcam, hirescam, input_gradients):
         maps = method(model, images, torch.tensor([0, 1, 0]))
         assert torch.equal(maps, torch.zeros(3, SIZE, SIZE))
 
@@ -175,7 +193,7 @@ def test_gradcam_on_a_torchvision_resnet_looks_at_its_last_block():
     model = Pixels(torchvision.models.resnet18(weights=None, num_classes=3), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
     images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
     maps, name = saliency(model, images, torch.tensor([0, 2]))
-    assert name == "Grad-CAM on net.layer4.1.bn2 (BatchNorm2d)"  # the block's residual sum and ReLU are no modules of their own
+    assert name == "HiResCAM on net.layer4.1.bn2 (BatchNorm2d)"  # the block's residual sum and ReLU are no modules of their own
     assert maps.shape == (2, 32, 32) and 0 <= maps.min() and maps.max() <= 1
 
 

@@ -9,7 +9,7 @@ transparency laid on its background colour; the model normalizes with its stored
 one CSV row per image is written: path, predicted class, confidence, then the next best classes. Confidences
 are the model's calibrated ones: its class scores divided by the temperature fitted on the validation split
 (imgpipe.evaluation.calibration), which changes no predicted class.
-With --explain, an overlay PNG per image shows where the model looked for the class it predicted (Grad-CAM, or input
+With --explain, an overlay PNG per image shows where the model looked for the class it predicted (HiResCAM, or input
 gradients for a model without convolutions: imgpipe.evaluation.saliency).
 An unreadable file is reported by name and skipped; the exit status is 1 if any was, else 0.
 """
@@ -68,7 +68,7 @@ def read_images(files: list[Path], image_shape: tuple[int, int, int], background
 def write_explanations(folder: Path, model: torch.nn.Module, files: list[Path], images: np.ndarray, table: pd.DataFrame,
                        class_names: tuple[str, ...], device: torch.device) -> str:
     """An overlay PNG per image in folder: where the model looked for the class it predicted, enlarged to at
-    least EXPLAIN_PIXELS on its short side. Returns the method (Grad-CAM or input gradients)."""
+    least EXPLAIN_PIXELS on its short side. Returns the method (HiResCAM or input gradients)."""
     predicted = torch.tensor([class_names.index(name) for name in table["predicted"]])
     heat, method = saliency(model.to(device), torch.from_numpy(images).to(device), predicted)
     folder.mkdir(parents=True, exist_ok=True)

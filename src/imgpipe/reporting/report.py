@@ -344,8 +344,9 @@ def saliency_section(methods: dict[str, str]) -> list[str]:
              "Each test image with a heat map laid over it (red: what raised the predicted class's score most): first the "
              "right answers (each class's most confident), then the most confident mistakes. A model that looks at a "
              "watermark, a border or the background instead of the object shows it here. Networks with convolutions get "
-             "Grad-CAM on the output of their last convolution's block (Selvaraju et al., 2017); the others, which have no "
-             "spatial layer, the "
+             "HiResCAM on the output of their last convolution's block (Draelos & Carin, 2020: the activations times the "
+             "score's gradient, place by place; Grad-CAM's channel averages can cancel behind a flatten head); the others, "
+             "which have no spatial layer, the "
              "size of the score's gradient with respect to each pixel. Each map is scaled to its own maximum.", ""]
     for variant, method in methods.items():
         lines += [f"### {variant}", "", f"{method[0].upper()}{method[1:]}.", "",
