@@ -77,17 +77,23 @@ class S3Server:
             self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait(self, seconds: float = 60) -> "S3Server":
-        """Once S3 answers: the bucket made (kept if it is there). Fails naming what went wrong."""
+        """Once S3 stores and serves objects: the bucket made (kept if it is there), then a probe object written
+        and read back (a restarted server names its bucket before its volume serves reads: InternalError).
+        Fails naming what went wrong."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         deadline = time.monotonic() + seconds
         while True:
             try:
-                self.client().create_bucket(Bucket=self.bucket)
+                try:
+                    self.client().create_bucket(Bucket=self.bucket)
+                except ClientError as error:
+                    if error.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                        raise
+                self.client().put_object(Bucket=self.bucket, Key=".ready", Body=b"ok")
+                self.client().get_object(Bucket=self.bucket, Key=".ready")["Body"].read()
                 return self
             except ClientError as error:
-                if error.response["Error"]["Code"] in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-                    return self
                 last = error  # the master may have no volume yet
             except BotoCoreError as error:  # not listening yet
                 last = error

@@ -104,7 +104,8 @@ def test_the_candidate_is_promoted_and_served_to_image_files(project, tracking_s
         bad_requests = {  # each answered with HTTP 400 and one line naming the image: no stack trace, no echoed payload
             "image 1: not a readable image file (cannot identify image file)":
                 {"dataframe_records": [{"image": good}, {"image": base64.b64encode(b"not a picture").decode()}]},
-            "image 0: too many pixels (20000x20000, more than 50,000,000)": {"dataframe_records": [{"image": base64.b64encode(png_header(20_000, 20_000)).decode()}]},
+            "image 0: too many pixels (10000x8000, more than 50,000,000)":
+                {"dataframe_records": [{"image": base64.b64encode(png_header(10_000, 8_000)).decode()}]},
             "image 2: not base64 text (send each image file base64-encoded)":
                 {"dataframe_records": [{"image": good}, {"image": good}, {"image": "this is not base64!"}]},
         }
