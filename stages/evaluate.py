@@ -28,7 +28,7 @@ from imgpipe.evaluation.evaluate import (
     reliability_table,
 )
 from imgpipe.evaluation.saliency import saliency
-from imgpipe.evaluation.scores import most_confused
+from imgpipe.evaluation.stats import most_confused
 from imgpipe.files import write_arrays, write_csv, write_json
 from imgpipe.models.checkpoint import load_checkpoint
 

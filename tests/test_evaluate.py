@@ -16,8 +16,8 @@ from imgpipe.evaluation.evaluate import (
     predictions_table,
     top_k_accuracy,
 )
-from imgpipe.evaluation.scores import confusion_matrix, most_confused, per_class_scores
-from imgpipe.evaluation.stats import bootstrap_macro_f1_interval
+from imgpipe.evaluation.scores import bootstrap_macro_f1_interval, confusion_matrix, per_class_scores
+from imgpipe.evaluation.stats import most_confused
 from imgpipe.training.loop import train
 
 

@@ -19,7 +19,7 @@ from datafiles import write_image_folder
 from project import edited_params, fork, read_json, run
 
 from imgpipe.data.imageset import load_splits
-from imgpipe.evaluation.selection import best_over_seeds
+from imgpipe.evaluation.results import best_over_seeds
 from imgpipe.models.checkpoint import load_checkpoint
 from imgpipe.predict import main as predict_main
 

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from imgpipe.evaluation.selection import best_on_validation
+from imgpipe.evaluation.results import best_on_validation
 from imgpipe.reporting.report import VariantResult, comparison_table, render, seed_summary
 
 CARD = {

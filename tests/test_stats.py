@@ -9,17 +9,15 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 from sklearn.metrics import f1_score
 
-from imgpipe.evaluation import stats
-from imgpipe.evaluation.scores import confusion_matrix, per_class_scores
-from imgpipe.evaluation.stats import (
+from imgpipe.evaluation import scores
+from imgpipe.evaluation.scores import (
     bootstrap_macro_f1,
     bootstrap_macro_f1_interval,
-    holm_adjusted,
-    mcnemar_exact,
-    paired_tests,
+    confusion_matrix,
+    per_class_scores,
     resample_indices,
-    wilson_interval,
 )
+from imgpipe.evaluation.stats import holm_adjusted, mcnemar_exact, paired_tests, wilson_interval
 
 
 @pytest.mark.parametrize("successes, trials", [(0, 1), (1, 1), (0, 10), (8, 10), (5, 10), (351, 360), (360, 360),
@@ -147,7 +145,7 @@ def test_bootstrap_interval_is_repeatable_and_holds_the_point_estimate(digits_pr
 def test_bootstrap_does_not_depend_on_how_resamples_are_batched(digits_predictions, monkeypatch):
     actual, predicted = digits_predictions
     whole = bootstrap_macro_f1(actual, predicted, 10, resamples=50, seed=0)
-    monkeypatch.setattr(stats, "_BATCH_ELEMENTS", 7 * len(actual))  # batches of 7 resamples, the last one short
+    monkeypatch.setattr(scores, "_BATCH_ELEMENTS", 7 * len(actual))  # batches of 7 resamples, the last one short
     np.testing.assert_array_equal(bootstrap_macro_f1(actual, predicted, 10, resamples=50, seed=0), whole)
 
 

@@ -24,7 +24,7 @@ from servers import serve_model
 
 from imgpipe import promote
 from imgpipe.data.imageset import load_splits
-from imgpipe.evaluation.selection import best_over_seeds
+from imgpipe.evaluation.results import best_over_seeds
 from imgpipe.models.checkpoint import load_checkpoint
 from imgpipe.predict import main as predict_main
 

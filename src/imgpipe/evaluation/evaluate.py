@@ -13,8 +13,8 @@ from torch import nn
 
 from imgpipe.data.imageset import ImageSet
 from imgpipe.evaluation.calibration import Reliability, confidences, reliability
-from imgpipe.evaluation.scores import confusion_matrix, per_class_scores
-from imgpipe.evaluation.stats import bootstrap_macro_f1_interval, wilson_interval
+from imgpipe.evaluation.scores import bootstrap_macro_f1_interval, confusion_matrix, per_class_scores
+from imgpipe.evaluation.stats import wilson_interval
 from imgpipe.models.inference import logits_in_chunks, predict_logits, score
 
 SPEED_SAMPLE_BYTES = 64 * 2**20  # inference speed is measured on the split's first images, this much of them at most
@@ -54,7 +54,7 @@ class Evaluation:
 def evaluate(model: nn.Module, split: ImageSet, device: torch.device, top_k: int = 3) -> Evaluation:
     """Everything the metrics, plots and report say about a model on one split.
     Top-k accuracy is measured only when there are more than k classes. The split is a sample, so
-    accuracy and macro-F1 come with 95% intervals (`*_low`, `*_high`; see imgpipe.evaluation.stats). `ece` is that of
+    accuracy and macro-F1 come with 95% intervals (`*_low`, `*_high`; see imgpipe.evaluation.stats and scores). `ece` is that of
     the model's own confidences (a Classifier's are divided by its temperature), `ece_before_scaling` that
     of the network's scores before that division."""
     labels = torch.from_numpy(split.labels).to(device)

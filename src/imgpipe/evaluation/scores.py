@@ -1,9 +1,12 @@
-"""Scores read off a confusion matrix: per-class precision, recall and F1, and the most-confused pairs.
+"""Scores read off a confusion matrix: per-class precision, recall and F1, and macro-F1's percentile bootstrap
+interval over the test images (macro-F1 has no closed-form interval: it is a mean of ratios of dependent counts).
 
-NumPy only, so the report can use them without importing PyTorch.
+NumPy only.
 """
 
 import numpy as np
+
+from imgpipe.evaluation.stats import CONFIDENCE, RESAMPLES, checked_confidence
 
 
 def confusion_matrix(actual: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
@@ -32,10 +35,39 @@ def per_class_scores(confusion: np.ndarray) -> dict[str, np.ndarray]:
     return {"precision": precision, "recall": recall, "f1": f1, "support": support}
 
 
-def most_confused(confusion: np.ndarray, class_names: tuple[str, ...], count: int = 5) -> list[tuple[str, str, int]]:
-    """The `count` largest off-diagonal cells as (actual, predicted, images), largest first."""
-    errors = confusion.copy()
-    np.fill_diagonal(errors, 0)
-    order = np.argsort(-errors, axis=None, kind="stable")[:count]
-    cells = [np.unravel_index(i, errors.shape) for i in order]
-    return [(class_names[a], class_names[p], int(errors[a, p])) for a, p in cells if errors[a, p] > 0]
+# Elements per array (int64: 8 bytes each) in one batch of resamples: 32 MB, whatever the split's size.
+_BATCH_ELEMENTS = 2**22
+
+
+def resample_indices(images: int, resample: int, seed: int = 0) -> np.ndarray:
+    """The images of bootstrap resample number `resample` (indices, drawn with replacement). Each resample
+    has its own generator, spawned from `seed`, so it is the same however the resamples are batched."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(resample,))).integers(0, images, images)
+
+
+def bootstrap_macro_f1(actual: np.ndarray, predicted: np.ndarray, num_classes: int, *,
+                       resamples: int = RESAMPLES, seed: int = 0) -> np.ndarray:
+    """Macro-F1 (per_class_scores' F1, averaged over all `num_classes`) of each of `resamples` resamples of
+    the images, scored in batches: one bincount gives a batch's confusion matrices."""
+    actual, predicted = np.asarray(actual), np.asarray(predicted)
+    if actual.shape != predicted.shape or actual.ndim != 1 or len(actual) == 0:
+        raise ValueError(f"need two equally long, non-empty 1-D arrays, got shapes {actual.shape} and {predicted.shape}")
+    images = len(actual)
+    batch = max(1, _BATCH_ELEMENTS // max(images, num_classes**2))
+    scores = []
+    for start in range(0, resamples, batch):
+        drawn = np.stack([resample_indices(images, r, seed) for r in range(start, min(start + batch, resamples))])
+        confusions = confusion_matrix(actual[drawn], predicted[drawn], num_classes)  # (batch, classes, classes)
+        scores.append(per_class_scores(confusions)["f1"].mean(-1))
+    return np.concatenate(scores)
+
+
+def bootstrap_macro_f1_interval(actual: np.ndarray, predicted: np.ndarray, num_classes: int, *,
+                                resamples: int = RESAMPLES, confidence: float = CONFIDENCE,
+                                seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of macro-F1 over the images. Macro-F1 has no closed-form interval
+    (it is a mean of ratios of dependent counts); resampling the images captures that dependence."""
+    tails = (1 - checked_confidence(confidence)) / 2
+    scores = bootstrap_macro_f1(actual, predicted, num_classes, resamples=resamples, seed=seed)
+    low, high = np.quantile(scores, [tails, 1 - tails])
+    return float(low), float(high)

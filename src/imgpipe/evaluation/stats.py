@@ -1,9 +1,9 @@
-"""How far to trust a test score, and whether two variants differ for real.
+"""How far to trust a test score, whether two variants differ for real, and where a model errs most.
 
 A test split is a sample: on a few hundred images, variants one or two images apart cannot be told
-apart. Here are the intervals evaluate records beside its point estimates (Wilson's for accuracy, a
-percentile bootstrap over test images for macro-F1) and the paired comparison the report makes
-(McNemar's exact test on the same test images, Holm's correction over all pairs).
+apart. Here are Wilson's interval, which evaluate records beside accuracy (macro-F1's bootstrap interval is
+imgpipe.evaluation.scores'), the paired comparison the report makes (McNemar's exact test on the same test
+images, Holm's correction over all pairs), and the largest off-diagonal counts of a confusion matrix.
 
 NumPy and the standard library only, so the report can import it without SciPy or PyTorch.
 """
@@ -15,17 +15,11 @@ from statistics import NormalDist
 
 import numpy as np
 
-from imgpipe.evaluation.scores import confusion_matrix, per_class_scores
-
 CONFIDENCE = 0.95  # the intervals evaluate records: metrics/test/<variant>.json's *_low and *_high
 RESAMPLES = 1000  # bootstrap resamples behind evaluate's macro-F1 interval
 LEVEL = 0.05  # a difference between two variants is called real when its Holm-adjusted p is below this
 
-# Elements per array (int64: 8 bytes each) in one batch of resamples: 32 MB, whatever the split's size.
-_BATCH_ELEMENTS = 2**22
-
-
-def _checked(confidence: float) -> float:
+def checked_confidence(confidence: float) -> float:
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence}")
     return confidence
@@ -36,7 +30,7 @@ def wilson_interval(successes: int, trials: int, confidence: float = CONFIDENCE)
     to its nominal coverage near 0 and 1, where accurate classifiers live."""
     if trials < 1 or not 0 <= successes <= trials:
         raise ValueError(f"need 0 <= successes <= trials and trials >= 1, got {successes} of {trials}")
-    z = NormalDist().inv_cdf((1 + _checked(confidence)) / 2)
+    z = NormalDist().inv_cdf((1 + checked_confidence(confidence)) / 2)
     share = successes / trials
     shrink = 1 + z**2 / trials
     centre = (share + z**2 / (2 * trials)) / shrink
@@ -58,40 +52,6 @@ def mcnemar_exact(only_first_right: int, only_second_right: int) -> float:
         tail += term
         term = term * (discordant - i) // (i + 1)
     return min(1.0, 2 * tail / 2**discordant)  # int / int: correctly rounded, however large
-
-
-def resample_indices(images: int, resample: int, seed: int = 0) -> np.ndarray:
-    """The images of bootstrap resample number `resample` (indices, drawn with replacement). Each resample
-    has its own generator, spawned from `seed`, so it is the same however the resamples are batched."""
-    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(resample,))).integers(0, images, images)
-
-
-def bootstrap_macro_f1(actual: np.ndarray, predicted: np.ndarray, num_classes: int, *,
-                       resamples: int = RESAMPLES, seed: int = 0) -> np.ndarray:
-    """Macro-F1 (per_class_scores' F1, averaged over all `num_classes`) of each of `resamples` resamples of
-    the images, scored in batches: one bincount gives a batch's confusion matrices."""
-    actual, predicted = np.asarray(actual), np.asarray(predicted)
-    if actual.shape != predicted.shape or actual.ndim != 1 or len(actual) == 0:
-        raise ValueError(f"need two equally long, non-empty 1-D arrays, got shapes {actual.shape} and {predicted.shape}")
-    images = len(actual)
-    batch = max(1, _BATCH_ELEMENTS // max(images, num_classes**2))
-    scores = []
-    for start in range(0, resamples, batch):
-        drawn = np.stack([resample_indices(images, r, seed) for r in range(start, min(start + batch, resamples))])
-        confusions = confusion_matrix(actual[drawn], predicted[drawn], num_classes)  # (batch, classes, classes)
-        scores.append(per_class_scores(confusions)["f1"].mean(-1))
-    return np.concatenate(scores)
-
-
-def bootstrap_macro_f1_interval(actual: np.ndarray, predicted: np.ndarray, num_classes: int, *,
-                                resamples: int = RESAMPLES, confidence: float = CONFIDENCE,
-                                seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of macro-F1 over the images. Macro-F1 has no closed-form interval
-    (it is a mean of ratios of dependent counts); resampling the images captures that dependence."""
-    tails = (1 - _checked(confidence)) / 2
-    scores = bootstrap_macro_f1(actual, predicted, num_classes, resamples=resamples, seed=seed)
-    low, high = np.quantile(scores, [tails, 1 - tails])
-    return float(low), float(high)
 
 
 def holm_adjusted(p_values: list[float]) -> list[float]:
@@ -146,3 +106,12 @@ def paired_tests(correct: dict[str, np.ndarray], level: float = LEVEL) -> list[P
     adjusted = holm_adjusted(p_values)
     return [PairedTest(a, b, only_a, only_b, p, q, level)
             for (a, b), (only_a, only_b), p, q in zip(pairs, counts, p_values, adjusted)]
+
+
+def most_confused(confusion: np.ndarray, class_names: tuple[str, ...], count: int = 5) -> list[tuple[str, str, int]]:
+    """The `count` largest off-diagonal cells as (actual, predicted, images), largest first."""
+    errors = confusion.copy()
+    np.fill_diagonal(errors, 0)
+    order = np.argsort(-errors, axis=None, kind="stable")[:count]
+    cells = [np.unravel_index(i, errors.shape) for i in order]
+    return [(class_names[a], class_names[p], int(errors[a, p])) for a, p in cells if errors[a, p] > 0]

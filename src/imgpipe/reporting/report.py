@@ -11,10 +11,8 @@ import numpy as np
 import pandas as pd
 
 from imgpipe import paths
-from imgpipe.evaluation.results import VariantResult
-from imgpipe.evaluation.scores import most_confused
-from imgpipe.evaluation.selection import choose
-from imgpipe.evaluation.stats import CONFIDENCE, RESAMPLES, PairedTest, paired_tests
+from imgpipe.evaluation.results import VariantResult, choose
+from imgpipe.evaluation.stats import CONFIDENCE, RESAMPLES, PairedTest, most_confused, paired_tests
 
 
 def _size(size: int) -> str:
@@ -311,7 +309,7 @@ def _link(figure: str) -> str:
 
 
 def headline(dataset: str, card: dict, runs: dict[str, dict[int, VariantResult]], tests: list[PairedTest]) -> list[str]:
-    """The title and the model the run puts forward, chosen on validation (imgpipe.evaluation.selection.choose,
+    """The title and the model the run puts forward, chosen on validation (imgpipe.evaluation.results.choose,
     as the registry's candidate is), with its test figures."""
     seeds = len(next(iter(runs.values())))
     choice = choose({variant: {seed: r.train for seed, r in by_seed.items()} for variant, by_seed in runs.items()})

@@ -7,8 +7,7 @@ Takes plain values (the stage reads params.yaml)."""
 from collections.abc import Callable
 
 from imgpipe import paths, provenance
-from imgpipe.evaluation.results import VariantResult
-from imgpipe.evaluation.selection import choose
+from imgpipe.evaluation.results import VariantResult, choose
 from imgpipe.files import read_csv
 from imgpipe.settings import Variant
 from imgpipe.tracking import registry, runs, store
