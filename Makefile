@@ -11,8 +11,9 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 run: install
 	dvc repro
 
+# Two processes (pytest-xdist): each builds its own test pipeline and servers, and the rest is shared out.
 test: install
-	pytest
+	pytest -n 2
 
 install: $(VENV)/.installed
 
