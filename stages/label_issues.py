@@ -40,8 +40,8 @@ def main() -> None:
                           f"({', '.join(P.get(params, 'train.variants'))})")
     variant, data = settings.variant(params, name, seeds[0]), load_prepared(paths.PREPARED)
     device = pick_device(variant.config.device)
-    judged = {split: np.mean([probabilities(load_checkpoint(paths.checkpoint(name, seed))[0], getattr(data, split).images, device)
-                              for seed in seeds], axis=0)
+    models = [load_checkpoint(paths.checkpoint(name, seed))[0] for seed in seeds]
+    judged = {split: np.mean([probabilities(model, getattr(data, split).images, device) for model in models], axis=0)
               for split in ("val", "test")}
 
     def fold(train_rows: np.ndarray, held_rows: np.ndarray) -> np.ndarray:

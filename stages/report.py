@@ -67,7 +67,7 @@ def main() -> None:
            "experiment": provenance.dvc_experiment(), "versions": provenance.versions(), "mlflow_experiment": experiment}
     write_text(paths.report(), render(P.get(params, "data.dataset"), card, results, run, runs,
                                            saliency={name: str(maps["method"]) for name, maps in explained.items()},
-                                           label_issues=(read_json(paths.LABEL_ISSUES_SUMMARY), issues, shown_mistakes)))
+                                           label_issues=(read_json(paths.LABEL_ISSUES_SUMMARY), issues)))
     write_json(paths.VARIANTS, {name: seed_summary(by_seed) for name, by_seed in runs.items()})
     print(f"wrote {paths.report().relative_to(paths.ROOT)} and {len(drawn)} figures in {paths.FIGURES.relative_to(paths.ROOT)}")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from imgpipe.data.imageset import SPLITS, ImageSet, chunks, writing_splits
-from imgpipe.data.prepared import STATS_FILE, Prepared, load_prepared, stats_record
+from imgpipe.data.prepared import STATS_FILE, Prepared, ids_of, load_prepared, stats_record
 from imgpipe.errors import ImgpipeError, require
 
 
@@ -194,8 +194,7 @@ def without(selection: Selection, exclude: set[str]) -> Selection:
     """The selection less the images whose ids are listed."""
     if not exclude:
         return selection
-    ids = np.array([f"{selection.source}:{index}" for index in selection.indices])
-    return selection.take(np.flatnonzero(~np.isin(ids, list(exclude))))
+    return selection.take(np.flatnonzero(~np.isin(ids_of(selection.source, selection.indices), list(exclude))))
 
 
 def read_excluded(path: Path) -> set[str]:

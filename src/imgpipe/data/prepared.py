@@ -83,4 +83,9 @@ def image_ids(folder: Path, split: str) -> np.ndarray:
     indices = folder / f"{split}.ids.npy"
     if source is None or not indices.exists():
         raise ImgpipeError(f"{folder}: prepared by an older imgpipe, without image ids; run the prepare stage again (dvc repro)")
-    return np.array([f"{source}:{index}" for index in np.load(indices)])
+    return ids_of(source, np.load(indices))
+
+
+def ids_of(source: str, indices: np.ndarray) -> np.ndarray:
+    """Image ids: `<raw split>:<index there>`."""
+    return np.array([f"{source}:{index}" for index in indices])

@@ -33,12 +33,8 @@ ELEMENTWISE = (nn.BatchNorm2d, nn.GroupNorm, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn
 
 def last_conv(model: nn.Module) -> nn.Module | None:
     """The last nn.Conv2d in module order; None when the model has none."""
-    return _last_conv_named(model)[1]
-
-
-def _last_conv_named(model: nn.Module) -> tuple[str, nn.Module | None]:
-    convs = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
-    return convs[-1] if convs else ("", None)
+    convs = [module for module in model.modules() if isinstance(module, nn.Conv2d)]
+    return convs[-1] if convs else None
 
 
 def _target(model: nn.Module) -> tuple[str, nn.Module | None]:

@@ -352,7 +352,7 @@ def saliency_section(methods: dict[str, str]) -> list[str]:
     return lines
 
 
-def label_issues_section(summary: dict | None, table: pd.DataFrame | None, shown: int) -> list[str]:
+def label_issues_section(summary: dict | None, table: pd.DataFrame | None) -> list[str]:
     """The possibly mislabelled images: how many, where, the surest of them, and what to do about them."""
     if summary is None:
         return []
@@ -371,7 +371,7 @@ def label_issues_section(summary: dict | None, table: pd.DataFrame | None, shown
         lines += ["", "| id | split | given | likely | p(given) | p(likely) |", "|---|---|---|---|---:|---:|"]
         lines += [f"| {row.id} | {row.split} | {row.given} | {row.suggested} | {row.given_probability:.3f} | "
                   f"{row.suggested_probability:.3f} |" for row in table.head(10).itertuples()]
-        lines += ["", f"![the {min(shown, len(table))} surest label issues]({_link('label_issues')})"]
+        lines += ["", f"![the {len(table)} surest label issues]({_link('label_issues')})"]
     lines += ["", "A listed image is worth a look, not proof: a wrong label, an ambiguous image, or a model's blind spot. "
               "To train without the ones you judge mislabelled, list their ids in the file `data.exclude` names "
               "(`excluded.txt`) and run again: only the training split loses them, so both runs are scored on the same "
@@ -439,7 +439,7 @@ def per_variant_sections(results: dict[str, VariantResult]) -> list[str]:
 
 def render(dataset: str, card: dict, results: dict[str, VariantResult], provenance: dict,
            runs: dict[str, dict[int, VariantResult]] | None = None, *, saliency: dict[str, str] | None = None,
-           label_issues: tuple[dict, pd.DataFrame, int] | None = None) -> str:
+           label_issues: tuple[dict, pd.DataFrame] | None = None) -> str:
     """results: each variant's run shown in detail (its first seed); runs: every variant's run per seed;
     saliency: the method of each variant's saliency maps (figures saliency_<variant>); label_issues: the summary, the
     list and how many of it the figure label_issues shows."""
@@ -451,7 +451,7 @@ def render(dataset: str, card: dict, results: dict[str, VariantResult], provenan
         *calibration_section(results),
         *per_variant_sections(results),
         *saliency_section(saliency or {}),
-        *label_issues_section(*(label_issues or (None, None, 0))),
+        *label_issues_section(*(label_issues or (None, None))),
         "## Data",
         "",
         data_card_section(card),
