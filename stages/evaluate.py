@@ -10,6 +10,9 @@ MLflow start-up for all runs).
 """
 
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this copy's imgpipe, not the installed one
 
 import numpy as np
 import torch

@@ -1,6 +1,11 @@
 """fetch: read the dataset named by params.yaml `data.dataset` into data/raw/ (uint8 images per split,
 and the decisions the source made about them, for the data card)."""
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this copy's imgpipe, not the installed one
+
 from imgpipe import params as P
 from imgpipe import paths, settings
 from imgpipe.data.imageset import save_fetched

@@ -9,6 +9,11 @@ and metrics/label_issues.json (how many, per split and per given class, and the 
 data.exclude names to leave those images out of the next run's training.
 """
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this copy's imgpipe, not the installed one
+
 import dataclasses
 
 import numpy as np

@@ -1,6 +1,11 @@
 """prepare: select classes, split data/raw/ into stratified train/val/test, leave out of the training split the
 images data.exclude lists, measure the training split's statistics, and write the data card."""
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this copy's imgpipe, not the installed one
+
 from imgpipe import params as P
 from imgpipe import paths
 from imgpipe.data.card import data_card

@@ -4,6 +4,11 @@ the model), its evaluation and the report, and the model the report puts forward
 reports/mlflow_runs.json. A run is made once per training: publishing again finds it.
 """
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this copy's imgpipe, not the installed one
+
 import functools
 
 from imgpipe import params as P

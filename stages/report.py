@@ -9,6 +9,11 @@ test images, read from metrics/predictions/.
 MLflow records it all in the next stage (stages/publish.py), so a report edit does not relog the runs.
 """
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this copy's imgpipe, not the installed one
+
 import numpy as np
 
 from imgpipe import params as P

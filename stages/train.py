@@ -7,8 +7,12 @@ them in MLflow. With train.devices above 1 it starts that many ranks of itself u
 joins that group); rank 0 writes the files.
 """
 
-import subprocess
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this copy's imgpipe, not the installed one
+
+import subprocess
 from datetime import datetime, timezone
 
 from imgpipe import params as P
