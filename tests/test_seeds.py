@@ -35,6 +35,7 @@ def test_more_seeds_train_only_the_new_ones_and_the_report_aggregates_them(pipel
 
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
-    assert sorted(r.info.run_name for r in runs) == ["centroid seed 0", "centroid seed 1", "cnn seed 0", "cnn seed 1"]
+    assert sorted(r.info.run_name for r in runs) == ["centroid seed 0", "cnn seed 0",
+                                                    "two-seeds: centroid seed 1", "two-seeds: cnn seed 1"]
     groups = {r.data.tags["imgpipe.seed_group"] for r in runs if r.data.tags["imgpipe.variant"] == "cnn"}
     assert len(groups) == 1  # siblings across both executions

@@ -47,7 +47,7 @@ def record_trainings(experiment: str, results: dict[tuple[str, int], VariantResu
         train = results[name, seed].train
         found[trainings[name, seed]] = runs.log_training(
             experiment,
-            run_name=f"{name} seed {seed}",
+            run_name=runs.run_name(name, seed),
             training=trainings[name, seed],
             params={"data": params["data"], "train": vars(settings.config), "model": {"name": settings.model, **settings.settings}},
             curves=curves,
@@ -64,17 +64,20 @@ def record_trainings(experiment: str, results: dict[tuple[str, int], VariantResu
 
 
 def register_best(experiment: str, results: dict[str, dict[int, VariantResult]], run_ids: dict[tuple[str, int], str]) -> dict:
-    """Register the variant best on validation (over its seeds), its most accurate seed on validation,
-    as the registered model's `candidate`; test figures ride along as tags, never to choose."""
+    """Register the variant best on validation (over its seeds), its most accurate seed on validation, as a version
+    of the registered model, which takes `candidate` only by beating the current one on validation (registry.register);
+    test figures ride along as tags, never to choose."""
     choice = choose({name: {seed: r.train for seed, r in by_seed.items()} for name, by_seed in results.items()})
     variant, seed = choice.variant, choice.seed
     result = results[variant][seed]
     figures = {"val_accuracy": result.train["val_accuracy"], "val_loss": result.train["val_loss"],
                "test_accuracy": result.test["accuracy"], "test_macro_f1": result.test["macro_f1"]}
-    version = registry.register_candidate(experiment, run_ids[variant, seed], figures)
+    registered = registry.register(experiment, run_ids[variant, seed], figures)
     name = registry.registered_name(experiment)
-    print(f"{variant} seed {seed} (best on validation): version {version} of {name}, alias @{registry.CANDIDATE}")
-    return {"variant": variant, "seed": seed, "version": version, "model": f"models:/{name}@{registry.CANDIDATE}"}
+    print(f"{variant} seed {seed} (best on validation) registered in {name}: {registered.why}")
+    model = f"models:/{name}@{registry.CANDIDATE}" if registered.candidate else f"models:/{name}/{registered.version}"
+    return {"variant": variant, "seed": seed, "version": registered.version, "model": model,
+            "candidate": registered.candidate, "why": registered.why}
 
 
 def add_evaluations(run_ids: dict[tuple[str, int], str], results: dict[tuple[str, int], VariantResult]) -> None:

@@ -1,8 +1,10 @@
-"""The registered model imgpipe-<experiment>: the variant best on validation registered as its `candidate`,
+"""The registered model imgpipe-<experiment>: each execution's variant best on validation registered as a version,
+which becomes the `candidate` only by beating the current one on the same validation split,
 promoted to `champion` by hand (imgpipe.promote), and a registered or logged model (`models:/imgpipe-digits@champion`,
 `runs:/<id>/model`) loaded as predict uses a checkpoint: a module taking uint8 images (B, C, H, W), and the
 preprocessing its images need."""
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import mlflow
@@ -16,30 +18,77 @@ if TYPE_CHECKING:
 
     from imgpipe.serving.preprocessing import Preprocessing
 
+FINGERPRINT = "imgpipe.data_fingerprint"
 CANDIDATE, CHAMPION = "candidate", "champion"  # aliases of registered versions (MLflow's stages are deprecated)
-FROM_RUN = ("imgpipe.variant", "imgpipe.seed", "imgpipe.data_fingerprint", "imgpipe.dvc_experiment", "mlflow.source.git.commit")
+FROM_RUN = ("imgpipe.variant", "imgpipe.seed", FINGERPRINT, "imgpipe.dvc_experiment", "mlflow.source.git.commit")
 
 
 def registered_name(experiment: str) -> str:
     return f"imgpipe-{experiment}"
 
 
-@store_lock()
-def register_candidate(experiment: str, run_id: str, figures: dict[str, float]) -> str:
-    """Register a run's model as a version of imgpipe-<experiment> with the alias `candidate`, tagged with
-    where it came from (the run's variant, seed, data fingerprint, DVC experiment, commit) and `figures`.
-    A run registered before keeps its version. Returns the version."""
+@dataclass(frozen=True)
+class Registration:
+    version: str
+    candidate: bool  # whether the version holds `candidate` now
+    why: str  # one line: why it took the alias, kept it, or was refused it
+
+
+# What "better" means between experiments: the validation figures the pipeline chooses by (higher val accuracy,
+# then lower val loss), compared only on the same validation split (the same data fingerprint).
+def _yardstick(tags: dict) -> tuple[float, float] | None:
+    try:
+        return float(tags["val_accuracy"]), -float(tags["val_loss"])
+    except (KeyError, ValueError):
+        return None
+
+
+def candidacy(new: dict, current: dict | None, version: str, current_version: str | None) -> tuple[bool, str]:
+    """Whether the version tagged `new` takes `candidate` from the one tagged `current`, and the line saying why:
+    only by beating it on validation, on the same validation split. Test figures never count."""
+    mine = _yardstick(new)
+    if current is None or current_version == version:
+        return True, f"version {version} is the candidate" + ("" if current is None else " (unchanged)")
+    theirs = _yardstick(current)
+    if theirs is None:
+        return True, f"version {version} is the candidate (version {current_version} recorded no val figures to compare)"
+    if new.get(FINGERPRINT) != current.get(FINGERPRINT):
+        return False, (f"version {version} is not the candidate: it was trained on other data (fingerprint {new.get(FINGERPRINT)}) "
+                       f"than candidate version {current_version} ({current.get(FINGERPRINT)}), so their val figures are not "
+                       "comparable")
+    if mine is not None and mine > theirs:
+        if mine[0] == theirs[0]:
+            return True, (f"version {version} is the candidate: val accuracy {mine[0]:.4f} as version {current_version}'s, "
+                          f"with a lower val loss ({-mine[1]:.4f} < {-theirs[1]:.4f})")
+        return True, f"version {version} is the candidate: val accuracy {mine[0]:.4f} beats version {current_version}'s {theirs[0]:.4f}"
+    shown = "?" if mine is None else f"{mine[0]:.4f}"
+    return False, (f"version {version} is not the candidate: its val accuracy {shown} does not beat candidate version "
+                   f"{current_version}'s {theirs[0]:.4f} on the same validation split")
+
+
+@store_lock()  # the comparison and the alias move are one step: parallel experiments publish one at a time
+def register(experiment: str, run_id: str, figures: dict[str, float]) -> Registration:
+    """Register a run's model as a version of imgpipe-<experiment>, tagged with where it came from (the run's
+    variant, seed, data fingerprint, DVC experiment, commit) and `figures` (val_accuracy and val_loss among
+    them), and give it the alias `candidate` if it beats the current candidate on validation (see candidacy).
+    A run registered before keeps its version."""
     client = store_client()
     name = registered_name(experiment)
     found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     if found:
-        version = found[0].version
+        version, tags = found[0].version, found[0].tags
     else:
         run_tags = client.get_run(run_id).data.tags
         tags = {key: run_tags[key] for key in FROM_RUN if key in run_tags} | {key: str(value) for key, value in figures.items()}
         version = mlflow.register_model(run_tags.get(MODEL_URI, f"runs:/{run_id}/model"), name, tags=tags).version
-    client.set_registered_model_alias(name, CANDIDATE, version)
-    return str(version)
+    try:
+        current = client.get_model_version_by_alias(name, CANDIDATE)
+    except mlflow.exceptions.MlflowException:  # no candidate yet
+        current = None
+    takes, why = candidacy(tags, current and current.tags, str(version), current and str(current.version))
+    if takes:
+        client.set_registered_model_alias(name, CANDIDATE, version)
+    return Registration(str(version), takes, why)
 
 
 SCHEMES = ("models:/", "runs:/")

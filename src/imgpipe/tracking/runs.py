@@ -59,6 +59,12 @@ def run_tags(variant: str, seed: int, seed_group: str, device: str, data_fingerp
     return tags
 
 
+def run_name(variant: str, seed: int) -> str:
+    """`cnn seed 0`; in a DVC experiment after it, `lr-003: cnn seed 0`, so a grid's runs tell themselves apart."""
+    experiment = provenance.dvc_experiment()
+    return f"{experiment}: {variant} seed {seed}" if experiment else f"{variant} seed {seed}"
+
+
 CURVE = "epoch/"  # prefix of the per-epoch metrics; the MLflow UI groups their charts under it
 
 

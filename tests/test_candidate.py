@@ -1,0 +1,66 @@
+"""The registry's `candidate` is shared by every experiment that publishes to a store, so it moves only to a
+version that beats it on validation, on the same validation split (data fingerprint); any other version is
+registered without the alias and says why in one line. Against a fork of the shared pipeline's MLflow store."""
+
+import pytest
+from project import fork
+
+from imgpipe.tracking import registry
+from imgpipe.tracking.runs import MODEL_URI
+
+
+@pytest.fixture
+def client(pipeline, tmp_path, monkeypatch):
+    project = fork(pipeline, tmp_path / "project")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
+    return registry.store_client()
+
+
+def _experiment_run(client, candidate, **tags) -> str:
+    """A run as another experiment's publish makes it: tagged like the candidate's (variant, seed, data), with
+    `tags` changed, and a logged model (the candidate's own, which registering only points at)."""
+    source = client.get_run(candidate.run_id)
+    run = client.create_run(source.info.experiment_id, tags=source.data.tags | tags)
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def test_only_a_better_model_on_the_same_validation_split_takes_the_candidate(client):
+    name = "imgpipe-digits"
+    first = client.get_model_version_by_alias(name, "candidate")
+    candidate = lambda: client.get_model_version_by_alias(name, "candidate").version  # noqa: E731
+    accuracy, loss = float(first.tags["val_accuracy"]), float(first.tags["val_loss"])
+    fingerprint = first.tags["imgpipe.data_fingerprint"]
+    assert MODEL_URI in client.get_run(first.run_id).data.tags
+
+    worse = registry.register("digits", _experiment_run(client, first), {"val_accuracy": accuracy - 0.05, "val_loss": loss})
+    assert not worse.candidate and int(worse.version) == first.version + 1
+    assert worse.why == (f"version {worse.version} is not the candidate: its val accuracy {accuracy - 0.05:.4f} does not beat "
+                         f"candidate version {first.version}'s {accuracy:.4f} on the same validation split")
+    assert candidate() == first.version
+
+    other_data = registry.register("digits", _experiment_run(client, first, **{"imgpipe.data_fingerprint": "0" * 16}),
+                                   {"val_accuracy": 1.0, "val_loss": 0.0})
+    assert not other_data.candidate and "\n" not in other_data.why
+    assert other_data.why.startswith(f"version {other_data.version} is not the candidate: it was trained on other data "
+                                     f"(fingerprint {'0' * 16}) than candidate version {first.version} ({fingerprint})")
+    assert candidate() == first.version
+    assert client.get_model_version(name, other_data.version).tags["imgpipe.data_fingerprint"] == "0" * 16  # registered
+
+    # The same accuracy wins only with a lower val loss; a higher accuracy wins outright.
+    tie = registry.register("digits", _experiment_run(client, first), {"val_accuracy": accuracy, "val_loss": loss + 0.1})
+    assert not tie.candidate
+    better = registry.register("digits", _experiment_run(client, first), {"val_accuracy": accuracy, "val_loss": loss / 2})
+    assert better.candidate and better.why == (f"version {better.version} is the candidate: val accuracy {accuracy:.4f} as version "
+                                     f"{first.version}'s, with a lower val loss ({loss / 2:.4f} < {loss:.4f})")
+    assert candidate() == int(better.version)
+
+    higher = registry.register("digits", _experiment_run(client, first), {"val_accuracy": accuracy + 0.01, "val_loss": loss})
+    assert higher.candidate and candidate() == int(higher.version)
+
+    again = registry.register("digits", client.get_model_version(name, higher.version).run_id, {})  # a publish rerun
+    assert again.version == higher.version and again.candidate
+
+
+def test_the_first_version_of_a_model_becomes_its_candidate():
+    assert registry.candidacy({"val_accuracy": "0.5", "val_loss": "1.0"}, None, "1", None) == (True, "version 1 is the candidate")
