@@ -69,6 +69,12 @@ class TrackingServer:
             self.process = subprocess.Popen(["bash", "-ec", " && ".join(commands)], stdout=log, stderr=subprocess.STDOUT,
                                             env=os.environ | NO_JOB_RUNNER | (env or {}))
 
+    def database(self, name: str) -> str:
+        """The URL of a new database of its own in the server's PostgreSQL cluster (e.g. an Optuna storage)."""
+        port = self.store.rsplit(":", 1)[1].split("/")[0]
+        subprocess.run(self._pg("createdb", "-h", "127.0.0.1", "-p", port, "-U", "postgres", name), shell=True, check=True)
+        return f"postgresql://postgres@127.0.0.1:{port}/{name}"
+
     @property
     def on_postgresql(self) -> bool:
         return self.store.startswith("postgresql")

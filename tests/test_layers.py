@@ -19,9 +19,10 @@ LAYERS = [
     {"training", "evaluation", "serving"},
     {"reporting"},
     {"tracking"},  # MLflow: at the edge, as configuration
-    {"commands"},  # python -m imgpipe.predict, python -m imgpipe.promote
+    {"search"},  # Optuna: trials that train and are tracked
+    {"commands"},  # python -m imgpipe.predict, python -m imgpipe.promote, python -m imgpipe.sweep
 ]
-COMMANDS = {"predict", "promote"}
+COMMANDS = {"predict", "promote", "sweep"}
 LAYER = {room: level for level, rooms in enumerate(LAYERS) for room in rooms}
 
 

@@ -29,6 +29,9 @@ VARIANTS = METRICS / "variants.json"  # each variant over all its seeds (mean, s
 REPORTS = ROOT / "reports"
 FIGURES = REPORTS / "figures"
 MLFLOW_RUNS = REPORTS / "mlflow_runs.json"  # the MLflow run of each variant and seed, written by the report
+SWEEP_REPORT = REPORTS / "sweep.md"  # the last sweep's summary (python -m imgpipe.sweep): not a pipeline output
+SWEEP_DB = ROOT / "sweep.db"  # Optuna's studies, unless sweep.storage names another database
+SWEEPS = ROOT / "sweeps"  # sweeps/<study>/trial-<n>.pt: the checkpoint of each completed trial
 
 # Queued experiments (`dvc queue start`) run in copies of the project under .dvc/tmp/exps/; DVC_ROOT,
 # which DVC sets for every stage it runs, names the project they belong to, so their MLflow runs

@@ -115,3 +115,23 @@ def most_confused(confusion: np.ndarray, class_names: tuple[str, ...], count: in
     order = np.argsort(-errors, axis=None, kind="stable")[:count]
     cells = [np.unravel_index(i, errors.shape) for i in order]
     return [(class_names[a], class_names[p], int(errors[a, p])) for a, p in cells if errors[a, p] > 0]
+
+
+def selection_optimism(correct: np.ndarray, resamples: int = RESAMPLES, seed: int = 0) -> float:
+    """How much the best of many configurations' validation accuracy flatters it: the maximum of noisy scores is
+    biased upward. correct: (configurations, images) of 0/1 on one validation split. Each bootstrap resample of
+    the images picks the configuration best on it, which is then scored on the images the resample left out;
+    returns the mean of (its accuracy on the resample - its accuracy left out), in accuracy (0.01 = one point)."""
+    correct = np.asarray(correct, dtype=np.float64)
+    count = correct.shape[1]
+    rng = np.random.default_rng(seed)
+    gaps = []
+    for _ in range(resamples):
+        drawn = np.bincount(rng.integers(0, count, count), minlength=count)  # how often each image is drawn
+        left_out = drawn == 0
+        if not left_out.any():
+            continue
+        in_bag = correct @ drawn / count
+        best = int(np.argmax(in_bag))
+        gaps.append(in_bag[best] - correct[best, left_out].mean())
+    return float(np.mean(gaps)) if gaps else 0.0

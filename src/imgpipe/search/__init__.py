@@ -1,0 +1,1 @@
+"""Search over settings across trials: Optuna proposes, prunes and stores; trials train with the one training loop."""

@@ -1,0 +1,146 @@
+"""A sweep's settings and search space (params.yaml `sweep:`), what Optuna draws from it, and how a drawn
+configuration becomes params.yaml values and the `dvc exp run -S ...` that reruns it as a whole pipeline.
+
+Takes plain values (the command reads params.yaml); errors name the key as the user types it (`sweep.space.train.lr`).
+"""
+
+import copy
+import json
+import shlex
+from dataclasses import dataclass
+
+from imgpipe.errors import ConfigError
+
+OBJECTIVES = {"val_accuracy": "maximize", "val_loss": "minimize"}  # the kept epoch's figure on the validation split
+PRUNERS = ("median", "halving", "none")
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched params.yaml key: a range (low..high, on a log scale or in whole numbers) or a list of choices."""
+
+    key: str  # train.lr, models.cnn.channels, ...
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    integer: bool = False
+    choices: tuple | None = None
+
+    def suggest(self, trial):
+        """The value an Optuna trial draws. Choices that are not plain scalars (a list of channels) are drawn as
+        their JSON text, which Optuna can store and compare, and read back."""
+        if self.choices is not None:
+            if all(value is None or isinstance(value, (bool, int, float, str)) for value in self.choices):
+                return trial.suggest_categorical(self.key, list(self.choices))
+            return json.loads(trial.suggest_categorical(self.key, [json.dumps(value) for value in self.choices]))
+        if self.integer:
+            return trial.suggest_int(self.key, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_float(self.key, self.low, self.high, log=self.log)
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """params.yaml `sweep:`."""
+
+    variant: str  # whose settings are searched and whose validation figure is the objective
+    objective: str  # val_accuracy or val_loss
+    trials: int  # in all, over every worker and machine sharing the study
+    workers: int  # processes on this machine running trials side by side
+    pruner: str  # median, halving or none
+    startup_trials: int  # trials never pruned: the yardstick the pruner compares with
+    warmup_epochs: int  # epochs a trial always gets before it may be pruned
+    seed: int  # the sampler's (TPE) seed
+    storage: str | None  # a database URL (None: sqlite at the project root)
+    study: str | None  # the study's name (None: <experiment>-<variant>)
+    space: tuple[Dimension, ...]
+
+    @property
+    def direction(self) -> str:
+        return OBJECTIVES[self.objective]
+
+
+def _number(value, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"params.yaml: {key}: must be a number, got {value!r}")
+    return value
+
+
+def dimension(key: str, spec) -> Dimension:
+    where = f"sweep.space.{key}"
+    if key.startswith("data."):
+        raise ConfigError(f"params.yaml: {where}: data settings change the prepared data, which every trial shares; "
+                          "compare them with a DVC grid (dvc exp run --queue -S ...)")
+    if not key.startswith(("train.", "models.")) or key in ("train.variants", "train.seeds"):
+        raise ConfigError(f"params.yaml: {where}: only train.* and models.* settings can be searched")
+    if not isinstance(spec, dict):
+        raise ConfigError(f"params.yaml: {where}: must be {{low: .., high: .., log: true}} or {{choices: [..]}}, got {spec!r}")
+    unknown = set(spec) - {"low", "high", "log", "int", "choices"}
+    if unknown:
+        raise ConfigError(f"params.yaml: {where}.{sorted(unknown)[0]}: unknown; valid: low, high, log, int, choices")
+    if "choices" in spec:
+        if not isinstance(spec["choices"], list) or not spec["choices"]:
+            raise ConfigError(f"params.yaml: {where}.choices: must be a non-empty list, got {spec['choices']!r}")
+        return Dimension(key, choices=tuple(spec["choices"]))
+    if "low" not in spec or "high" not in spec:
+        raise ConfigError(f"params.yaml: {where}: needs low and high (or choices)")
+    low, high = _number(spec["low"], f"{where}.low"), _number(spec["high"], f"{where}.high")
+    log, integer = bool(spec.get("log", False)), bool(spec.get("int", False))
+    if not low < high or (log and low <= 0):
+        raise ConfigError(f"params.yaml: {where}: needs low < high{' and low > 0 on a log scale' if log else ''}, got {low}..{high}")
+    return Dimension(key, low=low, high=high, log=log, integer=integer)
+
+
+def sweep_config(section: dict | None, variants: list[str]) -> SweepConfig:
+    """The sweep's settings from params.yaml's `sweep:` section (and train.variants, which must list its variant)."""
+    section = dict(section or {})
+    defaults = {"variant": "cnn", "objective": "val_accuracy", "trials": 20, "workers": 1, "pruner": "median",
+                "startup_trials": 5, "warmup_epochs": 1, "seed": 0, "storage": None, "study": None, "space": {}}
+    unknown = set(section) - set(defaults)
+    if unknown:
+        raise ConfigError(f"params.yaml: sweep.{sorted(unknown)[0]}: unknown setting; valid: {', '.join(defaults)}")
+    values = defaults | section
+    if values["variant"] not in variants:
+        raise ConfigError(f"params.yaml: sweep.variant: {values['variant']!r} is not in train.variants ({', '.join(variants)})")
+    if values["objective"] not in OBJECTIVES:
+        raise ConfigError(f"params.yaml: sweep.objective: one of {', '.join(OBJECTIVES)}, got {values['objective']!r}")
+    if values["pruner"] not in PRUNERS:
+        raise ConfigError(f"params.yaml: sweep.pruner: one of {', '.join(PRUNERS)}, got {values['pruner']!r}")
+    for key, least in (("trials", 1), ("workers", 1), ("startup_trials", 0), ("warmup_epochs", 0), ("seed", 0)):
+        if not isinstance(values[key], int) or isinstance(values[key], bool) or values[key] < least:
+            raise ConfigError(f"params.yaml: sweep.{key}: must be a whole number >= {least}, got {values[key]!r}")
+    if not isinstance(values["space"], dict) or not values["space"]:
+        raise ConfigError("params.yaml: sweep.space: name at least one setting to search, e.g. train.lr: {low: 0.001, high: 0.1, log: true}")
+    space = tuple(dimension(str(key), spec) for key, spec in values["space"].items())
+    return SweepConfig(**(values | {"space": space}))
+
+
+def applied(params: dict, values: dict[str, object]) -> dict:
+    """params with each dotted key set to its value (a copy); a key params.yaml lacks is added, as `-S +key` does."""
+    params = copy.deepcopy(params)
+    for key, value in values.items():
+        *sections, name = key.split(".")
+        node = params
+        for section in sections:
+            if node.get(section) is None:  # `linear:` with nothing under it
+                node[section] = {}
+            node = node[section]
+            if not isinstance(node, dict):
+                raise ConfigError(f"params.yaml: sweep.space.{key}: {section} is not a section")
+        node[name] = value
+    return params
+
+
+def _has(params: dict, key: str) -> bool:
+    node = params
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def dvc_command(params: dict, values: dict[str, object]) -> str:
+    """The `dvc exp run` that reruns a drawn configuration as a whole pipeline experiment (every variant, test
+    split and all); `+key` adds a key params.yaml does not have yet."""
+    sets = [f"{'' if _has(params, key) else '+'}{key}={json.dumps(value, separators=(',', ':'))}" for key, value in values.items()]
+    return "dvc exp run " + " ".join(f"-S {shlex.quote(text)}" for text in sets)

@@ -1,0 +1,159 @@
+"""Search a variant's settings with Optuna: TPE proposes, a pruner stops hopeless trials from their per-epoch
+validation figures, and the winner is chosen on validation alone and scored on test once.
+
+    python -m imgpipe.sweep                       # the search params.yaml's `sweep:` section describes
+    python -m imgpipe.sweep --trials 40 --workers 2
+    python -m imgpipe.sweep --worker              # on another machine: join the study (a shared sweep.storage)
+    python -m imgpipe.sweep --summary             # choose and report, without new trials
+
+Trials train in this process (or in `workers` processes of it) with the pipeline's training loop on the prepared
+data (`dvc repro prepare` runs first); each is an MLflow run under the study's parent run. The summary goes to
+reports/sweep.md and the parent run, with the exact `dvc exp run -S ...` that reruns the winner as a pipeline
+experiment.
+"""
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
+import optuna
+from optuna.trial import TrialState
+
+from imgpipe import params as P
+from imgpipe import paths
+from imgpipe.data.prepared import load_prepared
+from imgpipe.errors import ImgpipeError
+from imgpipe.files import write_text
+from imgpipe.search import summary
+from imgpipe.search.space import SweepConfig, sweep_config
+from imgpipe.search.trial import run_trial
+from imgpipe.tracking import trials
+from imgpipe.tracking.store import reported
+
+PARENT = "mlflow_parent_run"  # the study's attribute naming its MLflow parent run
+
+
+def open_study(name: str, storage: str, sweep: SweepConfig, worker: int) -> optuna.Study:
+    if storage.startswith("sqlite"):  # several processes take turns at one file: wait for it rather than fail
+        storage = optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"timeout": 60}})
+    pruner = {"median": lambda: optuna.pruners.MedianPruner(sweep.startup_trials, n_warmup_steps=sweep.warmup_epochs + 1),
+              "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, sweep.warmup_epochs + 1)),
+              "none": optuna.pruners.NopPruner}[sweep.pruner]()
+    # Each worker its own sampler seed: the same seed would have them propose the same first trials.
+    sampler = optuna.samplers.TPESampler(seed=sweep.seed + worker)
+    return optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner, direction=sweep.direction,
+                               load_if_exists=True)
+
+
+def _said(sweep: SweepConfig):
+    def say(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        drawn = ", ".join(f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}" for key, value in trial.params.items())
+        if trial.state == TrialState.COMPLETE:
+            print(f"trial {trial.number}: {sweep.objective} {trial.value:.4f} after {trial.user_attrs['epochs']} epochs ({drawn})", flush=True)
+        elif trial.state == TrialState.PRUNED:
+            print(f"trial {trial.number}: pruned after epoch {trial.user_attrs.get('epochs', 0)} ({drawn})", flush=True)
+    return say
+
+
+def work(study: optuna.Study, sweep: SweepConfig, params: dict, experiment: str, worker: int) -> None:
+    """Run trials until the study holds sweep.trials of them (every worker and machine counts)."""
+    data = load_prepared(paths.PREPARED)
+    folder = paths.SWEEPS / study.study_name
+    threads = max(1, (os.cpu_count() or 1) // sweep.workers)  # workers share this machine's cores
+    seed = P.seeds(params)[0]
+    parent = study.user_attrs[PARENT]
+
+    def objective(trial):
+        return run_trial(trial, sweep, params, data, experiment=experiment, parent=parent, folder=folder, seed=seed,
+                         threads=threads, worker=worker)
+
+    started = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)  # not those merely enqueued
+    while len(study.get_trials(deepcopy=False, states=started)) < sweep.trials:
+        study.optimize(objective, n_trials=1, callbacks=[_said(sweep)])
+
+
+def start_workers(sweep: SweepConfig, argv: list[str]) -> list[subprocess.Popen]:
+    """The workers as processes of this command, started together so that they share the trials out."""
+    return [subprocess.Popen([sys.executable, "-m", "imgpipe.sweep", *argv, "--worker", "--index", str(index)])
+            for index in range(sweep.workers)]
+
+
+def settings_from(args, params: dict) -> SweepConfig:
+    sweep = sweep_config(P.get(params, "sweep", None), P.get(params, "train.variants"))
+    changes = {key: getattr(args, key) for key in ("trials", "workers", "storage", "study") if getattr(args, key) is not None}
+    return replace(sweep, **changes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m imgpipe.sweep", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=int, help="trials in all (default: sweep.trials)")
+    parser.add_argument("--workers", type=int, help="processes on this machine (default: sweep.workers)")
+    parser.add_argument("--storage", help="Optuna's database URL (default: sweep.storage, else sqlite:///sweep.db)")
+    parser.add_argument("--study", help="the study's name (default: sweep.study, else <experiment>-<variant>)")
+    parser.add_argument("--worker", action="store_true", help="only run trials, for a study another command summarises")
+    parser.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--summary", action="store_true", help="choose the winner and write the summary, without new trials")
+    args = parser.parse_args(argv)
+    own = [arg for arg in (argv if argv is not None else sys.argv[1:]) if arg not in ("--summary",)]
+    try:
+        run(args, own)
+    except ImgpipeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run(args, argv: list[str]) -> None:
+    params = P.load()
+    sweep = settings_from(args, params)
+    experiment, _ = P.tracking(params)
+    name = sweep.study or f"{experiment}-{sweep.variant}"
+    storage = sweep.storage or f"sqlite:///{paths.SWEEP_DB}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per trial comes from here instead
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # four lines a trial otherwise
+    if not args.worker:
+        done = subprocess.run(["dvc", "repro", "prepare"], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ImgpipeError(f"dvc repro prepare failed (exit {done.returncode}): {' '.join(done.stderr.split())[-300:]}")
+    study = open_study(name, storage, sweep, args.index)
+    if PARENT not in study.user_attrs:
+        with reported(optional=False):
+            study.set_user_attr(PARENT, trials.parent_run(experiment, name, {"imgpipe.variant": sweep.variant}))
+    if not args.summary:
+        if not args.worker:
+            print(f"sweep {name}: {sweep.trials} trials of {sweep.variant} ({sweep.workers} worker{'s' * (sweep.workers > 1)}), "
+                  f"storage {storage}", flush=True)
+        if args.worker or sweep.workers == 1:
+            work(study, sweep, params, experiment, args.index)
+        else:
+            failed = [process.wait() for process in start_workers(sweep, argv)]
+            if any(failed):
+                raise ImgpipeError(f"sweep {name}: a worker failed (exit {max(failed)}); its error is above")
+    if not args.worker:
+        summarize(study, sweep, storage)
+
+
+def summarize(study: optuna.Study, sweep: SweepConfig, storage: str) -> None:
+    data = load_prepared(paths.PREPARED)
+    result = summary.outcome(study, sweep, paths.SWEEPS / study.study_name, data)
+    text = summary.markdown(study, sweep, result, storage)
+    write_text(paths.SWEEP_REPORT, text)
+    chosen = result.chosen
+    metrics = {f"best_{sweep.objective}": chosen.value, "best_val_accuracy": chosen.user_attrs["val_accuracy"],
+               "test_accuracy": result.test_accuracy, "test_accuracy_low": result.test_interval[0],
+               "test_accuracy_high": result.test_interval[1], "selection_optimism": result.optimism,
+               "trials_complete": result.counts["COMPLETE"], "trials_pruned": result.counts["PRUNED"], "epochs": result.epochs}
+    tags = {"imgpipe.best_trial": str(chosen.number), "imgpipe.best_command": chosen.user_attrs["command"]}
+    with reported(optional=False):
+        trials.finish_parent(study.user_attrs[PARENT], metrics, tags, text)
+    print(f"chosen on validation: trial {chosen.number}, val accuracy {chosen.user_attrs['val_accuracy']:.4f}; "
+          f"test accuracy {result.test_accuracy:.4f} ({result.test_interval[0]:.4f}-{result.test_interval[1]:.4f}); "
+          f"summary in {paths.SWEEP_REPORT.relative_to(paths.ROOT)}")
+    print(f"rerun it as a pipeline experiment: {chosen.user_attrs['command']}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

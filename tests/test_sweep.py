@@ -1,0 +1,112 @@
+"""Sweeps (python -m imgpipe.sweep): a search space read from params.yaml, Optuna's TPE proposing, a pruner fed by
+the training loop stopping a hopeless trial with nothing of it left half-written, every trial an MLflow run under
+one parent, the winner chosen on validation and scored on test once; two workers sharing one study."""
+
+import mlflow
+import numpy as np
+import optuna
+import pytest
+from project import copy_project, run
+
+from imgpipe.errors import ConfigError
+from imgpipe.evaluation.stats import selection_optimism
+from imgpipe.search.space import applied, dvc_command, sweep_config
+
+SPACE = {"models.linear.lr": {"low": 1e-6, "high": 0.1, "log": True}}
+
+
+def test_the_space_names_a_bad_setting_in_one_line():
+    def error(section):
+        with pytest.raises(ConfigError) as caught:
+            sweep_config(section, ["linear", "cnn"])
+        return str(caught.value)
+
+    assert error({"space": {"data.val_fraction": {"low": 0.1, "high": 0.2}}}).startswith(
+        "params.yaml: sweep.space.data.val_fraction: data settings change the prepared data")
+    assert error({"space": {"train.lr": {"low": 0, "high": 0.1, "log": True}}}) == (
+        "params.yaml: sweep.space.train.lr: needs low < high and low > 0 on a log scale, got 0..0.1")
+    assert error({"space": SPACE, "variant": "mlp"}) == "params.yaml: sweep.variant: 'mlp' is not in train.variants (linear, cnn)"
+    assert error({"space": SPACE, "trails": 3}).startswith("params.yaml: sweep.trails: unknown setting; valid: variant, objective")
+    assert error({}).startswith("params.yaml: sweep.space: name at least one setting to search")
+
+
+def test_a_drawn_configuration_becomes_params_and_the_dvc_command_that_reruns_it():
+    params = {"train": {"lr": 0.01}, "models": {"cnn": {"channels": [16, 32]}, "linear": None}}
+    values = {"train.lr": 0.003, "models.cnn.channels": [32, 64], "models.linear.weight_decay": 1e-05}
+    assert applied(params, values) == {"train": {"lr": 0.003}, "models": {"cnn": {"channels": [32, 64]},
+                                                                          "linear": {"weight_decay": 1e-05}}}
+    assert params["train"]["lr"] == 0.01  # a copy
+    assert dvc_command(params, values) == ("dvc exp run -S train.lr=0.003 -S 'models.cnn.channels=[32,64]' "
+                                           "-S +models.linear.weight_decay=1e-05")
+
+
+def test_best_of_many_noisy_scores_is_optimistic_and_the_bootstrap_says_by_how_much():
+    rng = np.random.default_rng(1)
+    alike = rng.random((20, 400)) < 0.8  # 20 configurations, all truly 80% accurate: any "best" is luck
+    # The maximum of 20 draws lies about 1.87 standard deviations (0.02 on 400 images) above the mean.
+    assert 0.015 < selection_optimism(alike) < 0.06
+    assert abs(selection_optimism(alike[:1])) < 0.005  # one configuration: nothing chosen, nothing flattered
+    dominant = np.vstack([np.ones((1, 400)), rng.random((5, 400)) < 0.5])
+    assert abs(selection_optimism(dominant)) < 0.005  # a clear winner is chosen on every resample: no luck involved
+
+
+def _project(folder, **sweep):
+    return copy_project(folder, train__epochs=3, train__variants=["linear"], label_issues__variant="linear",
+                        sweep__variant="linear", sweep__startup_trials=1, sweep__warmup_epochs=0, sweep__space=SPACE,
+                        **{f"sweep__{key}": value for key, value in sweep.items()})
+
+
+def test_a_sweep_prunes_a_hopeless_trial_leaves_nothing_of_it_and_tests_only_the_winner(tmp_path):
+    project = _project(tmp_path / "project", trials=3)
+    storage = f"sqlite:///{project / 'sweep.db'}"
+    study = optuna.create_study(study_name="digits-linear", storage=storage, direction="maximize")
+    for lr in (0.05, 1e-6, 0.01):  # a good rate, then one that cannot learn in an epoch: the pruner's case
+        study.enqueue_trial({"models.linear.lr": lr})
+
+    done = run(["python", "-m", "imgpipe.sweep"], project)
+    assert "trial 1: pruned after epoch 1 (models.linear.lr=1e-06)" in done.stdout
+
+    study = optuna.load_study(study_name="digits-linear", storage=storage)
+    states = {t.number: t.state for t in study.trials}
+    assert states[0] == optuna.trial.TrialState.COMPLETE and states[1] == optuna.trial.TrialState.PRUNED
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    # Nothing half-written: a checkpoint per completed trial, none for the pruned one, no temporary files.
+    assert sorted(p.name for p in (project / "sweeps/digits-linear").iterdir()) == sorted(f"trial-{t.number}.pt" for t in complete)
+    assert study.trials[1].user_attrs["epochs"] == 1 and "val_hits" not in study.trials[1].user_attrs
+
+    chosen = max(complete, key=lambda t: t.user_attrs["val_accuracy"])  # on validation alone
+    assert study.best_trial.number == chosen.number
+    assert study.user_attrs["test"]["trial"] == chosen.number and study.user_attrs["test"]["looks"] == 1
+    summary = (project / "reports/sweep.md").read_text()
+    assert f"Trial {chosen.number}, chosen on validation alone: val accuracy {chosen.value:.4f}" in summary
+    assert f"dvc exp run -S +models.linear.lr={chosen.params['models.linear.lr']}" in summary
+    assert f"Trials: 3 ({len(complete)} complete, {3 - len(complete)} pruned, 0 failed)" in summary
+
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
+    parent = next(r for r in runs if r.info.run_name == "sweep digits-linear")
+    children = {r.data.tags["imgpipe.trial"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert sorted(children) == ["0", "1", "2"]
+    assert children["1"].info.status == "KILLED" and children["1"].data.tags["imgpipe.trial_state"] == "PRUNED"
+    assert children["0"].info.status == "FINISHED" and children["0"].data.metrics["val_accuracy"] == complete[0].value
+    assert any(key.startswith("system/cpu_utilization") for key in children["0"].data.metrics)  # MLflow's own monitor
+    assert parent.data.metrics["test_accuracy"] == study.user_attrs["test"]["accuracy"]
+
+    run(["python", "-m", "imgpipe.sweep", "--summary"], project)  # summarised again: the test split is not looked at again
+    assert optuna.load_study(study_name="digits-linear", storage=storage).user_attrs["test"]["looks"] == 1
+
+
+def test_two_workers_share_one_study_on_a_database_server(tmp_path, tracking_server):
+    if not tracking_server.on_postgresql:
+        pytest.skip("PostgreSQL is not installed")
+    storage = tracking_server.database("optuna")
+    project = _project(tmp_path / "project", trials=6, workers=2, pruner="none", storage=storage)
+    run(["python", "-m", "imgpipe.sweep"], project)
+    study = optuna.load_study(study_name="digits-linear", storage=storage)
+    assert 6 <= len(study.trials) <= 7  # two workers may both start the last trial
+    assert {t.user_attrs["worker"].rsplit(":", 1)[1] for t in study.trials} == {"0", "1"}
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and len(runs) == len(study.trials) + 1
