@@ -110,3 +110,12 @@ def test_two_workers_share_one_study_on_a_database_server(tmp_path, tracking_ser
     runs = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1 and len(runs) == len(study.trials) + 1
+
+
+def test_a_grid_spreads_each_range_on_its_own_scale():
+    space = sweep_config({"variant": "cnn", "space": {
+        "models.cnn.lr": {"low": 0.001, "high": 0.1, "log": True},
+        "train.crop_padding": {"low": 0, "high": 4, "int": True},
+        "models.cnn.channels": {"choices": [[8, 16], [16, 32]]},
+    }}, ["cnn"]).space
+    assert [dimension.grid(3) for dimension in space] == [[0.001, 0.01, 0.1], [0, 2, 4], ["[8, 16]", "[16, 32]"]]

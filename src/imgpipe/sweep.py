@@ -43,7 +43,8 @@ def open_study(name: str, storage: str, sweep: SweepConfig, worker: int) -> optu
               "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, sweep.warmup_epochs + 1)),
               "none": optuna.pruners.NopPruner}[sweep.pruner]()
     # Each worker its own sampler seed: the same seed would have them propose the same first trials.
-    sampler = optuna.samplers.TPESampler(seed=sweep.seed + worker)
+    sampler = (optuna.samplers.TPESampler(seed=sweep.seed + worker) if sweep.sampler == "tpe" else
+               optuna.samplers.GridSampler({d.key: d.grid(sweep.grid_points) for d in sweep.space}, seed=sweep.seed + worker))
     return optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner, direction=sweep.direction,
                                load_if_exists=True)
 

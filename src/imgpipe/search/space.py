@@ -9,10 +9,13 @@ import json
 import shlex
 from dataclasses import dataclass
 
+import numpy as np
+
 from imgpipe.errors import ConfigError
 
 OBJECTIVES = {"val_accuracy": "maximize", "val_loss": "minimize"}  # the kept epoch's figure on the validation split
 PRUNERS = ("median", "halving", "none")
+SAMPLERS = ("tpe", "grid")  # Optuna's TPE (Bayesian), or a grid drawn in a seeded random order: the baseline
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,16 @@ class Dimension:
             return trial.suggest_int(self.key, int(self.low), int(self.high), log=self.log)
         return trial.suggest_float(self.key, self.low, self.high, log=self.log)
 
+    def grid(self, points: int) -> list:
+        """The values a grid tries: the choices, or `points` values evenly spread over the range (on its scale)."""
+        if self.choices is not None:
+            plain = all(value is None or isinstance(value, (bool, int, float, str)) for value in self.choices)
+            return list(self.choices) if plain else [json.dumps(value) for value in self.choices]
+        ends = np.log([self.low, self.high]) if self.log else np.array([self.low, self.high])
+        values = np.linspace(*ends, points)
+        values = np.exp(values) if self.log else values
+        return sorted({int(round(v)) for v in values}) if self.integer else [float(f"{v:.6g}") for v in values]  # no 0.1000...02
+
 
 @dataclass(frozen=True)
 class SweepConfig:
@@ -46,6 +59,8 @@ class SweepConfig:
     objective: str  # val_accuracy or val_loss
     trials: int  # in all, over every worker and machine sharing the study
     workers: int  # processes on this machine running trials side by side
+    sampler: str  # tpe or grid
+    grid_points: int  # grid: values tried per range
     pruner: str  # median, halving or none
     startup_trials: int  # trials never pruned: the yardstick the pruner compares with
     warmup_epochs: int  # epochs a trial always gets before it may be pruned
@@ -93,7 +108,8 @@ def dimension(key: str, spec) -> Dimension:
 def sweep_config(section: dict | None, variants: list[str]) -> SweepConfig:
     """The sweep's settings from params.yaml's `sweep:` section (and train.variants, which must list its variant)."""
     section = dict(section or {})
-    defaults = {"variant": "cnn", "objective": "val_accuracy", "trials": 20, "workers": 1, "pruner": "median",
+    defaults = {"variant": "cnn", "objective": "val_accuracy", "trials": 20, "workers": 1, "sampler": "tpe",
+                "grid_points": 3, "pruner": "median",
                 "startup_trials": 5, "warmup_epochs": 1, "seed": 0, "storage": None, "study": None, "space": {}}
     unknown = set(section) - set(defaults)
     if unknown:
@@ -103,9 +119,11 @@ def sweep_config(section: dict | None, variants: list[str]) -> SweepConfig:
         raise ConfigError(f"params.yaml: sweep.variant: {values['variant']!r} is not in train.variants ({', '.join(variants)})")
     if values["objective"] not in OBJECTIVES:
         raise ConfigError(f"params.yaml: sweep.objective: one of {', '.join(OBJECTIVES)}, got {values['objective']!r}")
+    if values["sampler"] not in SAMPLERS:
+        raise ConfigError(f"params.yaml: sweep.sampler: one of {', '.join(SAMPLERS)}, got {values['sampler']!r}")
     if values["pruner"] not in PRUNERS:
         raise ConfigError(f"params.yaml: sweep.pruner: one of {', '.join(PRUNERS)}, got {values['pruner']!r}")
-    for key, least in (("trials", 1), ("workers", 1), ("startup_trials", 0), ("warmup_epochs", 0), ("seed", 0)):
+    for key, least in (("trials", 1), ("workers", 1), ("grid_points", 2), ("startup_trials", 0), ("warmup_epochs", 0), ("seed", 0)):
         if not isinstance(values[key], int) or isinstance(values[key], bool) or values[key] < least:
             raise ConfigError(f"params.yaml: sweep.{key}: must be a whole number >= {least}, got {values[key]!r}")
     if not isinstance(values["space"], dict) or not values["space"]:

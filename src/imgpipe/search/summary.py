@@ -73,7 +73,7 @@ def markdown(study: optuna.Study, sweep: SweepConfig, result: Outcome, storage: 
         f"# Sweep {study.study_name}",
         "",
         f"Variant `{sweep.variant}`, objective `{objective}` ({sweep.direction}d, on the validation split), "
-        f"TPE sampler (seed {sweep.seed}), pruner `{sweep.pruner}`; storage `{storage}`.",
+        f"sampler `{sweep.sampler}` (seed {sweep.seed}), pruner `{sweep.pruner}`; storage `{storage}`.",
         f"Trials: {sum(result.counts.values())} ({result.counts['COMPLETE']} complete, {result.counts['PRUNED']} pruned, "
         f"{result.counts['FAIL']} failed); {result.epochs} training epochs in all.",
         "",

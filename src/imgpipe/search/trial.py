@@ -48,6 +48,7 @@ def run_trial(trial: optuna.Trial, sweep: SweepConfig, params: dict, data: Prepa
         def on_epoch(row: dict) -> None:
             run.epoch(row)
             trial.set_user_attr("epochs", row["epoch"])
+            trial.set_user_attr("train_seconds", row["seconds"])  # so far: a pruned trial's training time counts too
             trial.report(row[sweep.objective], row["epoch"])
             if trial.should_prune():
                 raise optuna.TrialPruned(f"{sweep.objective} {row[sweep.objective]:.4f} after epoch {row['epoch']}")
