@@ -11,9 +11,10 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 run: install
 	dvc repro
 
-# Two processes (pytest-xdist): each builds its own test pipeline and servers, and the rest is shared out.
+# Two processes (pytest-xdist): each builds its own test pipeline and servers, and the rest is shared out a module
+# at a time (loadscope), so a module's fixture (four queued experiments, say) is built once, not once per process.
 test: install
-	pytest -n 2
+	pytest -n 2 --dist loadscope
 
 install: $(VENV)/.installed
 
