@@ -39,6 +39,7 @@ PARENT = "mlflow_parent_run"  # the study's attribute naming its MLflow parent r
 def open_study(name: str, storage: str, sweep: SweepConfig, worker: int) -> optuna.Study:
     if storage.startswith("sqlite"):  # several processes take turns at one file: wait for it rather than fail
         storage = optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"timeout": 60}})
+    # Epochs are Optuna's steps, from 1; it first prunes at step n_warmup_steps (halving: at min_resource).
     pruner = {"median": lambda: optuna.pruners.MedianPruner(sweep.startup_trials, n_warmup_steps=sweep.warmup_epochs + 1),
               "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, sweep.warmup_epochs + 1)),
               "none": optuna.pruners.NopPruner}[sweep.pruner]()

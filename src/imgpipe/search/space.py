@@ -63,7 +63,7 @@ class SweepConfig:
     grid_points: int  # grid: values tried per range
     pruner: str  # median, halving or none
     startup_trials: int  # trials never pruned: the yardstick the pruner compares with
-    warmup_epochs: int  # epochs a trial always gets before it may be pruned
+    warmup_epochs: int  # epochs no trial is pruned after: the pruner first judges one after epoch warmup_epochs + 1
     seed: int  # the sampler's (TPE) seed
     storage: str | None  # a database URL (None: sqlite at the project root)
     study: str | None  # the study's name (None: <experiment>-<variant>)
