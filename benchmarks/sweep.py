@@ -39,6 +39,7 @@ SPACE = {  # learning rate, weight decay and width of the pipeline's cnn (TinyVG
     "models.cnn.weight_decay": {"low": 0.000001, "high": 0.001, "log": True},
     "models.cnn.channels": {"choices": [[8, 16], [16, 32], [32, 64]]},
 }
+STARTUP_TRIALS = 4  # never pruned; and no warm-up: any other trial may be pruned from its first epoch on
 SWEEPS = {  # name: (sampler, pruner)
     "tpe-median": ("tpe", "median"),
     "tpe-halving": ("tpe", "halving"),
@@ -71,7 +72,7 @@ def project(folder: Path, data: Path, epochs: int, trials: int) -> Path:
     params["data"] |= {"dataset": "idx", "path": str(data), "class_names": None}
     params["train"] |= {"variants": ["cnn"], "epochs": epochs}
     params["models"]["cnn"] |= {"batch_norm": True}
-    params["sweep"] |= {"variant": "cnn", "trials": trials, "space": SPACE, "startup_trials": 4, "warmup_epochs": 1}
+    params["sweep"] |= {"variant": "cnn", "trials": trials, "space": SPACE, "startup_trials": STARTUP_TRIALS, "warmup_epochs": 0}
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = os.environ | {"GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "b@example.com",
                         "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "b@example.com"}
@@ -115,7 +116,8 @@ def main() -> None:
     print(f"{datetime.datetime.now():%Y-%m-%d %H:%M}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
           f"python {platform.python_version()}, torch {torch.__version__}, optuna {optuna.__version__}")
     print(f"Fashion-MNIST: first {args.train} training images (85/15 train/validation), first {args.test} test images; "
-          f"{args.trials} trials of up to {args.epochs} epochs per sweep; sampler seed 0; space: {', '.join(SPACE)}")
+          f"{args.trials} trials of up to {args.epochs} epochs per sweep ({STARTUP_TRIALS} never pruned, the others from epoch 1 on); "
+          f"sampler seed 0; space: {', '.join(SPACE)}")
     with tempfile.TemporaryDirectory(prefix="imgpipe-sweep-") as temporary:
         subset(Path(temporary) / "data", args.train, args.test)
         folder = project(Path(temporary) / "project", Path(temporary) / "data", args.epochs, args.trials)
