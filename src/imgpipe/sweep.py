@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 
 from imgpipe import params as P
 from imgpipe import paths
-from imgpipe.data.prepared import load_prepared
+from imgpipe.data.prepared import Prepared, load_prepared
 from imgpipe.errors import ImgpipeError
 from imgpipe.files import write_text
 from imgpipe.search import summary
@@ -60,9 +60,8 @@ def _said(sweep: SweepConfig):
     return say
 
 
-def work(study: optuna.Study, sweep: SweepConfig, params: dict, experiment: str, worker: int) -> None:
+def work(study: optuna.Study, sweep: SweepConfig, params: dict, data: Prepared, experiment: str, worker: int) -> None:
     """Run trials until the study holds sweep.trials of them (every worker and machine counts)."""
-    data = load_prepared(paths.PREPARED)
     folder = paths.SWEEPS / study.study_name
     threads = max(1, (os.cpu_count() or 1) // sweep.workers)  # workers share this machine's cores
     seed = P.seeds(params)[0]
@@ -120,6 +119,7 @@ def run(args, argv: list[str]) -> None:
         done = subprocess.run(["dvc", "repro", "prepare"], capture_output=True, text=True)
         if done.returncode != 0:
             raise ImgpipeError(f"dvc repro prepare failed (exit {done.returncode}): {' '.join(done.stderr.split())[-300:]}")
+    data = load_prepared(paths.PREPARED)
     study = open_study(name, storage, sweep, args.index)
     if PARENT not in study.user_attrs:
         with reported(optional=False):
@@ -129,17 +129,16 @@ def run(args, argv: list[str]) -> None:
             print(f"sweep {name}: {sweep.trials} trials of {sweep.variant} ({sweep.workers} worker{'s' * (sweep.workers > 1)}), "
                   f"storage {storage}", flush=True)
         if args.worker or sweep.workers == 1:
-            work(study, sweep, params, experiment, args.index)
+            work(study, sweep, params, data, experiment, args.index)
         else:
             failed = [process.wait() for process in start_workers(sweep, argv)]
             if any(failed):
                 raise ImgpipeError(f"sweep {name}: a worker failed (exit {max(failed)}); its error is above")
     if not args.worker:
-        summarize(study, sweep, storage)
+        summarize(study, sweep, data, storage)
 
 
-def summarize(study: optuna.Study, sweep: SweepConfig, storage: str) -> None:
-    data = load_prepared(paths.PREPARED)
+def summarize(study: optuna.Study, sweep: SweepConfig, data: Prepared, storage: str) -> None:
     result = summary.outcome(study, sweep, paths.SWEEPS / study.study_name, data)
     text = summary.markdown(study, sweep, result, storage)
     write_text(paths.SWEEP_REPORT, text)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from imgpipe import params as P
 from imgpipe.errors import ConfigError
 
 OBJECTIVES = {"val_accuracy": "maximize", "val_loss": "minimize"}  # the kept epoch's figure on the validation split
@@ -29,13 +30,22 @@ class Dimension:
     integer: bool = False
     choices: tuple | None = None
 
+    @property
+    def encoded(self) -> bool:
+        """Whether the choices are drawn as their JSON text: Optuna stores and compares plain scalars only, not
+        a list of channels."""
+        return not all(value is None or isinstance(value, (bool, int, float, str)) for value in self.choices)
+
+    @property
+    def options(self) -> list:
+        """The choices as Optuna draws them."""
+        return [json.dumps(value) for value in self.choices] if self.encoded else list(self.choices)
+
     def suggest(self, trial):
-        """The value an Optuna trial draws. Choices that are not plain scalars (a list of channels) are drawn as
-        their JSON text, which Optuna can store and compare, and read back."""
+        """The value an Optuna trial draws."""
         if self.choices is not None:
-            if all(value is None or isinstance(value, (bool, int, float, str)) for value in self.choices):
-                return trial.suggest_categorical(self.key, list(self.choices))
-            return json.loads(trial.suggest_categorical(self.key, [json.dumps(value) for value in self.choices]))
+            drawn = trial.suggest_categorical(self.key, self.options)
+            return json.loads(drawn) if self.encoded else drawn
         if self.integer:
             return trial.suggest_int(self.key, int(self.low), int(self.high), log=self.log)
         return trial.suggest_float(self.key, self.low, self.high, log=self.log)
@@ -43,8 +53,7 @@ class Dimension:
     def grid(self, points: int) -> list:
         """The values a grid tries: the choices, or `points` values evenly spread over the range (on its scale)."""
         if self.choices is not None:
-            plain = all(value is None or isinstance(value, (bool, int, float, str)) for value in self.choices)
-            return list(self.choices) if plain else [json.dumps(value) for value in self.choices]
+            return self.options
         ends = np.log([self.low, self.high]) if self.log else np.array([self.low, self.high])
         values = np.linspace(*ends, points)
         values = np.exp(values) if self.log else values
@@ -148,17 +157,11 @@ def applied(params: dict, values: dict[str, object]) -> dict:
     return params
 
 
-def _has(params: dict, key: str) -> bool:
-    node = params
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return False
-        node = node[part]
-    return True
+_ABSENT = object()
 
 
 def dvc_command(params: dict, values: dict[str, object]) -> str:
     """The `dvc exp run` that reruns a drawn configuration as a whole pipeline experiment (every variant, test
     split and all); `+key` adds a key params.yaml does not have yet."""
-    sets = [f"{'' if _has(params, key) else '+'}{key}={json.dumps(value, separators=(',', ':'))}" for key, value in values.items()]
+    sets = [f"{'+' if P.get(params, key, _ABSENT) is _ABSENT else ''}{key}={json.dumps(value, separators=(',', ':'))}" for key, value in values.items()]
     return "dvc exp run " + " ".join(f"-S {shlex.quote(text)}" for text in sets)

@@ -6,7 +6,6 @@ hits, from which the summary estimates how much picking the best of many flatter
 import base64
 import os
 import platform
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from imgpipe.data.prepared import Prepared
 from imgpipe.models.checkpoint import save_checkpoint
 from imgpipe.models.inference import logits_in_chunks
 from imgpipe.search.space import SweepConfig, applied, dvc_command
-from imgpipe.tracking.trials import TrialRun
+from imgpipe.tracking.trials import SWEEP, TrialRun
 from imgpipe.training.loop import train
 
 
@@ -35,13 +34,12 @@ def unpacked(text: str, count: int) -> np.ndarray:
 def run_trial(trial: optuna.Trial, sweep: SweepConfig, params: dict, data: Prepared, *, experiment: str, parent: str,
               folder: Path, seed: int, threads: int, worker: int) -> float:
     """Train the drawn configuration of sweep.variant; returns its objective (the kept epoch's val figure)."""
-    started = time.perf_counter()
     values = {dimension.key: dimension.suggest(trial) for dimension in sweep.space}
     variant = settings.variant(applied(params, values), sweep.variant, seed)
     config = variant.config if variant.config.threads else replace(variant.config, threads=threads)
     trial.set_user_attr("command", dvc_command(params, values))
     trial.set_user_attr("worker", f"{platform.node()}:{os.getpid()}:{worker}")
-    tags = {"imgpipe.sweep": sweep_name(trial), "imgpipe.trial": str(trial.number), "imgpipe.variant": sweep.variant,
+    tags = {SWEEP: trial.study.study_name, "imgpipe.trial": str(trial.number), "imgpipe.variant": sweep.variant,
             "imgpipe.data_fingerprint": data.fingerprint}
     logged = {"trial": values, "train": vars(config), "model": {"name": variant.model, **variant.settings}}
     with TrialRun(experiment, parent, f"trial {trial.number}", logged, tags) as run:
@@ -68,11 +66,6 @@ def run_trial(trial: optuna.Trial, sweep: SweepConfig, params: dict, data: Prepa
         trial.set_user_attr("val_loss", summary["val_loss"])
         trial.set_user_attr("val_hits", packed(hits))
         trial.set_user_attr("train_seconds", summary["train_seconds"])
-        trial.set_user_attr("trial_seconds", round(time.perf_counter() - started, 3))
         run.end("COMPLETE", {key: summary[key] for key in ("val_accuracy", "val_loss", "train_accuracy", "train_loss",
                                                            "train_seconds", "epochs", "best_epoch")})
     return summary[sweep.objective]
-
-
-def sweep_name(trial: optuna.Trial) -> str:
-    return trial.study.study_name

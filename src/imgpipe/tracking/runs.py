@@ -85,6 +85,13 @@ def flatten(params: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
+def log_params(client, run_id: str, params: dict) -> None:
+    """Nested settings as dotted params, in batches (MLflow takes at most 100 params per batch)."""
+    logged = [Param(key, str(value)) for key, value in flatten(params).items()]
+    for start in range(0, len(logged), 100):
+        client.log_batch(run_id, params=logged[start:start + 100])
+
+
 MODEL_URI = "imgpipe.model_uri"  # tag: where the run's logged model is, for the registry
 TRAINING = "imgpipe.training"  # tag: the digest of the training a run records (see training_digest)
 
@@ -145,9 +152,7 @@ def log_training(experiment: str, run_name: str, *, training: str, params: dict,
     run = client.create_run(experiment_id(client, experiment), start_time=started, run_name=run_name,
                             tags=tags | {TRAINING: training})
     run_id = run.info.run_id
-    logged = [Param(key, str(value)) for key, value in flatten(params).items()]
-    for start in range(0, len(logged), 100):  # MLflow takes at most 100 params per batch
-        client.log_batch(run_id, params=logged[start:start + 100])
+    log_params(client, run_id, params)
     client.log_inputs(run_id, datasets=datasets)
     points = [Metric(f"{CURVE}{name}", float(value), ended, epoch)
               for name, values in curves.items() for epoch, value in enumerate(values, start=1)]

@@ -3,10 +3,10 @@ so its curves and MLflow's own system metrics (CPU, memory; GPU where there is o
 run ends FINISHED, KILLED when it was pruned, or FAILED, and says which in the tag `imgpipe.trial_state`."""
 
 import mlflow
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, RunTag
 from mlflow.system_metrics import set_system_metrics_sampling_interval
 
-from imgpipe.tracking.runs import CURVE, flatten
+from imgpipe.tracking.runs import CURVE, log_params
 from imgpipe.tracking.store import experiment_id, store_client, store_lock
 
 SWEEP = "imgpipe.sweep"  # tag: the study a run belongs to
@@ -47,9 +47,7 @@ class TrialRun:
         run = mlflow.start_run(experiment_id=experiment_id(client, self.experiment), run_name=self.name,
                                parent_run_id=self.parent, tags=self.tags, log_system_metrics=True)
         self.run_id = run.info.run_id
-        logged = [Param(key, str(value)) for key, value in flatten(self.params).items()]
-        for start in range(0, len(logged), 100):  # MLflow takes at most 100 params per batch
-            client.log_batch(self.run_id, params=logged[start:start + 100])
+        log_params(client, self.run_id, self.params)
         return self
 
     @store_lock()
