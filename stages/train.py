@@ -66,6 +66,7 @@ def main() -> None:
     metrics = result.summary() | {"temperature": calibration.temperature, "val_nll_before_scaling": calibration.nll_before,
                                   "val_nll_after_scaling": calibration.nll_after}
     write_json(paths.train_metrics(name, seed), {**metrics, "model": variant.model, "device": result.device, "started": started})
+    paths.resume_state(name, seed).unlink(missing_ok=True)  # only now: a failure above reruns in seconds, from the finished state
     print(f"{name} seed {seed}: val accuracy {metrics['val_accuracy']:.4f} (epoch {result.best_epoch}), {metrics['parameters']:,} parameters, "
           f"{result.seconds:.1f} s on {result.device}; temperature {calibration.temperature:.3f} "
           f"(val NLL {calibration.nll_before:.4f} -> {calibration.nll_after:.4f})")

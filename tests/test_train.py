@@ -80,7 +80,21 @@ def test_training_killed_midway_resumes_to_the_same_result(tmp_path, digits_prep
     resumed = train(model, settings, digits_prepared, config, resume=resume, on_epoch=lambda row: epochs_run.append(row["epoch"]))
     assert epochs_run == [3, 4]  # it continued after the last finished epoch
     assert measured(resumed.history) == measured(whole.history) and same_weights(resumed.model, whole.model)
-    assert not resume.exists()  # a finished training leaves no state behind
+    # The finished training's state stays until the caller has saved the result: run again, it trains nothing.
+    epochs_run.clear()
+    again = train(model, settings, digits_prepared, config, resume=resume, on_epoch=lambda row: epochs_run.append(row["epoch"]))
+    assert epochs_run == [] and measured(again.history) == measured(whole.history) and same_weights(again.model, whole.model)
+    assert again.best_epoch == whole.best_epoch
+
+
+def test_early_stopping_is_remembered_by_the_finished_state(tmp_path, digits_prepared):
+    config = replace(FAST, epochs=30, patience=1, lr=0.5)  # too high a rate: the val loss soon stops falling
+    resume = tmp_path / "resume.pt"
+    first = train("linear", {}, digits_prepared, config, resume=resume)
+    assert first.stopped_early and len(first.history) < 30
+    epochs_run = []
+    again = train("linear", {}, digits_prepared, config, resume=resume, on_epoch=lambda row: epochs_run.append(row["epoch"]))
+    assert epochs_run == [] and again.stopped_early and len(again.history) == len(first.history)
 
 
 def interrupted_training(resume, data, config=FAST) -> None:

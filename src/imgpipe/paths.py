@@ -50,7 +50,7 @@ def checkpoint(variant: str, seed: int) -> Path:
 
 
 def resume_state(variant: str, seed: int) -> Path:
-    """A training's state after its last finished epoch, removed when it completes."""
+    """A training's state after its last finished epoch, removed once its checkpoint and metrics are written."""
     return MODELS / ".resume" / variant / f"seed{seed}.pt"
 
 

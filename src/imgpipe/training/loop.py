@@ -129,6 +129,7 @@ class LoopState:
     best_weights: dict | None = None
     best_classes_predicted: int = 0  # how many classes the kept weights predict for the val images
     elapsed: float = 0.0  # seconds of training and validation so far
+    finished: bool = False  # the last epoch ran, or early stopping ended the training: resuming only finishes it
 
 
 def resume_key(model_name: str, model_settings: dict, data: Prepared, config: TrainConfig, device: torch.device) -> dict[str, str]:
@@ -246,7 +247,9 @@ def train(model_name: str, model_settings: dict, data: Prepared, config: TrainCo
           resume: Path | None = None, on_epoch: Callable[[dict], None] | None = None, group: ProcessGroup = SINGLE) -> TrainResult:
     """Build the named model (seeded) and fit it to data.train, validating on data.val every epoch.
 
-    `resume`: a file holding the state after each finished epoch; a matching one is continued.
+    `resume`: a file holding the state after each finished epoch; a matching one is continued. The last epoch's
+    state stays too, for the caller to delete once it has saved the result (a failure in between, while calibrating
+    or writing the checkpoint, then costs a rerun seconds, not the training).
     `on_epoch`: called with each epoch's row of the history.
     `group`: the processes training together (imgpipe.training.distributed): each trains on its share of every
     batch, and the leader alone saves the resume state and reports; every rank returns the same result.
@@ -258,23 +261,22 @@ def train(model_name: str, model_settings: dict, data: Prepared, config: TrainCo
     key = resume_key(model_name, model_settings, data, config, setup.device)
     result, state = restore(setup, stepper, key, resume)
     for epoch in range(state.epoch + 1, config.epochs + 1):
+        if state.finished:
+            break
         start = time.perf_counter()
         figures = train_epoch(setup, stepper, epoch)
         row = end_epoch(setup, state, epoch, figures, start)
         result.history.append(row)
         stop = bool(config.patience) and epoch - state.loss_epoch >= config.patience
-        if resume is not None and group.leader and epoch < config.epochs and not stop:
+        state.finished = stop or epoch == config.epochs
+        if resume is not None and group.leader:
             save_state(resume, key, setup, stepper, state, result.history)
         if on_epoch is not None:  # after the state is saved: the epoch counts as finished
             on_epoch(row)
-        if stop:
-            result.stopped_early = True
-            if group.leader:
-                print(f"{model_name}: stopping early after epoch {epoch}: no better val loss since epoch {state.loss_epoch}")
-            break
+        if stop and group.leader:
+            print(f"{model_name}: stopping early after epoch {epoch}: no better val loss since epoch {state.loss_epoch}")
+    result.stopped_early = state.finished and state.epoch < config.epochs
     finish(setup, state, result, data)
-    if resume is not None and group.leader:
-        resume.unlink(missing_ok=True)
     return result
 
 
@@ -343,7 +345,8 @@ def restore(setup: Setup, stepper: Stepper, key: dict[str, str], resume: Path | 
         _set_device_rng(setup.device, saved["device_rng"])
         result.history = saved["history"]
         state = LoopState(**saved["state"])
-        print(f"{setup.name}: resuming after epoch {state.epoch} from {resume}", flush=True)
+        done = "its training finished" if state.finished else "resuming"
+        print(f"{setup.name}: {done} after epoch {state.epoch} in {resume}", flush=True)
     group = setup.group
     if group.world > 1 and group.sum(torch.tensor(state.epoch, device=setup.device)).item() != state.epoch * group.world:
         raise ImgpipeError(f"{setup.name}: the ranks found different resume states in {resume}; every machine must "
