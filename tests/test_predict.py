@@ -69,12 +69,24 @@ def test_explain_writes_an_overlay_of_where_the_model_looked_per_image(digits_pr
     save_checkpoint(checkpoint, model, model_name="cnn", model_settings={"channels": [8]}, image_shape=digits_prepared.image_shape,
                     class_names=digits_prepared.class_names, config=config)
     test = digits_prepared.test
-    write_image_folder(tmp_path / "images", test.images[:5], test.labels[:5], test.class_names)
-    assert main(["--model", str(checkpoint), str(tmp_path / "images"), "--explain", str(tmp_path / "overlays")]) == 0
-    assert "5 overlays (HiResCAM on net.features.3 (ReLU)) -> " in capsys.readouterr().err
-    overlays = sorted((tmp_path / "overlays").iterdir())
-    assert [path.stem for path in overlays] == sorted(path.stem for path in (tmp_path / "images").rglob("*.png"))
-    with Image.open(overlays[0]) as picture:
+    images = tmp_path / "images"
+    for folder, image in (("cat", test.images[0]), ("dog", test.images[1]), ("dog/old", test.images[2])):  # one name, three images
+        (images / folder).mkdir(parents=True)
+        Image.fromarray(image[0]).save(images / folder / "001.png")
+    Image.fromarray(test.images[3][0]).save(images / "dog" / "001.bmp")  # one stem, two formats
+    table = tmp_path / "predictions.csv"
+    assert main(["--model", str(checkpoint), str(images), "--explain", str(tmp_path / "overlays"), "--output", str(table)]) == 0
+    assert "4 overlays (HiResCAM on net.features.3 (ReLU)) -> " in capsys.readouterr().err
+    overlays = sorted(path.relative_to(tmp_path / "overlays").as_posix() for path in (tmp_path / "overlays").rglob("*.png"))
+    assert overlays == ["cat/001.png", "dog/001.bmp.png", "dog/001.png.png", "dog/old/001.png"]
+    rows = pd.read_csv(table)
+    assert dict(zip(rows["path"], rows["overlay"])) == {str(images / "cat/001.png"): str(tmp_path / "overlays/cat/001.png"),
+                                                        str(images / "dog/001.bmp"): str(tmp_path / "overlays/dog/001.bmp.png"),
+                                                        str(images / "dog/001.png"): str(tmp_path / "overlays/dog/001.png.png"),
+                                                        str(images / "dog/old/001.png"): str(tmp_path / "overlays/dog/old/001.png")}
+    pictures = [np.asarray(Image.open(tmp_path / "overlays" / name)) for name in overlays]
+    assert all((a != b).any() for i, a in enumerate(pictures) for b in pictures[i + 1:])  # four images, four overlays
+    with Image.open(tmp_path / "overlays" / overlays[0]) as picture:
         assert picture.mode == "RGB" and picture.size == (256, 256)  # 8x8 enlarged 32 times, each pixel a block
         pixels = np.asarray(picture)
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 2 and (pixels[:32, :32] == pixels[0, 0]).all()

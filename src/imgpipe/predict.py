@@ -10,12 +10,15 @@ one CSV row per image is written: path, predicted class, confidence, then the ne
 are the model's calibrated ones: its class scores divided by the temperature fitted on the validation split
 (imgpipe.evaluation.calibration), which changes no predicted class.
 With --explain, an overlay PNG per image shows where the model looked for the class it predicted (HiResCAM, or input
-gradients for a model without convolutions: imgpipe.evaluation.saliency).
+gradients for a model without convolutions: imgpipe.evaluation.saliency), at the image's path below the folders
+given (photos/cat/001.jpg -> overlays/cat/001.png); the table's `overlay` column names it.
 An unreadable file is reported by name and skipped; the exit status is 1 if any was, else 0.
 """
 
 import argparse
+import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -65,18 +68,31 @@ def read_images(files: list[Path], image_shape: tuple[int, int, int], background
     return read, images, errors
 
 
-def write_explanations(folder: Path, model: torch.nn.Module, files: list[Path], images: np.ndarray, table: pd.DataFrame,
-                       class_names: tuple[str, ...], device: torch.device) -> str:
-    """An overlay PNG per image in folder: where the model looked for the class it predicted, enlarged to at
-    least EXPLAIN_PIXELS on its short side. Returns the method (HiResCAM or input gradients)."""
+def overlay_names(files: list[Path]) -> dict[Path, Path]:
+    """Each file's overlay, relative to the explain folder: its path below the folder all files share, as a PNG
+    (cat/001.jpg -> cat/001.png), so files of one name in different folders keep apart; where two names would
+    still meet (001.jpg beside 001.png), the image's own suffix stays in (001.jpg.png)."""
+    absolute = [Path(os.path.abspath(file)) for file in files]
+    common = Path(os.path.commonpath([file.parent for file in absolute])) if files else Path()
+    relative = [file.relative_to(common) for file in absolute]
+    taken = Counter(path.with_suffix(".png") for path in relative)
+    return {file: path.with_suffix(".png") if taken[path.with_suffix(".png")] == 1 else path.with_name(path.name + ".png")
+            for file, path in zip(files, relative)}
+
+
+def write_explanations(folder: Path, names: dict[Path, Path], model: torch.nn.Module, files: list[Path], images: np.ndarray,
+                       table: pd.DataFrame, class_names: tuple[str, ...], device: torch.device) -> str:
+    """An overlay PNG per image at folder / names[file]: where the model looked for the class it predicted,
+    enlarged to at least EXPLAIN_PIXELS on its short side. Returns the method (HiResCAM or input gradients)."""
     predicted = torch.tensor([class_names.index(name) for name in table["predicted"]])
     heat, method = saliency(model.to(device), torch.from_numpy(images).to(device), predicted)
-    folder.mkdir(parents=True, exist_ok=True)
     for file, image, map_ in zip(files, images, heat.cpu().numpy()):
         picture = Image.fromarray(overlay(image, map_))
         scale = max(1, -(-EXPLAIN_PIXELS // min(picture.size)))
         picture = picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
-        with atomic_path(folder / f"{file.stem}.png") as tmp:
+        target = folder / names[file]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target) as tmp:
             picture.save(tmp, format="PNG")
     return method
 
@@ -93,14 +109,17 @@ def classify(files: list[Path], model: torch.nn.Module, preprocessing: Preproces
              explain: Path | None) -> tuple[pd.DataFrame, list[str]]:
     """Every readable file's row, and one error line per unreadable file."""
     tables, errors = [], []
+    names = overlay_names(files) if explain is not None else {}
     for start in tqdm(range(0, len(files), FILES_AT_ONCE), desc="predict", unit="chunk", disable=len(files) <= FILES_AT_ONCE):
         read, images, unreadable = read_images(files[start:start + FILES_AT_ONCE], preprocessing.image_shape,
                                                preprocessing.background)
         table = top_classes(model, images, preprocessing.class_names, top_k, device)
         if explain is not None and len(read):
-            method = write_explanations(explain, model, read, images, table, preprocessing.class_names, device)
+            method = write_explanations(explain, names, model, read, images, table, preprocessing.class_names, device)
             print(f"{len(read)} overlays ({method}) -> {explain}", file=sys.stderr)
         table.insert(0, "path", [str(p) for p in read])
+        if explain is not None:
+            table["overlay"] = [str(explain / names[p]) for p in read]
         tables.append(table)
         errors += unreadable
     return pd.concat(tables, ignore_index=True), errors
