@@ -97,6 +97,37 @@ def test_fetch_predict_and_the_served_model_read_a_jpeg_alike(tmp_path, photo_jp
     assert not np.array_equal(fetched, decode(file, channels, shape[1:], background, reduced=False))  # reduced, all three
 
 
+QUADRANTS = {(0, 0): (255, 0, 0), (0, 1): (0, 255, 0), (1, 0): (0, 0, 255), (1, 1): (255, 255, 0)}  # upright: red top left...
+STORED_AS = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}  # tag: upright -> stored
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+def test_a_photo_comes_out_upright_as_its_exif_orientation_says(tmp_path, orientation):
+    """A phone's portrait, stored on its side with a rotation tag: fetch, predict and the served model all see it upright."""
+    upright = np.zeros((400, 300, 3), dtype=np.uint8)  # (H, W, C): a portrait of four coloured quadrants
+    for (row, column), colour in QUADRANTS.items():
+        upright[row * 200:(row + 1) * 200, column * 150:(column + 1) * 150] = colour
+    stored = Image.fromarray(upright)
+    if orientation in STORED_AS:
+        stored = stored.transpose(STORED_AS[orientation])
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    (tmp_path / "photos" / "portraits").mkdir(parents=True)
+    file = tmp_path / "photos" / "portraits" / "photo.jpg"
+    stored.save(file, quality=95, exif=exif)
+    assert Image.open(file).size == ((400, 300) if orientation in (6, 8) else (300, 400))  # as the phone stored it
+    shape = (3, 40, 30)
+    fetched = fetch(DataConfig(dataset="imagefolder", path=tmp_path / "photos", image_size=shape[1:]))["train"].images[0]
+    served = read_request(pd.DataFrame({"image": [base64.b64encode(file.read_bytes()).decode()]}), shape, WHITE)[0]
+    kept = fetch(DataConfig(dataset="imagefolder", path=tmp_path / "photos"))["train"].images[0]  # no image_size: its own
+    assert kept.shape == (3, 400, 300)
+    for image in (decode(file, 3, shape[1:], WHITE), read_images([file], shape, WHITE)[1][0], fetched, served):
+        assert image.shape == shape
+        for (row, column), colour in QUADRANTS.items():  # each quadrant's middle, well inside its edges
+            middle = image[:, row * 20 + 5:row * 20 + 15, column * 15 + 4:column * 15 + 11].reshape(3, -1).mean(1)
+            assert np.abs(middle - colour).max() < 30, (orientation, row, column, middle)
+
+
 @pytest.mark.parametrize("channels", [None, 3])  # None: refused as fetch looks at every file's mode; 3: as it decodes
 def test_a_decompression_bomb_fails_in_one_line_naming_the_file(tmp_path, channels):
     assert 20_000 * 20_000 > 2 * Image.MAX_IMAGE_PIXELS  # PIL's own limit, unchanged

@@ -1,7 +1,8 @@
 """Image files as imgpipe reads them, uint8 (C, H, W): any format PIL reads, 8-bit, transparency laid on a
 background colour, the channel count and size asked for. One reader for fetch, predict and the served
-model, so the three cannot disagree about preprocessing. A JPEG is decoded at the smallest DCT scale that
-still covers the size asked for (benchmarks/photo_decode.py). Depends on numpy and PIL only: the logged
+model, so the three cannot disagree about preprocessing. A photo is turned upright as its EXIF orientation
+says (a phone stores a portrait as a landscape with a rotation tag). A JPEG is decoded at the smallest DCT scale
+that still covers the size asked for (benchmarks/photo_decode.py). Depends on numpy and PIL only: the logged
 model carries this file.
 """
 
@@ -9,9 +10,11 @@ import os
 import re
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from imgpipe.errors import ImgpipeError
+
+ORIENTATION = 0x0112  # the EXIF tag: 1 upright; 2-8 mirrored and/or turned
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -57,6 +60,16 @@ def unreadable(name, error: Exception, in_memory: bool = False) -> ImgpipeError:
     return ImgpipeError(f"{name}: not a readable image ({error}); remove or replace it")
 
 
+def turned(image: Image.Image) -> bool:
+    """Whether the EXIF orientation is a quarter turn: the upright image's height and width are the file's swapped."""
+    return image.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8)
+
+
+def upright_size(image: Image.Image) -> tuple[int, int]:
+    """(height, width) of the image as decode returns it, from the header alone."""
+    return (image.width, image.height) if turned(image) else (image.height, image.width)
+
+
 def draft(image: Image.Image, size: tuple[int, int] | None) -> None:
     """Before load(): have a JPEG decoded at the smallest scale (1/2, 1/4, 1/8) whose both sides still
     cover size (H, W); conform then resizes it as any image. Scale only, in the file's own mode: colour
@@ -79,8 +92,8 @@ def decode(path, channels: int, size: tuple[int, int] | None, background: tuple[
             if max_pixels is not None and image.width * image.height > max_pixels:
                 raise ImgpipeError(f"{name or path}: too many pixels ({image.width}x{image.height}, more than {max_pixels:,})")
             if reduced:
-                draft(image, size)
+                draft(image, size if size is None or not turned(image) else (size[1], size[0]))
             image.load()
-            return conform(image, channels, size, background)
+            return conform(ImageOps.exif_transpose(image), channels, size, background)
     except UNREADABLE as error:
         raise unreadable(name or path, error, in_memory) from None

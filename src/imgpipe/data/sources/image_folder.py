@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from imgpipe.config import DataConfig
-from imgpipe.data.decode import IMAGE_SUFFIXES, UNREADABLE, decode, unreadable
+from imgpipe.data.decode import IMAGE_SUFFIXES, UNREADABLE, decode, unreadable, upright_size
 from imgpipe.data.imageset import SPLITS, Fetched
 from imgpipe.errors import ImgpipeError
 
@@ -123,10 +123,10 @@ def image_folder(config: DataConfig) -> Fetched:
 
 
 def _size_of(file: Path) -> tuple[int, int]:
-    """(height, width) from the file's header."""
+    """(height, width) from the file's header, upright as decode turns it."""
     try:
         with Image.open(file) as image:
-            return image.height, image.width
+            return upright_size(image)
     except UNREADABLE as error:
         raise unreadable(file, error) from None
 
