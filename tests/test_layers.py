@@ -128,9 +128,9 @@ def test_an_upward_import_and_a_circle_are_caught(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("module", ["imgpipe.serving.loader"])
 def test_the_served_code_imports_no_pipeline_machinery(module):
-    """What the logged model carries: serving, image decoding, class scores, errors; no tracking, training,
-    progress bars or params."""
+    """What the logged model carries: serving, image decoding, class scores, errors and the device choice
+    (device, and config for its list of devices); no tracking, training, progress bars or params."""
     rooms = {room(lineage._module_name(path)) for path in lineage.closure(lineage.module_file(module))}
     assert rooms == {"shared", "data", "models", "serving"}
     shared = {path.name for path in lineage.closure(lineage.module_file(module)) if path.parent == lineage.PACKAGE}
-    assert shared == {"__init__.py", "errors.py"}
+    assert shared == {"__init__.py", "errors.py", "device.py", "config.py"}

@@ -16,6 +16,9 @@ transparency laid on its background colour. The answer is predict's table, one r
 calibrated: the exported network divides its scores by the temperature fitted on the validation split
 (imgpipe.models.networks.Classifier), which `preprocessing.json` records too.
 
+The model computes on the serving machine's accelerator where it has one: IMGPIPE_SERVE_DEVICE, in the serving
+process's environment, says where (auto, the default: cuda, else mps, else cpu; or cuda, mps, cpu).
+
 A request it cannot answer gets HTTP 400 with one line naming the image and what is wrong with it (not a
 readable image file, too many pixels, not base64, pixels outside 0..255 or of the wrong shape). Limits, in
 the serving process's environment: IMGPIPE_SERVE_MAX_IMAGES (images per request, default 1,024) and
@@ -35,16 +38,19 @@ import pandas as pd
 import torch
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import BAD_REQUEST
+from torch.export.passes import move_to_device_pass
 from PIL import Image
 
 from imgpipe.data.decode import conform, decode
-from imgpipe.errors import ImgpipeError
+from imgpipe.device import pick_device
+from imgpipe.errors import ImgpipeError, InvalidSetting
 from imgpipe.serving.answer import top_classes
 from imgpipe.serving.preprocessing import Preprocessing
 
 PROGRAM, PREPROCESSING = "program", "preprocessing"  # the model's artifacts: its torch.export program, a JSON file
 TOP_K = 3  # classes per image in the answer, as predict's default
 MAX_IMAGES, MAX_PIXELS = 1024, 50_000_000  # defaults of IMGPIPE_SERVE_MAX_IMAGES and IMGPIPE_SERVE_MAX_PIXELS
+SERVE_DEVICE = "IMGPIPE_SERVE_DEVICE"  # where the model computes: auto (cuda, else mps, else cpu), cuda, mps or cpu
 
 
 def _limit(variable: str, default: int) -> int:
@@ -68,16 +74,28 @@ class RefusedRequest(MlflowException):
             self._line = value
 
 
-class Exported(torch.nn.Module):
-    """A torch.export program as a plain module: such a program takes neither eval() nor to(), so it is
-    held outside the module tree, and it always runs on the CPU, where it was traced."""
+def serving_device() -> torch.device:
+    """The device IMGPIPE_SERVE_DEVICE names (default auto); one line naming the variable if it cannot be had."""
+    try:
+        return pick_device(os.environ.get(SERVE_DEVICE, "auto"))
+    except InvalidSetting as error:
+        raise ImgpipeError(f"{SERVE_DEVICE}: {error.reason}") from None
 
-    def __init__(self, program):
+
+class Exported(torch.nn.Module):
+    """A torch.export program as a plain module, on the device it was moved to (traced on the CPU, it is moved
+    whole, constants and device arguments too: move_to_device_pass). Such a program takes
+    neither eval() nor to(), so it is held outside the module tree."""
+
+    def __init__(self, program: torch.export.ExportedProgram, device: torch.device):
         super().__init__()
-        self._program = [program]  # a list: not a child module, so eval() and to() leave it alone
+        if device.type != "cpu":
+            program = move_to_device_pass(program, device)
+        self.device = device
+        self._program = [program.module()]  # a list: not a child module, so eval() and to() leave it alone
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self._program[0](pixels.cpu())
+        return self._program[0](pixels.to(self.device))
 
 
 class ImageClassifier(mlflow.pyfunc.PythonModel):
@@ -88,7 +106,7 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context) -> None:
-        self.network = Exported(torch.export.load(context.artifacts[PROGRAM]).module())
+        self.network = Exported(torch.export.load(context.artifacts[PROGRAM]), serving_device())
         self.preprocessing = Preprocessing.read(Path(context.artifacts[PREPROCESSING]))
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
@@ -98,7 +116,7 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
                                   max_pixels=_limit("IMGPIPE_SERVE_MAX_PIXELS", MAX_PIXELS))
         except ImgpipeError as error:
             raise RefusedRequest(str(error), error_code=BAD_REQUEST) from None
-        return top_classes(self.network, images, self.preprocessing.class_names, TOP_K, torch.device("cpu"))
+        return top_classes(self.network, images, self.preprocessing.class_names, TOP_K, self.network.device)
 
 
 def read_request(payload, image_shape: tuple[int, int, int], background: tuple[int, int, int], *,
