@@ -44,7 +44,7 @@ import yaml
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-KEEP = ["dvc.yaml", "params.yaml", "excluded.txt", "stages", "src", ".dvc", ".dvcignore", ".gitignore"]  # as tests/project.py
+KEEP = ["dvc.yaml", "params.yaml", "excluded.txt", "stages", "src", ".dvc", ".dvcignore", ".gitignore"]  # as tests/project.py (config.local left behind)
 SIZE = 224  # data.image_size, a side: every image is decoded to 3 x SIZE x SIZE
 IMAGE_BYTES = 3 * SIZE * SIZE
 CLASSES, SEED = 5, 0
@@ -100,7 +100,7 @@ def copy_project(target: Path, folder: Path, env: dict) -> None:
     for name in KEEP:
         source = REPO / name
         if source.is_dir():
-            shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("cache", "tmp", "__pycache__"))
+            shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("config.local", "cache", "tmp", "__pycache__"))
         elif source.exists():
             shutil.copy2(source, target / name)
     params = yaml.safe_load((target / "params.yaml").read_text())

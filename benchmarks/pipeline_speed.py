@@ -48,7 +48,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-KEEP = ["dvc.yaml", "params.yaml", "excluded.txt", "stages", "src", ".dvc", ".dvcignore", ".gitignore"]  # as tests/project.py
+KEEP = ["dvc.yaml", "params.yaml", "excluded.txt", "stages", "src", ".dvc", ".dvcignore", ".gitignore"]  # as tests/project.py (config.local left behind)
 COLUMNS = ["wall", "start-up", "mlflow import", "work", "tracking", "exit"]
 
 SHIM = """#!/bin/bash
@@ -142,7 +142,7 @@ def copy_project(target: Path, epochs: int | None, env: dict) -> None:
     for name in KEEP:
         source = REPO / name
         if source.is_dir():
-            shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("cache", "tmp", "__pycache__"))
+            shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("config.local", "cache", "tmp", "__pycache__"))
         elif source.exists():
             shutil.copy2(source, target / name)
     if epochs is not None:

@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -14,8 +15,19 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
+# Nothing of the user's own configuration reaches a test project: DVC's global and system config (remotes,
+# credentials) are read from a folder that does not exist, git's from nowhere (no signing hooks, no templates).
+NO_USER_CONFIG = {"DVC_GLOBAL_CONFIG_DIR": str(Path(tempfile.gettempdir()) / "imgpipe-tests-no-user-config"),
+                  "DVC_SYSTEM_CONFIG_DIR": str(Path(tempfile.gettempdir()) / "imgpipe-tests-no-user-config"),
+                  "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
+# The checkout's files a test project is made of; of .dvc/ only what git keeps (config): never config.local,
+# where README's team section has a user put a remote and its credentials, nor a cache or DVC's tmp.
+PROJECT_FILES = ["dvc.yaml", "params.yaml", "excluded.txt", "stages", "src", ".dvc", ".dvcignore", ".gitignore"]
+LEFT_BEHIND = shutil.ignore_patterns("config.local", "cache", "tmp", "__pycache__")
+
+
 def run(args: list[str], cwd: Path, check: bool = True, **extra_env: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))} | extra_env
+    env = NO_USER_CONFIG | {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))} | extra_env
     env |= {
         # Stages run `python`: make it this interpreter, with imgpipe installed.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
@@ -37,17 +49,15 @@ def _edit(path: Path, changes: dict) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def copy_project(target: Path, **changes) -> Path:
-    """The project's code and configuration, none of its outputs, as a fresh git repository,
-    with `section__key=value` changes to params.yaml."""
+def copy_project(target: Path, source: Path = REPO, **changes) -> Path:
+    """The project's code and configuration (of `source`, a checkout), none of its outputs and none of its
+    user's local settings, as a fresh git repository, with `section__key=value` changes to params.yaml."""
     target.mkdir(parents=True, exist_ok=True)
-    keep = ["dvc.yaml", "params.yaml", "excluded.txt", "stages", "src", ".dvc", ".dvcignore", ".gitignore"]
-    for name in keep:
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("cache", "tmp", "__pycache__"))
-        elif source.exists():
-            shutil.copy2(source, target / name)
+    for name in PROJECT_FILES:
+        if (source / name).is_dir():
+            shutil.copytree(source / name, target / name, ignore=LEFT_BEHIND)
+        elif (source / name).exists():
+            shutil.copy2(source / name, target / name)
     _edit(target / "params.yaml", changes)
     run(["git", "init", "-q"], target)
     run(["git", "add", "-A"], target)
