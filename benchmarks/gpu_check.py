@@ -173,7 +173,7 @@ def same_weights(a: nn.Module, b: nn.Module) -> bool:
 
 
 def measured(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+    return [{k: v for k, v in row.items() if k not in ("seconds", "step_seconds")} for row in history]
 
 
 # ---- the suite's CUDA tests ----

@@ -1,3 +1,4 @@
+import os
 from dataclasses import replace
 
 import pytest
@@ -25,7 +26,7 @@ def test_every_model_learns_the_digits(digits_prepared, model, settings):
 
 def measured(history: list[dict]) -> list[dict]:
     """The history without its wall-clock seconds, which no two runs share."""
-    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+    return [{k: v for k, v in row.items() if k not in ("seconds", "step_seconds")} for row in history]
 
 
 def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -237,3 +238,15 @@ def test_training_runs_on_cuda(digits_prepared):
     result = train("cnn", {"channels": [8]}, digits_prepared, TrainConfig(epochs=2, device="cuda"))
     assert result.device == "cuda" and next(result.model.parameters()).is_cuda
     assert result.history[-1]["val_accuracy"] > 0.5
+
+
+def test_a_run_records_the_arithmetic_and_hardware_it_trained_in_and_its_steps_own_seconds(digits_prepared):
+    """Figures from two machines or precisions differ in their last digits: the run says which it was."""
+    fp32 = train("cnn", {"channels": [4]}, digits_prepared, replace(FAST, epochs=2, precision="fp32"))
+    bf16 = train("cnn", {"channels": [4]}, digits_prepared, replace(FAST, epochs=2, precision="bf16"))
+    assert (fp32.summary()["precision"], fp32.summary()["channels_last"]) == ("fp32", False)
+    assert (bf16.summary()["precision"], bf16.summary()["channels_last"]) == ("bf16", True)
+    assert f"({os.cpu_count()} cores" in fp32.summary()["hardware"]
+    for result in (fp32, bf16):  # the gradient steps alone: less than the epochs with their validation, and growing
+        steps, whole = [row["step_seconds"] for row in result.history], [row["seconds"] for row in result.history]
+        assert 0 < steps[0] < steps[1] and all(s < w for s, w in zip(steps, whole))

@@ -54,7 +54,8 @@ def record_trainings(experiment: str, results: dict[tuple[str, int], VariantResu
             metrics=train,
             model=model,
             example=data.val.images[:2],
-            tags=runs.run_tags(name, seed, seed_group, train["device"], data.fingerprint, params),
+            tags=runs.run_tags(name, seed, seed_group, train["device"], data.fingerprint, params,
+                               precision=train.get("precision", ""), hardware=train.get("hardware", "")),
             datasets=datasets,
             # The temperature is inside the program already; stored beside it so that predict can say so.
             preprocessing=Preprocessing.of(meta),

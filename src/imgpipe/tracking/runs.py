@@ -36,8 +36,10 @@ def dataset_inputs(name: str, data_fingerprint: str, folder: Path, images: dict[
     ]
 
 
-def run_tags(variant: str, seed: int, seed_group: str, device: str, data_fingerprint: str, params: dict) -> dict[str, str]:
-    """Where a run came from: DVC experiment, git commit and state, data, device, and its execution.
+def run_tags(variant: str, seed: int, seed_group: str, device: str, data_fingerprint: str, params: dict,
+             precision: str = "", hardware: str = "") -> dict[str, str]:
+    """Where a run came from: DVC experiment, git commit and state, data, device (with the arithmetic and the
+    hardware it ran in: the same settings give other last digits elsewhere), and its execution.
     seed_group names the runs that differ only in their seed, whichever execution made them."""
     commit = provenance.git_commit()
     experiment = provenance.dvc_experiment()
@@ -51,6 +53,7 @@ def run_tags(variant: str, seed: int, seed_group: str, device: str, data_fingerp
         "imgpipe.data_fingerprint": data_fingerprint,
         "imgpipe.execution": execution,
     }
+    tags |= {key: value for key, value in (("imgpipe.precision", precision), ("imgpipe.hardware", hardware)) if value}
     if experiment:
         tags["imgpipe.dvc_experiment"] = experiment
     if commit:

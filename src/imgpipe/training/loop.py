@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from imgpipe.config import TrainConfig
 from imgpipe.data.prepared import Prepared
-from imgpipe.device import has_native_bf16, pick_device
+from imgpipe.device import has_native_bf16, hardware, pick_device
 from imgpipe.errors import ImgpipeError
 from imgpipe.files import atomic_path
 from imgpipe.lineage import code_version
@@ -41,7 +41,7 @@ from imgpipe.training.distributed import SINGLE, ProcessGroup
 @dataclass
 class TrainResult:
     model: Classifier  # the weights of the epoch with the best val accuracy (ties: lower val loss)
-    history: list[dict] = field(default_factory=list)  # per epoch: losses, accuracies, elapsed seconds
+    history: list[dict] = field(default_factory=list)  # per epoch: losses, accuracies, elapsed seconds (and of steps alone)
     seconds: float = 0.0  # wall time of all epochs, validation included
     images_per_second: float = 0.0  # training images processed per second of that time
     best_epoch: int = 0  # the epoch whose weights were kept
@@ -49,6 +49,9 @@ class TrainResult:
     device: str = "cpu"
     data_on_device: bool = True  # the splits resident on the device (else streamed from their files)
     peak_memory_mb: float | None = None  # CUDA only
+    precision: str = "fp32"  # what the gradient steps computed in: fp32, or bf16 (autocast) where train.precision chose it
+    channels_last: bool = False  # the convolutions' memory layout during training
+    hardware: str = ""  # the GPU, or the CPU model and cores (imgpipe.device.hardware)
 
     def summary(self) -> dict:
         """The figures of the kept epoch and of the run, as written to metrics/train/<variant>.json."""
@@ -61,6 +64,9 @@ class TrainResult:
             "epochs": len(self.history),
             "best_epoch": self.best_epoch,
             "data_on_device": self.data_on_device,
+            "precision": self.precision,
+            "channels_last": self.channels_last,
+            "hardware": self.hardware,
         }
         if self.peak_memory_mb is not None:
             metrics["peak_memory_mb"] = round(self.peak_memory_mb, 1)
@@ -129,6 +135,7 @@ class LoopState:
     best_weights: dict | None = None
     best_classes_predicted: int = 0  # how many classes the kept weights predict for the val images
     elapsed: float = 0.0  # seconds of training and validation so far
+    stepping: float = 0.0  # of which the gradient steps alone: what a speed comparison with another loop times
     finished: bool = False  # the last epoch ran, or early stopping ended the training: resuming only finishes it
 
 
@@ -265,6 +272,9 @@ def train(model_name: str, model_settings: dict, data: Prepared, config: TrainCo
             break
         start = time.perf_counter()
         figures = train_epoch(setup, stepper, epoch)
+        if setup.device.type == "cuda":  # the steps are queued, not done, when train_epoch returns
+            torch.cuda.synchronize(setup.device)
+        state.stepping += time.perf_counter() - start
         row = end_epoch(setup, state, epoch, figures, start)
         result.history.append(row)
         stop = bool(config.patience) and epoch - state.loss_epoch >= config.patience
@@ -315,7 +325,13 @@ def fit_in_one_pass(setup: Setup) -> TrainResult:
     row = _epoch_row(1, score(train_split.logits(model), train_split.labels), score(val_split.logits(model), val_split.labels),
                      time.perf_counter() - start)
     return TrainResult(model=model, history=[row], seconds=row["seconds"], best_epoch=1, device=setup.device.type,
-                       images_per_second=len(train_split) / max(row["seconds"], 1e-9), data_on_device=setup.resident)
+                       images_per_second=len(train_split) / max(row["seconds"], 1e-9), data_on_device=setup.resident,
+                       **run_facts(setup))
+
+
+def run_facts(setup: Setup) -> dict:
+    """What the run computed in and on: the same settings give other last digits in other arithmetic or hardware."""
+    return {"precision": "bf16" if setup.bf16 else "fp32", "channels_last": setup.channels_last, "hardware": hardware(setup.device)}
 
 
 def make_stepper(setup: Setup) -> Stepper:
@@ -332,7 +348,7 @@ def make_stepper(setup: Setup) -> Stepper:
 
 def restore(setup: Setup, stepper: Stepper, key: dict[str, str], resume: Path | None) -> tuple[TrainResult, LoopState]:
     """A new result and loop state, or those of the saved state in `resume` when it matches `key`."""
-    result = TrainResult(model=setup.model, device=setup.device.type, data_on_device=setup.resident)
+    result = TrainResult(model=setup.model, device=setup.device.type, data_on_device=setup.resident, **run_facts(setup))
     state = LoopState()
     saved = _saved_state(resume, key, setup.device, setup.name) if resume is not None and resume.exists() else None
     if saved is not None:
@@ -403,6 +419,7 @@ def end_epoch(setup: Setup, state: LoopState, epoch: int, figures: dict[str, tor
     state.elapsed += time.perf_counter() - start
     seen = len(setup.train_split)
     row = _epoch_row(epoch, {"loss": loss_sum.item() / seen, "accuracy": correct.item() / seen}, val, state.elapsed)
+    row["step_seconds"] = round(state.stepping, 4)
     if val["loss"] < state.best_loss:  # early stopping watches the loss...
         state.best_loss, state.loss_epoch = val["loss"], epoch
     if (val["accuracy"], -val["loss"]) > state.best_score:  # ...the weights kept are the most accurate
