@@ -1,23 +1,128 @@
 """The benchmarks' dry runs: each runs end to end on a few images, so a change in the library that breaks
-one is found here, not the day someone measures."""
+one is found here, not the day someone measures. The printed figures are checked against each other, from
+the per-epoch and per-run lines up: a comparison, a choice or a ratio that does not follow from them fails."""
 
+import math
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from imgpipe.device import has_native_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
 FASHION = ROOT.parent / "shared" / "datasets" / "fashion-mnist"
+NUMBER = r"([0-9][0-9,]*\.?[0-9]*)"
+
+
+def run_benchmark(*args: str) -> list[str]:
+    done = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout.splitlines()
+
+
+def matches(lines: list[str], pattern: str) -> list[re.Match]:
+    return [match for line in lines if (match := re.fullmatch(pattern, line))]
+
+
+def one(lines: list[str], pattern: str) -> re.Match:
+    found = matches(lines, pattern)
+    assert len(found) == 1, f"{len(found)} lines match {pattern!r} in:\n" + "\n".join(lines)
+    return found[0]
+
+
+def ratio_within_rounding(ratio: float, numerator: float, denominator: float, places: int) -> bool:
+    """Whether `ratio` (printed to 1 decimal) is numerator / denominator, both printed to `places` decimals."""
+    half = 0.5 * 10**-places
+    low, high = (numerator - half) / (denominator + half), (numerator + half) / max(denominator - half, 1e-12)
+    return low - 0.05 <= ratio <= high + 0.05
+
+
+def epoch_rows(lines: list[str], label: str) -> list[tuple[float, float]]:
+    """(seconds, accuracy) of each epoch line of one loop, checked to be in order and in range."""
+    found = matches(lines, re.escape(label) + r", epoch +(\d+): test accuracy ([0-9.]+) after +([0-9.]+) s of training")
+    assert [int(m[1]) for m in found] == list(range(1, len(found) + 1)) and found, f"no epoch lines of {label!r}"
+    rows = [(float(m[3]), float(m[2])) for m in found]
+    assert all(0 <= accuracy <= 1 for _, accuracy in rows)
+    assert all(0 < a < b for (a, _), (b, _) in zip(rows, rows[1:])) and rows[0][0] > 0, "training seconds must grow"
+    return rows
+
+
+def first_at_or_above(rows: list[tuple[float, float]], target: float) -> int | None:
+    return next((epoch for epoch, (_, accuracy) in enumerate(rows, 1) if accuracy >= target), None)
 
 
 @pytest.mark.skipif(not FASHION.is_dir(), reason=f"{FASHION} not found: the real Fashion-MNIST is not beside the project")
-def test_the_fashion_mnist_benchmark_runs_all_three_parts():
-    done = subprocess.run([sys.executable, "benchmarks/fashion_mnist.py", "--limit", "256"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    lines = done.stdout.splitlines()
+def test_the_fashion_mnist_benchmark_compares_with_both_baselines_on_a_recipe_chosen_on_validation():
+    lines = run_benchmark("benchmarks/fashion_mnist.py", "--limit", "256")
     assert "256 train / 256 test images" in lines[1]
-    for start in ("(a) best test accuracy", "(b) recipe: batch 128, sgd nesterov lr 0.1, onecycle, 1 epochs", "time to ",
-                  "(c) recommended: cnn {'channels': [32, 64]"):
-        assert any(line.startswith(start) for line in lines), f"no line starting {start!r} in:\n{done.stdout}"
+
+    baselines = {label: epoch_rows(lines, f"(a) seed loop, {label}") for label in ("fp32", "bf16 autocast")}
+    for label, rows in baselines.items():
+        best = one(lines, re.escape(f"(a) {label}: best test accuracy ") + r"([0-9.]+), first at epoch (\d+), .*training alone\)")
+        assert float(best[1]) == max(accuracy for _, accuracy in rows)
+        assert int(best[2]) == first_at_or_above(rows, float(best[1]))
+
+    # 10% of 256 images, stratified, rounded up as scikit-learn does: 26
+    one(lines, r"\(b\) choosing the recipe on validation: 230 train / 26 val images of the training set .*the test split is not read")
+    candidates = matches(lines, r"\(b\) candidate (\d+): (.*): val accuracy ([0-9.]+) \(epoch 1\), [0-9.]+ s of training, .*")
+    assert [int(m[1]) for m in candidates] == [1, 2, 3, 4]
+    scores = [float(m[3]) for m in candidates]
+    first_best = scores.index(max(scores)) + 1  # the declared rule: the best val accuracy, the first on a tie
+    chosen = one(lines, r"\(b\) chosen on validation: candidate (\d+) \((.*)\)")
+    assert int(chosen[1]) == first_best and chosen[2] == candidates[first_best - 1][2]
+
+    engine_rows = epoch_rows(lines, "(b) imgpipe")
+    precision = "bf16 autocast, channels_last" if has_native_bf16(torch.device("cpu")) else "fp32"
+    one(lines, re.escape(f"(b) recipe: {chosen[2]}; ") + NUMBER + re.escape(f" images/s (training alone), {precision}"))
+
+    target = max(accuracy for _, accuracy in baselines["fp32"])
+    for label, rows in baselines.items():
+        line = one(lines, re.escape(f"(b) against (a) {label}: ") + "(.*)")[1]
+        aimed = target
+        if first_at_or_above(rows, target) is None:
+            never = re.match(rf"\(a\) {label} never reaches ([0-9.]+) in \d+ epochs \(its best ([0-9.]+)\), so at its own best: ", line)
+            assert never and float(never[1]) == target and float(never[2]) == max(a for _, a in rows), line
+            aimed = float(never[2])
+        if first_at_or_above(engine_rows, aimed) is None:
+            assert re.search(rf"time to {aimed:.4f}: \(b\) does not reach it in {len(engine_rows)} epochs", line), line
+            continue
+        timed = re.search(rf"time to {aimed:.4f}, training alone: ([0-9.]+) s \(epoch (\d+)\) against ([0-9.]+) s \(epoch (\d+)\): ([0-9.]+)x$", line)
+        assert timed, line
+        ours, theirs = int(timed[4]), int(timed[2])
+        assert theirs == first_at_or_above(rows, aimed) and ours == first_at_or_above(engine_rows, aimed), line
+        assert math.isclose(float(timed[1]), rows[theirs - 1][0]) and math.isclose(float(timed[3]), engine_rows[ours - 1][0]), line
+        assert ratio_within_rounding(float(timed[5]), float(timed[1]), float(timed[3]), places=2), line
+
+    one(lines, r"\(c\) recommended: cnn \{'channels': \[32, 64\].*test accuracy [0-9.]+ \(kept epoch 1 on validation, .*")
+    one(lines, r"other processes used about \d+ CPU-seconds meanwhile")
+
+
+def test_the_photo_decode_benchmark_measures_each_change_alone_under_spawned_workers(tmp_path):
+    """Spawned workers inherit nothing from the benchmark's process: a variant that reached them only by a
+    patch of a module (as a forked worker would see it) fetches other images than declared, which the
+    benchmark checks and exits on. 20 photos of about 1.9 MB: over 32 MB, so the byte count starts a pool."""
+    lines = run_benchmark("benchmarks/photo_decode.py", str(tmp_path / "photos"), "--photos", "20", "--runs", "1",
+                          "--start-method", "spawn")
+    assert "multiprocessing start method spawn" in lines[1]
+    apart = one(lines, r"run 1: decode in one process: .* results ([0-9.]+) grey levels apart on average; fetch: .*")
+    assert float(apart[1]) > 0, "draft and full decoding gave the same images: the benchmark's check cannot tell them apart"
+
+    fetched = {m[1]: m for m in matches(lines, r"median of 1, fetch of the 20 photos to 224x224, (.*) \(draft: (yes|no), pool counted in "
+                                               r"(files|bytes and files): (\d+) process\(es\)\): ([0-9.]+) photos/s \[.*\], ([0-9.]+)x before")}
+    assert list(fetched) == ["before", "draft alone", "pool's byte count alone", "both (now)"]
+    before = float(fetched["before"][5])
+    for name, (draft, counted) in {"before": ("no", "files"), "draft alone": ("yes", "files"),
+                                   "pool's byte count alone": ("no", "bytes and files"), "both (now)": ("yes", "bytes and files")}.items():
+        line = fetched[name]
+        assert (line[2], line[3]) == (draft, counted), line[0]
+        assert ratio_within_rounding(float(line[6]), float(line[5]), before, places=1), line[0]
+        processes = int(line[4])
+        if counted == "files":
+            assert processes == 1, line[0]  # 20 files: far below 512
+        elif (os.cpu_count() or 1) > 1:
+            assert processes > 1, line[0]
