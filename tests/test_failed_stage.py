@@ -5,6 +5,8 @@ their outputs atomically and only once they have finished, so a stage stopped by
 input changes nothing.
 """
 
+import shutil
+
 import pytest
 import yaml
 from project import REPO, edited_params, fork, run
@@ -66,18 +68,19 @@ def test_failed_stage_leaves_the_previous_results(project, tmp_path, stage):
 
 
 def test_a_training_that_fails_after_its_last_epoch_reruns_without_training(pipeline, tmp_path):
-    """The checkpoint cannot be written (a folder stands in its place, as a full disk would fail it): the stage
-    fails naming the file, and its finished training's state survives; the rerun saves it without an epoch."""
+    """The checkpoint cannot be written (a file stands where its folder goes, as a full disk would fail it): the
+    stage fails in one line, and its finished training's state survives; the rerun saves it without an epoch."""
     project = fork(pipeline, tmp_path / "project")
-    checkpoint, resume = project / "models/cnn/seed0.pt", project / "models/.resume/cnn/seed0.pt"
-    checkpoint.unlink()
-    checkpoint.mkdir()
+    folder, resume = project / "models/cnn", project / "models/.resume/cnn/seed0.pt"
+    shutil.rmtree(folder)
+    folder.write_text("in the way")
     with edited_params(project, train__epochs=3):  # other settings than the fork's: a real training
         failed = run(["python", "stages/train.py", "cnn", "0"], project, check=False)
-        assert failed.returncode != 0 and "seed0.pt" in failed.stderr.strip().splitlines()[-1], failed.stderr
+        assert failed.returncode != 0 and failed.stderr.strip().splitlines()[-1] == f"error: {folder}: File exists", failed.stderr
         assert resume.exists()
-        checkpoint.rmdir()
+        folder.unlink()
         rerun = run(["python", "stages/train.py", "cnn", "0"], project)
+    checkpoint = folder / "seed0.pt"
     assert f"cnn: its training finished after epoch 3 in {resume}" in rerun.stdout
     assert "cnn epoch 3/3" in failed.stdout and " epoch " not in rerun.stdout.replace("finished after epoch 3", "")
     assert checkpoint.is_file() and not resume.exists()

@@ -14,7 +14,8 @@ class ConfigError(ImgpipeError):
 
 
 def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage's main(), turning an ImgpipeError into one line on stderr and exit status 1.
+    """Run a stage's main(), turning an ImgpipeError, or an OSError naming its file, into one line on stderr
+    and exit status 1.
 
     Then the process ends at once: every output is written and closed by now, and the interpreter's
     own teardown (unloading torch's libraries and the like) took about 2 s of every train stage.
@@ -24,6 +25,9 @@ def run_stage(main: Callable[[], None]) -> None:
         status = 0
     except ImgpipeError as error:
         print(f"error: {error}", file=sys.stderr)
+        status = 1
+    except OSError as error:  # the machine's, not the code's: a full disk, a file in a folder's way, no permission
+        print(f"error: {error.filename}: {error.strerror}" if error.filename else f"error: {error.strerror or error}", file=sys.stderr)
         status = 1
     sys.stdout.flush()
     sys.stderr.flush()
