@@ -1,8 +1,9 @@
 """label_issues: model problem or label problem? Lists the images of every split whose given label the models
-find very unlikely, judged only by models that did not train on the image: the label_issues.variant's trained
+find very unlikely, judged only by models that did not train on the image: the judging variant's trained
 checkpoints (every seed's probabilities, averaged) for the validation and test images, and the same recipe
-cross-fitted for the training images (label_issues.folds models, each trained on the other folds and, as the
-checkpoints are, calibrated on the validation split).
+cross-fitted for the training images (label_issues.folds models, each trained on the other folds for
+label_issues.epochs epochs and, as the checkpoints are, calibrated on the validation split). The judge is
+label_issues.variant, or where that is null the variant best on validation (mean over its seeds).
 
 Writes metrics/label_issues.csv (surest first: id, split, index, given and suggested class, their probabilities)
 and metrics/label_issues.json (how many, per split and per given class, and the method). List ids in the file
@@ -23,10 +24,10 @@ from imgpipe import params as P
 from imgpipe import paths, settings
 from imgpipe.data.prepared import image_ids, load_prepared
 from imgpipe.device import pick_device
-from imgpipe.errors import ConfigError, run_stage
+from imgpipe.errors import run_stage
 from imgpipe.evaluation import label_issues
 from imgpipe.evaluation.calibration import calibrate
-from imgpipe.files import write_csv, write_json
+from imgpipe.files import read_json, write_csv, write_json
 from imgpipe.models.checkpoint import load_checkpoint
 from imgpipe.models.inference import logits_in_chunks
 from imgpipe.training.loop import train
@@ -36,27 +37,37 @@ def probabilities(model, images: np.ndarray, device) -> np.ndarray:
     return logits_in_chunks(model.to(device), images, device).softmax(1).cpu().numpy()
 
 
-def main() -> None:
-    params = P.load()
-    name, folds = P.get(params, "label_issues.variant"), P.whole_number(params, "label_issues.folds", minimum=2)
-    seeds = P.seeds(params)
-    if name not in P.get(params, "train.variants"):
-        raise ConfigError(f"params.yaml: label_issues.variant: {name!r} is not among train.variants "
-                          f"({', '.join(P.get(params, 'train.variants'))})")
-    variant, data = settings.variant(params, name, seeds[0]), load_prepared(paths.PREPARED)
-    device = pick_device(variant.config.device)
-    models = [load_checkpoint(paths.checkpoint(name, seed))[0] for seed in seeds]
-    judged = {split: np.mean([probabilities(model, getattr(data, split).images, device) for model in models], axis=0)
-              for split in ("val", "test")}
-
+def cross_fitted(variant: settings.Variant, data, folds: int, device) -> np.ndarray:
+    """(N, classes) probabilities of the training images, each from a model of the variant's recipe that trained on
+    the other folds (benchmarks/label_issues.py measures this function on planted flips)."""
     def fold(train_rows: np.ndarray, held_rows: np.ndarray) -> np.ndarray:
-        print(f"{name}: cross-fitting, {len(train_rows)} training images for the other {len(held_rows)}", flush=True)
+        print(f"{variant.name}: cross-fitting, {len(train_rows)} training images for the other {len(held_rows)}", flush=True)
         part = dataclasses.replace(data, train=data.train.subset(train_rows), known_fingerprint=None)
         model = train(variant.model, variant.settings, part, variant.config).model
         calibrate(model, data.val, device)  # as the checkpoints are: a model sure of its training images says 1.0 to all
         return probabilities(model, data.train.images[held_rows], device)
 
-    judged["train"] = label_issues.out_of_fold(fold, data.train.labels, folds, variant.config.seed, len(data.class_names))
+    return label_issues.out_of_fold(fold, data.train.labels, folds, variant.config.seed, len(data.class_names))
+
+
+def main() -> None:
+    params = P.load()
+    folds, seeds = P.whole_number(params, "label_issues.folds", minimum=2), P.seeds(params)
+    trained = {variant: [read_json(paths.train_metrics(variant, seed)) for seed in seeds] for variant in P.get(params, "train.variants")}
+    validation = {variant: (float(np.mean([m["val_accuracy"] for m in runs])), float(np.mean([m["val_loss"] for m in runs])))
+                  for variant, runs in trained.items()}
+    name, why = settings.chosen_variant(params, "label_issues.variant", validation)
+    print(f"label issues judged by {name} ({why})", flush=True)
+    variant, data = settings.variant(params, name, seeds[0]), load_prepared(paths.PREPARED)
+    if P.get(params, "label_issues.epochs", None) is not None:  # the cross-fitted models' own, shorter training
+        epochs = P.whole_number(params, "label_issues.epochs")
+        variant = dataclasses.replace(variant, config=dataclasses.replace(variant.config, epochs=epochs))
+    device = pick_device(variant.config.device)
+    models = [load_checkpoint(paths.checkpoint(name, seed))[0] for seed in seeds]
+    judged = {split: np.mean([probabilities(model, getattr(data, split).images, device) for model in models], axis=0)
+              for split in ("val", "test")}
+
+    judged["train"] = cross_fitted(variant, data, folds, device)
     found = {split: label_issues.find_label_issues(judged[split], getattr(data, split).labels) for split in ("train", "val", "test")}
     table = pd.DataFrame([row for split, issues in found.items()
                           for row in label_issues.rows(split, image_ids(paths.PREPARED, split), issues, data.class_names)],
@@ -64,7 +75,8 @@ def main() -> None:
     table = table.sort_values(["score", "id"], ascending=[False, True], kind="stable")
     write_csv(paths.LABEL_ISSUES, table)
     write_json(paths.LABEL_ISSUES_SUMMARY, {
-        "images": sum(len(getattr(data, split)) for split in found), "issues": len(table), "judged_by": name, "folds": folds,
+        "images": sum(len(getattr(data, split)) for split in found), "issues": len(table), "judged_by": name, "why": why,
+        "folds": folds, "cross_fit_epochs": variant.config.epochs,
         "by_split": {split: len(issues) for split, issues in found.items()},
         "by_class": {cls: int(count) for cls, count in zip(data.class_names, sum(i.counts(len(data.class_names)) for i in found.values()))},
         "method": label_issues.METHOD,

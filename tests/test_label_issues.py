@@ -1,10 +1,15 @@
 """Label issues by confident learning: planted label flips found at the top of the ranking from out-of-fold
 probabilities, nothing flagged on a consistent model, the vectorized rule against a plain loop, stratified
-deterministic folds, input validation, and issues counted per class."""
+deterministic folds, input validation, issues counted per class, and the judge the stage picks."""
+
+import sys
 
 import numpy as np
 import pytest
+from project import edit_params, fork, read_json, run
 
+from imgpipe import settings
+from imgpipe.errors import ConfigError
 from imgpipe.evaluation.label_issues import (
     LabelIssues,
     class_thresholds,
@@ -236,3 +241,35 @@ def test_planted_flips_in_the_real_digits_are_found_by_cross_fitted_models(digit
     assert len(ranks) >= 8 and max(ranks) < len(ranks) + 2, (len(issues), ranks)
     found = np.isin(issues.index, flipped)
     assert (issues.suggested[found] == data.train.labels[issues.index[found]]).all()  # the true class
+
+
+VALIDATION = {"centroid": (0.90, 0.30), "linear": (0.96, 0.16), "mlp": (0.98, 0.09), "cnn": (0.98, 0.12)}
+
+
+@pytest.mark.parametrize("named, chosen", [(None, "mlp"), ("cnn", "cnn"), ("linear", "linear")])
+def test_the_judge_is_the_one_named_or_else_the_best_on_validation(named, chosen):
+    """null follows the variants the user trains: the most accurate on validation, the lower loss on a tie."""
+    params = {"train": {"variants": list(VALIDATION)}, "label_issues": {"variant": named}}
+    assert settings.chosen_variant(params, "label_issues.variant", VALIDATION)[0] == chosen
+    params["train"]["variants"] = ["centroid", "linear"]
+    if named is None:
+        assert settings.chosen_variant(params, "label_issues.variant", VALIDATION)[0] == "linear"
+
+
+def test_a_judge_named_but_not_trained_is_refused_in_one_line():
+    params = {"train": {"variants": ["mobilenet_v3_small", "efficientnet_b0"]}, "label_issues": {"variant": "cnn"}}
+    with pytest.raises(ConfigError) as error:
+        settings.chosen_variant(params, "label_issues.variant", {})
+    assert str(error.value) == ("params.yaml: label_issues.variant: 'cnn' is not among train.variants (mobilenet_v3_small, "
+                                "efficientnet_b0); name one of them, or null for the one best on validation")
+
+
+def test_the_default_judge_follows_an_experiment_that_drops_the_cnn(pipeline, tmp_path):
+    """The stage in a project whose train.variants no longer lists the cnn (as a torchvision-only experiment's
+    would not): label_issues.variant null judges with the best it has, the centroid here."""
+    project = fork(pipeline, tmp_path / "project")
+    edit_params(project, train__variants=["centroid"], label_issues__variant=None)
+    done = run([sys.executable, "stages/label_issues.py"], project)
+    assert "label issues judged by centroid (best on validation: val accuracy " in done.stdout
+    summary = read_json(project / "metrics/label_issues.json")
+    assert summary["judged_by"] == "centroid" and summary["why"].endswith("(label_issues.variant: null)")
