@@ -11,10 +11,12 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 run: install
 	dvc repro
 
-# Two processes (pytest-xdist): each builds its own test pipeline and servers, and the rest is shared out a module
-# at a time (loadscope), so a module's fixture (four queued experiments, say) is built once, not once per process.
+# Two processes (pytest-xdist), one thread each (two torch threads a process on two cores fight over them: a
+# training took 7 s or 100 s by the luck of the scheduler). The test pipeline is built once and forked; each
+# process starts its own servers, and the rest is shared out a module at a time (loadscope), so a module's fixture
+# (four queued experiments, say) is built once, not once per process.
 test: install
-	pytest -n 2 --dist loadscope
+	OMP_NUM_THREADS=1 pytest -n 2 --dist loadscope
 
 install: $(VENV)/.installed
 

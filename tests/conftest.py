@@ -1,9 +1,11 @@
+import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from project import copy_project, run
+from filelock import FileLock
+from project import copy_project, fork, run
 from s3 import NO_WEED, S3Server, weed
 from servers import TrackingServer
 
@@ -43,13 +45,19 @@ PIPELINE_VARIANTS = ["centroid", "cnn"]
 
 
 @pytest.fixture(scope="session")
-def pipeline(tmp_path_factory):
+def pipeline(tmp_path_factory, worker_id):
     """A copy of the project after `dvc repro` (outputs, dvc.lock, MLflow store): read it, or fork it
-    (project.fork) to change it."""
-    root = copy_project(tmp_path_factory.mktemp("pipeline"), train__epochs=2, train__variants=PIPELINE_VARIANTS,
-                        label_issues__folds=2)
-    run(["dvc", "repro"], root)
-    return root
+    (project.fork) to change it. Built once per test run, whatever the number of pytest-xdist processes (the
+    first to need it builds it, the others wait): each process gets a fork of its own."""
+    shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    built, done = shared / "pipeline-built", shared / "pipeline-built.done"
+    with FileLock(shared / "pipeline-built.lock"):
+        if not done.exists():
+            shutil.rmtree(built, ignore_errors=True)  # an earlier process failed building it: try again
+            copy_project(built, train__epochs=2, train__variants=PIPELINE_VARIANTS, label_issues__folds=2)
+            run(["dvc", "repro"], built)
+            done.touch()
+    return fork(built, tmp_path_factory.mktemp("pipeline") / "project")
 
 
 _SERVER: list[TrackingServer] = []  # the tracking server, once started

@@ -113,7 +113,9 @@ def test_state_from_other_settings_is_set_aside_saying_why(tmp_path, digits_prep
     assert epochs_run == [1, 2, 3]
     assert (f"linear: not resuming from {resume}: it was saved with other settings; moved to linear.set-aside.pt, "
             "training from epoch 1") in capsys.readouterr().out
-    assert (tmp_path / "linear.set-aside.pt").exists() and not resume.exists()
+    assert (tmp_path / "linear.set-aside.pt").exists()
+    finished = torch.load(resume, weights_only=True)["state"]  # now the new training's, finished, until its caller saves it
+    assert (finished["epoch"], finished["finished"]) == (3, True)
 
 
 @pytest.mark.parametrize("part, why", [("code", "other training code"), ("device", "another kind of device"), ("data", "other data")])
