@@ -2,6 +2,7 @@
 load it (the loader's import closure inside imgpipe, nothing more) and the requirements derived from what that
 code imports, so the model loads wherever those are installed, not only in imgpipe's own environment."""
 
+import functools
 import shutil
 from importlib.metadata import packages_distributions, version
 from pathlib import Path
@@ -45,6 +46,7 @@ def copy_code(folder: Path) -> Path:
     return package
 
 
+@functools.cache  # reading every installed package's metadata takes a second; it cannot change within a run
 def distributions() -> dict[str, str]:
     """The module -> distribution of every third-party module the served code imports (PIL -> pillow)."""
     found = packages_distributions()
