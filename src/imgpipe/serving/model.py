@@ -38,8 +38,8 @@ import pandas as pd
 import torch
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import BAD_REQUEST
-from torch.export.passes import move_to_device_pass
 from PIL import Image
+from torch.export.passes import move_to_device_pass
 
 from imgpipe.data.decode import conform, decode
 from imgpipe.device import pick_device

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from imgpipe.config import TrainConfig
 from imgpipe.data.prepared import Prepared
-from imgpipe.device import has_native_bf16, hardware, pick_device
+from imgpipe.device import hardware, has_native_bf16, pick_device
 from imgpipe.errors import ImgpipeError
 from imgpipe.files import atomic_path
 from imgpipe.lineage import code_version
