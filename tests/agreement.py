@@ -28,8 +28,8 @@ def disagreements(project: Path, variants: list[str], client: mlflow.MlflowClien
             for measure in ("loss", "accuracy"):
                 curve = pd.read_csv(project / f"metrics/curves/{variant}/seed{seed}/{measure}.csv")
                 for split in ("train", "val"):
-                    history = [(m.step, m.value) for m in client.get_metric_history(run_id, f"epoch/{split}_{measure}")]
-                    if sorted(history) != list(zip(curve["epoch"], curve[split])):
-                        found.append(f"{variant} seed {seed}: epoch/{split}_{measure} is {sorted(history)} in MLflow, "
-                                     f"{list(zip(curve['epoch'], curve[split]))} in the curves")
+                    history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, f"epoch/{split}_{measure}"))
+                    written = [(int(epoch), float(value)) for epoch, value in zip(curve["epoch"], curve[split])]
+                    if history != written:
+                        found.append(f"{variant} seed {seed}: epoch/{split}_{measure} is {history} in MLflow, {written} in the curves")
     return found

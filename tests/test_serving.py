@@ -10,7 +10,6 @@ import pytest
 from datafiles import png_header
 from PIL import Image
 
-from imgpipe.data.decode import decode
 from imgpipe.errors import ImgpipeError
 from imgpipe.serving.model import read_request
 
@@ -23,19 +22,36 @@ def _encoded(image: Image.Image, format: str = "PNG") -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def test_image_files_are_read_as_prepare_reads_them(tmp_path):
-    rng = np.random.default_rng(0)
-    rgba = Image.fromarray(rng.integers(0, 256, (20, 30, 4), dtype=np.uint8), "RGBA")  # transparency, another size
-    grey = Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8), "L")
-    rgba.save(tmp_path / "rgba.png")
-    grey.save(tmp_path / "grey.jpg")
-    request = pd.DataFrame({"image": [_encoded(rgba), _encoded(grey, "JPEG")]})
+def test_image_files_become_the_pixels_they_hold():
+    """Files whose pixels are known: transparency laid on the background, grey spread to 3 channels, colour
+    to grey by ITU-R 601-2 luma, a resize that keeps flat regions flat; values worked out by hand."""
+    rgba = np.zeros((16, 16, 4), dtype=np.uint8)
+    rgba[:8, :8] = (255, 0, 0, 255)  # opaque red
+    rgba[:8, 8:] = (9, 9, 9, 0)  # fully transparent: the background (0, 128, 0)
+    rgba[8:] = (200, 40, 0, 128)  # half transparent: 200 * 128/255 = 100.4, 40 * 128/255 + 128 * 127/255 = 83.8
+    halves = np.zeros((32, 32), dtype=np.uint8)
+    halves[:, 16:] = 200  # grey, left half black, twice the size asked for
+    flat_grey = Image.new("L", (8, 8), 77)  # a JPEG of one grey level, half the size asked for
+    request = pd.DataFrame({"image": [_encoded(Image.fromarray(rgba, "RGBA")), _encoded(Image.fromarray(halves, "L")),
+                                      _encoded(flat_grey, "JPEG")]})
     images = read_request(request, (3, 16, 16), (0, 128, 0))
-    assert images.dtype == np.uint8 and images.shape == (2, 3, 16, 16)
-    assert np.array_equal(images[0], decode(tmp_path / "rgba.png", 3, (16, 16), (0, 128, 0)))
-    assert np.array_equal(images[1], decode(tmp_path / "grey.jpg", 3, (16, 16), (0, 128, 0)))
+    assert images.dtype == np.uint8 and images.shape == (3, 3, 16, 16)
+    assert (images[0][:, :8, :8] == np.array([255, 0, 0])[:, None, None]).all()
+    assert (images[0][:, :8, 8:] == np.array([0, 128, 0])[:, None, None]).all()
+    assert (np.abs(images[0][:, 8:].astype(int) - np.array([100, 84, 0])[:, None, None]) <= 1).all()
+    assert (images[1] == images[1][0]).all()  # grey: three equal channels
+    assert (images[1][0][:, :7] == 0).all() and (images[1][0][:, 9:] == 200).all()  # 16 columns: 0 left, 200 right
+    assert ((0 < images[1][0][:, 7:9]) & (images[1][0][:, 7:9] < 200)).all()  # and the edge between them, blended
+    assert (np.abs(images[2].astype(int) - 77) <= 1).all()  # JPEG: within a level
     # `instances` and `inputs` with a field arrive as a dict of arrays.
     assert np.array_equal(read_request({"image": np.array(request["image"])}, (3, 16, 16), (0, 128, 0)), images)
+
+    quarters = np.zeros((8, 8, 3), dtype=np.uint8)
+    quarters[:4, :4], quarters[:4, 4:], quarters[4:, :4], quarters[4:, 4:] = (255, 0, 0), (0, 255, 0), (0, 0, 255), (100, 150, 200)
+    grey = read_request(pd.DataFrame({"image": [_encoded(Image.fromarray(quarters, "RGB"))]}), (1, 8, 8), WHITE)[0, 0]
+    # L = 0.299 R + 0.587 G + 0.114 B: 76.2, 149.7, 29.1, 140.75
+    assert (grey[:4, :4] == 76).all() and (grey[:4, 4:] == 150).all() and (grey[4:, :4] == 29).all()
+    assert (np.abs(grey[4:, 4:].astype(int) - 141) <= 1).all()
 
 
 @pytest.mark.parametrize("layout", ["NHW", "NHWC", "NCHW"])
@@ -45,15 +61,21 @@ def test_pixel_arrays_in_any_layout_give_the_same_images(layout):
     pixels = {"NHW": grey, "NHWC": grey[..., None], "NCHW": grey[:, None]}[layout]
     images = read_request(pixels.astype(np.int64).tolist(), (1, 8, 8), WHITE)  # as JSON lists arrive: int64
     assert np.array_equal(images, grey[:, None])
-    colour = rng.integers(0, 256, (2, 3, 8, 8), dtype=np.uint8)
-    assert np.array_equal(read_request(colour, (3, 4, 4), WHITE),
-                          np.stack([decode(_file(image), 3, (4, 4), WHITE) for image in colour]))
+    colour = rng.integers(0, 256, (2, 3, 8, 8), dtype=np.uint8)  # (N, C, H, W), as prepare stores images
+    sent = colour.transpose(0, 2, 3, 1) if layout == "NHWC" else colour
+    if layout != "NHW":
+        assert np.array_equal(read_request(sent.astype(np.int64).tolist(), (3, 8, 8), WHITE), colour)
+    flat = np.broadcast_to(np.array([[10, 20, 30], [200, 100, 0]], dtype=np.uint8)[:, :, None, None], (2, 3, 8, 8))
+    assert np.array_equal(read_request(flat, (3, 4, 4), WHITE),  # resized, a flat colour stays that colour
+                          np.broadcast_to(flat[:, :, :1, :1], (2, 3, 4, 4)))
 
 
-def _file(image: np.ndarray) -> io.BytesIO:
-    buffer = io.BytesIO()
-    Image.fromarray(image.transpose(1, 2, 0)).save(buffer, format="PNG")
-    return buffer
+def test_transparent_pixel_arrays_are_laid_on_the_background():
+    rgba = np.zeros((1, 8, 8, 4), dtype=np.uint8)
+    rgba[0, :, :4] = (30, 60, 90, 255)  # left half opaque, right half transparent
+    images = read_request(rgba, (3, 8, 8), (0, 128, 0))
+    assert (images[0][:, :, :4] == np.array([30, 60, 90])[:, None, None]).all()
+    assert (images[0][:, :, 4:] == np.array([0, 128, 0])[:, None, None]).all()
 
 
 def _png_header(width: int, height: int) -> str:

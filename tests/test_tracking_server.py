@@ -7,6 +7,7 @@ Only the publish stage talks to MLflow: `dvc repro` retrains a fork of the share
 import base64
 import json
 import os
+import re
 import sys
 import urllib.error
 import urllib.request
@@ -32,16 +33,46 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def project(pipeline, tracking_server, tmp_path_factory):
+def retrained(pipeline, tracking_server, tmp_path_factory):
     """A fork of the shared pipeline retrained by `dvc repro` data-parallel, on 2 processes (train.devices: 2,
-    gloo on the CPU), with the server as its store: the team's setup, and a multi-process training's record."""
+    gloo on the CPU), with the server as its store: the team's setup, and a multi-process training's record.
+    Returns the fork and what `dvc repro` printed."""
     project = fork(pipeline, tmp_path_factory.mktemp("on-server") / "project")
     embedded = (project / "mlflow.db").read_bytes()
     edit_params(project, train__devices=2, train__device="cpu")
-    done = run(["dvc", "repro"], project, MLFLOW_TRACKING_URI=tracking_server.url)
+    # LOGLEVEL: torchrun's own log (torch.distributed.elastic) says which workers it started and how they ended.
+    done = run(["dvc", "repro"], project, MLFLOW_TRACKING_URI=tracking_server.url, LOGLEVEL="INFO")
     assert done.stdout.count("processes under torchrun") == 0 and f"MLflow runs table: {tracking_server.url}/#/experiments/" in done.stdout
     assert (project / "mlflow.db").read_bytes() == embedded  # nothing went to the embedded store
-    return project
+    return project, done
+
+
+@pytest.fixture(scope="module")
+def project(retrained):
+    return retrained[0]
+
+
+def test_two_processes_trained_the_cnn(retrained, pipeline):
+    """What differs from the shared pipeline's one-process run, whose settings are the same but train.devices.
+    (Nothing a rank does is recorded: one run, rank 0's files. What it shows: torchrun started two workers that
+    both finished, one of them wrote, and the CNN's training took another path than one process's, to the same place.)"""
+    project, done = retrained
+    # torchrun (for the CNN alone: the centroid is fitted on one process) started ranks 0 and 1, and both succeeded.
+    assert done.stderr.count("global_ranks=[0, 1]") == done.stderr.count("global_world_sizes=[2, 2]") == 1, done.stderr[-3000:]
+    assert done.stderr.count("Local worker group finished (WorkerState.SUCCEEDED)") == 1, done.stderr[-3000:]
+    # Rank 0 alone reports and writes: one summary line each, as on one process.
+    trained = [line.split(":")[0] for line in done.stdout.splitlines() if re.match(r"\S+ seed 0: val accuracy [0-9.]+ \(epoch", line)]
+    assert sorted(trained) == [f"{variant} seed 0" for variant in sorted(VARIANTS)]
+    figures = ("val_accuracy", "val_loss", "train_accuracy", "train_loss")
+    one, two = ({variant: read_json(root / f"metrics/train/{variant}/seed0.json") for variant in VARIANTS} for root in (pipeline, project))
+    # On one process a training repeats its figures bit for bit here: the centroid, fitted on one process whatever
+    # train.devices says, is the control...
+    assert {key: two["centroid"][key] for key in figures} == {key: one["centroid"][key] for key in figures}
+    # ...the CNN's gradients were summed over two shares of every batch, which rounds otherwise: other figures,
+    # of the same training (test_distributed compares the weights closely, in fp32).
+    assert {key: two["cnn"][key] for key in figures} != {key: one["cnn"][key] for key in figures}
+    assert two["cnn"]["val_accuracy"] == pytest.approx(one["cnn"]["val_accuracy"], abs=0.06)
+    assert two["cnn"]["train_loss"] == pytest.approx(one["cnn"]["train_loss"], rel=0.2)
 
 
 def test_pipeline_records_every_variant_on_a_tracking_server(project, tracking_server):
