@@ -118,7 +118,9 @@ def serve_model(model_uri: str, folder: Path, tracking_uri: str) -> tuple[subpro
     with open(log, "wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
                                     "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                                   stdout=out, stderr=subprocess.STDOUT, env=os.environ | {"MLFLOW_TRACKING_URI": tracking_uri})
+                                   stdout=out, stderr=subprocess.STDOUT,
+                                   env=os.environ | {"MLFLOW_TRACKING_URI": tracking_uri,  # it runs `uvicorn` from PATH: ours
+                                                     "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
     try:
         wait_for(f"http://127.0.0.1:{port}/ping", process, log)
     except RuntimeError:
