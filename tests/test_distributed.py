@@ -31,7 +31,8 @@ model, folder, settings, config, out = sys.argv[1], Path(sys.argv[2]), json.load
 group = distributed.join("cpu")
 result = train(model, settings, load_prepared(folder), config, group=group)
 distributed.leave()
-torch.save({"weights": result.model.state_dict(), "history": result.history, "world": group.world}, out / f"rank{group.rank}.pt")
+torch.save({"weights": result.model.state_dict(), "history": result.history, "world": group.world,
+            "images_per_rank": result.images_per_rank}, out / f"rank{group.rank}.pt")
 """
 
 
@@ -58,6 +59,10 @@ def test_two_gloo_processes_train_the_weights_one_process_trains(tmp_path, digit
     single = train("mlp", SETTINGS, load_prepared(tmp_path / "prepared"), CONFIG)
     ranks = train_on_two_ranks(tmp_path, "mlp", SETTINGS, CONFIG)[0]
     assert ranks["world"] == 2
+    # Each rank trained on its share of every batch (batches of CONFIG.batch_size split in two), and says so.
+    batches = [min(CONFIG.batch_size, len(digits_prepared.train) - start) for start in range(0, len(digits_prepared.train), CONFIG.batch_size)]
+    assert ranks["images_per_rank"] == [sum(-(-b // 2) for b in batches), sum(b // 2 for b in batches)]
+    assert single.images_per_rank == [len(digits_prepared.train)]
     for name, weight in single.model.state_dict().items():
         torch.testing.assert_close(ranks["weights"][name], weight, rtol=1e-4, atol=1e-5, msg=name)
     for one, two in zip(single.history, ranks["history"]):

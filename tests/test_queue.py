@@ -45,7 +45,7 @@ def drained(tmp_path_factory):
         status = run(["dvc", "queue", "status"], project).stdout
         if not any(word in status for word in ("Queued", "Running")):
             break
-        time.sleep(2)
+        time.sleep(5)  # each look is a DVC process: on 2 cores, frequent looks slow the experiments they wait for
     assert "Failed" not in status, status + "".join(run(["dvc", "queue", "logs", line.split()[0]], project, check=False).stdout
                                                     for line in status.splitlines() if "Failed" in line)
     # The experiments hang off the commit they were queued from, no longer the workspace's HEAD.

@@ -65,6 +65,9 @@ def test_two_processes_trained_the_cnn(retrained, pipeline):
     assert sorted(trained) == [f"{variant} seed 0" for variant in sorted(VARIANTS)]
     figures = ("val_accuracy", "val_loss", "train_accuracy", "train_loss")
     one, two = ({variant: read_json(root / f"metrics/train/{variant}/seed0.json") for variant in VARIANTS} for root in (pipeline, project))
+    # Each process trained on its share of every batch: the run records both shares, together the whole split.
+    (whole,), (first, second) = one["cnn"]["images_per_rank"], two["cnn"]["images_per_rank"]
+    assert first + second == whole and 0 <= first - second <= whole // 64 + 1
     # On one process a training repeats its figures bit for bit here: the centroid, fitted on one process whatever
     # train.devices says, is the control...
     assert {key: two["centroid"][key] for key in figures} == {key: one["centroid"][key] for key in figures}

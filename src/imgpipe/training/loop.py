@@ -52,6 +52,7 @@ class TrainResult:
     precision: str = "fp32"  # what the gradient steps computed in: fp32, or bf16 (autocast) where train.precision chose it
     channels_last: bool = False  # the convolutions' memory layout during training
     hardware: str = ""  # the GPU, or the CPU model and cores (imgpipe.device.hardware)
+    images_per_rank: list[int] = field(default_factory=list)  # an epoch's training images per process: [n] on one
 
     def summary(self) -> dict:
         """The figures of the kept epoch and of the run, as written to metrics/train/<variant>.json."""
@@ -67,6 +68,7 @@ class TrainResult:
             "precision": self.precision,
             "channels_last": self.channels_last,
             "hardware": self.hardware,
+            "images_per_rank": self.images_per_rank,
         }
         if self.peak_memory_mb is not None:
             metrics["peak_memory_mb"] = round(self.peak_memory_mb, 1)
@@ -136,6 +138,7 @@ class LoopState:
     best_classes_predicted: int = 0  # how many classes the kept weights predict for the val images
     elapsed: float = 0.0  # seconds of training and validation so far
     stepping: float = 0.0  # of which the gradient steps alone: what a speed comparison with another loop times
+    images_per_rank: list[int] = field(default_factory=list)  # the last epoch's training images, per process
     finished: bool = False  # the last epoch ran, or early stopping ended the training: resuming only finishes it
 
 
@@ -326,7 +329,7 @@ def fit_in_one_pass(setup: Setup) -> TrainResult:
                      time.perf_counter() - start)
     return TrainResult(model=model, history=[row], seconds=row["seconds"], best_epoch=1, device=setup.device.type,
                        images_per_second=len(train_split) / max(row["seconds"], 1e-9), data_on_device=setup.resident,
-                       **run_facts(setup))
+                       images_per_rank=[len(train_split)], **run_facts(setup))
 
 
 def run_facts(setup: Setup) -> dict:
@@ -405,7 +408,7 @@ def train_epoch(setup: Setup, stepper: Stepper, epoch: int) -> dict[str, torch.T
             seen = min((step + 1) * config.batch_size, len(train_split))
             progress.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}",
                                  img_s=f"{seen / (time.perf_counter() - start):.0f}")
-    return {"loss_sum": loss_sum, "correct": correct}
+    return {"loss_sum": loss_sum, "correct": correct, "images": sum(rows.stop - rows.start for rows in shares)}
 
 
 def end_epoch(setup: Setup, state: LoopState, epoch: int, figures: dict[str, torch.Tensor], start: float) -> dict:
@@ -416,6 +419,9 @@ def end_epoch(setup: Setup, state: LoopState, epoch: int, figures: dict[str, tor
     reestimate(model, _norm_sample(setup.train_split, setup.config, group, setup.channels_last), group)
     val = _validate(model, setup.val_split, group)
     loss_sum, correct = group.sum(figures["loss_sum"]), group.sum(figures["correct"])
+    mine = torch.zeros(group.world, dtype=torch.long, device=setup.device)
+    mine[group.rank] = figures["images"]
+    state.images_per_rank = group.sum(mine).tolist()  # evidence of who trained: each process's training images this epoch
     state.elapsed += time.perf_counter() - start
     seen = len(setup.train_split)
     row = _epoch_row(epoch, {"loss": loss_sum.item() / seen, "accuracy": correct.item() / seen}, val, state.elapsed)
@@ -454,6 +460,7 @@ def finish(setup: Setup, state: LoopState, result: TrainResult, data: Prepared) 
               "image: the model has collapsed (try a lower train.lr, more epochs, or check the labels)", flush=True)
     result.model = model
     result.best_epoch = state.best_epoch
+    result.images_per_rank = state.images_per_rank
     result.seconds = state.elapsed
     result.images_per_second = len(result.history) * len(setup.train_split) / max(result.seconds, 1e-9)
     if setup.device.type == "cuda":
