@@ -2,12 +2,13 @@
 find very unlikely, judged only by models that did not train on the image: the judging variant's trained
 checkpoints (every seed's probabilities, averaged) for the validation and test images, and the same recipe
 cross-fitted for the training images (label_issues.folds models, each trained on the other folds for
-label_issues.epochs epochs and, as the checkpoints are, calibrated on the validation split). The judge is
-label_issues.variant, or where that is null the variant best on validation (mean over its seeds).
+label_issues.epochs epochs, at most the judge's own, and, as the checkpoints are, calibrated on the validation
+split). The judge is label_issues.variant, or where that is null the variant best on validation (mean over its
+seeds).
 
 Writes metrics/label_issues.csv (surest first: id, split, index, given and suggested class, their probabilities)
-and metrics/label_issues.json (how many, per split and per given class, and the method). List ids in the file
-data.exclude names to leave those images out of the next run's training.
+and metrics/label_issues.json (how many, per split and per given class, the judge and why, and the method). List
+ids in the file data.exclude names to leave those images out of the next run's training.
 """
 
 import sys
@@ -60,7 +61,7 @@ def main() -> None:
     print(f"label issues judged by {name} ({why})", flush=True)
     variant, data = settings.variant(params, name, seeds[0]), load_prepared(paths.PREPARED)
     if P.get(params, "label_issues.epochs", None) is not None:  # the cross-fitted models' own, shorter training
-        epochs = P.whole_number(params, "label_issues.epochs")
+        epochs = min(P.whole_number(params, "label_issues.epochs"), variant.config.epochs)
         variant = dataclasses.replace(variant, config=dataclasses.replace(variant.config, epochs=epochs))
     device = pick_device(variant.config.device)
     models = [load_checkpoint(paths.checkpoint(name, seed))[0] for seed in seeds]
