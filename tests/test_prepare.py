@@ -133,9 +133,11 @@ def test_data_card_counts_every_split_and_flags_thin_classes():
     prepared = prepare(raw, 0.15, 0.2, seed=0)
     card = data_card(prepared)
     assert card["image_size"] == [4, 4] and card["channels"] == 1
-    for split in ("train", "val", "test"):
-        assert card["splits"][split]["per_class"] == getattr(prepared, split).class_counts()
-        assert card["splits"][split]["images"] == len(getattr(prepared, split))
+    for split in ("train", "val", "test"):  # counted here from the labels, not by the function the card uses
+        labels_of = getattr(prepared, split).labels
+        assert card["splits"][split]["per_class"] == {name: int((labels_of == i).sum()) for i, name in enumerate(("a", "b", "rare"))}
+        assert card["splits"][split]["images"] == len(labels_of)
+    assert sum(card["splits"][split]["per_class"]["rare"] for split in ("train", "val", "test")) == 8
     assert any(flag.startswith("val: class 'rare' has only") for flag in card["flagged"])
     assert not any("'a'" in flag for flag in card["flagged"])
     assert card["decisions"] == []  # what fetch decided, where it decided anything (tests/test_sources.py)
