@@ -23,6 +23,7 @@ from imgpipe.models.networks import Classifier, build_model
 from imgpipe.serving import export
 from imgpipe.serving.preprocessing import Preprocessing
 from imgpipe.tracking import registry, runs
+from imgpipe.tracking.store import artifacts_beside
 
 CLASSES = tuple("0123456789")
 PREPROCESSING = Preprocessing(class_names=CLASSES, image_shape=(1, 8, 8), background=(255, 255, 255), temperature=1.5)
@@ -132,7 +133,7 @@ def test_a_model_logged_before_the_package_layout_still_loads(tmp_path, mlflow_s
     files = export.artifacts(model, np.zeros((2, 1, 8, 8), dtype=np.uint8), PREPROCESSING, tmp_path)
     Path(files["preprocessing"]).write_text(json.dumps({"class_names": list(CLASSES), "image_shape": [1, 8, 8],
                                                         "background": [255, 255, 255]}))
-    with mlflow.start_run(experiment_id=mlflow.MlflowClient().create_experiment("old-layout")):
+    with mlflow.start_run(experiment_id=mlflow.MlflowClient().create_experiment("old-layout", artifact_location=artifacts_beside(mlflow_store))):
         logged = mlflow.pyfunc.log_model(name="model", python_model=str(loader), artifacts=files,
                                          pip_requirements=["mlflow"])
     network, preprocessing = registry.load(logged.model_uri)

@@ -1,6 +1,8 @@
 """What a training run records in MLflow, against a real store in a temporary folder: conftest's one store
 for the test run (creating one takes a second or two), an experiment of its own for each test."""
 
+from pathlib import Path
+
 import mlflow
 import numpy as np
 import pytest
@@ -70,25 +72,35 @@ def test_a_training_is_found_by_its_digest(store, experiment, tmp_path):
     assert runs.training_digest(checkpoint, metrics) != digest
 
 
-def test_an_experiment_made_before_gets_its_kind(store):
-    experiment_id = store.create_experiment("older")
+def test_an_experiment_made_before_gets_its_kind(store, mlflow_store):
+    experiment_id = store.create_experiment("older", artifact_location=tracking_store.artifacts_beside(mlflow_store))
     client = tracking_store.store_client()
     assert tracking_store.experiment_id(client, "older") == experiment_id
     assert store.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
 
 
-def test_the_runs_page_asks_the_ui_for_its_model_training_view(store, experiment):
-    experiment_id = store.create_experiment(experiment)
+def test_the_runs_page_asks_the_ui_for_its_model_training_view(store, experiment, mlflow_store):
+    experiment_id = store.create_experiment(experiment, artifact_location=tracking_store.artifacts_beside(mlflow_store))
     assert tracking_store.runs_page(experiment).endswith(f"/#/experiments/{experiment_id}?workflowType=machine_learning")
 
 
-def test_a_model_another_imgpipe_logged_is_refused_in_one_line(store, experiment):
+def test_a_model_another_imgpipe_logged_is_refused_in_one_line(store, experiment, mlflow_store):
     """Before serving, runs held torch's own format: predict asks for the checkpoint instead."""
     import mlflow.pytorch
 
 
     # Not set_experiment: it would stay the process's active experiment, for the tests after this one.
-    with mlflow.start_run(experiment_id=store.create_experiment(experiment)):
+    with mlflow.start_run(experiment_id=store.create_experiment(experiment, artifact_location=tracking_store.artifacts_beside(mlflow_store))):
         logged = mlflow.pytorch.log_model(torch.nn.Linear(2, 2), name="model", input_example=np.zeros((2, 2), dtype=np.float32))
     with pytest.raises(ImgpipeError, match=r"not a model this imgpipe logged .*; give its checkpoint instead"):
         registry.load(logged.model_uri)
+
+
+def test_a_sqlite_stores_artifacts_stay_beside_it_not_in_the_working_folder(store, experiment, mlflow_store, tmp_path, monkeypatch):
+    """MLflow's default for a SQLite store is ./mlruns of whatever folder the process runs in (a checkout's own)."""
+    monkeypatch.chdir(tmp_path)
+    run_id, _, _ = _log(experiment)
+    beside = (Path(mlflow_store.removeprefix("sqlite:///")).parent / "mlruns").as_uri()
+    assert store.get_run(run_id).info.artifact_uri.startswith(beside + "/")
+    assert not (tmp_path / "mlruns").exists()
+    assert tracking_store.artifacts_beside("http://127.0.0.1:5000") is None  # a server decides for itself

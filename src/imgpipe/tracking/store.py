@@ -6,6 +6,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import mlflow
 from filelock import FileLock
@@ -48,12 +49,21 @@ def store_client():
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
+def artifacts_beside(uri: str) -> str | None:
+    """Where a new experiment keeps its artifacts: in mlruns/ beside a SQLite store's file (the embedded one's, or
+    another a user or a test names), not in whatever folder the process was started from, which MLflow's default
+    `./mlruns` would be; a server's store decides for itself (None)."""
+    if uri == EMBEDDED_STORE:
+        return paths.MLFLOW_ARTIFACTS.as_uri()
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlruns").as_uri()
+    return None
+
+
 def experiment_id(client, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        # Keep artifacts beside the embedded store, not in whatever folder the stage was started from.
-        location = paths.MLFLOW_ARTIFACTS.as_uri() if tracking_uri() == EMBEDDED_STORE else None
-        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
+        return client.create_experiment(name, artifact_location=artifacts_beside(tracking_uri()), tags=EXPERIMENT_KIND)
     for key, value in EXPERIMENT_KIND.items():  # an experiment an older imgpipe made
         if experiment.tags.get(key) != value:
             client.set_experiment_tag(experiment.experiment_id, key, value)
