@@ -56,7 +56,7 @@ from imgpipe.data.imageset import ImageSet
 from imgpipe.data.prepare import channel_stats, stratified_split
 from imgpipe.data.prepared import Prepared
 from imgpipe.data.sources import fetch
-from imgpipe.device import describe, has_native_bf16, pick_device
+from imgpipe.device import cpu_name, describe, has_native_bf16, pick_device
 from imgpipe.models.inference import logits_in_chunks
 from imgpipe.models.networks import TinyVGG
 from imgpipe.training.loop import TrainResult, train
@@ -227,11 +227,9 @@ def busy_seconds() -> float:
 
 
 def header(device: torch.device) -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or platform.machine())
     import torchvision
 
-    return (f"{cpu} ({describe(device)}, {torch.get_num_threads()} threads, native bf16: {has_native_bf16(device)}); "
+    return (f"{cpu_name()} ({describe(device)}, {torch.get_num_threads()} threads, native bf16: {has_native_bf16(device)}); "
             f"Python {platform.python_version()}, torch {torch.__version__}, torchvision {torchvision.__version__}; "
             f"{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}")
 

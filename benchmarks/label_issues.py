@@ -31,7 +31,7 @@ from imgpipe.config import DataConfig
 from imgpipe.data.imageset import ImageSet
 from imgpipe.data.prepare import prepare
 from imgpipe.data.sources import digits
-from imgpipe.device import pick_device
+from imgpipe.device import hardware, pick_device
 from imgpipe.evaluation.label_issues import find_label_issues
 
 STAGE = Path(__file__).resolve().parents[1] / "stages" / "label_issues.py"
@@ -62,13 +62,11 @@ def main() -> None:
                       if args.configurations else CONFIGURATIONS)
     params = P.load()
     folds = args.folds or P.whole_number(params, "label_issues.folds", minimum=2)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    print(f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, torch {torch.__version__}; "
+    device = pick_device("cpu")
+    print(f"{hardware(device)}; Python {platform.python_version()}, torch {torch.__version__}; "
           f"{folds} folds, {args.flips} flips x {args.draws} draws")
     stage = stage_module()
     data = prepare(digits(DataConfig()).splits, val_fraction=0.15, test_fraction=0.2, seed=0)
-    device = pick_device("cpu")
     others_before, ours_before = busy_seconds(), time.process_time()
     for judge, epochs in configurations:
         variant = settings.variant(params, judge, 0)

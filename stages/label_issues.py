@@ -28,6 +28,7 @@ from imgpipe.device import pick_device
 from imgpipe.errors import run_stage
 from imgpipe.evaluation import label_issues
 from imgpipe.evaluation.calibration import calibrate
+from imgpipe.evaluation.results import best_over_seeds
 from imgpipe.files import read_json, write_csv, write_json
 from imgpipe.models.checkpoint import load_checkpoint
 from imgpipe.models.inference import logits_in_chunks
@@ -54,10 +55,13 @@ def cross_fitted(variant: settings.Variant, data, folds: int, device) -> np.ndar
 def main() -> None:
     params = P.load()
     folds, seeds = P.whole_number(params, "label_issues.folds", minimum=2), P.seeds(params)
-    trained = {variant: [read_json(paths.train_metrics(variant, seed)) for seed in seeds] for variant in P.get(params, "train.variants")}
-    validation = {variant: (float(np.mean([m["val_accuracy"] for m in runs])), float(np.mean([m["val_loss"] for m in runs])))
-                  for variant, runs in trained.items()}
-    name, why = settings.chosen_variant(params, "label_issues.variant", validation)
+    trained = {variant: {seed: read_json(paths.train_metrics(variant, seed)) for seed in seeds} for variant in P.get(params, "train.variants")}
+    name = settings.chosen_variant(params, "label_issues.variant", best_over_seeds(trained))
+    if P.get(params, "label_issues.variant", None) is None:
+        accuracy, loss = (np.mean([m[key] for m in trained[name].values()]) for key in ("val_accuracy", "val_loss"))
+        why = f"best on validation: val accuracy {accuracy:.4f}, val loss {loss:.4f} (label_issues.variant: null)"
+    else:
+        why = f"label_issues.variant: {name}"
     print(f"label issues judged by {name} ({why})", flush=True)
     variant, data = settings.variant(params, name, seeds[0]), load_prepared(paths.PREPARED)
     if P.get(params, "label_issues.epochs", None) is not None:  # the cross-fitted models' own, shorter training

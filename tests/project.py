@@ -17,8 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Nothing of the user's own configuration reaches a test project: DVC's global and system config (remotes,
 # credentials) are read from a folder that does not exist, git's from nowhere (no signing hooks, no templates).
-NO_USER_CONFIG = {"DVC_GLOBAL_CONFIG_DIR": str(Path(tempfile.gettempdir()) / "imgpipe-tests-no-user-config"),
-                  "DVC_SYSTEM_CONFIG_DIR": str(Path(tempfile.gettempdir()) / "imgpipe-tests-no-user-config"),
+_NOWHERE = str(Path(tempfile.gettempdir()) / "imgpipe-tests-no-user-config")
+NO_USER_CONFIG = {"DVC_GLOBAL_CONFIG_DIR": _NOWHERE, "DVC_SYSTEM_CONFIG_DIR": _NOWHERE,
                   "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
 # The checkout's files a test project is made of; of .dvc/ only what git keeps (config): never config.local,
 # where README's team section has a user put a remote and its credentials, nor a cache or DVC's tmp.

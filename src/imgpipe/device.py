@@ -1,5 +1,6 @@
 """Pick the training device: CUDA if present, else Apple's MPS, else the CPU; params may force one."""
 
+import functools
 import os
 import platform
 
@@ -32,18 +33,23 @@ def describe(device: torch.device) -> str:
     return device.type
 
 
-def hardware(device: torch.device) -> str:
-    """What computed a run, for comparing figures across machines: the GPU's name, or the CPU's model, cores and
-    whether it computes bf16 natively (the same settings give other last digits on other hardware)."""
-    if device.type != "cpu":
-        return describe(device)
+@functools.cache  # read once per process: every training (a cross-fitted fold, a sweep trial) records it
+def cpu_name() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else what the platform says."""
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             name = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "")
     except OSError:  # not Linux
         name = ""
-    name = name or platform.processor() or platform.machine()
-    return f"{name} ({os.cpu_count()} cores{', native bf16' if has_native_bf16(device) else ''})"
+    return name or platform.processor() or platform.machine()
+
+
+def hardware(device: torch.device) -> str:
+    """What computed a run, for comparing figures across machines: the GPU's name, or the CPU's model, cores and
+    whether it computes bf16 natively (the same settings give other last digits on other hardware)."""
+    if device.type != "cpu":
+        return describe(device)
+    return f"{cpu_name()} ({os.cpu_count()} cores{', native bf16' if has_native_bf16(device) else ''})"
 
 
 def has_native_bf16(device: torch.device) -> bool:

@@ -38,7 +38,6 @@ SWEEPS = ROOT / "sweeps"  # sweeps/<study>/trial-<n>.pt: the checkpoint of each 
 # land in the project's own store rather than in a copy that is thrown away.
 TRACKING_ROOT = Path(os.environ.get("DVC_ROOT") or ROOT)
 MLFLOW_DB = TRACKING_ROOT / "mlflow.db"
-MLFLOW_ARTIFACTS = TRACKING_ROOT / "mlruns"  # MLflow's own default name, beside the store
 
 
 # A variant is trained once per seed of train.seeds: each (variant, seed) has its own files, in a

@@ -52,19 +52,15 @@ def variant(params: dict, name: str, seed: int) -> Variant:
     return Variant(name, model, spec, config)
 
 
-def chosen_variant(params: dict, key: str, validation: dict[str, tuple[float, float]]) -> tuple[str, str]:
-    """The variant a setting such as label_issues.variant picks, and why: the one it names (which train.variants
-    must list), or where it is null, the variant best on validation (`validation`: each variant's val accuracy and
-    val loss, means over its seeds; the higher accuracy wins, then the lower loss, as the kept epoch is chosen).
-    A default follows the variants the user chose; only a name the user set can be refused."""
+def chosen_variant(params: dict, key: str, best: str) -> str:
+    """The variant a setting such as label_issues.variant picks: the one it names (which train.variants must list),
+    or where it is null `best`, the variant best on validation (imgpipe.evaluation.results.best_over_seeds). A
+    default follows the variants the user chose; only a name the user set can be refused."""
     variants, name = P.get(params, "train.variants"), P.get(params, key, None)
-    if name is not None:
-        if name not in variants:
-            raise ConfigError(f"params.yaml: {key}: {name!r} is not among train.variants ({', '.join(variants)}); "
-                              "name one of them, or null for the one best on validation")
-        return name, f"{key}: {name}"
-    best = max(variants, key=lambda variant: (validation[variant][0], -validation[variant][1], -variants.index(variant)))
-    return best, f"best on validation: val accuracy {validation[best][0]:.4f}, val loss {validation[best][1]:.4f} ({key}: null)"
+    if name is not None and name not in variants:
+        raise ConfigError(f"params.yaml: {key}: {name!r} is not among train.variants ({', '.join(variants)}); "
+                          "name one of them, or null for the one best on validation")
+    return best if name is None else name
 
 
 def section_of(params: dict, name: str, key: str) -> str:

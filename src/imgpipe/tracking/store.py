@@ -50,13 +50,11 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def artifacts_beside(uri: str) -> str | None:
-    """Where a new experiment keeps its artifacts: in mlruns/ beside a SQLite store's file (the embedded one's, or
-    another a user or a test names), not in whatever folder the process was started from, which MLflow's default
-    `./mlruns` would be; a server's store decides for itself (None)."""
-    if uri == EMBEDDED_STORE:
-        return paths.MLFLOW_ARTIFACTS.as_uri()
+    """Where a new experiment keeps its artifacts: in mlruns/ beside a SQLite store's file (the embedded one's,
+    paths.MLFLOW_DB, or another a user or a test names), not in whatever folder the process was started from,
+    which MLflow's default `./mlruns` would be; a server's store decides for itself (None)."""
     if uri.startswith("sqlite:///"):
-        return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlruns").as_uri()
+        return (Path(uri.removeprefix("sqlite:///")).absolute().parent / "mlruns").as_uri()  # mlruns: MLflow's own name
     return None
 
 
