@@ -19,7 +19,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this cop
 import dataclasses
 
 import numpy as np
-import pandas as pd
 
 from imgpipe import params as P
 from imgpipe import paths, settings
@@ -74,11 +73,10 @@ def main() -> None:
 
     judged["train"] = cross_fitted(variant, data, folds, device)
     found = {split: label_issues.find_label_issues(judged[split], getattr(data, split).labels) for split in ("train", "val", "test")}
-    table = pd.DataFrame([row for split, issues in found.items()
-                          for row in label_issues.rows(split, image_ids(paths.PREPARED, split), issues, data.class_names)],
-                         columns=["id", "split", "index", "given", "suggested", "given_probability", "suggested_probability", "score"])
-    table = table.sort_values(["score", "id"], ascending=[False, True], kind="stable")
-    write_csv(paths.LABEL_ISSUES, table)
+    table = sorted((row for split, issues in found.items()
+                    for row in label_issues.rows(split, image_ids(paths.PREPARED, split), issues, data.class_names)),
+                   key=lambda row: (-row["score"], row["id"]))  # surest first
+    write_csv(paths.LABEL_ISSUES, {column: [row[column] for row in table] for column in label_issues.COLUMNS})
     write_json(paths.LABEL_ISSUES_SUMMARY, {
         "images": sum(len(getattr(data, split)) for split in found), "issues": len(table), "judged_by": name, "why": why,
         "folds": folds, "cross_fit_epochs": variant.config.epochs,

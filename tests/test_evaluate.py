@@ -18,6 +18,7 @@ from imgpipe.evaluation.evaluate import (
 )
 from imgpipe.evaluation.scores import bootstrap_macro_f1_interval, confusion_matrix, per_class_scores
 from imgpipe.evaluation.stats import most_confused
+from imgpipe.files import write_csv
 from imgpipe.training.loop import train
 
 
@@ -117,14 +118,23 @@ def test_tables_name_the_classes(digits_prepared, linear_on_digits):
     _, result = linear_on_digits
     test = digits_prepared.test
     predictions = predictions_table(test, result)
-    assert list(predictions.columns) == ["index", "actual", "predicted", "confidence"]
+    assert list(predictions) == ["index", "actual", "predicted", "confidence"]
     assert predictions["actual"].tolist() == [test.class_names[i] for i in test.labels]
     assert (predictions["actual"] == predictions["predicted"]).mean() == pytest.approx(result.metrics["accuracy"])
     classes = class_table(test.class_names, result)
     assert classes["class"].tolist() == list(test.class_names) and classes["support"].sum() == len(test)
     counts = confusion_table(test.class_names, result.confusion)
-    assert counts.index.name == "actual" and list(counts.columns) == list(test.class_names)
-    assert counts.to_numpy().sum() == len(test)
+    assert list(counts) == ["actual", *test.class_names] and counts["actual"].tolist() == list(test.class_names)
+    assert sum(counts[name].sum() for name in test.class_names) == len(test)
+    assert counts["3"].tolist() == result.confusion[:, 3].tolist()  # a column per predicted class
+
+
+def test_a_table_is_written_as_csv_that_reads_back_as_it_was(tmp_path):
+    path = tmp_path / "table.csv"
+    write_csv(path, {"class": np.array(["0", "NA"]), "precision": np.array([0.5, 0.125], dtype=np.float32), "support": np.array([3, 0])})
+    assert path.read_text() == "class,precision,support\n0,0.5,3\nNA,0.125,0\n"
+    write_csv(path, {"id": [], "score": []})
+    assert path.read_text() == "id,score\n"  # an empty table keeps its header
 
 
 def test_the_images_explained_are_each_class_s_surest_right_answers_then_the_surest_mistakes():

@@ -7,7 +7,6 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
@@ -79,37 +78,32 @@ def evaluate(model: nn.Module, split: ImageSet, device: torch.device, top_k: int
     return Evaluation(metrics, predicted, confidence.cpu().numpy(), confusion, per_class, bins)
 
 
-def predictions_table(split: ImageSet, evaluation: Evaluation) -> pd.DataFrame:
-    """One row per image: its index in the split, actual and predicted class names, confidence."""
+def predictions_table(split: ImageSet, evaluation: Evaluation) -> dict[str, np.ndarray]:
+    """One row per image: its index in the split, actual and predicted class names, confidence (as columns)."""
     names = np.array(split.class_names)
-    return pd.DataFrame({
-        "index": np.arange(len(split)),
-        "actual": names[split.labels],
-        "predicted": names[evaluation.predicted],
-        "confidence": evaluation.confidence.round(4),
-    })
+    return {"index": np.arange(len(split)), "actual": names[split.labels], "predicted": names[evaluation.predicted],
+            "confidence": evaluation.confidence.round(4)}
 
 
-def class_table(class_names: tuple[str, ...], evaluation: Evaluation) -> pd.DataFrame:
-    """One row per class: precision, recall, F1 and support."""
+def class_table(class_names: tuple[str, ...], evaluation: Evaluation) -> dict[str, np.ndarray]:
+    """One row per class: precision, recall, F1 and support (as columns)."""
     scores = {key: values.round(4) if key != "support" else values for key, values in evaluation.per_class.items()}
-    return pd.DataFrame({"class": class_names, **scores})
+    return {"class": np.array(class_names), **scores}
 
 
-def confusion_table(class_names: tuple[str, ...], confusion: np.ndarray) -> pd.DataFrame:
-    """The confusion counts with class names: a row per actual class, a column per predicted class."""
-    table = pd.DataFrame(confusion, index=list(class_names), columns=list(class_names))
-    table.index.name = "actual"
-    return table
+def confusion_table(class_names: tuple[str, ...], confusion: np.ndarray) -> dict[str, np.ndarray]:
+    """The confusion counts with class names: a row per actual class (column `actual`), then a column per
+    predicted class."""
+    return {"actual": np.array(class_names), **{name: confusion[:, j] for j, name in enumerate(class_names)}}
 
 
-def reliability_table(evaluation: Evaluation) -> pd.DataFrame:
+def reliability_table(evaluation: Evaluation) -> dict[str, np.ndarray]:
     """The reliability diagram's figures, one row per non-empty confidence bin and scaling ("before" or
-    "after" temperature scaling): the bin's edges, its images, their accuracy and mean confidence."""
-    return pd.concat([pd.DataFrame({
-        "scaling": scaling, "bin": bins.bin, "lower": bins.lower.round(4), "upper": bins.upper.round(4),
-        "images": bins.images, "accuracy": bins.accuracy.round(4), "confidence": bins.confidence.round(4),
-    }) for scaling, bins in evaluation.reliability.items()], ignore_index=True)
+    "after" temperature scaling): the bin's edges, its images, their accuracy and mean confidence (as columns)."""
+    parts = [{"scaling": np.full(len(bins.bin), scaling), "bin": bins.bin, "lower": bins.lower.round(4),
+              "upper": bins.upper.round(4), "images": bins.images, "accuracy": bins.accuracy.round(4),
+              "confidence": bins.confidence.round(4)} for scaling, bins in evaluation.reliability.items()]
+    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
 
 
 def examples_to_explain(labels: np.ndarray, evaluation: Evaluation, count: int) -> np.ndarray:

@@ -182,6 +182,9 @@ METHOD = ("Label issues are found by confident learning (Northcutt, Jiang & Chua
           "over the images labelled with it) and more than the given label, ranked by the margin between the two.")
 
 
+COLUMNS = ("id", "split", "index", "given", "suggested", "given_probability", "suggested_probability", "score")
+
+
 def rows(split: str, ids: np.ndarray, issues: LabelIssues, class_names: tuple[str, ...]) -> list[dict]:
     """One row per issue of a split, as metrics/label_issues.csv lists them."""
     return [{"id": ids[i], "split": split, "index": int(i), "given": class_names[given], "suggested": class_names[suggested],

@@ -8,12 +8,15 @@ validation split.
 
 from dataclasses import dataclass
 from statistics import fmean
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from imgpipe import paths
 from imgpipe.files import read_csv, read_json
+
+if TYPE_CHECKING:  # pandas is read_csv's to import: the stages that only choose never pay for it
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -22,10 +25,10 @@ class VariantResult:
 
     train: dict  # metrics/train/
     test: dict  # metrics/test/
-    classes: pd.DataFrame  # metrics/classes/: class, precision, recall, f1, support
-    confusion: pd.DataFrame  # metrics/confusion/: counts, actual classes as the index
+    classes: "pd.DataFrame"  # metrics/classes/: class, precision, recall, f1, support
+    confusion: "pd.DataFrame"  # metrics/confusion/: counts, actual classes as the index
     correct: np.ndarray  # (N,) bool: whether it got each test image right, in metrics/predictions/'s order
-    reliability: pd.DataFrame | None = None  # metrics/reliability/: confidence bins before and after temperature scaling
+    reliability: "pd.DataFrame | None" = None  # metrics/reliability/: confidence bins before and after temperature scaling
 
 
 def load_result(name: str, seed: int) -> VariantResult:
