@@ -7,6 +7,7 @@ training code, so a state saved by other code is never continued.
 """
 
 import ast
+import functools
 import hashlib
 import sys
 from pathlib import Path
@@ -40,7 +41,12 @@ def _module_name(path: Path) -> str | None:
 def imported_modules(path: Path) -> set[str]:
     """Every module `path` imports anywhere (function-level imports too), with the packages above each:
     importing imgpipe.data.sources.idx runs imgpipe/__init__.py and imgpipe/sources/__init__.py first."""
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    return set(_imported_modules(Path(path), Path(path).read_text(encoding="utf-8")))
+
+
+@functools.cache  # by path and source: a process hashing its code again (each fold of a cross-fit) parses nothing twice
+def _imported_modules(path: Path, source: str) -> frozenset[str]:
+    tree = ast.parse(source, filename=str(path))
     own = _module_name(path)
     package = own if own and path.name == "__init__.py" else (own.rpartition(".")[0] if own else "")
     names = set()
@@ -59,7 +65,7 @@ def imported_modules(path: Path) -> set[str]:
     for name in names:
         parts = name.split(".")
         with_parents.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
-    return with_parents
+    return frozenset(with_parents)
 
 
 def closure(script: Path) -> list[Path]:
