@@ -16,9 +16,10 @@ OUTPUT_FOLDERS = ("data", "models", "metrics", "reports")
 
 
 def _outputs(project) -> dict[str, bytes]:
-    """Every file the pipeline wrote, hidden ones too (a leftover temporary file is a change)."""
+    """Every file the pipeline wrote, hidden ones too (a leftover temporary file is a change), and dvc.lock."""
     return {str(path.relative_to(project)): path.read_bytes()
-            for folder in OUTPUT_FOLDERS for path in sorted((project / folder).rglob("*")) if path.is_file()}
+            for folder in OUTPUT_FOLDERS for path in sorted((project / folder).rglob("*")) if path.is_file()} \
+        | {"dvc.lock": (project / "dvc.lock").read_bytes()}
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +63,9 @@ def test_failed_stage_leaves_the_previous_results(project, tmp_path, stage):
     assert len(lines) == 2 and lines[1].startswith(f"ERROR: failed to reproduce '{stage}'"), done.stderr
     after = _outputs(project)
     assert sorted(after) == sorted(before)
+    # dvc.lock still describes them, byte for byte as they are: with the setting put back there is nothing to rerun
+    # (the fork was up to date: test_pipeline checks `dvc status` on the pipeline it is a copy of).
     assert [path for path in before if after[path] != before[path]] == []
-    # dvc.lock still describes them: with the setting put back there is nothing to rerun.
-    assert "Data and pipelines are up to date" in run(["dvc", "status"], project).stdout
 
 
 def test_a_training_that_fails_after_its_last_epoch_reruns_without_training(pipeline, tmp_path):
