@@ -5,6 +5,7 @@ and `mlflow models serve`."""
 import os
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -55,7 +56,9 @@ class TrackingServer:
                 folder.chmod(0o711)  # mkdtemp's 0700 would keep `postgres` out of its cluster
             options = f"-p {port} -k {self.cluster} -c listen_addresses=127.0.0.1"
             commands += [
-                self._pg("initdb", "-D", self.cluster, "-A", "trust", "-U", "postgres", "--no-locale", "-E", "UTF8") + " >/dev/null",
+                # --no-sync: a throwaway cluster need not wait for its files to reach the disk (0.9 s of 2.2 here).
+                self._pg("initdb", "-D", self.cluster, "-A", "trust", "-U", "postgres", "--no-locale", "-E", "UTF8",
+                         "--no-sync") + " >/dev/null",
                 self._pg("pg_ctl", "-D", self.cluster, "-o", options, "-l", self.cluster / "log", "-w", "start") + " >/dev/null",
                 self._pg("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "mlflow"),
             ]
@@ -66,8 +69,9 @@ class TrackingServer:
         commands.append("exec " + shlex.join(server))  # the process to stop is the server's
         self.log = folder / "server.log"
         with open(self.log, "wb") as log:
+            # A session of its own: stop() ends the whole group (the server starts uvicorn; pg_ctl detaches PostgreSQL).
             self.process = subprocess.Popen(["bash", "-ec", " && ".join(commands)], stdout=log, stderr=subprocess.STDOUT,
-                                            env=os.environ | NO_JOB_RUNNER | (env or {}))
+                                            env=os.environ | NO_JOB_RUNNER | (env or {}), start_new_session=True)
 
     def database(self, name: str) -> str:
         """The URL of a new database of its own in the server's PostgreSQL cluster (e.g. an Optuna storage)."""
@@ -88,8 +92,9 @@ class TrackingServer:
         return self.url
 
     def stop(self) -> None:
+        """Gone, with its folder: SIGKILL, not a graceful stop (some 1.5 s of waiting, for a store thrown away next)."""
         if self.process.poll() is None:
-            self.process.terminate()
+            os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=30)
         if self.bin and (self.cluster / "postmaster.pid").exists():
             subprocess.run(self._pg("pg_ctl", "-D", self.cluster, "-m", "immediate", "stop"), shell=True,
@@ -106,7 +111,7 @@ def wait_for(url: str, process: subprocess.Popen, log: Path, seconds: float = 60
         except OSError:
             if process.poll() is not None:
                 raise RuntimeError(f"{url}: the server exited ({process.returncode}): {log.read_text()[-2000:]}")
-            time.sleep(0.25)
+            time.sleep(0.1)
     raise RuntimeError(f"{url}: no answer within {seconds:.0f} s: {log.read_text()[-2000:]}")
 
 

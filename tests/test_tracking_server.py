@@ -8,7 +8,6 @@ import base64
 import json
 import os
 import re
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -156,9 +155,11 @@ def test_the_candidate_is_promoted_and_served_to_image_files(project, tracking_s
         process.wait(timeout=30)
 
 
-def test_runs_travel_through_s3_to_a_machine_that_knows_only_the_server(project, tracking_server, s3_server, tmp_path):
+def test_runs_travel_through_s3_to_a_machine_that_knows_only_the_server(project, tracking_server, s3_server, tmp_path, monkeypatch):
     """The server keeps its artifacts in the S3 bucket (conftest), and only it holds the bucket's credentials: a
-    folder with nothing but the server's address classifies images with the registered model, as the checkpoint does."""
+    folder with nothing but the server's address classifies images with the registered model, as the checkpoint does.
+    (In this process, which has no credentials either: a process of its own, `mlflow models serve`, loads the same
+    version from the server in the test above.)"""
     assert tracking_server.artifacts == f"s3://{s3_server.bucket}/mlflow"
     assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & os.environ.keys() and not (Path.home() / ".aws").exists()
     stored = s3_server.keys("mlflow/")
@@ -167,8 +168,9 @@ def test_runs_travel_through_s3_to_a_machine_that_knows_only_the_server(project,
     images = write_image_folder(tmp_path / "images", test.images[:20], test.labels[:20], test.class_names)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    run([sys.executable, "-m", "imgpipe.predict", "--model", "models:/imgpipe-digits@candidate", str(images),
-         "--output", str(elsewhere / "registered.csv")], elsewhere, MLFLOW_TRACKING_URI=tracking_server.url)
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server.url)
+    assert predict_main(["--model", "models:/imgpipe-digits@candidate", str(images), "--output", str(elsewhere / "registered.csv")]) == 0
     variant = read_json(project / "reports/mlflow_runs.json")["candidate"]["variant"]
     assert predict_main(["--model", str(project / f"models/{variant}/seed0.pt"), str(images), "--output", str(elsewhere / "checkpoint.csv")]) == 0
     assert (elsewhere / "registered.csv").read_text() == (elsewhere / "checkpoint.csv").read_text()
