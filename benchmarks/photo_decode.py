@@ -4,11 +4,15 @@ decoding pool counted in bytes as well as files, so a folder of a few dozen phot
 
     python benchmarks/photo_decode.py [FOLDER] [--photos 48] [--runs 3] [--size 224] [--start-method spawn]
                                                                                     (about 2 minutes)
+    python benchmarks/photo_decode.py --photos 5 --quality 100 --runs 1     (the tests' check: seconds)
 
 Makes FOLDER (default: a temporary folder, removed afterwards) holding --photos synthetic 4000x3000 JPEGs
-(quality 90, about 2 MB each) in two class folders: smooth gradients in each class's colours, soft blobs,
-fine detail and sensor-like grain, so the files are photo-sized, not flat colour. A FOLDER this benchmark
-made with the same settings (photo-decode-benchmark.json beside the class folders) is reused.
+(quality 90 unless --quality says, about 2 MB each) in two class folders: smooth gradients in each class's
+colours, soft blobs, fine detail and sensor-like grain, so the files are photo-sized, not flat colour. A FOLDER
+this benchmark made with the same settings (photo-decode-benchmark.json beside the class folders) is reused.
+--quality 100 makes each about 8.5 MB, so 5 photos (42 MB) are bytes enough for a pool of 2 (16 MB a process):
+the tests' check of the variants, with a quarter of the photos quality 90 would need; the figures to quote are
+quality 90's.
 
 Prints the machine, versions and multiprocessing start method, the folder, then per run and as the median of
 --runs: photos/s decoding every photo to 3 x size x size in this process with imgpipe's decode (reduced=False:
@@ -76,9 +80,9 @@ def photo(index: int, label: str, grain: np.ndarray) -> Image.Image:
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
-def make_folder(folder: Path, count: int) -> list[Path]:
+def make_folder(folder: Path, count: int, quality: int = QUALITY) -> list[Path]:
     """The folder's photos, made unless a complete folder of the same settings is there."""
-    marker, wanted = folder / MARKER, {"photos": count, "size": [WIDTH, HEIGHT], "quality": QUALITY, "classes": list(CLASSES)}
+    marker, wanted = folder / MARKER, {"photos": count, "size": [WIDTH, HEIGHT], "quality": quality, "classes": list(CLASSES)}
     if marker.exists():
         if json.loads(marker.read_text()) == wanted | {"complete": True}:
             return sorted(folder.rglob("*.jpg"))
@@ -92,7 +96,7 @@ def make_folder(folder: Path, count: int) -> list[Path]:
     grain = np.random.default_rng(0).normal(0, 3, (HEIGHT, WIDTH, 3)).astype(np.int8)  # one field, shifted per photo
     for index in range(count):
         label = CLASSES[index % len(CLASSES)]
-        photo(index, label, grain).save(folder / label / f"{index:04d}.jpg", quality=QUALITY)
+        photo(index, label, grain).save(folder / label / f"{index:04d}.jpg", quality=quality)
     marker.write_text(json.dumps(wanted | {"complete": True}))
     print(f"made {count} photos in {time.perf_counter() - start:.0f} s")
     return sorted(folder.rglob("*.jpg"))
@@ -104,7 +108,7 @@ def cpu_seconds() -> tuple[float, float]:
     return busy, time.process_time() + sum(os.times()[2:4])
 
 
-def header(files: list[Path], start_method: str) -> str:
+def header(files: list[Path], start_method: str, quality: int) -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor() or platform.machine())
     versions = ", ".join(f"{package} {version(package)}" for package in ("pillow", "numpy", "torch"))
@@ -112,7 +116,7 @@ def header(files: list[Path], start_method: str) -> str:
     return (f"{cpu}, {len(os.sched_getaffinity(0))} cores (os.cpu_count {os.cpu_count()}); Python {platform.python_version()}, "
             f"{versions}; multiprocessing start method {start_method}; "
             f"{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}\n"
-            f"{files[0].parents[1]}: {len(files)} JPEGs of {WIDTH}x{HEIGHT} (quality {QUALITY}) in {len(CLASSES)} classes, "
+            f"{files[0].parents[1]}: {len(files)} JPEGs of {WIDTH}x{HEIGHT} (quality {quality}) in {len(CLASSES)} classes, "
             f"{on_disk / len(files) / 1e6:.1f} MB each on average")
 
 
@@ -177,15 +181,16 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=48)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--size", type=int, default=224, help="data.image_size, a side (pixels)")
+    parser.add_argument("--quality", type=int, default=QUALITY, help="JPEG quality the photos are saved at (a phone's: 90)")
     parser.add_argument("--start-method", choices=multiprocessing.get_all_start_methods(),
                         default=multiprocessing.get_start_method(), help="how the decoding pool starts its processes "
                         "(default: this platform's, as fetch gets it)")
     args = parser.parse_args()
     multiprocessing.set_start_method(args.start_method, force=True)
     with tempfile.TemporaryDirectory() as tmp:
-        files = make_folder(args.folder or Path(tmp) / "photos", args.photos)
+        files = make_folder(args.folder or Path(tmp) / "photos", args.photos, args.quality)
         folder = files[0].parents[1]
-        print(header(files, args.start_method))
+        print(header(files, args.start_method, args.quality))
         before, after = [], []
         fetched = {variant: [] for variant in VARIANTS}  # photos/s of each run
         others = cpu_seconds()

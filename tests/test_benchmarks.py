@@ -58,8 +58,8 @@ def first_at_or_above(rows: list[tuple[float, float]], target: float) -> int | N
 
 @pytest.mark.skipif(not FASHION.is_dir(), reason=f"{FASHION} not found: the real Fashion-MNIST is not beside the project")
 def test_the_fashion_mnist_benchmark_compares_with_both_baselines_on_a_recipe_chosen_on_validation():
-    lines = run_benchmark("benchmarks/fashion_mnist.py", "--limit", "256")
-    assert "256 train / 256 test images" in lines[1]
+    lines = run_benchmark("benchmarks/fashion_mnist.py", "--limit", "128")
+    assert "128 train / 128 test images" in lines[1]
 
     baselines = {label: epoch_rows(lines, f"(a) seed loop, {label}") for label in ("fp32", "bf16 autocast")}
     for label, rows in baselines.items():
@@ -67,8 +67,8 @@ def test_the_fashion_mnist_benchmark_compares_with_both_baselines_on_a_recipe_ch
         assert float(best[1]) == max(accuracy for _, accuracy in rows)
         assert int(best[2]) == first_at_or_above(rows, float(best[1]))
 
-    # 10% of 256 images, stratified, rounded up as scikit-learn does: 26
-    one(lines, r"\(b\) choosing the recipe on validation: 230 train / 26 val images of the training set .*the test split is not read")
+    # 10% of 128 images, stratified, rounded up as scikit-learn does: 13
+    one(lines, r"\(b\) choosing the recipe on validation: 115 train / 13 val images of the training set .*the test split is not read")
     candidates = matches(lines, r"\(b\) candidate (\d+): (.*): val accuracy ([0-9.]+) \(epoch 1\), [0-9.]+ s of training, .*")
     assert [int(m[1]) for m in candidates] == [1, 2, 3, 4]
     scores = [float(m[3]) for m in candidates]
@@ -105,14 +105,15 @@ def test_the_fashion_mnist_benchmark_compares_with_both_baselines_on_a_recipe_ch
 def test_the_photo_decode_benchmark_measures_each_change_alone_under_spawned_workers(tmp_path):
     """Spawned workers inherit nothing from the benchmark's process: a variant that reached them only by a
     patch of a module (as a forked worker would see it) fetches other images than declared, which the
-    benchmark checks and exits on. 20 photos of about 1.9 MB: over 32 MB, so the byte count starts a pool."""
-    lines = run_benchmark("benchmarks/photo_decode.py", str(tmp_path / "photos"), "--photos", "20", "--runs", "1",
-                          "--start-method", "spawn")
+    benchmark checks and exits on. 5 photos of about 8.5 MB (quality 100): over 32 MB, so the byte count starts a
+    pool of 2 (16 MB a process), and the file count does not (5 files, far below 512)."""
+    lines = run_benchmark("benchmarks/photo_decode.py", str(tmp_path / "photos"), "--photos", "5", "--quality", "100",
+                          "--runs", "1", "--start-method", "spawn")
     assert "multiprocessing start method spawn" in lines[1]
     apart = one(lines, r"run 1: decode in one process: .* results ([0-9.]+) grey levels apart on average; fetch: .*")
     assert float(apart[1]) > 0, "draft and full decoding gave the same images: the benchmark's check cannot tell them apart"
 
-    fetched = {m[1]: m for m in matches(lines, r"median of 1, fetch of the 20 photos to 224x224, (.*) \(draft: (yes|no), pool counted in "
+    fetched = {m[1]: m for m in matches(lines, r"median of 1, fetch of the 5 photos to 224x224, (.*) \(draft: (yes|no), pool counted in "
                                                r"(files|bytes and files): (\d+) process\(es\)\): ([0-9.]+) photos/s \[.*\], ([0-9.]+)x before")}
     assert list(fetched) == ["before", "draft alone", "pool's byte count alone", "both (now)"]
     before = float(fetched["before"][5])
@@ -123,6 +124,6 @@ def test_the_photo_decode_benchmark_measures_each_change_alone_under_spawned_wor
         assert ratio_within_rounding(float(line[6]), float(line[5]), before, places=1), line[0]
         processes = int(line[4])
         if counted == "files":
-            assert processes == 1, line[0]  # 20 files: far below 512
+            assert processes == 1, line[0]  # 5 files: far below 512
         elif (os.cpu_count() or 1) > 1:
             assert processes > 1, line[0]

@@ -19,6 +19,8 @@ from imgpipe.training.loop import train
 CONFIG = TrainConfig(epochs=2, batch_size=45, lr=0.01, crop_padding=1, flip=True, device="cpu", threads=1, precision="fp32")
 SETTINGS = {"hidden": [32]}  # mlp without dropout: dropout draws differ per process by design
 
+# Each rank trains every job in turn, in one torchrun: starting torchrun and its two ranks (each importing torch
+# and the engine) costs more than the small trainings themselves, so the tests share one start.
 RANK = """
 import json, sys, torch
 from pathlib import Path
@@ -27,24 +29,39 @@ from imgpipe.config import TrainConfig
 from imgpipe.data.prepared import load_prepared
 from imgpipe.training.loop import train
 
-model, folder, settings, config, out = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3]), TrainConfig(**json.loads(sys.argv[4])), Path(sys.argv[5])
+folder, jobs, out = Path(sys.argv[1]), json.loads(sys.argv[2]), Path(sys.argv[3])
 group = distributed.join("cpu")
-result = train(model, settings, load_prepared(folder), config, group=group)
+for name, (model, settings, config) in jobs.items():
+    result = train(model, settings, load_prepared(folder), TrainConfig(**config), group=group)
+    torch.save({"weights": result.model.state_dict(), "history": result.history, "world": group.world,
+                "images_per_rank": result.images_per_rank}, out / f"{name}-rank{group.rank}.pt")
 distributed.leave()
-torch.save({"weights": result.model.state_dict(), "history": result.history, "world": group.world,
-            "images_per_rank": result.images_per_rank}, out / f"rank{group.rank}.pt")
 """
 
+JOBS = {  # name: (model, settings, config), each trained on 2 ranks by the one torchrun
+    "mlp": ("mlp", SETTINGS, CONFIG),
+    "batch_norm": ("cnn", {"channels": [4], "batch_norm": True}, replace(CONFIG, epochs=1)),  # two batch norms
+}
 
-def train_on_two_ranks(tmp_path, model: str, settings: dict, config: TrainConfig) -> list[dict]:
-    """What each of 2 gloo ranks under torchrun returns: its weights and history."""
-    script = tmp_path / "rank.py"
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, digits_prepared):
+    folder = tmp_path_factory.mktemp("distributed") / "prepared"
+    save_prepared(digits_prepared, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def two_ranks(prepared) -> dict[str, list[dict]]:
+    """What each of 2 gloo ranks under torchrun returns for each of JOBS: its weights and history."""
+    out = prepared.parent
+    script = out / "rank.py"
     script.write_text(RANK)
-    done = subprocess.run(torchrun_command(2, [str(script), model, str(tmp_path / "prepared"), json.dumps(settings),
-                                               json.dumps(asdict(config)), str(tmp_path)]),
+    jobs = {name: (model, settings, asdict(config)) for name, (model, settings, config) in JOBS.items()}
+    done = subprocess.run(torchrun_command(2, [str(script), str(prepared), json.dumps(jobs), str(out)]),
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    return [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
+    return {name: [torch.load(out / f"{name}-rank{rank}.pt") for rank in range(2)] for name in jobs}
 
 
 def test_a_batch_is_shared_out_whole_and_in_order():
@@ -54,13 +71,13 @@ def test_a_batch_is_shared_out_whole_and_in_order():
         assert max(p.stop - p.start for p in parts) - min(p.stop - p.start for p in parts) <= 1
 
 
-def test_two_gloo_processes_train_the_weights_one_process_trains(tmp_path, digits_prepared):
-    save_prepared(digits_prepared, tmp_path / "prepared")
-    single = train("mlp", SETTINGS, load_prepared(tmp_path / "prepared"), CONFIG)
-    ranks = train_on_two_ranks(tmp_path, "mlp", SETTINGS, CONFIG)[0]
+def test_two_gloo_processes_train_the_weights_one_process_trains(prepared, two_ranks, digits_prepared):
+    model, settings, config = JOBS["mlp"]
+    single = train(model, settings, load_prepared(prepared), config)
+    ranks = two_ranks["mlp"][0]
     assert ranks["world"] == 2
-    # Each rank trained on its share of every batch (batches of CONFIG.batch_size split in two), and says so.
-    batches = [min(CONFIG.batch_size, len(digits_prepared.train) - start) for start in range(0, len(digits_prepared.train), CONFIG.batch_size)]
+    # Each rank trained on its share of every batch (batches of config.batch_size split in two), and says so.
+    batches = [min(config.batch_size, len(digits_prepared.train) - start) for start in range(0, len(digits_prepared.train), config.batch_size)]
     assert ranks["images_per_rank"] == [sum(-(-b // 2) for b in batches), sum(b // 2 for b in batches)]
     assert single.images_per_rank == [len(digits_prepared.train)]
     for name, weight in single.model.state_dict().items():
@@ -70,11 +87,9 @@ def test_two_gloo_processes_train_the_weights_one_process_trains(tmp_path, digit
         assert two["train_loss"] == pytest.approx(one["train_loss"], rel=1e-4)
 
 
-def test_reestimated_batch_norm_statistics_are_equal_on_every_rank(tmp_path, digits_prepared):
+def test_reestimated_batch_norm_statistics_are_equal_on_every_rank(two_ranks):
     """Each rank re-estimates on its share of the sample; the averages are averaged across the ranks."""
-    save_prepared(digits_prepared, tmp_path / "prepared")
-    config = replace(CONFIG, epochs=1, precision="fp32")
-    ranks = train_on_two_ranks(tmp_path, "cnn", {"channels": [4], "batch_norm": True}, config)
+    ranks = two_ranks["batch_norm"]
     statistics = [name for name in ranks[0]["weights"] if name.endswith(("running_mean", "running_var"))]
     assert len(statistics) == 4  # two batch norms in the block
     for name in statistics:

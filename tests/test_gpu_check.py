@@ -88,7 +88,7 @@ def test_the_gpu_check_dry_run_passes_every_check_without_mlflow_or_dvc(tmp_path
     written = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     ranks = next(row["data"] for row in written["rows"] if "under torchrun" in row["check"])
     assert (ranks["world"], ranks["backend"], ranks["all_reduce"], ranks["ddp_step"]) == (1, "gloo", 1.0, True)
-    # The engine's own checks: batch norm re-estimated on ceil(min(4096, 384) / 128) = 3 batches, the exported model agrees.
+    # The engine's own checks: batch norm re-estimated on ceil(min(4096, 320) / 128) = 3 batches, the exported model agrees.
     assert figure("resident vs streamed").startswith("identical weights;")
     assert figure("deterministic mode").startswith("identical weights and history")
     assert "re-estimated on 3 batches" in figure("batch-norm re-estimation")

@@ -88,10 +88,11 @@ def test_a_model_another_imgpipe_logged_is_refused_in_one_line(store, experiment
     """Before serving, runs held torch's own format: predict asks for the checkpoint instead."""
     import mlflow.pytorch
 
-
     # Not set_experiment: it would stay the process's active experiment, for the tests after this one.
     with mlflow.start_run(experiment_id=store.create_experiment(experiment, artifact_location=tracking_store.artifacts_beside(mlflow_store))):
-        logged = mlflow.pytorch.log_model(torch.nn.Linear(2, 2), name="model", input_example=np.zeros((2, 2), dtype=np.float32))
+        # Its requirements named: else MLflow infers them by loading the model in a new Python process (5 CPU-seconds).
+        logged = mlflow.pytorch.log_model(torch.nn.Linear(2, 2), name="model", input_example=np.zeros((2, 2), dtype=np.float32),
+                                          pip_requirements=["torch"])
     with pytest.raises(ImgpipeError, match=r"not a model this imgpipe logged .*; give its checkpoint instead"):
         registry.load(logged.model_uri)
 
