@@ -51,10 +51,10 @@ def test_every_declared_output_exists(project):
 
 
 def test_the_report_lists_the_possibly_mislabelled_images(project, tmp_path):
-    """Judged by models that did not train on the image; ids name the raw images, the report the surest first.
-    Known issues: in a fork, the test images the CNN classifies rightly and most surely (one per class, five
-    classes) are given another class in the prepared labels; the CNN checkpoint that judges the test split never
-    trained on them. The stage and the report are rerun (not `dvc repro`: nothing upstream changes)."""
+    """Every image judged by models that did not train on it; the flagged first, then the next most suspicious; ids
+    name the raw images. Known issues: in a fork, the test images the CNN classifies rightly and most surely (one per
+    class, five classes) are given another class in the prepared labels. The stage and the report are rerun (not
+    `dvc repro`: nothing upstream changes)."""
     project = fork(project, tmp_path / "project")
     labels_file = project / "data/prepared/test.labels.npy"
     true = np.load(labels_file)
@@ -69,23 +69,30 @@ def test_the_report_lists_the_possibly_mislabelled_images(project, tmp_path):
 
     table = pd.read_csv(project / "metrics/label_issues.csv", dtype={"given": str, "suggested": str})
     summary = read_json(project / "metrics/label_issues.json")
-    assert list(table.columns) == ["id", "split", "index", "given", "suggested", "given_probability", "suggested_probability", "score"]
-    assert summary["issues"] == len(table) and sum(summary["by_split"].values()) == len(table) == sum(summary["by_class"].values())
-    assert summary["images"] == 1797 and summary["judged_by"] == "cnn" and summary["folds"] == 2
-    assert table["score"].is_monotonic_decreasing and (table["suggested_probability"] > table["given_probability"]).all()
-    assert table["id"].str.fullmatch(r"train:\d+").all()  # digits has one raw split: val and test are carved from it
-    # Every planted label is listed, its true class suggested, named by its raw image (digits' classes are "0".."9").
+    assert list(table.columns) == ["id", "split", "index", "given", "suggested", "given_probability", "suggested_probability",
+                                   "quality", "flagged"]
+    flagged = int(table["flagged"].sum())
+    assert summary["issues"] == flagged == sum(summary["by_split"].values()) == sum(summary["by_class"].values())
+    assert summary["listed"] == len(table) == flagged + 100  # label_issues.review: 100 more after the flagged
+    assert summary["images"] == 1797 and summary["folds"] == 2 and summary["quality"] == "self_confidence"
+    assert table["flagged"].is_monotonic_decreasing  # the flagged first...
+    for _, part in table.groupby("flagged"):  # ...each part by label quality, p(given), lowest first
+        assert part["quality"].is_monotonic_increasing and (part["quality"] == part["given_probability"]).all()
+    assert (table[table["flagged"]]["suggested_probability"] > table[table["flagged"]]["given_probability"]).all()
+    assert table["id"].str.fullmatch(r"train:\d+").all() and table["id"].is_unique  # digits has one raw split
+    # Every planted label is flagged, its true class suggested, named by its raw image (digits' classes are "0".."9").
     ids = np.load(project / "data/prepared/test.ids.npy")
     found = table[(table["split"] == "test") & table["index"].isin(planted)].set_index("index")
-    assert sorted(found.index) == sorted(planted)
+    assert sorted(found.index) == sorted(planted) and found["flagged"].all()
     for index, row in found.iterrows():
         assert (row["id"], row["given"], row["suggested"]) == (f"train:{ids[index]}", str(given[index]), str(true[index]))
-        assert row["suggested_probability"] > 0.9 and row["given_probability"] < 0.1  # the judge is sure: among the surest
     report = (project / "reports/report.md").read_text()
     section = report[report.index("## Possibly mislabelled"):report.index("## Data")]
-    assert f"**{len(table)}** of 1,797 images are listed" in section and "confident learning" in section
-    for index, row in found.iterrows():  # the report's ten surest hold them
-        assert f"| {row['id']} | test | {row['given']} | {row['suggested']} |" in section
+    assert f"**{flagged}** of 1,797 images are flagged" in section and "then the 100 most suspicious others" in section
+    assert "confident learning" in section.lower()
+    first = table.head(10)
+    for row in first.itertuples():  # the report's table: the list's first ten
+        assert f"| {row.id} | {row.split} | {row.given} | {row.suggested} | {row.given_probability:.3f} |" in section
 
 
 def test_the_report_shows_where_each_model_looked(project):

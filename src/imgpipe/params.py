@@ -45,6 +45,14 @@ def whole_number(params: dict, key: str, minimum: int = 1) -> int:
     return value
 
 
+def one_of(params: dict, key: str, options: tuple[str, ...]) -> str:
+    """A choice from params.yaml, e.g. label_issues.quality; fails naming the key and the options."""
+    value = get(params, key)
+    if value not in options:
+        raise ConfigError(f"params.yaml: {key}: must be one of {', '.join(options)}, got {value!r}")
+    return value
+
+
 @contextmanager
 def reported_as(section: str) -> Iterator[None]:
     """Report a library's InvalidSetting under its params.yaml key, e.g. `models.cnn.channels`."""

@@ -156,40 +156,132 @@ def cross_fit_folds(labels: np.ndarray, folds: int, seed: int) -> list[np.ndarra
     return [np.sort(by_class[fold_of == fold]) for fold in range(folds)]
 
 
+# A judge keeps this share of its training part aside (stratified) to pick its kept epoch and fit its temperature
+# on: images it then neither trained on nor judges, so no image's probabilities were tuned to its own label.
+CALIBRATION_SHARE = 1 / 8
+
+
+@dataclass(frozen=True, eq=False)
+class Fold:
+    """One judge's rows of the pool: it trains on `train`, picks its epoch and temperature on `calibration`, and
+    judges `judged`; the three are disjoint."""
+
+    train: np.ndarray
+    calibration: np.ndarray
+    judged: np.ndarray
+
+
+def judging_folds(labels: np.ndarray, folds: int, seed: int, calibration_share: float = CALIBRATION_SHARE) -> list[Fold]:
+    """Cross-fitting over the whole pool: `folds` stratified folds (cross_fit_folds), each judged by a model of
+    the other folds' images, less a stratified `calibration_share` of them kept for its calibration."""
+    labels = np.asarray(labels)
+    if not 0 < calibration_share < 1:
+        raise ValueError(f"calibration_share must be in (0, 1), got {calibration_share}")
+    plan = []
+    for fold, judged in enumerate(cross_fit_folds(labels, folds, seed)):
+        rest = np.setdiff1d(np.arange(len(labels)), judged, assume_unique=True)
+        parts = max(2, min(len(rest), round(1 / calibration_share)))
+        calibration = rest[cross_fit_folds(labels[rest], parts, seed + 1 + fold)[0]]
+        plan.append(Fold(np.setdiff1d(rest, calibration, assume_unique=True), calibration, judged))
+    return plan
+
+
 def out_of_fold(
-    predict_fold: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    predict_fold: Callable[[Fold], np.ndarray],
     labels: np.ndarray,
     folds: int,
     seed: int,
     num_classes: int,
+    calibration_share: float = CALIBRATION_SHARE,
 ) -> np.ndarray:
-    """(N, num_classes) out-of-sample probabilities in input order: for each fold of `cross_fit_folds`,
-    `predict_fold(train_indices, heldout_indices)` trains on the other folds and returns the probabilities
-    of the held-out examples, (len(heldout_indices), num_classes)."""
+    """(N, num_classes) out-of-sample probabilities in input order: for each Fold of `judging_folds`,
+    `predict_fold(fold)` trains on fold.train, calibrates on fold.calibration, and returns the probabilities of
+    fold.judged, (len(fold.judged), num_classes)."""
     labels = np.asarray(labels)
     probabilities = np.full((len(labels), num_classes), np.nan)
-    for heldout in cross_fit_folds(labels, folds, seed):
-        train = np.setdiff1d(np.arange(len(labels)), heldout, assume_unique=True)
-        predicted = np.asarray(predict_fold(train, heldout), dtype=np.float64)
-        if predicted.shape != (len(heldout), num_classes):
-            raise ValueError(f"predict_fold returned shape {predicted.shape}, expected ({len(heldout)}, {num_classes})")
-        probabilities[heldout] = predicted
+    for fold in judging_folds(labels, folds, seed, calibration_share):
+        predicted = np.asarray(predict_fold(fold), dtype=np.float64)
+        if predicted.shape != (len(fold.judged), num_classes):
+            raise ValueError(f"predict_fold returned shape {predicted.shape}, expected ({len(fold.judged)}, {num_classes})")
+        probabilities[fold.judged] = predicted
     return probabilities
 
 
-METHOD = ("Label issues are found by confident learning (Northcutt, Jiang & Chuang, JAIR 2021): an image is listed when "
-          "the models that did not train on it give another class at least that class's threshold (its mean probability "
-          "over the images labelled with it) and more than the given label, ranked by the margin between the two.")
+def label_quality(probabilities: np.ndarray, labels: np.ndarray, kind: str = "self_confidence") -> np.ndarray:
+    """Each example's label-quality score in [0, 1], lower: more likely mislabelled (cleanlab's rank_by_kind).
+    self_confidence: p(given); normalized_margin: (p(given) - the largest other p + 1) / 2."""
+    probabilities, labels = _validated(probabilities, labels)
+    given = probabilities[np.arange(len(labels)), labels]
+    if kind == "self_confidence":
+        return given
+    if kind == "normalized_margin":
+        others = probabilities.copy()
+        others[np.arange(len(labels)), labels] = -np.inf
+        return (given - others.max(axis=1, initial=-np.inf) + 1) / 2 if len(labels) else given
+    raise ValueError(f"kind must be one of {', '.join(QUALITY_KINDS)}, got {kind!r}")
 
 
-COLUMNS = ("id", "split", "index", "given", "suggested", "given_probability", "suggested_probability", "score")
+QUALITY_KINDS = ("self_confidence", "normalized_margin")
+QUALITY_DECIMALS = 4  # the ranking's resolution: as the list prints it, so its order is what a reader sees
 
 
-def rows(split: str, ids: np.ndarray, issues: LabelIssues, class_names: tuple[str, ...]) -> list[dict]:
-    """One row per issue of a split, as metrics/label_issues.csv lists them."""
-    return [{"id": ids[i], "split": split, "index": int(i), "given": class_names[given], "suggested": class_names[suggested],
-             "given_probability": round(float(p_given), 4), "suggested_probability": round(float(p_suggested), 4),
-             "score": round(float(score), 4)}
-            for i, given, suggested, p_given, p_suggested, score in zip(issues.index, issues.given, issues.suggested,
-                                                                      issues.given_probability, issues.suggested_probability,
-                                                                      issues.score)]
+def review_order(quality: np.ndarray, flagged: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """The order a reviewer reads: flagged examples first, then the rest, each by quality rounded to
+    QUALITY_DECIMALS (lowest first), equal ones by id. Rounding makes the order deaf to the last bits of
+    floating point (the same image scored on two machines, or in two batch positions, ties, then goes by id)."""
+    rounded = np.round(np.asarray(quality, dtype=np.float64), QUALITY_DECIMALS)
+    return np.lexsort((np.asarray(ids), rounded, ~np.asarray(flagged, dtype=bool)))
+
+
+@dataclass(frozen=True, eq=False)
+class Review:
+    """Every example's verdict, one entry per example in input order."""
+
+    quality: np.ndarray  # label_quality: lower, more likely mislabelled
+    flagged: np.ndarray  # bool: confident learning lists it (find_label_issues)
+    suggested: np.ndarray  # the class it more likely is: confident learning's where flagged, else the likeliest other one
+    given_probability: np.ndarray
+    suggested_probability: np.ndarray
+
+    def listed(self, ids: np.ndarray, review: int) -> np.ndarray:
+        """The indices a reviewer reads, in review_order: every flagged example, then the `review` most suspicious
+        others."""
+        return review_order(self.quality, self.flagged, ids)[: int(self.flagged.sum()) + review]
+
+
+def review(probabilities: np.ndarray, labels: np.ndarray, kind: str = "self_confidence") -> Review:
+    """Score and flag every example from its out-of-sample probabilities (see find_label_issues, label_quality)."""
+    probabilities, labels = _validated(probabilities, labels)
+    rows = np.arange(len(labels))
+    issues = find_label_issues(probabilities, labels)
+    flagged = np.zeros(len(labels), dtype=bool)
+    flagged[issues.index] = True
+    others = probabilities.copy()
+    others[rows, labels] = -np.inf
+    suggested = others.argmax(axis=1) if len(labels) else labels.copy()
+    suggested[issues.index] = issues.suggested
+    return Review(label_quality(probabilities, labels, kind), flagged, suggested, probabilities[rows, labels],
+                  probabilities[rows, suggested])
+
+
+METHOD = ("Every image is judged by models that neither trained on it nor picked their epoch or temperature by its label "
+          "(cross-fitting over all the splits), and ranked by its label quality, the probability those models give its "
+          "label. Confident learning (Northcutt, Jiang & Chuang, JAIR 2021) flags an image when they give another class at "
+          "least that class's threshold (its mean probability over the images labelled with it) and more than the given "
+          "label.")
+
+
+COLUMNS = ("id", "split", "index", "given", "suggested", "given_probability", "suggested_probability", "quality", "flagged")
+
+
+def rows(listed: np.ndarray, verdict: Review, ids: np.ndarray, splits: np.ndarray, indices: np.ndarray,
+         labels: np.ndarray, class_names: tuple[str, ...]) -> dict[str, list]:
+    """metrics/label_issues.csv's columns for the listed examples of the pool (ids, splits, indices within their
+    split and labels: one entry per pool example)."""
+    return {"id": [str(ids[i]) for i in listed], "split": [str(splits[i]) for i in listed],
+            "index": [int(indices[i]) for i in listed],
+            "given": [class_names[labels[i]] for i in listed], "suggested": [class_names[verdict.suggested[i]] for i in listed],
+            "given_probability": [round(float(verdict.given_probability[i]), 4) for i in listed],
+            "suggested_probability": [round(float(verdict.suggested_probability[i]), 4) for i in listed],
+            "quality": [round(float(verdict.quality[i]), QUALITY_DECIMALS) for i in listed],
+            "flagged": [bool(verdict.flagged[i]) for i in listed]}

@@ -359,19 +359,20 @@ def label_issues_section(summary: dict | None, table: pd.DataFrame | None) -> li
     by_split = ", ".join(f"{count} in {split}" for split, count in summary["by_split"].items())
     classes = {name: count for name, count in summary["by_class"].items() if count}
     lines = ["## Possibly mislabelled", "",
-             f"Model problem or label problem? {summary['method']} The judges are {summary['judged_by']}'s trained checkpoints "
-             f"for the validation and test images and {summary['folds']} cross-fitted {summary['judged_by']} models for the "
-             f"training images, so no image is judged by a model that trained on it.", "",
-             f"**{summary['issues']}** of {summary['images']:,} images are listed ({by_split}), in "
-             f"`{paths.LABEL_ISSUES.relative_to(paths.ROOT).as_posix()}`, surest first."]
+             f"Model problem or label problem? {summary['method']} The judges are {summary['folds']} {summary['judged_by']} "
+             f"models ({summary['cross_fit_epochs']} epochs each), each trained on the other folds of all the images.", "",
+             f"**{summary['issues']}** of {summary['images']:,} images are flagged ({by_split}). "
+             f"`{paths.LABEL_ISSUES.relative_to(paths.ROOT).as_posix()}` lists them first, then the "
+             f"{summary['listed'] - summary['issues']} most suspicious others, each part by label quality ({summary['quality']}), "
+             "lowest first."]
     if classes:
         lines += ["", "| given class | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes),
-                  "| listed | " + " | ".join(str(count) for count in classes.values()) + " |"]
+                  "| flagged | " + " | ".join(str(count) for count in classes.values()) + " |"]
     if table is not None and len(table):
-        lines += ["", "| id | split | given | likely | p(given) | p(likely) |", "|---|---|---|---|---:|---:|"]
+        lines += ["", "| id | split | given | likely | p(given) | p(likely) | flagged |", "|---|---|---|---|---:|---:|---|"]
         lines += [f"| {row.id} | {row.split} | {row.given} | {row.suggested} | {row.given_probability:.3f} | "
-                  f"{row.suggested_probability:.3f} |" for row in table.head(10).itertuples()]
-        lines += ["", f"![the {len(table)} surest label issues]({_link('label_issues')})"]
+                  f"{row.suggested_probability:.3f} | {'yes' if row.flagged else 'no'} |" for row in table.head(10).itertuples()]
+        lines += ["", f"![the first {len(table)} listed]({_link('label_issues')})"]
     lines += ["", "A listed image is worth a look, not proof: a wrong label, an ambiguous image, or a model's blind spot. "
               "To train without the ones you judge mislabelled, list their ids in the file `data.exclude` names "
               "(`excluded.txt`) and run again: only the training split loses them, so both runs are scored on the same "
