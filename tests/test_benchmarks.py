@@ -5,6 +5,7 @@ the per-epoch and per-run lines up: a comparison, a choice or a ratio that does 
 import math
 import os
 import re
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,15 @@ def run_benchmark(*args: str) -> list[str]:
     done = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout.splitlines()
+
+
+def run_benchmark_here(capsys, monkeypatch, script: str, *args: str) -> list[str]:
+    """The script run as __main__ in this process, which has torch imported already: a process of its own would
+    spend most of its CPU-seconds on start-up. Not for a script whose spawned workers re-import it."""
+    monkeypatch.setattr(sys, "argv", [script, *args])
+    capsys.readouterr()
+    runpy.run_path(str(ROOT / script), run_name="__main__")
+    return capsys.readouterr().out.splitlines()
 
 
 def matches(lines: list[str], pattern: str) -> list[re.Match]:
@@ -57,8 +67,8 @@ def first_at_or_above(rows: list[tuple[float, float]], target: float) -> int | N
 
 
 @pytest.mark.skipif(not FASHION.is_dir(), reason=f"{FASHION} not found: the real Fashion-MNIST is not beside the project")
-def test_the_fashion_mnist_benchmark_compares_with_both_baselines_on_a_recipe_chosen_on_validation():
-    lines = run_benchmark("benchmarks/fashion_mnist.py", "--limit", "128")
+def test_the_fashion_mnist_benchmark_compares_with_both_baselines_on_a_recipe_chosen_on_validation(capsys, monkeypatch):
+    lines = run_benchmark_here(capsys, monkeypatch, "benchmarks/fashion_mnist.py", "--limit", "128")
     assert "128 train / 128 test images" in lines[1]
 
     baselines = {label: epoch_rows(lines, f"(a) seed loop, {label}") for label in ("fp32", "bf16 autocast")}

@@ -6,7 +6,7 @@ import mlflow
 import numpy as np
 import optuna
 import pytest
-from project import copy_project, run
+from project import edit_params, fork, run
 
 from imgpipe.errors import ConfigError
 from imgpipe.evaluation.stats import selection_optimism
@@ -50,28 +50,32 @@ def test_best_of_many_noisy_scores_is_optimistic_and_the_bootstrap_says_by_how_m
     assert abs(selection_optimism(dominant)) < 0.005  # a clear winner is chosen on every resample: no luck involved
 
 
-def _project(folder, **sweep):
-    return copy_project(folder, train__epochs=3, train__variants=["linear"], label_issues__variant="linear",
-                        sweep__variant="linear", sweep__startup_trials=1, sweep__warmup_epochs=0, sweep__space=SPACE,
-                        **{f"sweep__{key}": value for key, value in sweep.items()})
+def _project(folder, pipeline, **sweep):
+    """A fork of the session's built pipeline: its data prepared and its MLflow store made, which on a fresh copy cost
+    each sweep some 3 CPU-seconds (dvc repro prepare, the store's migrations); the sweep's runs in an experiment of their own."""
+    project = fork(pipeline, folder)
+    edit_params(project, tracking__experiment="sweeps", train__epochs=3, train__variants=["linear"],
+                label_issues__variant="linear", sweep__variant="linear", sweep__startup_trials=1, sweep__warmup_epochs=0,
+                sweep__space=SPACE, **{f"sweep__{key}": value for key, value in sweep.items()})
+    return project
 
 
-def test_a_sweep_prunes_a_hopeless_trial_leaves_nothing_of_it_and_tests_only_the_winner(tmp_path):
-    project = _project(tmp_path / "project", trials=3)
+def test_a_sweep_prunes_a_hopeless_trial_leaves_nothing_of_it_and_tests_only_the_winner(tmp_path, pipeline):
+    project = _project(tmp_path / "project", pipeline, trials=3)
     storage = f"sqlite:///{project / 'sweep.db'}"
-    study = optuna.create_study(study_name="digits-linear", storage=storage, direction="maximize")
+    study = optuna.create_study(study_name="sweeps-linear", storage=storage, direction="maximize")
     for lr in (0.05, 1e-6, 0.01):  # a good rate, then one that cannot learn in an epoch: the pruner's case
         study.enqueue_trial({"models.linear.lr": lr})
 
     done = run(["python", "-m", "imgpipe.sweep"], project)
     assert "trial 1: pruned after epoch 1 (models.linear.lr=1e-06)" in done.stdout
 
-    study = optuna.load_study(study_name="digits-linear", storage=storage)
+    study = optuna.load_study(study_name="sweeps-linear", storage=storage)
     states = {t.number: t.state for t in study.trials}
     assert states[0] == optuna.trial.TrialState.COMPLETE and states[1] == optuna.trial.TrialState.PRUNED
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     # Nothing half-written: a checkpoint per completed trial, none for the pruned one, no temporary files.
-    assert sorted(p.name for p in (project / "sweeps/digits-linear").iterdir()) == sorted(f"trial-{t.number}.pt" for t in complete)
+    assert sorted(p.name for p in (project / "sweeps/sweeps-linear").iterdir()) == sorted(f"trial-{t.number}.pt" for t in complete)
     assert study.trials[1].user_attrs["epochs"] == 1 and "val_hits" not in study.trials[1].user_attrs
 
     chosen = max(complete, key=lambda t: t.user_attrs["val_accuracy"])  # on validation alone
@@ -83,8 +87,8 @@ def test_a_sweep_prunes_a_hopeless_trial_leaves_nothing_of_it_and_tests_only_the
     assert f"Trials: 3 ({len(complete)} complete, {3 - len(complete)} pruned, 0 failed)" in summary
 
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
-    parent = next(r for r in runs if r.info.run_name == "sweep digits-linear")
+    runs = client.search_runs([client.get_experiment_by_name("sweeps").experiment_id])
+    parent = next(r for r in runs if r.info.run_name == "sweep sweeps-linear")
     children = {r.data.tags["imgpipe.trial"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
     assert sorted(children) == ["0", "1", "2"]
     assert children["1"].info.status == "KILLED" and children["1"].data.tags["imgpipe.trial_state"] == "PRUNED"
@@ -93,22 +97,22 @@ def test_a_sweep_prunes_a_hopeless_trial_leaves_nothing_of_it_and_tests_only_the
     assert parent.data.metrics["test_accuracy"] == study.user_attrs["test"]["accuracy"]
 
     run(["python", "-m", "imgpipe.sweep", "--summary"], project)  # summarised again: the test split is not looked at again
-    assert optuna.load_study(study_name="digits-linear", storage=storage).user_attrs["test"]["looks"] == 1
+    assert optuna.load_study(study_name="sweeps-linear", storage=storage).user_attrs["test"]["looks"] == 1
 
 
-def test_two_workers_share_one_study_on_a_database_server(tmp_path, tracking_server):
+def test_two_workers_share_one_study_on_a_database_server(tmp_path, tracking_server, pipeline):
     if not tracking_server.on_postgresql:
         pytest.skip("PostgreSQL is not installed")
     storage = tracking_server.database("optuna")
-    project = _project(tmp_path / "project", trials=8, workers=2, pruner="none", storage=storage)
+    project = _project(tmp_path / "project", pipeline, trials=8, workers=2, pruner="none", storage=storage)
     run(["python", "-m", "imgpipe.sweep"], project)
-    study = optuna.load_study(study_name="digits-linear", storage=storage)
+    study = optuna.load_study(study_name="sweeps-linear", storage=storage)
     assert 8 <= len(study.trials) <= 9  # two workers may both start the last trial
     # Eight trials of about two seconds each: a worker would have to start some ten seconds after the other to miss out.
     assert {t.user_attrs["worker"].rsplit(":", 1)[1] for t in study.trials} == {"0", "1"}
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("sweeps").experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1 and len(runs) == len(study.trials) + 1
 
