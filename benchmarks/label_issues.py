@@ -2,13 +2,13 @@
 planted into a real dataset, each configuration of the judges side by side in one run.
 
     python benchmarks/label_issues.py [--data mnist|fashion|digits] [--noise neighbour:0.01,neighbour:0.05,random:0.01]
-                                      [--configurations cnn:10:0,cnn:10:2] [--stability]
+                                      [--configurations cnn:10:0:1,cnn:10:2:1] [--stability]
 
 The dataset (mnist: the real MNIST test set, ../shared/datasets/mnist-t10k; fashion: the real Fashion-MNIST test
 set, ../shared/datasets/fashion-mnist; digits: the bundled 1,797) is prepared as the pipeline prepares it, and in
 every split a share of the labels is changed: `neighbour` to the class people confuse it with (4<->9, 3<->5,
 7<->1 on digits; Shirt<->T-shirt and Pullover<->Coat on Fashion-MNIST), `random` to any other class (`none:0`: the data as it is). For each
-configuration (judge variant : cross-fit epochs : crop padding), the stage's own cross_fitted
+configuration (judge variant : cross-fit epochs : crop padding : cross-fittings averaged), the stage's own cross_fitted
 (stages/label_issues.py) judges every image, and the stage's rule flags and ranks them. Printed per noise and
 configuration, against the planted truth: the flagged list's size, precision and recall, the recall within the
 ranking's first 100 and first 1%, for both label-quality scores, and the seconds of cross-fitting. The data's own
@@ -90,7 +90,8 @@ def figures(scores: dict, flags: np.ndarray, ids, changed) -> str:
     for kind in label_issues.QUALITY_KINDS:
         order = label_issues.review_order(scores[kind], flags, ids)
         out.append(f"{kind}: recall top 100 {np.isin(order[:100], changed).sum() / len(changed):.3f}, "
-                   f"top 1% ({top}) {np.isin(order[:top], changed).sum() / len(changed):.3f}")
+                   f"top 1% ({top}) {np.isin(order[:top], changed).sum() / len(changed):.3f}"
+                   + (f", top {len(changed)} {np.isin(order[:len(changed)], changed).sum() / len(changed):.3f}" if len(changed) != top else ""))
     return "; ".join(out)
 
 
@@ -98,7 +99,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="mnist", choices=["mnist", "fashion", "digits"])
     parser.add_argument("--noise", default="neighbour:0.01,neighbour:0.05,random:0.01", help="kind:share,...")
-    parser.add_argument("--configurations", default="cnn:10:0", help="judge:epochs:crop_padding,...")
+    parser.add_argument("--configurations", default="cnn:10:0:1", help="judge:epochs:crop_padding:repeats,...")
+    parser.add_argument("--draw", type=int, default=0, help="which random draw of the noise")
     parser.add_argument("--folds", type=int, default=None, help="cross-fit folds (default: params.yaml label_issues.folds)")
     parser.add_argument("--stability", action="store_true", help="judge the first configuration again on two threads")
     args = parser.parse_args()
@@ -115,16 +117,16 @@ def main() -> None:
     ids = np.arange(len(pool))
     for noise in args.noise.split(","):
         kind, share = noise.split(":")
-        labels, changed = planted(pool.labels, kind, float(share), NEIGHBOURS[args.data], np.random.default_rng(100))
+        labels, changed = planted(pool.labels, kind, float(share), NEIGHBOURS[args.data], np.random.default_rng(100 + args.draw))
         noisy = with_labels(data, labels)
         noisy_pool = dataclasses.replace(pool, labels=labels)
         for number, configuration in enumerate(args.configurations.split(",")):
-            judge, epochs, padding = configuration.split(":")
+            judge, epochs, padding, repeats = configuration.split(":")
             variant = settings.variant(params, judge, 0)
             variant = dataclasses.replace(variant, config=dataclasses.replace(
                 variant.config, epochs=int(epochs), crop_padding=int(padding), device="cpu", threads=1))
             start = time.perf_counter()
-            probabilities = stage.cross_fitted(variant, noisy, noisy_pool, folds, device)
+            probabilities = stage.cross_fitted(variant, noisy, noisy_pool, folds, device, int(repeats))
             seconds = time.perf_counter() - start
             verdict = label_issues.review(probabilities, labels)
             scores = {kind: label_issues.label_quality(probabilities, labels, kind) for kind in label_issues.QUALITY_KINDS}
@@ -133,7 +135,7 @@ def main() -> None:
             if args.stability and number == 0:
                 torch.set_num_threads(2)
                 again = label_issues.review(stage.cross_fitted(dataclasses.replace(variant, config=dataclasses.replace(
-                    variant.config, threads=2)), noisy, noisy_pool, folds, device), labels)
+                    variant.config, threads=2)), noisy, noisy_pool, folds, device, int(repeats)), labels)
                 torch.set_num_threads(1)
                 first, second = set(np.flatnonzero(verdict.flagged)), set(np.flatnonzero(again.flagged))
                 tops = [set(label_issues.review_order(v.quality, v.flagged, ids)[:100]) for v in (verdict, again)]

@@ -39,26 +39,28 @@ def pooled(data: Prepared) -> ImageSet:
                     np.concatenate([getattr(data, split).labels for split in SPLITS]), data.class_names, data.class_labels)
 
 
-def cross_fitted(variant: settings.Variant, data: Prepared, pool: ImageSet, folds: int, device) -> np.ndarray:
-    """(N, classes) probabilities of the pool's images, each from a model of the variant's recipe that neither
-    trained on it nor picked its epoch or temperature on it (label_issues.judging_folds; benchmarks/label_issues.py
-    measures this function on planted label noise)."""
-    def judge(fold: label_issues.Fold) -> np.ndarray:
+def cross_fitted(variant: settings.Variant, data: Prepared, pool: ImageSet, folds: int, device, repeats: int = 1) -> np.ndarray:
+    """(N, classes) probabilities of the pool's images, each from models of the variant's recipe that neither
+    trained on it nor picked their epoch or temperature on it (label_issues.judging_folds), averaged over `repeats`
+    cross-fittings, each with its own folds and seed (benchmarks/label_issues.py measures this on planted noise)."""
+    def judge(fold: label_issues.Fold, config) -> np.ndarray:
         print(f"{variant.name}: cross-fitting, {len(fold.train)} training images ({len(fold.calibration)} to calibrate on) "
               f"for the other {len(fold.judged)}", flush=True)
         part = dataclasses.replace(data, train=pool.subset(fold.train), val=pool.subset(fold.calibration),
                                    test=pool.subset(fold.judged[:0]), known_fingerprint=None)  # it is shown no image it judges
-        model = train(variant.model, variant.settings, part, variant.config).model
+        model = train(variant.model, variant.settings, part, config).model
         calibrate(model, part.val, device)  # a model sure of its training images says 1.0 to all
         return logits_in_chunks(model.to(device), pool.images[fold.judged], device).softmax(1).cpu().numpy()
 
-    return label_issues.out_of_fold(judge, pool.labels, folds, variant.config.seed, len(data.class_names))
+    configs = [dataclasses.replace(variant.config, seed=variant.config.seed + repeat) for repeat in range(repeats)]
+    return np.mean([label_issues.out_of_fold(lambda fold: judge(fold, config), pool.labels, folds, config.seed, len(data.class_names))
+                    for config in configs], axis=0)
 
 
 def main() -> None:
     params = P.load()
     folds, seeds = P.whole_number(params, "label_issues.folds", minimum=2), P.seeds(params)
-    review = P.whole_number(params, "label_issues.review", minimum=0)
+    review, repeats = P.whole_number(params, "label_issues.review", minimum=0), P.whole_number(params, "label_issues.repeats")
     kind = P.one_of(params, "label_issues.quality", label_issues.QUALITY_KINDS)
     trained = {variant: {seed: read_json(paths.train_metrics(variant, seed)) for seed in seeds} for variant in P.get(params, "train.variants")}
     name = settings.chosen_variant(params, "label_issues.variant", best_over_seeds(trained))
@@ -77,7 +79,7 @@ def main() -> None:
     indices = np.concatenate([np.arange(len(getattr(data, split))) for split in SPLITS])
     ids = np.concatenate([image_ids(paths.PREPARED, split) for split in SPLITS])
 
-    probabilities = cross_fitted(variant, data, pool, folds, pick_device(variant.config.device))
+    probabilities = cross_fitted(variant, data, pool, folds, pick_device(variant.config.device), repeats)
     verdict = label_issues.review(probabilities, pool.labels, kind)
     listed = verdict.listed(ids, review)
     write_csv(paths.LABEL_ISSUES, label_issues.rows(listed, verdict, ids, splits, indices, pool.labels, data.class_names))
@@ -85,7 +87,7 @@ def main() -> None:
     by_split = {split: int(verdict.flagged[splits == split].sum()) for split in SPLITS}
     write_json(paths.LABEL_ISSUES_SUMMARY, {
         "images": len(pool), "issues": flagged, "listed": len(listed), "review": review, "quality": kind,
-        "judged_by": name, "why": why, "folds": folds, "cross_fit_epochs": variant.config.epochs,
+        "judged_by": name, "why": why, "folds": folds, "repeats": repeats, "cross_fit_epochs": variant.config.epochs,
         "by_split": by_split,
         "by_class": {cls: int(count) for cls, count in
                      zip(data.class_names, np.bincount(pool.labels[verdict.flagged], minlength=len(data.class_names)))},

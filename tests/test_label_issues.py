@@ -322,6 +322,20 @@ def test_the_stages_judges_never_judge_an_image_they_learned(digits_prepared):
     assert seen.mean() > 0.4 and judged.mean() < 0.2, (seen.mean(), judged.mean())  # measured: 0.53 and 0.10
 
 
+def test_repeats_average_cross_fittings_of_their_own_folds_and_seeds(digits_prepared):
+    stage = label_issues_stage()
+    pool = stage.pooled(digits_prepared).subset(np.arange(300))
+    variant = settings.Variant("linear", "linear", {}, TrainConfig(epochs=2, device="cpu", seed=5))
+
+    def judged(seed, repeats=1):
+        return stage.cross_fitted(dataclasses.replace(variant, config=dataclasses.replace(variant.config, seed=seed)),
+                                  digits_prepared, pool, 3, torch.device("cpu"), repeats)
+
+    first, second = judged(5), judged(6)
+    assert np.abs(first - second).max() > 0.05  # other folds, other weights: other answers
+    np.testing.assert_allclose(judged(5, repeats=2), (first + second) / 2, rtol=0, atol=1e-6)
+
+
 VALIDATION = {"centroid": (0.90, 0.30), "linear": (0.96, 0.16), "mlp": (0.98, 0.09), "cnn": (0.98, 0.12)}
 
 
