@@ -162,10 +162,23 @@ def dvc_credential_commands() -> list[list[str]]:
             ["dvc", "remote", "modify", "--local", "storage", "secret_access_key", SECRET_KEY]]
 
 
+HEADING = "=== dvc "  # heads each command's output in in_one_process's
+
+
 def in_one_process(commands: list[list[str]]) -> list[str]:
     """One command line that runs these `dvc` commands one after another in a single Python process, through DVC's
-    own command line (dvc.cli.main), stopping at the first that fails: DVC's import, a third of a second of CPU, once."""
+    own command line (dvc.cli.main), stopping at the first that fails: DVC's import and start, half a second of CPU,
+    once. Each command's output (and that of the stages it runs) follows a line HEADING + its arguments: split_outputs."""
     assert all(command[0] == "dvc" for command in commands), commands
     script = ("import json, sys\nfrom dvc.cli import main\n"
-              "for args in json.loads(sys.argv[1]):\n    if code := main(args):\n        sys.exit(code)")
+              "for args in json.loads(sys.argv[1]):\n"
+              f"    print({HEADING!r} + ' '.join(args), flush=True)\n"
+              "    code = main(args)\n    sys.stdout.flush()\n    if code:\n        sys.exit(code)")
     return [sys.executable, "-c", script, json.dumps([command[1:] for command in commands])]
+
+
+def split_outputs(stdout: str) -> list[str]:
+    """What each command of an in_one_process command line printed, in order, stripped."""
+    parts = ("\n" + stdout).split("\n" + HEADING)
+    assert parts[0] == "", f"not the output of in_one_process: {stdout[:200]!r}"
+    return [part.partition("\n")[2].strip() for part in parts[1:]]

@@ -1,17 +1,22 @@
-"""Data-parallel training on the CPU: 2 gloo processes under torchrun train as 1 process does (same seed,
-same global batch). `dvc repro` with train.devices: 2, one MLflow run per variant: test_tracking_server."""
+"""Data-parallel training on the CPU: 2 gloo processes, joined as torchrun joins them, train as 1 process does (same
+seed, same global batch). `dvc repro` with train.devices: 2 (the train stage starting its ranks through torchrun), one
+MLflow run per variant: test_tracking_server."""
 
 import json
+import os
 import subprocess
 import sys
+import time
 from dataclasses import asdict, replace
+from pathlib import Path
 
 import pytest
 import torch
+from servers import free_port
 
 from imgpipe.config import TrainConfig
 from imgpipe.data.prepared import load_prepared, save_prepared
-from imgpipe.training.distributed import ProcessGroup, torchrun_command
+from imgpipe.training.distributed import ProcessGroup
 from imgpipe.training.loop import train
 
 # An odd global batch: the ranks' shares differ by one image, and the last batch is shorter still.
@@ -19,8 +24,8 @@ from imgpipe.training.loop import train
 CONFIG = TrainConfig(epochs=2, batch_size=45, lr=0.01, crop_padding=1, flip=True, device="cpu", threads=1, precision="fp32")
 SETTINGS = {"hidden": [32]}  # mlp without dropout: dropout draws differ per process by design
 
-# Each rank trains every job in turn, in one torchrun: starting torchrun and its two ranks (each importing torch
-# and the engine) costs more than the small trainings themselves, so the tests share one start.
+# Each rank trains every job in turn, in one start: starting two ranks (each importing torch and the engine) costs
+# more than the small trainings themselves, so the tests share one start.
 RANK = """
 import json, sys, torch
 from pathlib import Path
@@ -51,16 +56,36 @@ def prepared(tmp_path_factory, digits_prepared):
     return folder
 
 
+def start_ranks(world: int, args: list[str], logs: Path, seconds: float = 300) -> None:
+    """`python args` as ranks 0..world-1 of one group, in the environment torchrun gives its workers (RANK, WORLD_SIZE,
+    MASTER_ADDR, ...), started here rather than by torchrun, whose own process (its agent, importing torch) costs some
+    2 CPU-seconds. Like torchrun, ends the others when one fails; fails showing what the failed ones printed last."""
+    group = {"WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    ranks = []
+    for rank in range(world):
+        with open(logs / f"rank{rank}.log", "w") as log:
+            ranks.append(subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT,
+                                          env=os.environ | group | {"RANK": str(rank), "LOCAL_RANK": str(rank)}))
+    deadline = time.monotonic() + seconds
+    while None in (codes := [p.poll() for p in ranks]) and not any(codes) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for p in ranks:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    ended = {rank: p.returncode for rank, p in enumerate(ranks)}
+    assert set(ended.values()) == {0}, "\n".join(f"rank {rank} ended with {code}:\n{(logs / f'rank{rank}.log').read_text()[-2000:]}"
+                                                for rank, code in ended.items() if code)
+
+
 @pytest.fixture(scope="module")
 def two_ranks(prepared) -> dict[str, list[dict]]:
-    """What each of 2 gloo ranks under torchrun returns for each of JOBS: its weights and history."""
+    """What each of 2 gloo ranks returns for each of JOBS: its weights and history."""
     out = prepared.parent
     script = out / "rank.py"
     script.write_text(RANK)
     jobs = {name: (model, settings, asdict(config)) for name, (model, settings, config) in JOBS.items()}
-    done = subprocess.run(torchrun_command(2, [str(script), str(prepared), json.dumps(jobs), str(out)]),
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    start_ranks(2, [str(script), str(prepared), json.dumps(jobs), str(out)], out)
     return {name: [torch.load(out / f"{name}-rank{rank}.pt") for rank in range(2)] for name in jobs}
 
 

@@ -14,7 +14,17 @@ from types import SimpleNamespace
 
 import pytest
 from project import fork, run
-from s3 import ACCESS_KEY, NO_WEED, SECRET_KEY, S3Server, dvc_credential_commands, dvc_remote_commands, in_one_process, weed
+from s3 import (
+    ACCESS_KEY,
+    NO_WEED,
+    SECRET_KEY,
+    S3Server,
+    dvc_credential_commands,
+    dvc_remote_commands,
+    in_one_process,
+    split_outputs,
+    weed,
+)
 from servers import TrackingServer, free_port
 
 pytestmark = pytest.mark.slow  # the shared pipeline run
@@ -42,17 +52,23 @@ def commit(project: Path, message: str) -> None:
     run(["git", "commit", "-qm", message], project)
 
 
-def clone(origin: Path, target: Path) -> Path:
-    """Another machine: a git clone (code, dvc.lock, .dvc/config; no data, no models, no credentials) given its own."""
+def dvc(project: Path, *commands: list[str]) -> list[str]:
+    """What each of these `dvc` commands printed, run one after another in one process (each `dvc` process costs
+    half a second of CPU before its work); fails at the first that fails."""
+    return split_outputs(run(in_one_process(list(commands)), project).stdout)
+
+
+def clone(origin: Path, target: Path, *commands: list[str]) -> list[str]:
+    """Another machine: a git clone (code, dvc.lock, .dvc/config; no data, no models, no credentials) given its own,
+    then the `dvc` commands given there; returns what each of those printed."""
     run(["git", "clone", "-q", str(origin), str(target)], target.parent)
     assert not any((target / folder).exists() for folder in OUTPUTS)
     assert not (target / ".dvc/config.local").exists() and SECRET_KEY not in (target / ".dvc/config").read_text()
-    run(in_one_process(dvc_credential_commands()), target)
-    return target
+    return dvc(target, *dvc_credential_commands(), *commands)[len(dvc_credential_commands()):]
 
 
-def up_to_date(project: Path) -> str:
-    return run(["dvc", "status"], project).stdout.strip()
+STATUS = ["dvc", "status"]
+UP_TO_DATE = "Data and pipelines are up to date."
 
 
 @pytest.fixture(scope="module")
@@ -61,41 +77,41 @@ def team(pipeline, s3_server, tmp_path_factory):
     a bare repository (the team's git server), its data and models pushed to the bucket."""
     folder = tmp_path_factory.mktemp("team")
     first = fork(pipeline, folder / "first")
-    run(in_one_process(dvc_remote_commands(s3_server, f"{folder.name}/dvc")), first)
+    *_, pushed = dvc(first, *dvc_remote_commands(s3_server, f"{folder.name}/dvc"), ["dvc", "push"])
+    assert "pushed" in pushed, pushed
     commit(first, "trained")
     origin = folder / "origin.git"
     run(["git", "clone", "-q", "--bare", str(first), str(origin)], folder)
     run(["git", "remote", "add", "origin", str(origin)], first)
-    pushed = run(["dvc", "push"], first)
-    assert "pushed" in pushed.stdout, pushed.stdout
     return SimpleNamespace(first=first, origin=origin, prefix=f"{folder.name}/dvc")
 
 
 def test_a_fresh_clone_pulls_data_and_models_byte_for_byte_and_retrains_nothing(team, pipeline, s3_server, tmp_path):
     assert s3_server.keys(team.prefix)  # the objects are on the server, not in a folder beside the project
-    second = clone(team.origin, tmp_path / "second")
-    run(["dvc", "pull"], second)
+    second = tmp_path / "second"
+    _, status, cloud = clone(team.origin, second, ["dvc", "pull"], STATUS, ["dvc", "status", "--cloud"])
     assert outputs(second).keys() == outputs(pipeline).keys() != set()
     assert differences(outputs(second), outputs(pipeline)) == []
-    assert up_to_date(second) == "Data and pipelines are up to date."
-    assert "Cache and remote 'storage' are in sync." in run(["dvc", "status", "--cloud"], second).stdout
+    assert status == UP_TO_DATE
+    assert "Cache and remote 'storage' are in sync." in cloud
 
 
 def test_an_experiment_travels_by_exp_push_and_exp_pull(team, pipeline, tmp_path):
     # An experiment that changes one model and keeps the rest: only the centroid retrains (one pass), and only
-    # its training runs (evaluate and report, some 11 s, would add nothing that DVC's remote carries).
-    run(["dvc", "exp", "run", "-n", "l1-centroid", "-S", "models.centroid.distance=l1", "train@centroid-0"], team.first)
-    trained, left = outputs(team.first), up_to_date(team.first)
+    # its training runs (evaluate and report, some 11 s, would add nothing that DVC's remote carries). exp push sends
+    # its git ref to origin, its outputs to S3.
+    _, left, _ = dvc(team.first, ["dvc", "exp", "run", "-n", "l1-centroid", "-S", "models.centroid.distance=l1", "train@centroid-0"],
+                     STATUS, ["dvc", "exp", "push", "origin", "l1-centroid"])
+    trained = outputs(team.first)
     assert "train@" not in left and "evaluate@centroid-0" in left
     assert differences(trained, outputs(pipeline)) == ["models/centroid/seed0.pt"]
-    run(["dvc", "exp", "push", "origin", "l1-centroid"], team.first)  # its git ref to origin, its outputs to S3
 
-    second = clone(team.origin, tmp_path / "second")
-    run(["dvc", "exp", "pull", "origin", "l1-centroid"], second)
-    assert "l1-centroid" in run(["dvc", "exp", "list", "--name-only"], second).stdout
-    run(["dvc", "exp", "apply", "l1-centroid"], second)
+    second = tmp_path / "second"
+    _, listed, _, status = clone(team.origin, second, ["dvc", "exp", "pull", "origin", "l1-centroid"],
+                                 ["dvc", "exp", "list", "--name-only"], ["dvc", "exp", "apply", "l1-centroid"], STATUS)
+    assert "l1-centroid" in listed
     assert differences(outputs(second), trained) == []
-    assert up_to_date(second) == left  # what the experiment left to run, and no training
+    assert status == left  # what the experiment left to run, and no training
 
 
 # A file DVC's S3 client (s3fs) uploads in parts, as it does files from 100 MiB: a multipart upload begun, 50 MiB parts
@@ -112,10 +128,9 @@ def test_storage_stopped_in_the_middle_of_a_push_fails_it_and_a_rerun_completes_
     server = S3Server(tmp_path / "s3")  # a server of its own: this test crashes it; it starts while the project is made
     try:
         first = fork(pipeline, tmp_path / "first")
-        run(in_one_process(dvc_remote_commands(server, "dvc")), first)
         (first / "extra").mkdir()
         (first / "extra/big.bin").write_bytes(os.urandom(BIG_MB << 20))
-        run(["dvc", "add", "extra/big.bin"], first)
+        dvc(first, *dvc_remote_commands(server, "dvc"), ["dvc", "add", "extra/big.bin"])
         commit(first, "trained, with a big file")
         expected = outputs(first) | {"extra/big.bin": (first / "extra/big.bin").read_bytes()}
 
@@ -124,7 +139,7 @@ def test_storage_stopped_in_the_middle_of_a_push_fails_it_and_a_rerun_completes_
         env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "AWS_MAX_ATTEMPTS": "1"}
         push = subprocess.Popen(["dvc", "push"], cwd=first, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         while push.poll() is None and not (server.keys("dvc") and server.uploads("dvc")):
-            time.sleep(0.01)
+            time.sleep(0.05)  # the upload in parts takes seconds: no need to ask the server 100 times a second
         assert push.poll() is None, f"the push ended before the big file's upload in parts was seen:\n{push.stdout.read()}"
         server.kill()
         started = time.monotonic()
@@ -145,11 +160,11 @@ def test_storage_stopped_in_the_middle_of_a_push_fails_it_and_a_rerun_completes_
         assert "pushed" in rerun.stdout, rerun.stdout
         print(f"after the restart: {rerun.stdout.strip()}")
 
-        third = clone(first, tmp_path / "third")
-        run(["dvc", "pull"], third)
+        third = tmp_path / "third"
+        _, status = clone(first, third, ["dvc", "pull"], STATUS)
         got = outputs(third) | {"extra/big.bin": (third / "extra/big.bin").read_bytes()}
         assert differences(got, expected) == []
-        assert up_to_date(third) == "Data and pipelines are up to date."
+        assert status == UP_TO_DATE
     finally:
         server.stop()
 
