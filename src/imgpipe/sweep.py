@@ -6,7 +6,7 @@ validation figures, and the winner is chosen on validation alone and scored on t
     python -m imgpipe.sweep --worker              # on another machine: join the study (a shared sweep.storage)
     python -m imgpipe.sweep --summary             # choose and report, without new trials
 
-Trials train in this process (and, with `workers: n`, in n - 1 more) with the pipeline's training loop on the prepared
+Trials train in this process (or in `workers` processes of it) with the pipeline's training loop on the prepared
 data (`dvc repro prepare` runs first); each is an MLflow run under the study's parent run. The summary goes to
 reports/sweep.md and the parent run, with the exact `dvc exp run -S ...` that reruns the winner as a pipeline
 experiment.
@@ -77,10 +77,9 @@ def work(study: optuna.Study, sweep: SweepConfig, params: dict, data: Prepared, 
 
 
 def start_workers(sweep: SweepConfig, argv: list[str]) -> list[subprocess.Popen]:
-    """Workers 1.. as processes of this command, started together so that they share the trials out; this process,
-    which has its imports done and the study open, is worker 0."""
+    """The workers as processes of this command, started together so that they share the trials out."""
     return [subprocess.Popen([sys.executable, "-m", "imgpipe.sweep", *argv, "--worker", "--index", str(index)])
-            for index in range(1, sweep.workers)]
+            for index in range(sweep.workers)]
 
 
 def settings_from(args, params: dict) -> SweepConfig:
@@ -132,11 +131,7 @@ def run(args, argv: list[str]) -> None:
         if args.worker or sweep.workers == 1:
             work(study, sweep, params, data, experiment, args.index)
         else:
-            others = start_workers(sweep, argv)
-            try:
-                work(study, sweep, params, data, experiment, 0)
-            finally:
-                failed = [process.wait() for process in others]
+            failed = [process.wait() for process in start_workers(sweep, argv)]
             if any(failed):
                 raise ImgpipeError(f"sweep {name}: a worker failed (exit {max(failed)}); its error is above")
     if not args.worker:
