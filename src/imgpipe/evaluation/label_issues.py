@@ -211,14 +211,20 @@ def label_quality(probabilities: np.ndarray, labels: np.ndarray, kind: str = "se
     """Each example's label-quality score in [0, 1], lower: more likely mislabelled (cleanlab's rank_by_kind).
     self_confidence: p(given); normalized_margin: (p(given) - the largest other p + 1) / 2."""
     probabilities, labels = _validated(probabilities, labels)
-    given = probabilities[np.arange(len(labels)), labels]
+    rows = np.arange(len(labels))
+    given = probabilities[rows, labels]
     if kind == "self_confidence":
         return given
     if kind == "normalized_margin":
-        others = probabilities.copy()
-        others[np.arange(len(labels)), labels] = -np.inf
-        return (given - others.max(axis=1, initial=-np.inf) + 1) / 2 if len(labels) else given
+        return (given - probabilities[rows, _likeliest_other(probabilities, labels)] + 1) / 2
     raise ValueError(f"kind must be one of {', '.join(QUALITY_KINDS)}, got {kind!r}")
+
+
+def _likeliest_other(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each example's most probable class other than its given one."""
+    others = probabilities.copy()
+    others[np.arange(len(labels)), labels] = -np.inf
+    return others.argmax(axis=1)
 
 
 QUALITY_KINDS = ("self_confidence", "normalized_margin")
@@ -256,9 +262,7 @@ def review(probabilities: np.ndarray, labels: np.ndarray, kind: str = "self_conf
     issues = find_label_issues(probabilities, labels)
     flagged = np.zeros(len(labels), dtype=bool)
     flagged[issues.index] = True
-    others = probabilities.copy()
-    others[rows, labels] = -np.inf
-    suggested = others.argmax(axis=1) if len(labels) else labels.copy()
+    suggested = _likeliest_other(probabilities, labels)
     suggested[issues.index] = issues.suggested
     return Review(label_quality(probabilities, labels, kind), flagged, suggested, probabilities[rows, labels],
                   probabilities[rows, suggested])
