@@ -43,24 +43,36 @@ class S3Server:
         self.program = weed()
         if self.program is None:
             raise FileNotFoundError(NO_WEED)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.config = folder / "s3.json"
+        self.config.write_text(json.dumps({"identities": [{
+            "name": "team", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+        (folder / "data").mkdir(exist_ok=True)
+        self._choose_ports()
+        self.served = False  # until wait() first succeeds: a weed that dies before may try other ports
+        self.log = folder / "server.log"
+        self.process: subprocess.Popen | None = None
+        self._client = None
+        self.start()
+
+    def _choose_ports(self) -> None:
+        """Every port its own free one, and the command line that uses them. The S3 port stays once chosen: the
+        tracking server is given the address before this server answers."""
+        if not hasattr(self, "port"):
+            self.port = free_port()
+            self.url = f"http://127.0.0.1:{self.port}"
         names = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc", "s3.port.grpc")
         taken = {self.port}
         while len(taken) < len(names) + 1:  # free_port may hand out a port twice
             taken.add(free_port())
         ports = dict(zip(names, sorted(taken - {self.port})))
         self.ports = [self.port, *ports.values()]
-        folder.mkdir(parents=True, exist_ok=True)
-        config = folder / "s3.json"
-        config.write_text(json.dumps({"identities": [{
-            "name": "team", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
-        (folder / "data").mkdir(exist_ok=True)
+        self.used_ports = getattr(self, "used_ports", set()) | set(self.ports)
         self.command = [
-            str(self.program), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={folder / 'data'}",
+            str(self.program), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={self.folder / 'data'}",
             *(f"-{name}={port}" for name, port in ports.items()),
-            "-s3", f"-s3.port={self.port}", f"-s3.config={config}",
+            "-s3", f"-s3.port={self.port}", f"-s3.config={self.config}",
             "-s3.port.iceberg=0", "-s3.port.lance=0",  # catalog servers S3 does not need (fixed ports otherwise)
             # Small volumes, few of them: a test's megabytes, not the 30 GB volumes of the defaults.
             "-volume.max=16", "-master.volumeSizeLimitMB=256", "-master.telemetry=false",
@@ -69,10 +81,6 @@ class S3Server:
             # some 2 s (at each start, the restart after kill() included).
             "-master.peers=none",
         ]
-        self.log = folder / "server.log"
-        self.process: subprocess.Popen | None = None
-        self._client = None
-        self.start()
 
     def start(self) -> None:
         """Starts the server (again, after kill(): same ports, same data)."""
@@ -87,7 +95,7 @@ class S3Server:
         Fails naming what went wrong."""
         from botocore.exceptions import BotoCoreError, ClientError
 
-        deadline = time.monotonic() + seconds
+        deadline, tries = time.monotonic() + seconds, 0
         client = self.client()
         while True:
             try:
@@ -98,11 +106,22 @@ class S3Server:
                         raise
                 client.put_object(Bucket=self.bucket, Key=".ready", Body=b"ok")
                 client.get_object(Bucket=self.bucket, Key=".ready")["Body"].read()
+                self.served = True
                 return self
             except ClientError as error:
                 last = error  # the master may have no volume yet
             except BotoCoreError as error:  # not listening yet
                 last = error
+            if self.process.poll() is not None and not self.served and tries < 3:
+                # Two test processes start their servers at once, on a loaded machine: weed has died on a port in
+                # use ("bind: address already in use", its volume's or filer's), taken between free_port and weed.
+                tries += 1
+                shutil.rmtree(self.folder / "data")
+                (self.folder / "data").mkdir()
+                self._choose_ports()
+                self.start()
+                client = self.client()
+                continue
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.url}: weed exited ({self.process.returncode}): {self.log.read_text()[-2000:]}")
             if time.monotonic() > deadline:
@@ -143,7 +162,7 @@ class S3Server:
     def stop(self) -> None:
         self.kill()
         shutil.rmtree(self.folder, ignore_errors=True)
-        for port in self.ports:  # the Unix sockets weed opens beside its gRPC ports, in /tmp whatever -dir says
+        for port in self.used_ports:  # the Unix sockets weed opens beside its gRPC ports, in /tmp whatever -dir says
             for socket in Path(tempfile.gettempdir()).glob(f"seaweedfs-*-{port}.sock"):
                 socket.unlink(missing_ok=True)
 

@@ -3,6 +3,7 @@ on PostgreSQL (a throwaway cluster: initdb, pg_ctl, createdb) where PostgreSQL i
 and `mlflow models serve`."""
 
 import os
+import random
 import shlex
 import shutil
 import signal
@@ -19,6 +20,21 @@ NO_JOB_RUNNER = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 def free_port() -> int:
+    """A port free now, from below the kernel's ephemeral range: a port the kernel hands out (bind to 0) is one it
+    may hand out again to any outgoing connection before the server binds it (weed's gRPC port was taken so)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 0
+    # Its own generator, not the global one a test may seed: two test processes would draw the same ports.
+    candidates = random.SystemRandom().sample(range(10000, low), min(200, low - 10000)) if low > 12000 else []
+    for port in candidates:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
