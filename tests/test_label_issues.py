@@ -12,11 +12,8 @@ import pytest
 import torch
 from project import REPO, edit_params, fork, read_json, run
 
-from imgpipe.config import TrainConfig
-from imgpipe.models.inference import logits_in_chunks
-from imgpipe.training.loop import train
-
 from imgpipe import settings
+from imgpipe.config import TrainConfig
 from imgpipe.errors import ConfigError
 from imgpipe.evaluation.label_issues import (
     LabelIssues,
@@ -29,6 +26,8 @@ from imgpipe.evaluation.label_issues import (
     review,
 )
 from imgpipe.evaluation.results import best_over_seeds
+from imgpipe.models.inference import logits_in_chunks
+from imgpipe.training.loop import train
 
 CENTRES = np.array([[0.0, 0.0], [6.0, 0.0], [3.0, 5.2]])  # ~6 apart: 3 standard deviations to each boundary
 FLIPPED = np.array([3, 17, 42, 88, 120, 151, 199, 230, 261, 299])

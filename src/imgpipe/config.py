@@ -40,6 +40,12 @@ class TrainConfig:
     patience: int = 0  # stop after this many epochs without a better val loss; 0 = never stop early
     crop_padding: int = 0  # augmentation: random crops of images padded by this many pixels; 0 = off
     flip: bool = False  # augmentation: random horizontal flips
+    # Test-time augmentation: an image's scores averaged with its mirror image's wherever the model answers
+    # (validation, evaluate, predict, the served model); for classes a mirror leaves alone (not digits).
+    tta: bool = False
+    # Exponential moving average of the weights: after each step the average moves (1 - ema) of the way to the
+    # weights; validated, kept and saved in their place. 0 = off (the weights themselves).
+    ema: float = 0.0
     seed: int = 0  # seeds weight initialization, batch order and augmentation
     deterministic: bool = False  # bit-identical reruns: deterministic algorithms, no cuDNN autotuning
     threads: int = 0  # CPU threads; 0 = PyTorch's own choice
@@ -79,13 +85,14 @@ class TrainConfig:
         require(_is_number(self.momentum) and 0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum!r}")
         require(_is_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", f"must be a number >= 0, got {self.weight_decay!r}")
         choice("schedule", SCHEDULES)
+        require(_is_number(self.ema) and 0 <= self.ema < 1, "ema", f"must be in [0, 1) (0: off), got {self.ema!r}")
         require(_is_number(self.label_smoothing) and 0 <= self.label_smoothing < 1, "label_smoothing",
                 f"must be in [0, 1), got {self.label_smoothing!r}")
         whole("patience", 0)
         whole("crop_padding", 0)
         whole("seed", 0)
         whole("threads", 0)
-        for name in ("nesterov", "flip", "deterministic"):
+        for name in ("nesterov", "flip", "tta", "deterministic"):
             require(isinstance(getattr(self, name), bool), name, f"must be true or false, got {getattr(self, name)!r}")
         choice("device", DEVICES)
         choice("precision", PRECISIONS)

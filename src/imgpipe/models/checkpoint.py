@@ -29,6 +29,7 @@ def save_checkpoint(path: Path, model: Classifier, *, model_name: str, model_set
         "mean": model.mean.flatten().tolist(),
         "std": model.std.flatten().tolist(),
         "temperature": model.temperature.item(),  # the scores' divisor (imgpipe.evaluation.calibration); absent before: 1
+        "tta": model.tta,  # scores averaged with the mirror image's (train.tta); absent before: false
         "background": list(background),  # RGB that transparent pixels were laid on (image folders)
         "train_config": asdict(config),
         "state_dict": {k: v.detach().cpu() for k, v in model.net.state_dict().items()},
@@ -51,5 +52,6 @@ def load_checkpoint(path: Path) -> tuple[Classifier, dict]:
                       **checkpoint["model_settings"])
     net.load_state_dict(checkpoint["state_dict"])
     checkpoint.setdefault("temperature", 1.0)  # saved before temperature scaling: the network's own scores
-    model = Classifier(net, tuple(checkpoint["mean"]), tuple(checkpoint["std"]), checkpoint["temperature"]).eval()
+    checkpoint.setdefault("tta", False)  # saved before test-time augmentation
+    model = Classifier(net, tuple(checkpoint["mean"]), tuple(checkpoint["std"]), checkpoint["temperature"], checkpoint["tta"]).eval()
     return model, {k: v for k, v in checkpoint.items() if k != "state_dict"}

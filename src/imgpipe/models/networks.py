@@ -1,5 +1,5 @@
 """The model registry: every architecture a variant can name in params.yaml (`models.<variant>.model`):
-the seeds' ladder below (centroid, linear, mlp, cnn) and every classifier of torchvision's registry
+the seeds' ladder below (centroid, linear, mlp, cnn), a small residual net (small_resnet) and every classifier of torchvision's registry
 (resnet18, mobilenet_v3_small, ...: imgpipe.models.zoo).
 
 Each network takes normalized images (B, C, H, W) and returns class scores (B, num_classes). Its
@@ -188,7 +188,53 @@ class TinyVGG(nn.Module):
         return self.classifier(self.features(x))  # (B, C, H, W) -> (B, C', H/2^k, W/2^k) -> (B, classes)
 
 
-MODELS: dict[str, type[nn.Module]] = {"centroid": CentroidNet, "linear": LinearNet, "mlp": MLP, "cnn": TinyVGG}
+class ResidualBlock(nn.Module):
+    """conv-BN-ReLU-conv-BN plus a shortcut (a strided 1x1 conv and BN where the shape changes), then ReLU."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout))
+        self.shortcut = (nn.Identity() if stride == 1 and cin == cout else
+                         nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.shortcut(x))
+
+
+class SmallResNet(nn.Module):
+    """A residual net for small images (28x28, 32x32): a 3x3 stem, then one stage per entry of `channels`,
+    each of `blocks` residual blocks, every stage after the first halving the image; global average pooling
+    and one linear layer. What the speedrun literature trains fast: batch norm throughout, no large layers."""
+
+    def __init__(self, input_shape: tuple[int, int, int], num_classes: int, channels: list[int] = (32, 64, 128),
+                 blocks: int = 1, dropout: float = 0.0):
+        super().__init__()
+        in_channels, height, width = input_shape
+        require(len(channels) > 0 and all(isinstance(c, int) and c > 0 for c in channels),
+                "channels", f"must list positive channel counts, one per stage, got {channels}")
+        require(isinstance(blocks, int) and blocks >= 1, "blocks", f"must be a whole number >= 1, got {blocks!r}")
+        require(min(height, width) >> (len(channels) - 1) > 0, "channels",
+                f"{len(channels) - 1} halvings leave nothing of {height}x{width} images; use fewer stages")
+        require(0 <= dropout < 1, "dropout", f"must be in [0, 1), got {dropout}")
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, channels[0], 3, padding=1, bias=False), nn.BatchNorm2d(channels[0]),
+                                   nn.ReLU(inplace=True)]
+        width_in = channels[0]
+        for stage, out_channels in enumerate(channels):
+            for block in range(blocks):
+                layers.append(ResidualBlock(width_in, out_channels, stride=2 if stage and not block else 1))
+                width_in = out_channels
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), *([nn.Dropout(dropout)] if dropout else []),
+                                        nn.Linear(width_in, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+MODELS: dict[str, type[nn.Module]] = {"centroid": CentroidNet, "linear": LinearNet, "mlp": MLP, "cnn": TinyVGG,
+                                      "small_resnet": SmallResNet}
 
 
 def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int, **settings) -> nn.Module:
@@ -232,13 +278,16 @@ class Classifier(nn.Module):
     all take the same uint8 images and cannot disagree about preprocessing. The same holds for the
     temperature the scores are divided by (fitted on validation by imgpipe.evaluation.calibration; 1: the
     network's own scores): every consumer answers with the same calibrated confidences. A positive
-    temperature never changes which class scores highest.
+    temperature never changes which class scores highest. And for test-time augmentation (`tta`): out of
+    training, an image's scores are the average of its own and its mirror image's.
     """
 
-    def __init__(self, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...], temperature: float = 1.0):
+    def __init__(self, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...], temperature: float = 1.0,
+                 tta: bool = False):
         super().__init__()
         require(temperature > 0, "temperature", f"must be positive, got {temperature}")
         self.net = net
+        self.tta = tta  # a plain flag, not a buffer: torch.export traces the path it picks
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("temperature", torch.tensor(temperature, dtype=torch.float32))
@@ -247,7 +296,11 @@ class Classifier(nn.Module):
         return (pixels.float() / 255 - self.mean) / self.std  # (B, C, H, W)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.net(self.normalize(pixels)) / self.temperature  # (B, classes)
+        images = self.normalize(pixels)
+        scores = self.net(images)  # (B, classes)
+        if self.tta and not self.training:  # the gradient steps see each image once, as augmentation drew it
+            scores = (scores + self.net(images.flip(-1))) / 2
+        return scores / self.temperature
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # State saved before the temperature existed (a training's resume state) keeps the network's own scores.

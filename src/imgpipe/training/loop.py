@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from imgpipe.config import TrainConfig
@@ -251,6 +252,11 @@ class Stepper:
     generator: torch.Generator
     trained: nn.Module
     steps_per_epoch: int
+    average: AveragedModel | None = None  # train.ema: the weights' moving average, validated and kept in their place
+
+    def evaluated(self, model: Classifier) -> Classifier:
+        """What validation scores, and the kept weights come from: the average where there is one."""
+        return self.average.module if self.average is not None else model
 
 
 def train(model_name: str, model_settings: dict, data: Prepared, config: TrainConfig, *,
@@ -278,7 +284,7 @@ def train(model_name: str, model_settings: dict, data: Prepared, config: TrainCo
         if setup.device.type == "cuda":  # the steps are queued, not done, when train_epoch returns
             torch.cuda.synchronize(setup.device)
         state.stepping += time.perf_counter() - start
-        row = end_epoch(setup, state, epoch, figures, start)
+        row = end_epoch(setup, stepper.evaluated(setup.model), state, epoch, figures, start)
         result.history.append(row)
         stop = bool(config.patience) and epoch - state.loss_epoch >= config.patience
         state.finished = stop or epoch == config.epochs
@@ -305,7 +311,7 @@ def build(model_name: str, model_settings: dict, data: Prepared, config: TrainCo
         net.load_pretrained()
     # Pretrained weights come with the normalization they were trained with; others use the data's own.
     mean, std = getattr(net, "normalization", None) or (data.mean, data.std)
-    model = Classifier(net, mean, std).to(device)
+    model = Classifier(net, mean, std, tta=config.tta).to(device)
     bf16 = trains_in_bf16(config.precision, device)
     channels_last = has_convolutions(net) and (bf16 or device.type == "cuda")
     if channels_last:
@@ -346,7 +352,10 @@ def make_stepper(setup: Setup) -> Stepper:
     steps_per_epoch = -(-len(setup.train_split) // config.batch_size)
     schedule = make_schedule(config, optimizer, config.epochs * steps_per_epoch)
     generator = torch.Generator(device=setup.device).manual_seed(config.seed)
-    return Stepper(optimizer, schedule, generator, setup.group.wrap(model, setup.device), steps_per_epoch)
+    # Buffers are not averaged (batch norm's step counts are whole numbers): they follow the model's, and
+    # batch norm's are re-estimated with the averaged weights before each validation anyway.
+    average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=False) if config.ema else None
+    return Stepper(optimizer, schedule, generator, setup.group.wrap(model, setup.device), steps_per_epoch, average)
 
 
 def restore(setup: Setup, stepper: Stepper, key: dict[str, str], resume: Path | None) -> tuple[TrainResult, LoopState]:
@@ -359,6 +368,8 @@ def restore(setup: Setup, stepper: Stepper, key: dict[str, str], resume: Path | 
         stepper.optimizer.load_state_dict(saved["optimizer"])
         if stepper.schedule is not None:
             stepper.schedule.load_state_dict(saved["schedule"])
+        if stepper.average is not None:
+            stepper.average.load_state_dict(saved["average"])
         stepper.generator.set_state(saved["generator"].cpu())
         torch.set_rng_state(saved["cpu_rng"].cpu())
         _set_device_rng(setup.device, saved["device_rng"])
@@ -402,6 +413,8 @@ def train_epoch(setup: Setup, stepper: Stepper, epoch: int) -> dict[str, torch.T
         stepper.optimizer.step()
         if stepper.schedule is not None:
             stepper.schedule.step()
+        if stepper.average is not None:
+            stepper.average.update_parameters(setup.model)
         loss_sum += loss.detach() * len(index) / group.world  # this rank's sum, on the device: no sync per step
         correct += (logits.argmax(1) == labels).sum()
         if setup.interactive and step % 20 == 0:  # a sync, so only now and then, and only on a terminal
@@ -411,9 +424,10 @@ def train_epoch(setup: Setup, stepper: Stepper, epoch: int) -> dict[str, torch.T
     return {"loss_sum": loss_sum, "correct": correct, "images": sum(rows.stop - rows.start for rows in shares)}
 
 
-def end_epoch(setup: Setup, state: LoopState, epoch: int, figures: dict[str, torch.Tensor], start: float) -> dict:
-    """Validate, keep the weights if they are the most accurate yet, and report: the epoch's row of the history."""
-    model, group = setup.model, setup.group
+def end_epoch(setup: Setup, model: Classifier, state: LoopState, epoch: int, figures: dict[str, torch.Tensor], start: float) -> dict:
+    """Validate `model` (the trained one, or its weights' average), keep its weights if they are the most accurate
+    yet, and report: the epoch's row of the history."""
+    group = setup.group
     # In float32, as evaluate, predict and the served model compute: the val figures that choose the kept
     # epoch are theirs, and batch norm's statistics are those of the activations they will see.
     reestimate(model, _norm_sample(setup.train_split, setup.config, group, setup.channels_last), group)
@@ -444,6 +458,7 @@ def save_state(resume: Path, key: dict[str, str], setup: Setup, stepper: Stepper
         torch.save({
             "key": key, "model": setup.model.state_dict(), "optimizer": stepper.optimizer.state_dict(),
             "schedule": stepper.schedule.state_dict() if stepper.schedule is not None else None,
+            "average": stepper.average.state_dict() if stepper.average is not None else None,
             "generator": stepper.generator.get_state(), "cpu_rng": torch.get_rng_state(), "device_rng": _device_rng(setup.device),
             "history": history, "state": asdict(state),
         }, tmp)
