@@ -109,6 +109,20 @@ def test_the_fashion_mnist_benchmark_compares_with_both_baselines_on_a_recipe_ch
         assert ratio_within_rounding(float(timed[5]), float(timed[1]), float(timed[3]), places=2), line
 
     one(lines, r"\(c\) recommended: cnn \{'channels': \[32, 64\].*test accuracy [0-9.]+ \(kept epoch 1 on validation, .*")
+
+    # (d): each technique's own gain on validation, and what it keeps follows from them alone.
+    flips = one(lines, r"\(d\) gains on validation, .*: none ([0-9.]+); test-time flips ([0-9.]+) \(([-+][0-9.]+), same weights, .*")
+    plain, flipped = float(flips[1]), float(flips[2])
+    assert math.isclose(float(flips[3]), flipped - plain, abs_tol=1e-4)
+    averages = {float(m[1]): float(m[2]) for m in matches(lines, r"\(d\) gains on validation: weight average ema ([0-9.]+): ([0-9.]+) .*")}
+    assert sorted(averages) == [0.99, 0.998]
+    best = max(averages, key=averages.__getitem__)
+    kept = one(lines, r"\(d\) kept on validation: test-time flips (on|off), weight average (\S+)")
+    assert kept[1] == ("on" if flipped > plain else "off") and kept[2] == (str(best) if averages[best] > plain else "off")
+    final = one(lines, r"\(d\) cnn .*, test-time flips (on|off), weight average (\S+): test accuracy ([0-9.]+).* after ([0-9.]+) s of steps "
+                       r"alone, .*; \(a\) fp32's 1 epochs took ([0-9.]+) s: \(d\) used ([0-9.]+)x of it \(budget 2x\)")
+    assert (final[1], final[2]) == (kept[1], kept[2])
+    assert ratio_within_rounding(float(final[6]), float(final[4]), float(final[5]), places=1)
     one(lines, r"other processes used about \d+ CPU-seconds meanwhile")
 
 
