@@ -12,7 +12,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this copy's imgpipe, not the installed one
 
-import subprocess
 from datetime import datetime, timezone
 
 from imgpipe import params as P
@@ -41,10 +40,11 @@ def main() -> None:
         print(f"{name}: fitted in one pass, on one process (train.devices: {variant.config.devices} is for gradient training)")
         processes = 1
     if processes > 1 and not distributed.launched():  # start the ranks, each of which runs this script
-        done = subprocess.run(distributed.torchrun_command(processes, [__file__, name, str(seed)]))
-        if done.returncode != 0:
-            raise ImgpipeError(f"train {name} seed {seed}: {processes} processes under torchrun failed (exit {done.returncode}); "
-                               "the failing rank's error is above")
+        restarts = variant.config.max_restarts
+        status = distributed.launch(processes, [__file__, name, str(seed)], restarts)
+        if status != 0:
+            raise ImgpipeError(f"train {name} seed {seed}: {processes} processes under torchrun failed (exit {status}; "
+                               f"restarted {restarts} time(s) first, train.max_restarts); the failing rank's error is above")
         return
     if device_type == "cuda" and not distributed.launched():
         gpus.use_a_free_gpu()  # parallel queued experiments (dvc queue start -j N) spread over the GPUs

@@ -68,6 +68,9 @@ class TrainConfig:
     # Processes training together, one per device (torchrun + DistributedDataParallel): 1, a number, or
     # auto (every visible GPU). batch_size stays the global batch, so any count follows one schedule.
     devices: int | str = 1
+    # With several processes: how many times torchrun restarts them all when one fails (each rank resumes from the
+    # last finished epoch's state); then the stage fails. 0 = fail at the first.
+    max_restarts: int = 3
 
     def __post_init__(self):
         def whole(name, least):
@@ -97,6 +100,7 @@ class TrainConfig:
         choice("device", DEVICES)
         choice("precision", PRECISIONS)
         whole("bn_images", 0)
+        whole("max_restarts", 0)
         require(self.data_on_device in ("auto", True, False), "data_on_device", f"must be auto, true or false, got {self.data_on_device!r}")
         whole("resident_limit_mb", 0)
         require(self.stream_workers == "auto" or (_is_int(self.stream_workers) and self.stream_workers >= 0), "stream_workers",

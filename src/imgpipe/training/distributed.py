@@ -9,6 +9,7 @@ alone writes files.
 """
 
 import os
+import subprocess
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
@@ -18,6 +19,11 @@ import torch.distributed as dist
 from torch import nn
 
 TIMEOUT = timedelta(minutes=10)  # a collective no rank completes by then fails the stage instead of hanging
+# torchrun's environment for restarts that work (torch 2.14): by default its agent keeps one store for the workers
+# across restarts, so restarted ranks may read the addresses the previous ranks published (gloo: "Connection
+# refused", restart after restart, or a hang), and an agent that rejoins after its machine was lost waits forever.
+# With this each restart starts from a store of its own.
+RESTARTABLE = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,18 @@ def device_count(devices: int | str, device_type: str) -> int:
     return int(devices)
 
 
-def torchrun_command(processes: int, script: list[str]) -> list[str]:
-    """One machine, `processes` ranks of `script` (python arguments), as torchrun starts them."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes), *script]
+def torchrun_command(processes: int, script: list[str], max_restarts: int = 0) -> list[str]:
+    """One machine, `processes` ranks of `script` (python arguments), as torchrun starts them; when one fails,
+    torchrun stops the others and starts them all again, up to `max_restarts` times (run it with RESTARTABLE)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
+            "--max-restarts", str(max_restarts), *script]
+
+
+def launch(processes: int, script: list[str], max_restarts: int) -> int:
+    """torchrun_command run to its end, with RESTARTABLE; its exit status."""
+    return subprocess.run(torchrun_command(processes, script, max_restarts), env=os.environ | RESTARTABLE).returncode
+
+
+def restart_count() -> int:
+    """How many times torchrun has restarted this process's group (0: its first start, or no torchrun)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))

@@ -36,7 +36,7 @@ from imgpipe.models.inference import score
 from imgpipe.models.networks import Classifier, build_model, count_parameters, is_fitted
 from imgpipe.training.batches import ResidentSplit, StreamedSplit, fits_on_device
 from imgpipe.training.batchnorm import reestimate
-from imgpipe.training.distributed import SINGLE, ProcessGroup
+from imgpipe.training.distributed import SINGLE, ProcessGroup, restart_count
 
 
 @dataclass
@@ -54,6 +54,7 @@ class TrainResult:
     channels_last: bool = False  # the convolutions' memory layout during training
     hardware: str = ""  # the GPU, or the CPU model and cores (imgpipe.device.hardware)
     images_per_rank: list[int] = field(default_factory=list)  # an epoch's training images per process: [n] on one
+    resumed: list[dict] = field(default_factory=list)  # each start again (torchrun's restart, a rerun): {"after_epoch": e}
 
     def summary(self) -> dict:
         """The figures of the kept epoch and of the run, as written to metrics/train/<variant>.json."""
@@ -70,6 +71,10 @@ class TrainResult:
             "channels_last": self.channels_last,
             "hardware": self.hardware,
             "images_per_rank": self.images_per_rank,
+            # Times it started again from its saved state (torchrun's restarts: train.max_restarts; a rerun after a
+            # failure), and the last finished epoch each picked up after.
+            "restarts": len(self.resumed),
+            "resumed_after_epochs": [resume["after_epoch"] for resume in self.resumed],
         }
         if self.peak_memory_mb is not None:
             metrics["peak_memory_mb"] = round(self.peak_memory_mb, 1)
@@ -140,6 +145,7 @@ class LoopState:
     elapsed: float = 0.0  # seconds of training and validation so far
     stepping: float = 0.0  # of which the gradient steps alone: what a speed comparison with another loop times
     images_per_rank: list[int] = field(default_factory=list)  # the last epoch's training images, per process
+    resumed: list[dict] = field(default_factory=list)  # each start again so far: {"after_epoch": the last finished epoch}
     finished: bool = False  # the last epoch ran, or early stopping ended the training: resuming only finishes it
 
 
@@ -276,6 +282,8 @@ def train(model_name: str, model_settings: dict, data: Prepared, config: TrainCo
     stepper = make_stepper(setup)
     key = resume_key(model_name, model_settings, data, config, setup.device)
     result, state = restore(setup, stepper, key, resume)
+    if state.resumed and resume is not None and group.leader:  # where it picked up, kept should it fail again at once
+        save_state(resume, key, setup, stepper, state, result.history)
     for epoch in range(state.epoch + 1, config.epochs + 1):
         if state.finished:
             break
@@ -376,8 +384,14 @@ def restore(setup: Setup, stepper: Stepper, key: dict[str, str], resume: Path | 
         result.history = saved["history"]
         state = LoopState(**saved["state"])
         done = "its training finished" if state.finished else "resuming"
-        print(f"{setup.name}: {done} after epoch {state.epoch} in {resume}", flush=True)
+        if setup.group.leader:
+            print(f"{setup.name}: {done} after epoch {state.epoch} in {resume}", flush=True)
     group = setup.group
+    # Started again (torchrun's restart after a rank failed, or a rerun): the run records where it picked up. Any rank
+    # may know (an agent that lost no process counts no restart): all agree, as all load the same state.
+    started_again = torch.tensor(int(saved is not None or restart_count() > 0), device=setup.device)
+    if group.sum(started_again).item():
+        state.resumed.append({"after_epoch": state.epoch})
     if group.world > 1 and group.sum(torch.tensor(state.epoch, device=setup.device)).item() != state.epoch * group.world:
         raise ImgpipeError(f"{setup.name}: the ranks found different resume states in {resume}; every machine must "
                            "see the same project folder (or delete the resume state to start again)")
@@ -476,6 +490,7 @@ def finish(setup: Setup, state: LoopState, result: TrainResult, data: Prepared) 
     result.model = model
     result.best_epoch = state.best_epoch
     result.images_per_rank = state.images_per_rank
+    result.resumed = state.resumed
     result.seconds = state.elapsed
     result.images_per_second = len(result.history) * len(setup.train_split) / max(result.seconds, 1e-9)
     if setup.device.type == "cuda":

@@ -1,0 +1,51 @@
+"""Training that survives faults (#33), on 2 gloo processes of the real train stage under real torchrun agents:
+benchmarks/elastic_restart.py kills a rank mid-run, spends a restart budget, and loses one of two "machines"
+(--nnodes 2 on 127.0.0.1) and brings it back; this checks what it prints against the uninterrupted run."""
+
+import re
+import sys
+from pathlib import Path
+
+from imgpipe.training.distributed import torchrun_command
+
+ROOT = Path(__file__).resolve().parents[1]
+ROW = re.compile(r"\| (?P<run>[a-z ]+) \| (?P<exit>-?\d+) \| [0-9.]+ \| (?P<restarts>.+?) \| (?P<resumed>[0-9.]+ s|-) \| "
+                 r"(?P<digest>[0-9a-f]{16}|-) \| (?P<same>yes|no|-) \|")
+
+
+def test_torchrun_is_given_the_restart_budget():
+    command = torchrun_command(2, ["stages/train.py", "cnn", "0"], max_restarts=3)
+    assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert command[command.index("--max-restarts") + 1] == "3" and command[-3:] == ["stages/train.py", "cnn", "0"]
+
+
+def test_a_killed_rank_restarts_a_spent_budget_fails_in_one_line_and_a_lost_machine_rejoins(tmp_path):
+    import subprocess
+
+    done = subprocess.run([sys.executable, "benchmarks/elastic_restart.py", "--epochs", "4", "--folder", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = {m["run"]: m for line in done.stdout.splitlines() if (m := ROW.fullmatch(line))}
+    assert list(rows) == ["uninterrupted", "rank killed", "budget spent", "machine lost"], done.stdout
+
+    whole = rows["uninterrupted"]
+    assert whole["exit"] == "0" and whole["restarts"] == "0 (after epochs -)" and whole["digest"] != "-"
+
+    # A rank killed once its first epoch's state was saved: torchrun restarted both, they resumed after that epoch or
+    # a later one, and ended on the uninterrupted run's weights, bit for bit.
+    killed = rows["rank killed"]
+    resumed = re.fullmatch(r"1 \(after epochs (\d)\)", killed["restarts"])
+    assert killed["exit"] == "0" and resumed and 1 <= int(resumed[1]) < 4, done.stdout
+    assert killed["resumed"] != "-" and killed["digest"] == whole["digest"] and killed["same"] == "yes"
+
+    # No budget: the stage fails, its last line the one a user reads, and writes no checkpoint.
+    spent = rows["budget spent"]
+    assert spent["exit"] != "0" and spent["digest"] == "-", done.stdout
+    assert re.search(r"budget spent: last line: error: train cnn seed 0: 2 processes under torchrun failed \(exit \d+; restarted 0 "
+                     r"time\(s\) first, train.max_restarts\); the failing rank's error is above", done.stdout), done.stdout
+
+    # Two agents as two machines: the second lost with its rank and started again; the first waited for it, and the
+    # pair resumed and ended on the same weights.
+    lost = rows["machine lost"]
+    assert lost["exit"] == "0" and re.fullmatch(r"1 \(after epochs \d\)", lost["restarts"]), done.stdout
+    assert lost["digest"] == whole["digest"] and lost["same"] == "yes"
