@@ -83,11 +83,23 @@ class TrackingServer:
         server = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", self.url.rsplit(":", 1)[1],
                   "--workers", "1", "--backend-store-uri", self.store, "--artifacts-destination", self.artifacts]
         commands.append("exec " + shlex.join(server))  # the process to stop is the server's
+        self.server, self.env = server, os.environ | NO_JOB_RUNNER | (env or {})
         self.log = folder / "server.log"
         with open(self.log, "wb") as log:
             # A session of its own: stop() ends the whole group (the server starts uvicorn; pg_ctl detaches PostgreSQL).
             self.process = subprocess.Popen(["bash", "-ec", " && ".join(commands)], stdout=log, stderr=subprocess.STDOUT,
-                                            env=os.environ | NO_JOB_RUNNER | (env or {}), start_new_session=True)
+                                            env=self.env, start_new_session=True)
+
+    def kill_server(self) -> None:
+        """A crash of `mlflow server` alone (SIGKILL to it and its workers): its store, PostgreSQL, goes on."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def restart_server(self) -> str:
+        """`mlflow server` started again, on the same address and store, once it answers."""
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(self.server, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        return self.wait()
 
     def database(self, name: str) -> str:
         """The URL of a new database of its own in the server's PostgreSQL cluster (e.g. an Optuna storage)."""

@@ -62,8 +62,11 @@ def test_a_training_is_found_by_its_digest(store, experiment, tmp_path):
     assert runs.find_runs(experiment, ["0123456789abcdef"]) == {}  # no experiment yet
     run_id, _, _ = _log(experiment)
     other, _, _ = _log(experiment, training="fedcba9876543210")
+    # A run a publish began and never finished (its store went away): not found, and deleted, so a rerun records it once.
+    begun = store.create_run(store.get_experiment_by_name(experiment).experiment_id, tags={runs.TRAINING: "0000000000000000"})
     assert runs.find_runs(experiment, ["0123456789abcdef", "fedcba9876543210", "0000000000000000"]) == {
         "0123456789abcdef": run_id, "fedcba9876543210": other}
+    assert store.get_run(begun.info.run_id).info.lifecycle_stage == "deleted"
     checkpoint, metrics = tmp_path / "seed0.pt", tmp_path / "seed0.json"
     checkpoint.write_bytes(b"weights")
     metrics.write_text('{"train_seconds": 1.0}')

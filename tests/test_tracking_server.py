@@ -188,3 +188,45 @@ def test_the_server_keeps_runs_and_registry_in_postgresql(project, tracking_serv
         assert cursor.fetchone()[0] == len(VARIANTS)
         cursor.execute("SELECT alias FROM registered_model_aliases WHERE name = 'imgpipe-digits'")
         assert "candidate" in {alias for (alias,) in cursor.fetchall()}
+
+
+def test_a_publish_the_server_died_in_fails_in_one_line_and_its_rerun_completes_it_once(pipeline, tracking_server, tmp_path):
+    """The server killed once the first run is recorded, before the second is: the stage fails in one line; with the
+    server back, `dvc repro` reruns the publish alone (nothing trains) and completes the records, no run or version twice."""
+    import subprocess
+    import sys
+    import time
+
+    project = fork(pipeline, tmp_path / "project")
+    edit_params(project, tracking__experiment="publish-rerun")  # runs and a registered model of its own on the server
+    client = mlflow.MlflowClient(tracking_server.url)
+    env = os.environ | {"MLFLOW_TRACKING_URI": tracking_server.url, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    publish = subprocess.Popen([sys.executable, "stages/publish.py"], cwd=project, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while publish.poll() is None and time.monotonic() < deadline:
+            experiment = client.get_experiment_by_name("publish-rerun")
+            if experiment and any(run.info.status == "FINISHED" for run in client.search_runs([experiment.experiment_id])):
+                break
+            time.sleep(0.02)
+        assert publish.poll() is None, "the publish ended before the server could be killed between its runs"
+        finished = [run.info.run_name for run in client.search_runs([experiment.experiment_id]) if run.info.status == "FINISHED"]
+        tracking_server.kill_server()
+        stdout, stderr = publish.communicate(timeout=120)
+    finally:
+        tracking_server.restart_server()
+    assert len(finished) == 1 and publish.returncode == 1
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: MLflow tracking at {tracking_server.url} failed (") and lines[0].endswith(
+        "the stage's outputs are saved; fix the store or set tracking.optional: true"), stderr
+
+    done = run(["dvc", "repro"], project, MLFLOW_TRACKING_URI=tracking_server.url)
+    assert "Running stage 'publish'" in done.stdout and "Running stage 'train@" not in done.stdout, done.stdout
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.info.run_name for r in runs) == sorted(f"{v} seed 0" for v in VARIANTS)  # each once
+    assert all(r.info.status == "FINISHED" and "test_accuracy" in r.data.metrics and "imgpipe.evaluation" in r.data.tags
+               and r.data.tags.get("imgpipe.model_uri") for r in runs)
+    assert next(r for r in runs if r.info.run_name == finished[0]).info.run_id in done.stdout  # the first run kept, not redone
+    versions = client.search_model_versions("name = 'imgpipe-publish-rerun'")
+    assert len(versions) == 1 and client.get_model_version_by_alias("imgpipe-publish-rerun", "candidate").version == versions[0].version

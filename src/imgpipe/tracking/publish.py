@@ -55,7 +55,8 @@ def record_trainings(experiment: str, results: dict[tuple[str, int], VariantResu
             model=model,
             example=data.val.images[:2],
             tags=runs.run_tags(name, seed, seed_group, train["device"], data.fingerprint, params,
-                               precision=train.get("precision", ""), hardware=train.get("hardware", "")),
+                               precision=train.get("precision", ""), hardware=train.get("hardware", ""),
+                               resumed_after_epochs=train.get("resumed_after_epochs", [])),
             datasets=datasets,
             # The temperature is inside the program already; stored beside it so that predict can say so.
             preprocessing=Preprocessing.of(meta),

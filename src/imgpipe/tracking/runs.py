@@ -37,9 +37,10 @@ def dataset_inputs(name: str, data_fingerprint: str, folder: Path, images: dict[
 
 
 def run_tags(variant: str, seed: int, seed_group: str, device: str, data_fingerprint: str, params: dict,
-             precision: str = "", hardware: str = "") -> dict[str, str]:
+             precision: str = "", hardware: str = "", resumed_after_epochs: list[int] = ()) -> dict[str, str]:
     """Where a run came from: DVC experiment, git commit and state, data, device (with the arithmetic and the
-    hardware it ran in: the same settings give other last digits elsewhere), and its execution.
+    hardware it ran in: the same settings give other last digits elsewhere), its execution, and the epochs after which
+    torchrun's restarts resumed it, if any (the count is the metric `restarts`).
     seed_group names the runs that differ only in their seed, whichever execution made them."""
     commit = provenance.git_commit()
     experiment = provenance.dvc_experiment()
@@ -54,6 +55,8 @@ def run_tags(variant: str, seed: int, seed_group: str, device: str, data_fingerp
         "imgpipe.execution": execution,
     }
     tags |= {key: value for key, value in (("imgpipe.precision", precision), ("imgpipe.hardware", hardware)) if value}
+    if resumed_after_epochs:
+        tags["imgpipe.resumed_after_epochs"] = ", ".join(map(str, resumed_after_epochs))
     if experiment:
         tags["imgpipe.dvc_experiment"] = experiment
     if commit:
@@ -110,14 +113,22 @@ def training_digest(*files: Path) -> str:
 
 @store_lock()
 def find_runs(experiment: str, trainings: list[str]) -> dict[str, str]:
-    """The runs already made for these trainings (digests): digest -> run id."""
+    """The runs already made for these trainings (digests): digest -> run id. Only finished ones: a run log_training
+    began and never finished (the store went away in the middle of a publish) is deleted, for a rerun to record the
+    training anew, once."""
     client = store_client()
     found = client.get_experiment_by_name(experiment)
     if found is None or not trainings:
         return {}
-    runs = [run for digest in trainings  # one query each: MLflow's search takes no IN (...) for tags
-            for run in client.search_runs([found.experiment_id], filter_string=f"tags.`{TRAINING}` = '{digest}'", max_results=1)]
-    return {run.data.tags[TRAINING]: run.info.run_id for run in runs}
+    runs = {}
+    for digest in trainings:  # one query each: MLflow's search takes no IN (...) for tags
+        for run in client.search_runs([found.experiment_id], filter_string=f"tags.`{TRAINING}` = '{digest}'"):
+            if run.info.status == "FINISHED" and digest not in runs:
+                runs[digest] = run.info.run_id
+            elif run.info.status != "FINISHED":
+                print(f"MLflow run {run.info.run_id} was begun and not finished (its publish stopped): deleted, to record it again")
+                client.delete_run(run.info.run_id)
+    return runs
 
 
 def _milliseconds(iso: str) -> int:
@@ -179,14 +190,19 @@ def log_training(experiment: str, run_name: str, *, training: str, params: dict,
     return run_id
 
 
+EVALUATION = "imgpipe.evaluation"  # tag: the digest of the test metrics a run's evaluation added, set once all of it is
+
+
 @store_lock()
 def publish_evaluation(run_id: str, metrics: dict[str, float], artifacts: dict[str, Path], tags: dict[str, str]) -> bool:
     """Add test metrics, tags and files (artifacts: folder in the run -> file or folder here) to a
-    variant's training run, unless the run holds these metrics already: a variant that this execution
-    did not retrain or re-evaluate keeps what its own execution recorded. Returns whether anything was added."""
+    variant's training run, unless the run holds this evaluation already (its EVALUATION tag, set last: a publish
+    stopped halfway adds it all again, the same files in the same places): a variant that this execution did not
+    retrain or re-evaluate keeps what its own execution recorded. Returns whether anything was added."""
     client = store_client()
-    logged = client.get_run(run_id).data.metrics
-    if all(logged.get(key) == float(value) for key, value in metrics.items()):
+    digest = hashlib.blake2b(json.dumps({key: float(value) for key, value in metrics.items()}, sort_keys=True).encode(),
+                             digest_size=8).hexdigest()
+    if client.get_run(run_id).data.tags.get(EVALUATION) == digest:
         return False
     # Through the client, not start_run: reopening the run would move its end time to now, and the
     # UI's Duration would count the wait for the other variants and the report.
@@ -198,6 +214,7 @@ def publish_evaluation(run_id: str, metrics: dict[str, float], artifacts: dict[s
             client.log_artifacts(run_id, str(path), artifact_path=folder)
         else:
             client.log_artifact(run_id, str(path), artifact_path=folder)
+    client.set_tag(run_id, EVALUATION, digest)
     mlflow.flush_async_logging()  # with MLFLOW_ENABLE_ASYNC_LOGGING, stored before the stage ends (os._exit)
     return True
 
