@@ -22,7 +22,7 @@ from imgpipe.errors import ImgpipeError, run_stage
 from imgpipe.evaluation.calibration import calibrate
 from imgpipe.files import write_json
 from imgpipe.models.checkpoint import save_checkpoint
-from imgpipe.models.networks import fitted_by_name
+from imgpipe.models.networks import build_model, fitted_by_name
 from imgpipe.training import distributed, gpus
 from imgpipe.training.loop import train, write_curves
 
@@ -40,6 +40,9 @@ def main() -> None:
         print(f"{name}: fitted in one pass, on one process (train.devices: {variant.config.devices} is for gradient training)")
         processes = 1
     if processes > 1 and not distributed.launched():  # start the ranks, each of which runs this script
+        prepared = load_prepared(paths.PREPARED)
+        with P.reported_as(f"models.{name}"):  # a bad setting fails here, in one line, not on every rank at every restart
+            build_model(variant.model, prepared.image_shape, len(prepared.class_names), **variant.settings)
         restarts = variant.config.max_restarts
         status = distributed.launch(processes, [__file__, name, str(seed)], restarts)
         if status != 0:

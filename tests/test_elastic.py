@@ -6,6 +6,8 @@ import re
 import sys
 from pathlib import Path
 
+from project import edit_params, fork, run
+
 from imgpipe.training.distributed import torchrun_command
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,3 +51,12 @@ def test_a_killed_rank_restarts_a_spent_budget_fails_in_one_line_and_a_lost_mach
     lost = rows["machine lost"]
     assert lost["exit"] == "0" and re.fullmatch(r"1 \(after epochs \d\)", lost["restarts"]), done.stdout
     assert lost["digest"] == whole["digest"] and lost["same"] == "yes"
+
+
+def test_a_bad_model_setting_fails_once_before_any_rank_starts(pipeline, tmp_path):
+    """Not once per rank and restart (each a start of torch): the stage checks the model before it starts torchrun."""
+    project = fork(pipeline, tmp_path / "project")
+    edit_params(project, train__devices=2, models__cnn={"channels": [16, 32], "kernel_size": 2})
+    done = run([sys.executable, "stages/train.py", "cnn", "0"], project, check=False)
+    assert done.returncode == 1 and "torch.distributed" not in done.stderr + done.stdout
+    assert done.stderr.strip() == "error: params.yaml: models.cnn.kernel_size: must be an odd integer, got 2"
