@@ -208,9 +208,13 @@ def recommended(train_set: ImageSet, val_set: ImageSet, test_set: ImageSet, conf
 
 
 def accuracy_of(model, images_set: ImageSet, tta: bool) -> float:
-    """The model's accuracy on a split, with or without its test-time flips (the same weights either way)."""
-    model.tta = tta
-    logits = logits_in_chunks(model, images_set.images, torch.device("cpu"))
+    """The model's accuracy on a split, with or without its test-time flips (the same weights either way); the model
+    keeps its own setting."""
+    kept, model.tta = model.tta, tta
+    try:
+        logits = logits_in_chunks(model, images_set.images, torch.device("cpu"))
+    finally:
+        model.tta = kept
     return float((logits.argmax(1).numpy() == images_set.labels).mean())
 
 

@@ -31,6 +31,17 @@ def saved_and_loaded(tmp_path, result, data, model_name, settings, config):
     return load_checkpoint(path)
 
 
+def served_scores(model, meta: dict, data, experiment: str, images: torch.Tensor) -> torch.Tensor:
+    """The scores of the model as the publish stage logs it to MLflow (a torch.export program) and serving loads it."""
+    run_id = runs.log_training(experiment, meta["model"], training="0" * 16, params={}, curves={},
+                               metrics={"val_accuracy": 0.5, "train_seconds": 1.0, "started": "2026-12-03T10:00:00+00:00"},
+                               model=model, example=data.val.images[:2], tags={}, datasets=[],
+                               preprocessing=Preprocessing.of({key: meta[key] for key in ("class_names", "image_shape", "background")}))
+    served = mlflow.pyfunc.load_model(f"runs:/{run_id}/model").unwrap_python_model().network
+    with torch.no_grad():
+        return served(images)
+
+
 def test_test_time_augmentation_answers_alike_in_evaluate_predict_and_the_served_model(
         tmp_path, digits_prepared, monkeypatch, mlflow_store, experiment):
     config = replace(FAST, epochs=1, tta=True)
@@ -61,15 +72,9 @@ def test_test_time_augmentation_answers_alike_in_evaluate_predict_and_the_served
 
     # The served model: the torch.export program MLflow logs and `mlflow models serve` loads.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store)
-    run_id = runs.log_training(experiment, "cnn", training="0" * 16, params={}, curves={},
-                               metrics={"val_accuracy": 0.5, "train_seconds": 1.0, "started": "2026-12-03T10:00:00+00:00"},
-                               model=loaded, example=digits_prepared.val.images[:2], tags={}, datasets=[],
-                               preprocessing=Preprocessing.of({key: meta[key] for key in ("class_names", "image_shape", "background")}))
-    served = mlflow.pyfunc.load_model(f"runs:/{run_id}/model").unwrap_python_model().network
-    with torch.no_grad():
-        served_scores = served(images)
-    assert torch.equal(served_scores.argmax(1), expected)
-    assert torch.allclose(served_scores, scores, atol=1e-5) and not torch.allclose(served_scores, plain, atol=1e-3)
+    served = served_scores(loaded, meta, digits_prepared, experiment, images)
+    assert torch.equal(served.argmax(1), expected)
+    assert torch.allclose(served, scores, atol=1e-5) and not torch.allclose(served, plain, atol=1e-3)
 
 
 def test_test_time_augmentation_is_off_in_the_gradient_steps(digits_prepared):
@@ -123,10 +128,4 @@ def test_a_small_resnet_trains_saves_and_exports_like_the_others(tmp_path, digit
         expected = result.model(images)
         assert torch.equal(loaded(images), expected)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store)
-    run_id = runs.log_training(experiment, "small_resnet", training="0" * 16, params={}, curves={},
-                               metrics={"val_accuracy": 0.5, "train_seconds": 1.0, "started": "2026-12-03T10:00:00+00:00"},
-                               model=loaded, example=digits_prepared.val.images[:2], tags={}, datasets=[],
-                               preprocessing=Preprocessing.of({key: meta[key] for key in ("class_names", "image_shape", "background")}))
-    served = mlflow.pyfunc.load_model(f"runs:/{run_id}/model").unwrap_python_model().network
-    with torch.no_grad():
-        assert torch.allclose(served(images), expected, atol=1e-5)
+    assert torch.allclose(served_scores(loaded, meta, digits_prepared, experiment, images), expected, atol=1e-5)
