@@ -4,7 +4,7 @@ code imports, so the model loads wherever those are installed, not only in imgpi
 
 import functools
 import shutil
-from importlib.metadata import packages_distributions, version
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -46,17 +46,30 @@ def copy_code(folder: Path) -> Path:
     return package
 
 
-@functools.cache  # reading every installed package's metadata takes a second; it cannot change within a run
+@functools.cache  # once per process: it cannot change within a run
 def distributions() -> dict[str, str]:
     """The module -> distribution of every third-party module the served code imports (PIL -> pillow)."""
-    found = packages_distributions()
-    # mlflow's modules come from three distributions (mlflow, mlflow-skinny, mlflow-tracing): the one named
-    # after the module is the whole package
-    return {module: module if module in found[module] else found[module][0]
-            for module in sorted(lineage.third_party(code_files()))}
+    found = {}
+    for module in sorted(lineage.third_party(code_files())):
+        # Most are installed under their own name (mlflow's modules come from three distributions, mlflow,
+        # mlflow-skinny and mlflow-tracing: the one named after the module is the whole package).
+        try:
+            top_level = metadata.distribution(module).read_text("top_level.txt")
+        except metadata.PackageNotFoundError:
+            continue
+        if top_level is None or module in top_level.split():
+            found[module] = module
+    missing = set(lineage.third_party(code_files())) - set(found)
+    for installed in metadata.distributions() if missing else ():  # the others (PIL): by the top-level names a package declares
+        for module in missing.intersection((installed.read_text("top_level.txt") or "").split()):
+            found.setdefault(module, installed.metadata["Name"])  # the first on sys.path, as import finds it
+    if missing - set(found):  # declared by none: by the files every package installed (a second to read)
+        owners = metadata.packages_distributions()
+        found |= {module: owners[module][0] for module in missing - set(found)}
+    return dict(sorted(found.items()))
 
 
 def requirements() -> list[str]:
     """The served code's requirements, pinned to the installed versions (local build tags dropped: a CPU
     build of torch 2.14.1+cpu is installed as torch==2.14.1 elsewhere)."""
-    return [f"{package}=={version(package).split('+')[0]}" for package in sorted(set(distributions().values()))]
+    return [f"{package}=={metadata.version(package).split('+')[0]}" for package in sorted(set(distributions().values()))]
