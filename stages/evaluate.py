@@ -1,4 +1,4 @@
-"""evaluate: score one trained variant and seed on the test split, e.g. `python stages/evaluate.py cnn 0`.
+"""evaluate: score every trained variant and seed on the test split, in one process: `python stages/evaluate.py`.
 
 Writes, each as <variant>/seed<seed>: metrics/test/ (accuracy, loss, top-k, macro precision/recall/F1,
 95% intervals of accuracy and macro-F1, expected calibration error before and after temperature scaling,
@@ -7,6 +7,11 @@ confusion-matrix plot), metrics/classes/ (per class), metrics/confusion/ (the co
 metrics/reliability/ (confidence bins: the reliability diagram) and metrics/saliency/ (where the model looked, in a few
 right and the most confident wrong test images: the report's overlays). The publish stage adds them to the run's MLflow run (one
 MLflow start-up for all runs).
+
+One process for all (torch starts once: 2 s a model saved). A model whose checkpoint, data, settings and this
+code are those its results were made from keeps them (metrics/evaluated.json records what each was made from):
+an experiment that retrains one variant re-scores that one, as a stage per model would. Results of variants and
+seeds no longer trained are removed.
 """
 
 import sys
@@ -17,11 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this cop
 import numpy as np
 import torch
 
+from imgpipe import lineage, paths
 from imgpipe import params as P
-from imgpipe import paths
 from imgpipe.data.prepared import load_prepared
 from imgpipe.device import describe, pick_device
 from imgpipe.errors import ImgpipeError, run_stage
+from imgpipe.evaluation import freshness
 from imgpipe.evaluation.evaluate import (
     class_table,
     confusion_table,
@@ -32,29 +38,48 @@ from imgpipe.evaluation.evaluate import (
 )
 from imgpipe.evaluation.saliency import saliency
 from imgpipe.evaluation.stats import most_confused
-from imgpipe.files import write_arrays, write_csv, write_json
+from imgpipe.files import prune, read_json, write_arrays, write_csv, write_json
 from imgpipe.models.checkpoint import load_checkpoint
 
 
 def main() -> None:
-    if len(sys.argv) != 3:
-        raise ImgpipeError("usage: python stages/evaluate.py VARIANT SEED (one of params.yaml train.variants and train.seeds)")
-    name, seed = sys.argv[1], P.seed_argument(sys.argv[2])
+    if len(sys.argv) != 1:
+        raise ImgpipeError("usage: python stages/evaluate.py (it scores every variant and seed of params.yaml train.variants and train.seeds)")
     params = P.load()
-    top_k = P.whole_number(params, "evaluate.top_k")
-    test = load_prepared(paths.PREPARED).test
-    model, _ = load_checkpoint(paths.checkpoint(name, seed))
+    trainings = [(name, seed) for name in P.get(params, "train.variants") for seed in P.seeds(params)]
+    settings = {"top_k": P.whole_number(params, "evaluate.top_k"), "explained": P.whole_number(params, "evaluate.explained", minimum=0)}
+    prepared = load_prepared(paths.PREPARED)
     # Where the test images/s is measured: evaluate.device, else where training runs (train.device).
     setting = "evaluate" if P.get(params, "evaluate.device", None) is not None else "train"
     with P.reported_as(setting):
         device = pick_device(P.get(params, f"{setting}.device"))
-    result = evaluate(model.to(device), test, device, top_k=top_k)
+    settings["device"] = P.get(params, f"{setting}.device")
+    code = lineage.code_version(Path(__file__))
+    before = read_json(paths.EVALUATED) if paths.EVALUATED.is_file() else {}
+    record = {}
+    for name, seed in trainings:
+        checkpoint, files = paths.checkpoint(name, seed), paths.evaluation_files(name, seed)
+        key = freshness.made_from(checkpoint, prepared.fingerprint, settings, code) if checkpoint.is_file() else None
+        if key is not None and freshness.still_current(before, f"{name}/seed{seed}", key, files):
+            print(f"{name} seed {seed}: test results kept (its model, data, settings and code are those they were made from)")
+        else:
+            score(name, seed, prepared.test, device, settings)
+        record[f"{name}/seed{seed}"] = freshness.entry(key, files)
+    keep = {path for name, seed in trainings for path in paths.evaluation_files(name, seed)}
+    for folder in paths.EVALUATION_FOLDERS:
+        prune(folder, keep)
+    write_json(paths.EVALUATED, record)
 
+
+def score(name: str, seed: int, test, device: torch.device, settings: dict) -> None:
+    """Evaluate one variant and seed and write its files."""
+    model, _ = load_checkpoint(paths.checkpoint(name, seed))
+    result = evaluate(model.to(device), test, device, top_k=settings["top_k"])
     write_csv(paths.predictions(name, seed), predictions_table(test, result))
     write_csv(paths.class_scores(name, seed), class_table(test.class_names, result))
     write_csv(paths.confusion(name, seed), confusion_table(test.class_names, result.confusion))
     write_csv(paths.reliability(name, seed), reliability_table(result))
-    shown = examples_to_explain(test.labels, result, P.whole_number(params, "evaluate.explained", minimum=0))
+    shown = examples_to_explain(test.labels, result, settings["explained"])
     heat, method = saliency(model, torch.from_numpy(test.images[shown]).to(device), torch.from_numpy(result.predicted[shown]))
     write_arrays(paths.saliency(name, seed), index=shown, heat=(heat.cpu().numpy() * 255).round().astype(np.uint8),
                  method=np.array(method))

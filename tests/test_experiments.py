@@ -39,11 +39,13 @@ def l1_two_seeds(pipeline, tmp_path_factory) -> Experiment:
 
 def test_an_experiment_reruns_only_what_its_settings_affect(l1_two_seeds):
     """The centroid's seed 0 trains again (its settings changed), each variant's seed 1 trains (it is new), and the
-    cnn's seed 0 stands: neither its training nor its evaluation reruns."""
+    cnn's seed 0 stands: neither its training nor its evaluation reruns (the evaluate stage keeps its results)."""
     stdout = l1_two_seeds.stdout
-    for stage in ("train", "evaluate"):
-        assert all(f"Running stage '{stage}@{v}-{s}'" in stdout for v, s in (("centroid", 0), ("centroid", 1), ("cnn", 1)))
-        assert f"Running stage '{stage}@cnn-0'" not in stdout
+    new = (("centroid", 0), ("centroid", 1), ("cnn", 1))
+    assert all(f"Running stage 'train@{v}-{s}'" in stdout for v, s in new)
+    assert "Running stage 'train@cnn-0'" not in stdout
+    assert all(f"{v} seed {s}: test accuracy" in stdout for v, s in new)
+    assert "cnn seed 0: test results kept" in stdout and "cnn seed 0: test accuracy" not in stdout
     assert "Running stage 'report'" in stdout
 
 

@@ -33,7 +33,7 @@ def project(pipeline):
 def test_every_declared_output_exists(project):
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     stages = set(lock["stages"])
-    assert {f"{stage}@{v}-0" for stage in ("train", "evaluate") for v in VARIANTS} | {"fetch", "prepare", "label_issues", "report", "publish"} == stages
+    assert {f"train@{v}-0" for v in VARIANTS} | {"fetch", "prepare", "evaluate", "label_issues", "report", "publish"} == stages
     outs = [out["path"] for stage in lock["stages"].values() for out in stage.get("outs", [])]
     assert outs and all((project / path).exists() for path in outs), [p for p in outs if not (project / p).exists()]
     report = (project / "reports/report.md").read_text()
@@ -201,13 +201,40 @@ def test_bad_parameter_fails_in_one_line_and_keeps_earlier_results(project):
 
 def test_evaluate_measures_on_the_device_its_settings_name(project):
     with edited_params(project, evaluate__device="tpu"):
-        done = run([sys.executable, "stages/evaluate.py", "cnn", "0"], project, check=False)
+        done = run([sys.executable, "stages/evaluate.py"], project, check=False)
     assert done.returncode == 1
     assert done.stderr.strip() == "error: params.yaml: evaluate.device: unknown device 'tpu'; choose one of: auto, cuda, mps, cpu"
     if not torch.cuda.is_available():  # evaluate.device null follows train.device
         with edited_params(project, train__device="cuda"):
-            done = run([sys.executable, "stages/evaluate.py", "cnn", "0"], project, check=False)
+            done = run([sys.executable, "stages/evaluate.py"], project, check=False)
         assert done.returncode == 1 and done.stderr.startswith("error: params.yaml: train.device: cuda was asked for")
+
+
+def test_evaluate_rescores_only_a_changed_result_and_drops_those_no_longer_trained(pipeline, tmp_path):
+    """One process scores every model, keeping a result whose model, data, settings, code and files are those it
+    was made from: a result file changed by hand is scored again, a variant no longer trained loses its results."""
+    project = fork(pipeline, tmp_path / "project")
+
+    def files(variant: str) -> list[Path]:
+        return [project / "metrics" / folder / variant / f"seed0.{ext}" for folder, ext in
+                (("test", "json"), ("predictions", "csv"), ("classes", "csv"), ("confusion", "csv"),
+                 ("reliability", "csv"), ("saliency", "npz"))]
+
+    changed, kept = "centroid", "cnn"
+    assert set(VARIANTS) == {changed, kept}
+    before = {v: [path.read_bytes() for path in files(v)] for v in VARIANTS}
+    for source, stale in zip(files(kept), files("dropped")):  # a variant trained before, no longer listed
+        stale.parent.mkdir(parents=True, exist_ok=True)
+        stale.write_bytes(source.read_bytes())
+    result = files(changed)[0]
+    result.write_text(result.read_text().replace('"accuracy": ', '"accuracy": 0.5, "was": '))
+    done = run([sys.executable, "stages/evaluate.py"], project)
+    assert f"{changed} seed 0: test accuracy" in done.stdout and f"{changed} seed 0: test results kept" not in done.stdout
+    assert json.loads(result.read_text())["accuracy"] == json.loads(before[changed][0])["accuracy"]
+    assert f"{kept} seed 0: test results kept" in done.stdout and f"{kept} seed 0: test accuracy" not in done.stdout
+    assert [path.read_bytes() for path in files(kept)] == before[kept]
+    assert not any(path.exists() or path.parent.exists() for path in files("dropped"))
+    assert sorted(read_json(project / "metrics/evaluated.json")) == sorted(f"{v}/seed0" for v in VARIANTS)
 
 
 def test_bad_input_file_fails_in_one_line_and_keeps_earlier_data(project, tmp_path):

@@ -60,6 +60,20 @@ def atomic_path(path: Path) -> Iterator[Path]:
         _remove(tmp)
 
 
+def prune(folder: Path, keep: set[Path]) -> None:
+    """Remove the files under `folder` that are not in `keep` (results of variants no longer trained), then the
+    folders left empty; dotfiles (a .gitignore, another writer's temporary file) stay."""
+    if not folder.is_dir():
+        return
+    for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if path.name.startswith("."):
+            continue
+        if path.is_file() and path not in keep:
+            path.unlink()
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+
+
 def write_text(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

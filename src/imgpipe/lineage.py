@@ -82,11 +82,14 @@ def closure(script: Path) -> list[Path]:
     return sorted(p for p in seen if p.is_relative_to(PACKAGE))
 
 
-def code_version(module: str) -> str:
-    """A short hash of the source of `module` and everything of imgpipe it imports."""
+def code_version(source: str | Path) -> str:
+    """A short hash of the source of a module of imgpipe (by name) or of a script (by path), and of everything
+    of imgpipe it imports."""
+    start = module_file(source) if isinstance(source, str) else Path(source).resolve()
     digest = hashlib.blake2b(digest_size=8)
-    for path in closure(module_file(module)):
-        digest.update(path.relative_to(PACKAGE).as_posix().encode() + b"\0" + path.read_bytes())
+    for path in sorted({start, *closure(start)}):
+        name = path.relative_to(PACKAGE).as_posix() if path.is_relative_to(PACKAGE) else path.name
+        digest.update(name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 

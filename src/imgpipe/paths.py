@@ -91,6 +91,18 @@ def saliency(variant: str, seed: int) -> Path:
     return METRICS / "saliency" / variant / f"seed{seed}.npz"
 
 
+def evaluation_files(variant: str, seed: int) -> list[Path]:
+    """Everything the evaluate stage writes of one variant and seed."""
+    return [test_metrics(variant, seed), predictions(variant, seed), class_scores(variant, seed),
+            confusion(variant, seed), reliability(variant, seed), saliency(variant, seed)]
+
+
+# The evaluate stage's folders (one DVC output each), and the record of what each result in them was made from:
+# a model whose inputs are unchanged keeps its results (see imgpipe.evaluation.freshness).
+EVALUATION_FOLDERS = tuple(path.parent.parent for path in evaluation_files("v", 0))
+EVALUATED = METRICS / "evaluated.json"
+
+
 def report() -> Path:
     return REPORTS / "report.md"
 
