@@ -53,7 +53,7 @@ def main() -> None:
     setting = "evaluate" if P.get(params, "evaluate.device", None) is not None else "train"
     with P.reported_as(setting):
         device = pick_device(P.get(params, f"{setting}.device"))
-    settings["device"] = P.get(params, f"{setting}.device")
+    settings["device"] = describe(device)  # where images/s is measured: another device scores again
     code = lineage.code_version(Path(__file__))
     before = read_json(paths.EVALUATED) if paths.EVALUATED.is_file() else {}
     record = {}
