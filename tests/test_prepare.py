@@ -6,7 +6,7 @@ from imgpipe.config import DataConfig
 from imgpipe.data import imageset
 from imgpipe.data.card import data_card
 from imgpipe.data.imageset import ImageSet, load, load_splits, save_splits
-from imgpipe.data.prepare import channel_stats, prepare, prepare_into
+from imgpipe.data.prepare import channel_stats, prepare, prepare_into, stratified_split
 from imgpipe.data.prepared import load_prepared, save_prepared
 from imgpipe.data.sources import digits as digits_source
 from imgpipe.errors import ImgpipeError, InvalidSetting
@@ -203,3 +203,13 @@ def test_listed_images_leave_the_training_split_only(tmp_path):
     (tmp_path / "bad.txt").write_text("train:3\nseven\n")
     with pytest.raises(InvalidSetting, match=r"bad.txt: .seven. is not an image id \(such as train:1234\)"):
         read_excluded(tmp_path / "bad.txt")
+
+
+def test_a_split_keeps_every_class_on_both_sides_and_names_a_class_it_cannot_split():
+    labels = np.repeat([0, 1, 2], [200, 30, 2])  # the last class: one image each side, whatever the fraction
+    kept, held = stratified_split(labels, 0.1, seed=0)
+    assert len(np.intersect1d(kept, held)) == 0 and len(kept) + len(held) == len(labels)
+    # 24 of 232 held out: 20.7, 3.1 and 0.2 by size, the leftover image to the largest remainder, the last class its one
+    assert list(np.bincount(labels[held])) == [21, 3, 1] and list(np.bincount(labels[kept])) == [179, 27, 1]
+    with pytest.raises(ImgpipeError, match="class 7 has a single image"):
+        stratified_split(np.array([0, 0, 0, 7]), 0.25, seed=0)

@@ -17,15 +17,25 @@ from imgpipe.errors import ImgpipeError, require
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (kept, held out) with `fraction` of every class held out, reproducibly."""
-    from sklearn.model_selection import train_test_split  # here: stages that only load splits skip its import
-
-    indices = np.arange(len(labels))
-    try:
-        kept, held = train_test_split(indices, test_size=fraction, stratify=labels, random_state=seed)
-    except ValueError as error:  # e.g. a class with a single image cannot be stratified
-        raise ImgpipeError(f"cannot split {len(labels)} images with fraction {fraction}: {error}") from None
-    return np.sort(kept), np.sort(held)
+    """Indices (kept, held out), each sorted: `fraction` of the images held out (rounded up), shared out over the
+    classes in proportion to their sizes (the rounding's leftover images to the largest remainders, ties to the
+    lower label), each class's held images drawn at random, the same for the same seed. numpy alone: importing
+    scikit-learn for its splitter cost every prepare 1.3 s, more than splitting the digits."""
+    labels = np.asarray(labels)
+    classes, class_of, sizes = np.unique(labels, return_inverse=True, return_counts=True)
+    if np.any(sizes < 2):
+        raise ImgpipeError(f"cannot split {len(labels)} images with fraction {fraction}: class {classes[sizes < 2][0]} has "
+                           "a single image (every class needs one to keep and one to hold out)")
+    share = sizes * (np.ceil(fraction * len(labels)) / len(labels))
+    held_per_class = np.floor(share).astype(int)
+    leftover = int(np.ceil(fraction * len(labels))) - held_per_class.sum()
+    held_per_class[np.argsort(-(share - held_per_class), kind="stable")[:leftover]] += 1
+    held_per_class = np.clip(held_per_class, 1, sizes - 1)  # every class on both sides
+    shuffled = np.random.default_rng(seed).permutation(len(labels))
+    by_class = shuffled[np.argsort(class_of[shuffled], kind="stable")]  # each class in a seeded random order
+    rank = np.arange(len(labels)) - np.repeat(np.cumsum(sizes) - sizes, sizes)  # position within its class
+    held = np.sort(by_class[rank < np.repeat(held_per_class, sizes)])
+    return np.setdiff1d(np.arange(len(labels)), held, assume_unique=True), held
 
 
 def channel_histogram(images: np.ndarray) -> np.ndarray:
