@@ -141,3 +141,21 @@ def test_a_model_logged_before_the_package_layout_still_loads(tmp_path, mlflow_s
     images = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (4, 1, 8, 8), dtype=np.uint8))
     with torch.no_grad():
         assert torch.allclose(network(images), model(images), atol=1e-5)
+
+
+@pytest.mark.parametrize("name, settings", [("centroid", {"distance": "l2"}), ("centroid", {"distance": "l1"}),
+                                            ("linear", {}), ("mlp", {"hidden": [16]}), ("cnn", {"channels": [4]})])
+def test_the_exported_program_answers_batches_larger_than_its_example(name, settings, tmp_path):
+    """The program is traced on a few images: no size seen there (a branch of torch.cdist taken below 26 rows)
+    may become a limit on the batches it serves (the centroid served 360 test images as a 400)."""
+    torch.manual_seed(0)
+    network = build_model(name, (1, 8, 8), 10, **settings)
+    if name == "centroid":
+        images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (40, 1, 8, 8), dtype=np.uint8))
+        network.fit(images.float() / 255, torch.arange(40) % 10)
+    model = Classifier(network, (0.3,), (0.4,)).eval()
+    files = export.artifacts(model, np.zeros((2, 1, 8, 8), dtype=np.uint8), PREPROCESSING, tmp_path)
+    program = torch.export.load(files["program"]).module()
+    batch = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (64, 1, 8, 8), dtype=np.uint8))
+    with torch.no_grad():
+        assert torch.allclose(program(batch), model(batch), atol=1e-5)

@@ -82,7 +82,9 @@ class CentroidNet(nn.Module):
 
     def distances(self, x: torch.Tensor) -> torch.Tensor:
         """Scale-free distances (B, classes) from each image to each class mean."""
-        distances = torch.cdist(x.flatten(1).float(), self.centroids, p=self.p)  # (B, classes)
+        # One way of computing for every batch size: cdist's default switches to a matrix product above 25 rows, a
+        # branch torch.export traced as a limit on the served batch; evaluation's batches took that path already.
+        distances = torch.cdist(x.flatten(1).float(), self.centroids, p=self.p, compute_mode="use_mm_for_euclid_dist")
         if self.p == 2.0:
             return distances / math.sqrt(self.centroids.shape[1])  # root mean square
         return distances / self.centroids.shape[1]  # mean absolute difference
