@@ -78,7 +78,7 @@ def test_closure_follows_every_kind_of_import(tmp_path, monkeypatch):
     assert found == {"__init__.py", "a.py", "b.py", "sub/__init__.py", "sub/c.py", "sub/d.py", "sub/e.py", "f.py"}
 
 
-def test_code_version_changes_with_any_module_training_runs(tmp_path, monkeypatch):
+def test_code_version_changes_with_any_module_training_or_a_stage_runs(tmp_path, monkeypatch):
     package = tmp_path / "imgpipe"
     package.mkdir()
     (package / "__init__.py").write_text("")
@@ -89,5 +89,12 @@ def test_code_version_changes_with_any_module_training_runs(tmp_path, monkeypatc
     before = lineage.code_version("imgpipe.train")
     (package / "other.py").write_text("changed = True\n")
     assert lineage.code_version("imgpipe.train") == before  # not imported by training
+    script = tmp_path / "stage.py"  # a stage script, outside the package: its own source counts too
+    script.write_text("from imgpipe.train import x\n")
+    script_before = lineage.code_version(script)
     (package / "score.py").write_text("def score(): return 2\n")
     assert lineage.code_version("imgpipe.train") != before
+    assert lineage.code_version(script) != script_before
+    script_after = lineage.code_version(script)
+    script.write_text("from imgpipe.train import x  # edited\n")
+    assert lineage.code_version(script) != script_after

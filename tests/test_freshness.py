@@ -2,7 +2,6 @@
 
 from pathlib import Path
 
-from imgpipe import lineage
 from imgpipe.evaluation import freshness
 from imgpipe.files import prune
 
@@ -45,21 +44,3 @@ def test_prune_removes_what_is_not_kept_and_the_folders_left_empty(tmp_path):
         (tmp_path / name).write_text("{}")
     prune(tmp_path, keep)
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["cnn", "cnn/seed0.json", "mlp", "mlp/.gitignore"]
-
-
-def test_a_scripts_code_version_follows_the_script_and_what_it_imports(tmp_path, monkeypatch):
-    package = tmp_path / "imgpipe"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    (package / "used.py").write_text("x = 1\n")
-    (package / "unused.py").write_text("y = 1\n")
-    monkeypatch.setattr(lineage, "PACKAGE", package)
-    script = tmp_path / "stage.py"
-    script.write_text("from imgpipe.used import x\n")
-    before = lineage.code_version(script)
-    (package / "unused.py").write_text("y = 2\n")
-    assert lineage.code_version(script) == before
-    (package / "used.py").write_text("x = 2\n")
-    changed_module = lineage.code_version(script)
-    script.write_text("from imgpipe.used import x  # edited\n")
-    assert len({before, changed_module, lineage.code_version(script)}) == 3
