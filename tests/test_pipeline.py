@@ -113,6 +113,9 @@ def test_dvc_plots_show_renders_curves_confusion_matrices_and_figures(project):
     assert {f"metrics/curves/{v}/seed0/{m}.csv" for v in VARIANTS for m in ("loss", "accuracy")} <= set(rendered)
     assert {f"reports/figures/confusion_{v}.png" for v in VARIANTS} | {"reports/figures/curves.png"} <= set(rendered)
     assert rendered["metrics/classes/cnn/seed0.csv"][0]["type"] == "vega"  # F1 per class as a bar chart
+    # One evaluate stage writes every variant's: each plot is titled by its own file, so the four tell themselves apart.
+    assert all(rendered[path][0]["content"]["title"]["text"] == path
+               for v in VARIANTS for path in (f"metrics/predictions/{v}/seed0.csv", f"metrics/classes/{v}/seed0.csv"))
     assert rendered["reports/figures/curves.png"][0]["type"] == "image"
 
 
