@@ -58,13 +58,14 @@ def main() -> None:
     before = read_json(paths.EVALUATED) if paths.EVALUATED.is_file() else {}
     record = {}
     for name, seed in trainings:
-        checkpoint, files = paths.checkpoint(name, seed), paths.evaluation_files(name, seed)
+        training, checkpoint, files = f"{name}/seed{seed}", paths.checkpoint(name, seed), paths.evaluation_files(name, seed)
         key = freshness.made_from(checkpoint, prepared.fingerprint, settings, code) if checkpoint.is_file() else None
-        if key is not None and freshness.still_current(before, f"{name}/seed{seed}", key, files):
+        if key is not None and freshness.still_current(before, training, key, files):
             print(f"{name} seed {seed}: test results kept (its model, data, settings and code are those they were made from)")
+            record[training] = before[training]
         else:
             score(name, seed, prepared.test, device, settings)
-        record[f"{name}/seed{seed}"] = freshness.entry(key, files)
+            record[training] = freshness.entry(key, files)
     keep = {path for name, seed in trainings for path in paths.evaluation_files(name, seed)}
     for folder in paths.EVALUATION_FOLDERS:
         prune(folder, keep)

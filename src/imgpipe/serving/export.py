@@ -49,8 +49,8 @@ def copy_code(folder: Path) -> Path:
 @functools.cache  # once per process: it cannot change within a run
 def distributions() -> dict[str, str]:
     """The module -> distribution of every third-party module the served code imports (PIL -> pillow)."""
-    found = {}
-    for module in sorted(lineage.third_party(code_files())):
+    modules, found = lineage.third_party(code_files()), {}
+    for module in sorted(modules):
         # Most are installed under their own name (mlflow's modules come from three distributions, mlflow,
         # mlflow-skinny and mlflow-tracing: the one named after the module is the whole package).
         try:
@@ -59,7 +59,7 @@ def distributions() -> dict[str, str]:
             continue
         if top_level is None or module in top_level.split():
             found[module] = module
-    missing = set(lineage.third_party(code_files())) - set(found)
+    missing = modules - set(found)
     for installed in metadata.distributions() if missing else ():  # the others (PIL): by the top-level names a package declares
         for module in missing.intersection((installed.read_text("top_level.txt") or "").split()):
             found.setdefault(module, installed.metadata["Name"])  # the first on sys.path, as import finds it
