@@ -1,7 +1,7 @@
 """Training that survives faults: the train stage on 2 gloo processes with a rank killed, its restart budget
 spent, and one of two machines lost and brought back; each against an uninterrupted run.
 
-    python benchmarks/elastic_restart.py [--epochs 6] [--folder DIR]    (with .venv/bin first on PATH)
+    python benchmarks/elastic_restart.py [--epochs 6] [--keep-alive 5] [--folder DIR]    (with .venv/bin first on PATH)
 
 Copies the project's code and configuration into a temporary folder, fetches and prepares the bundled
 digits there (stages/fetch.py, stages/prepare.py), and trains the cnn with train.devices: 2 and
@@ -10,7 +10,7 @@ train.deterministic: true, four ways, each from nothing:
   uninterrupted   `python stages/train.py cnn 0`, as dvc repro runs it (it starts torchrun --standalone)
   rank killed     the same, rank 1 killed (SIGKILL) once the first epoch's state is saved: torchrun restarts
                   both ranks (train.max_restarts: 3) and they resume from the last finished epoch
-  budget spent    the same with train.max_restarts: 0: the stage fails, in one line
+  budget spent    the same with train.max_restarts: 0, rank 1 killed as soon as it starts: the stage fails, in one line
   machine lost    two torchrun agents as two machines would run them (--nnodes 2, one process each, a c10d
                   rendezvous on 127.0.0.1, the first agent hosting it; TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1, as
                   README's command has it): the second agent and its rank killed once the first epoch's state is
@@ -146,24 +146,39 @@ def finish(outcome: Outcome, processes: list[subprocess.Popen], started: float, 
     return outcome
 
 
-def stage(project: Path, name: str, kill_rank: int | None = None) -> Outcome:
+def wait_for_rank(project: Path, process: subprocess.Popen, rank: int, seconds: float = 300) -> list[int]:
+    """The pids of `rank`'s process once torchrun has started it."""
+    deadline = time.monotonic() + seconds
+    while not (found := processes_of(project, rank)):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"the training ended or stalled before rank {rank} started ({process.returncode})")
+        time.sleep(0.02)
+    return found
+
+
+def stage(project: Path, name: str, kill_rank: int | None = None, after_state: bool = True) -> Outcome:
+    """The stage as dvc repro runs it; `kill_rank` killed once the first epoch's state is saved (after_state), or
+    as soon as torchrun has started it (a run that cannot resume: nothing is gained by waiting)."""
     clean(project)
     outcome, started = Outcome(name), time.monotonic()
     process = start([sys.executable, *STAGE], project, outcome, started)
     if kill_rank is not None:
-        wait_for_state(project, process)
-        for pid in processes_of(project, kill_rank):
+        if after_state:
+            wait_for_state(project, process)
+        for pid in processes_of(project, kill_rank) if after_state else wait_for_rank(project, process, kill_rank):
             os.kill(pid, signal.SIGKILL)
         outcome.killed_at = time.monotonic() - started
     return finish(outcome, [process], started)
 
 
-def machine_lost(project: Path, port: int) -> Outcome:
-    """Two agents; the second (not hosting the rendezvous) killed with its rank, then started again."""
+def machine_lost(project: Path, port: int, keep_alive: int | None) -> Outcome:
+    """Two agents; the second (not hosting the rendezvous) killed with its rank, then started again. The first agent
+    lets the new one join once the lost one has missed its keep-alive heartbeats (3, every keep_alive seconds: 5 unless given)."""
     clean(project)
     outcome, started = Outcome("machine lost"), time.monotonic()
+    heartbeat = ["--rdzv-conf", f"keep_alive_interval={keep_alive}"] if keep_alive else []
     agent = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
-             "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "elastic-benchmark", "--max-restarts", "3", *STAGE]
+             "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "elastic-benchmark", "--max-restarts", "3", *heartbeat, *STAGE]
     first = start(agent, project, outcome, started, **REJOINABLE)
     time.sleep(1)  # the first hosts the rendezvous store
     second = start(agent, project, outcome, started, **REJOINABLE)
@@ -215,6 +230,8 @@ def recorded(project: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=6, help="the cnn's epochs (the kill lands in the second)")
+    parser.add_argument("--keep-alive", type=int, help="seconds between the agents' rendezvous heartbeats (torchrun's default: 5); "
+                        "a lost machine is noticed after 3 missed ones")
     parser.add_argument("--folder", type=Path, help="where to put the project copy (default: a temporary folder, removed)")
     args = parser.parse_args()
     folder = args.folder or Path(tempfile.mkdtemp(prefix="elastic-"))
@@ -229,10 +246,10 @@ def main() -> None:
     for name, run in (("uninterrupted", lambda: stage(project, "uninterrupted")),
                       ("rank killed", lambda: stage(project, "rank killed", kill_rank=1)),
                       ("budget spent", None),
-                      ("machine lost", lambda: machine_lost(project, free_port()))):
+                      ("machine lost", lambda: machine_lost(project, free_port(), args.keep_alive))):
         if run is None:
             set_restarts(project, 0)
-            outcome = stage(project, name, kill_rank=1)
+            outcome = stage(project, name, kill_rank=1, after_state=False)
             set_restarts(project, 3)
         else:
             outcome = run()
