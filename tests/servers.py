@@ -80,10 +80,9 @@ class TrackingServer:
             ]
         else:
             self.store = f"sqlite:///{folder / 'mlflow.db'}"
-        server = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", self.url.rsplit(":", 1)[1],
-                  "--workers", "1", "--backend-store-uri", self.store, "--artifacts-destination", self.artifacts]
-        commands.append("exec " + shlex.join(server))  # the process to stop is the server's
-        self.server, self.env = server, os.environ | NO_JOB_RUNNER | (env or {})
+        commands.append("exec " + shlex.join(self._server_command()))  # the process to stop is the server's
+        self.env = os.environ | NO_JOB_RUNNER | (env or {})
+        self.served = False  # until wait() first succeeds
         self.log = folder / "server.log"
         with open(self.log, "wb") as log:
             # A session of its own: stop() ends the whole group (the server starts uvicorn; pg_ctl detaches PostgreSQL).
@@ -95,10 +94,15 @@ class TrackingServer:
         os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=30)
 
+    def _server_command(self) -> list[str]:
+        return [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", self.url.rsplit(":", 1)[1],
+                "--workers", "1", "--backend-store-uri", self.store, "--artifacts-destination", self.artifacts]
+
     def restart_server(self) -> str:
         """`mlflow server` started again, on the same address and store, once it answers."""
         with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(self.server, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+            self.process = subprocess.Popen(self._server_command(), stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                            start_new_session=True)
         return self.wait()
 
     def database(self, name: str) -> str:
@@ -115,9 +119,20 @@ class TrackingServer:
         return shlex.join([*self.as_owner, str(self.bin / program), *map(str, args)])
 
     def wait(self) -> str:
-        """The server's address, once it answers (a minute at most); fails naming what went wrong."""
-        wait_for(f"{self.url}/health", self.process, self.log)
-        return self.url
+        """The server's address, once it answers (a minute at most); fails naming what went wrong. Its port is chosen
+        seconds before the server binds it (PostgreSQL starts first): taken meanwhile, the server starts on another."""
+        for attempt in range(3):
+            try:
+                wait_for(f"{self.url}/health", self.process, self.log)
+                self.served = True
+                return self.url
+            except RuntimeError as error:
+                if self.served or attempt == 2 or "address already in use" not in str(error):
+                    raise
+                self.url = f"http://127.0.0.1:{free_port()}"
+                with open(self.log, "ab") as log:
+                    self.process = subprocess.Popen(self._server_command(), stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                                    start_new_session=True)
 
     def stop(self) -> None:
         """Gone, with its folder: SIGKILL, not a graceful stop (some 1.5 s of waiting, for a store thrown away next)."""
