@@ -13,9 +13,9 @@ run: install
 
 # Two processes (pytest-xdist), one thread each (two torch threads a process on two cores fight over them: a
 # training took 7 s or 100 s by the luck of the scheduler). The test pipeline is built once and forked; each
-# process starts its own servers, and the rest is shared out a module at a time (loadscope), so a module's fixture
-# (the queued experiments, say) is built once, not once per process; in collection order, which tests/conftest.py makes
-# longest first (--no-loadscope-reorder).
+# process starts the servers its own tests need; the rest is shared out a module at a time (loadscope), so a
+# module's fixture (the queued experiments, say) is built once, not once per process, in collection order, which
+# tests/conftest.py makes longest first (--no-loadscope-reorder).
 test: install
 	OMP_NUM_THREADS=1 pytest -n 2 --dist loadscope --no-loadscope-reorder
 

@@ -60,8 +60,18 @@ def pipeline(tmp_path_factory, worker_id):
     return fork(built, tmp_path_factory.mktemp("pipeline") / "project")
 
 
+# The servers start on a test's first need, in the process that runs it (with pytest-xdist, each process has its own).
+# Started at collection instead, in every process, each stack (PostgreSQL, `mlflow server`, SeaweedFS) cost some 15
+# CPU-seconds in the process whose modules never used it.
 _SERVER: list[TrackingServer] = []  # the tracking server, once started
 _S3: list[S3Server | str] = []  # the S3 server once started, or why it could not start
+
+
+def _s3() -> S3Server | str:
+    """This process's S3 server, started (not yet answering) on first need; or why it cannot start."""
+    if not _S3:
+        _S3.append(S3Server(Path(tempfile.mkdtemp(prefix="s3-server-"))) if weed() else NO_WEED)
+    return _S3[0]
 
 
 # The modules that take longest (wall seconds in `make test` on 2 cores), in the order pytest-xdist hands them out
@@ -80,20 +90,12 @@ def _module_rank(item) -> int:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Order the modules longest first (LONGEST_FIRST; the others keep their order, after them). Start the tracking
-    server as soon as a collected test needs it: it takes seconds to come up, which then pass while other tests run."""
+    """Order the modules longest first (LONGEST_FIRST; the others keep their order, after them)."""
     items.sort(key=_module_rank)  # stable: a module's tests keep their order
-    tracking = any("tracking_server" in item.fixturenames for item in items)
-    if tracking or any("s3_server" in item.fixturenames for item in items):
-        _S3.append(S3Server(Path(tempfile.mkdtemp(prefix="s3-server-"))) if weed() else NO_WEED)
-    if tracking:  # the team's setup: artifacts on the S3 server, which the tracking server alone can reach
-        s3 = _S3[0] if isinstance(_S3[0], S3Server) else None
-        _SERVER.append(TrackingServer(Path(tempfile.mkdtemp(prefix="mlflow-server-")), artifacts=s3 and f"s3://{s3.bucket}/mlflow",
-                                      env=s3 and s3.env))
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """Stop the server whatever ran: a test run that deselected (-k) the tests needing it never asked for it."""
+    """Stop the servers this process started, whatever became of its tests."""
     for server in _SERVER:
         server.stop()
     for server in _S3:
@@ -105,9 +107,12 @@ def pytest_sessionfinish(session, exitstatus):
 def tracking_server() -> TrackingServer:
     """A real `mlflow server` on 127.0.0.1, on PostgreSQL where it is installed (else SQLite), with proxied
     artifacts on the S3 server where SeaweedFS is installed (else in a folder): one for the whole test run."""
+    s3 = _s3() if isinstance(_s3(), S3Server) else None  # the team's setup: the tracking server alone can reach the bucket
+    _SERVER.append(TrackingServer(Path(tempfile.mkdtemp(prefix="mlflow-server-")), artifacts=s3 and f"s3://{s3.bucket}/mlflow",
+                                  env=s3 and s3.env))
     try:
-        if isinstance(_S3[0], S3Server):
-            _S3[0].wait()  # the bucket its artifacts go to
+        if s3:
+            s3.wait()  # the bucket its artifacts go to; both servers start meanwhile
         _SERVER[0].wait()
     except RuntimeError as error:
         pytest.fail(str(error))
@@ -117,9 +122,10 @@ def tracking_server() -> TrackingServer:
 @pytest.fixture(scope="session")
 def s3_server() -> S3Server:
     """A real S3 server (SeaweedFS) on 127.0.0.1 with its own credentials and bucket: one for the whole test run."""
-    if isinstance(_S3[0], str):
-        pytest.skip(_S3[0])
+    server = _s3()
+    if isinstance(server, str):
+        pytest.skip(server)
     try:
-        return _S3[0].wait()
+        return server.wait()
     except RuntimeError as error:
         pytest.fail(str(error))
