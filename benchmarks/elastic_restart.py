@@ -165,7 +165,10 @@ def stage(project: Path, name: str, kill_rank: int | None = None, after_state: b
     if kill_rank is not None:
         if after_state:
             wait_for_state(project, process)
-        for pid in processes_of(project, kill_rank) if after_state else wait_for_rank(project, process, kill_rank):
+            victims = processes_of(project, kill_rank)
+        else:
+            victims = wait_for_rank(project, process, kill_rank)
+        for pid in victims:
             os.kill(pid, signal.SIGKILL)
         outcome.killed_at = time.monotonic() - started
     return finish(outcome, [process], started)

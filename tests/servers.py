@@ -98,11 +98,15 @@ class TrackingServer:
         return [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", self.url.rsplit(":", 1)[1],
                 "--workers", "1", "--backend-store-uri", self.store, "--artifacts-destination", self.artifacts]
 
-    def restart_server(self) -> str:
-        """`mlflow server` started again, on the same address and store, once it answers."""
+    def _start_server(self) -> None:
+        """`mlflow server` alone (PostgreSQL already up), on self.url."""
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(self._server_command(), stdout=log, stderr=subprocess.STDOUT, env=self.env,
                                             start_new_session=True)
+
+    def restart_server(self) -> str:
+        """`mlflow server` started again, on the same address and store, once it answers."""
+        self._start_server()
         return self.wait()
 
     def database(self, name: str) -> str:
@@ -130,9 +134,7 @@ class TrackingServer:
                 if self.served or attempt == 2 or "address already in use" not in str(error):
                     raise
                 self.url = f"http://127.0.0.1:{free_port()}"
-                with open(self.log, "ab") as log:
-                    self.process = subprocess.Popen(self._server_command(), stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                                    start_new_session=True)
+                self._start_server()
 
     def stop(self) -> None:
         """Gone, with its folder: SIGKILL, not a graceful stop (some 1.5 s of waiting, for a store thrown away next)."""
