@@ -30,8 +30,8 @@ Reads the real Fashion-MNIST (60,000 train / 10,000 test, ../shared/datasets/fas
 Seconds in (a) and (b) are training alone: the passes of gradient steps over the training split (for the
 seed, its DataLoader's per-sample PIL work included: that is its data path). The scoring after each epoch is
 off the clock on both sides, since the seed scores through per-sample PIL at batch 32 and the engine
-resident tensors at batch 1,024. The engine's history seconds include its per-epoch batch-norm re-estimation
-and validation, so its steps' own seconds are read (each history row's step_seconds). (c)
+resident tensors at batch 1,024. The engine's history seconds include its per-epoch validation, so its
+training's own seconds are read (each history row's train_seconds: the steps, and batch norm's re-estimation). (c)
 prints both its seconds of training with per-epoch validation (what the pipeline spends) and of steps alone.
 
 Every figure comes with the machine, versions, the precision each side computed in, and the CPU-seconds
@@ -153,15 +153,15 @@ def seed_loop(train_set: ImageSet, test_set: ImageSet, epochs: int, bf16: bool,
 
 @dataclass
 class StepClock:
-    """The engine's gradient steps alone, epoch by epoch (the history's step_seconds: its seconds also hold each
-    epoch's batch-norm re-estimation and validation), and the arithmetic they computed in."""
+    """The engine's training alone, epoch by epoch (the history's train_seconds: gradient steps and batch norm's
+    statistics; its seconds also hold each epoch's validation), and the arithmetic it computed in."""
 
     seconds: list[float] = field(default_factory=list)  # each epoch's steps alone, not cumulative
     precision: str = ""
 
     @classmethod
     def of(cls, result: TrainResult) -> "StepClock":
-        cumulative = [row["step_seconds"] for row in result.history]
+        cumulative = [row["train_seconds"] for row in result.history]
         precision = ("bf16 autocast" if result.precision == "bf16" else "fp32") + (", channels_last" if result.channels_last else "")
         return cls([b - a for a, b in zip([0.0, *cumulative], cumulative)], precision)
 

@@ -1,4 +1,5 @@
 import os
+import time
 from dataclasses import replace
 
 import pytest
@@ -26,7 +27,7 @@ def test_every_model_learns_the_digits(digits_prepared, model, settings):
 
 def measured(history: list[dict]) -> list[dict]:
     """The history without its wall-clock seconds, which no two runs share."""
-    return [{k: v for k, v in row.items() if k not in ("seconds", "step_seconds")} for row in history]
+    return [{k: v for k, v in row.items() if k not in ("seconds", "train_seconds")} for row in history]
 
 
 def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -242,13 +243,31 @@ def test_training_runs_on_cuda(digits_prepared):
     assert result.history[-1]["val_accuracy"] > 0.5
 
 
-def test_a_run_records_the_arithmetic_and_hardware_it_trained_in_and_its_steps_own_seconds(digits_prepared):
+def test_a_run_records_the_arithmetic_and_hardware_it_trained_in_and_its_trainings_own_seconds(digits_prepared):
     """Figures from two machines or precisions differ in their last digits: the run says which it was."""
     fp32 = train("cnn", {"channels": [4]}, digits_prepared, replace(FAST, epochs=2, precision="fp32"))
     bf16 = train("cnn", {"channels": [4]}, digits_prepared, replace(FAST, epochs=2, precision="bf16"))
     assert (fp32.summary()["precision"], fp32.summary()["channels_last"]) == ("fp32", False)
     assert (bf16.summary()["precision"], bf16.summary()["channels_last"]) == ("bf16", True)
     assert f"({os.cpu_count()} cores" in fp32.summary()["hardware"]
-    for result in (fp32, bf16):  # the gradient steps alone: less than the epochs with their validation, and growing
-        steps, whole = [row["step_seconds"] for row in result.history], [row["seconds"] for row in result.history]
-        assert 0 < steps[0] < steps[1] and all(s < w for s, w in zip(steps, whole))
+    for result in (fp32, bf16):  # the training alone: less than the epochs with their validation, and growing
+        training, whole = [row["train_seconds"] for row in result.history], [row["seconds"] for row in result.history]
+        assert 0 < training[0] < training[1] and all(t < w for t, w in zip(training, whole))
+
+
+def test_the_trainings_own_seconds_count_batch_norms_statistics_and_not_the_validation(digits_prepared, monkeypatch):
+    """A network with batch norm is scored with statistics re-estimated after its steps: making them is training
+    (a speed comparison must count it), scoring the validation split is not. Each is slowed by a known pause."""
+    import imgpipe.training.loop as loop
+
+    def slowed(function, pause):
+        def wrapper(*args, **kwargs):
+            time.sleep(pause)
+            return function(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(loop, "reestimate", slowed(loop.reestimate, 0.5))
+    monkeypatch.setattr(loop, "_validate", slowed(loop._validate, 2.0))
+    result = train("cnn", {"channels": [4], "batch_norm": True}, digits_prepared, replace(FAST, epochs=1))
+    row = result.history[0]
+    assert 0.5 <= row["train_seconds"] < 2.0 and row["seconds"] >= row["train_seconds"] + 2.0, row

@@ -143,7 +143,8 @@ class LoopState:
     best_weights: dict | None = None
     best_classes_predicted: int = 0  # how many classes the kept weights predict for the val images
     elapsed: float = 0.0  # seconds of training and validation so far
-    stepping: float = 0.0  # of which the gradient steps alone: what a speed comparison with another loop times
+    training: float = 0.0  # of which the training alone, validation not: the gradient steps and batch norm's
+    # re-estimation (the statistics the scored weights compute with); what a speed comparison with another loop times
     images_per_rank: list[int] = field(default_factory=list)  # the last epoch's training images, per process
     resumed: list[dict] = field(default_factory=list)  # each start again so far: {"after_epoch": the last finished epoch}
     finished: bool = False  # the last epoch ran, or early stopping ended the training: resuming only finishes it
@@ -291,7 +292,7 @@ def train(model_name: str, model_settings: dict, data: Prepared, config: TrainCo
         figures = train_epoch(setup, stepper, epoch)
         if setup.device.type == "cuda":  # the steps are queued, not done, when train_epoch returns
             torch.cuda.synchronize(setup.device)
-        state.stepping += time.perf_counter() - start
+        state.training += time.perf_counter() - start
         row = end_epoch(setup, stepper.evaluated(setup.model), state, epoch, figures, start)
         result.history.append(row)
         stop = bool(config.patience) and epoch - state.loss_epoch >= config.patience
@@ -444,7 +445,9 @@ def end_epoch(setup: Setup, model: Classifier, state: LoopState, epoch: int, fig
     group = setup.group
     # In float32, as evaluate, predict and the served model compute: the val figures that choose the kept
     # epoch are theirs, and batch norm's statistics are those of the activations they will see.
+    norms_start = time.perf_counter()
     reestimate(model, _norm_sample(setup.train_split, setup.config, group, setup.channels_last), group)
+    state.training += time.perf_counter() - norms_start
     val = _validate(model, setup.val_split, group)
     loss_sum, correct = group.sum(figures["loss_sum"]), group.sum(figures["correct"])
     mine = torch.zeros(group.world, dtype=torch.long, device=setup.device)
@@ -453,7 +456,7 @@ def end_epoch(setup: Setup, model: Classifier, state: LoopState, epoch: int, fig
     state.elapsed += time.perf_counter() - start
     seen = len(setup.train_split)
     row = _epoch_row(epoch, {"loss": loss_sum.item() / seen, "accuracy": correct.item() / seen}, val, state.elapsed)
-    row["step_seconds"] = round(state.stepping, 4)
+    row["train_seconds"] = round(state.training, 4)
     if val["loss"] < state.best_loss:  # early stopping watches the loss...
         state.best_loss, state.loss_epoch = val["loss"], epoch
     if (val["accuracy"], -val["loss"]) > state.best_score:  # ...the weights kept are the most accurate
