@@ -379,7 +379,7 @@ def engine_row(context: Context, result: TrainResult):
 
 
 def seed(context: Context):
-    rows = seed_loop(context.pool, context.test, context.sizes.seed_epochs, False, context.device)  # fp32, as written
+    rows = seed_loop(context.pool, {"test": context.test}, context.sizes.seed_epochs, False, context.device)["test"]  # fp32, as written
     context.seed_images_per_second = len(context.pool) * len(rows) / rows[-1][0]
     figure, data = timing_figure(context.seed_images_per_second, rows)
     return "ok", figure + " (batch 32, SGD lr 0.1, fp32; training alone, scoring off the clock)", data

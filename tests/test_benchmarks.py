@@ -52,11 +52,13 @@ def ratio_within_rounding(ratio: float, numerator: float, denominator: float, pl
     return low - 0.05 <= ratio <= high + 0.05
 
 
-def epoch_rows(lines: list[str], label: str) -> list[tuple[float, float]]:
-    """(seconds, accuracy) of each epoch line of one loop, checked to be in order and in range."""
-    found = matches(lines, re.escape(label) + r", epoch +(\d+): test accuracy ([0-9.]+) after +([0-9.]+) s of training")
+def epoch_rows(lines: list[str], label: str, split: str = "test") -> list[tuple[float, float]]:
+    """(seconds, accuracy on `split`) of each epoch line of one loop, checked to be in order and in range. A line
+    gives the test accuracy, and the validation accuracy after it where the loop scores both."""
+    found = matches(lines, re.escape(label) + r", epoch +(\d+): test accuracy ([0-9.]+) after +([0-9.]+) s of training"
+                                              r"(?:; val accuracy ([0-9.]+))?")
     assert [int(m[1]) for m in found] == list(range(1, len(found) + 1)) and found, f"no epoch lines of {label!r}"
-    rows = [(float(m[3]), float(m[2])) for m in found]
+    rows = [(float(m[3]), float(m[2] if split == "test" else m[4])) for m in found]
     assert all(0 <= accuracy <= 1 for _, accuracy in rows)
     assert all(0 < a < b for (a, _), (b, _) in zip(rows, rows[1:])) and rows[0][0] > 0, "training seconds must grow"
     return rows
@@ -71,24 +73,39 @@ def test_the_fashion_mnist_benchmark_compares_with_both_baselines_on_a_recipe_ch
     lines = run_benchmark_here(capsys, monkeypatch, "benchmarks/fashion_mnist.py", "--limit", "128")
     assert "128 train / 128 test images" in lines[1]
 
+    # 10% of 128 images, stratified, rounded up: 13. Every part trains on the other 115.
+    one(lines, r"every part trains on 115 images of the training set; 13 \(10% of each class, seed 0\) are the validation split .*")
     baselines = {label: epoch_rows(lines, f"(a) seed loop, {label}") for label in ("fp32", "bf16 autocast")}
     for label, rows in baselines.items():
-        best = one(lines, re.escape(f"(a) {label}: best test accuracy ") + r"([0-9.]+), first at epoch (\d+), .*training alone\)")
+        val_rows = epoch_rows(lines, f"(a) seed loop, {label}", split="val")
+        best = one(lines, re.escape(f"(a) {label}: best test accuracy ") + r"([0-9.]+), first at epoch (\d+), .* s of training; "
+                   r"best val accuracy ([0-9.]+), first at epoch (\d+); .*training alone\)")
         assert float(best[1]) == max(accuracy for _, accuracy in rows)
         assert int(best[2]) == first_at_or_above(rows, float(best[1]))
+        assert float(best[3]) == max(accuracy for _, accuracy in val_rows)
+        assert int(best[4]) == first_at_or_above(val_rows, float(best[3]))
 
-    # 10% of 128 images, stratified, rounded up as scikit-learn does: 13
-    one(lines, r"\(b\) choosing the recipe on validation: 115 train / 13 val images of the training set .*the test split is not read")
-    candidates = matches(lines, r"\(b\) candidate (\d+): (.*): val accuracy ([0-9.]+) \(epoch 1\), [0-9.]+ s of training, .*")
-    assert [int(m[1]) for m in candidates] == [1, 2, 3, 4]
-    scores = [float(m[3]) for m in candidates]
-    first_best = scores.index(max(scores)) + 1  # the declared rule: the best val accuracy, the first on a tie
+    # (b) chooses by the time to (a) fp32's best validation accuracy, on validation alone.
+    target = max(accuracy for _, accuracy in epoch_rows(lines, "(a) seed loop, fp32", split="val"))
+    aim = one(lines, r"\(b\) choosing the network and recipe on validation: the fastest to \(a\) fp32's best val accuracy, "
+                     r"([0-9.]+); the test split is not read")
+    assert float(aim[1]) == round(target, 4)
+    candidates = matches(lines, r"\(b\) candidate (\d+): (.*): val accuracy ([0-9.]+) \(epoch 1\), ([0-9.]+) s of training, "
+                                r"[^;]*; (?:[0-9.]+ reached at epoch 1, ([0-9.]+) s|[0-9.]+ not reached)")
+    assert [int(m[1]) for m in candidates] == [1, 2, 3, 4, 5]
+    scores, reached = [float(m[3]) for m in candidates], {int(m[1]): float(m[5]) for m in candidates if m[5]}
+    assert sorted(reached) == [int(m[1]) for m in candidates if float(m[3]) >= target]
+    assert all(reached[int(m[1])] == float(m[4]) for m in candidates if int(m[1]) in reached)  # one epoch: all its seconds
+    # the declared rule: the fastest to the target (by the seconds before rounding), else the best val accuracy, the first
+    # on a tie
     chosen = one(lines, r"\(b\) chosen on validation: candidate (\d+) \((.*)\)")
-    assert int(chosen[1]) == first_best and chosen[2] == candidates[first_best - 1][2]
+    number = int(chosen[1])
+    assert reached[number] == min(reached.values()) if reached else number == scores.index(max(scores)) + 1
+    assert chosen[2] == candidates[number - 1][2]
 
     engine_rows = epoch_rows(lines, "(b) imgpipe")
     precision = "bf16 autocast, channels_last" if has_native_bf16(torch.device("cpu")) else "fp32"
-    one(lines, re.escape(f"(b) recipe: {chosen[2]}; ") + NUMBER + re.escape(f" images/s (training alone), {precision}"))
+    one(lines, re.escape(f"(b) {chosen[2]}; ") + NUMBER + re.escape(f" images/s (training alone), {precision}"))
 
     target = max(accuracy for _, accuracy in baselines["fp32"])
     for label, rows in baselines.items():
@@ -119,7 +136,7 @@ def test_the_fashion_mnist_benchmark_compares_with_both_baselines_on_a_recipe_ch
     best = max(averages, key=averages.__getitem__)
     kept = one(lines, r"\(d\) kept on validation: test-time flips (on|off), weight average (\S+)")
     assert kept[1] == ("on" if flipped > plain else "off") and kept[2] == (str(best) if averages[best] > plain else "off")
-    final = one(lines, r"\(d\) cnn .*, test-time flips (on|off), weight average (\S+): test accuracy ([0-9.]+).* after ([0-9.]+) s of steps "
+    final = one(lines, r"\(d\) cnn .*, test-time flips (on|off), weight average (\S+): test accuracy ([0-9.]+).* after ([0-9.]+) s of training "
                        r"alone, .*; \(a\) fp32's 1 epochs took ([0-9.]+) s: \(d\) used ([0-9.]+)x of it \(budget 2x\)")
     assert (final[1], final[2]) == (kept[1], kept[2])
     assert ratio_within_rounding(float(final[6]), float(final[4]), float(final[5]), places=1)
