@@ -1,6 +1,9 @@
 """predict on image files: the same answers as evaluate on the same images; bad files named and skipped.
 Its command line runs in-process here (main(argv)); tests/test_pipeline.py runs `python -m imgpipe.predict`."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -39,6 +42,25 @@ def test_predict_on_exported_test_images_matches_evaluate(digits_prepared, tmp_p
     assert (actual == table["predicted"]).mean() == expected
     confidence = table[["confidence", "top2_confidence", "top3_confidence"]].astype(float)
     assert (confidence.diff(axis=1).iloc[:, 1:] <= 0).all().all()  # best first
+
+
+def test_the_command_given_a_checkpoint_starts_without_mlflow_or_matplotlib(digits_prepared, tmp_path):
+    """Their imports took about 2 s of the command's start on a 2-core CPU, and a checkpoint needs neither: MLflow only
+    for a models:/ or runs:/ URI, matplotlib only for --explain. Python's own import log of a real run says which ran."""
+    config = TrainConfig(epochs=1, device="cpu")
+    model = train("linear", {}, digits_prepared, config).model
+    checkpoint = tmp_path / "linear.pt"
+    save_checkpoint(checkpoint, model, model_name="linear", model_settings={}, image_shape=digits_prepared.image_shape,
+                    class_names=digits_prepared.class_names, config=config)
+    test = digits_prepared.test
+    write_image_folder(tmp_path / "images", test.images[:3], test.labels[:3], test.class_names)
+    output = tmp_path / "predictions.csv"
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "imgpipe.predict", "--model", str(checkpoint),
+                           str(tmp_path / "images"), "--output", str(output)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(pd.read_csv(output)) == 3
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert "torch" in imported and not imported & {"mlflow", "matplotlib"}, sorted(imported & {"mlflow", "matplotlib"})
 
 
 def test_images_are_converted_resized_and_laid_on_the_background(tmp_path):

@@ -33,10 +33,9 @@ from imgpipe.errors import ImgpipeError
 from imgpipe.evaluation.saliency import saliency
 from imgpipe.files import atomic_path
 from imgpipe.models.checkpoint import load_checkpoint
-from imgpipe.reporting.figures import overlay
 from imgpipe.serving.answer import top_classes
 from imgpipe.serving.preprocessing import Preprocessing
-from imgpipe.tracking import registry
+from imgpipe.tracking.uris import is_uri
 
 FILES_AT_ONCE = 1024  # images decoded and classified at a time: a folder of any size in bounded memory
 EXPLAIN_PIXELS = 256  # --explain's overlays are enlarged to at least this many pixels on their short side
@@ -84,6 +83,8 @@ def write_explanations(folder: Path, names: dict[Path, Path], model: torch.nn.Mo
                        table: pd.DataFrame, class_names: tuple[str, ...], device: torch.device) -> str:
     """An overlay PNG per image at folder / names[file]: where the model looked for the class it predicted,
     enlarged to at least EXPLAIN_PIXELS on its short side. Returns the method (HiResCAM or input gradients)."""
+    from imgpipe.reporting.figures import overlay  # matplotlib: imported only when overlays are asked for
+
     predicted = torch.tensor([class_names.index(name) for name in table["predicted"]])
     heat, method = saliency(model.to(device), torch.from_numpy(images).to(device), predicted)
     for file, image, map_ in zip(files, images, heat.cpu().numpy()):
@@ -99,7 +100,9 @@ def write_explanations(folder: Path, names: dict[Path, Path], model: torch.nn.Mo
 
 def load_model(model: str) -> tuple[torch.nn.Module, Preprocessing, bool]:
     """The model a checkpoint or an MLflow URI names, its preprocessing, and whether it is a checkpoint."""
-    if registry.is_uri(model):
+    if is_uri(model):
+        from imgpipe.tracking import registry  # MLflow: imported only for a model of its registry or runs
+
         return *registry.load(model), False
     network, meta = load_checkpoint(Path(model))
     return network, Preprocessing.of(meta), True

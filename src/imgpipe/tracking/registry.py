@@ -91,13 +91,6 @@ def register(experiment: str, run_id: str, figures: dict[str, float]) -> Registr
     return Registration(str(version), takes, why)
 
 
-SCHEMES = ("models:/", "runs:/")
-
-
-def is_uri(model: str) -> bool:
-    return str(model).startswith(SCHEMES)
-
-
 def load(uri: str) -> tuple["nn.Module", "Preprocessing"]:
     """The model at an MLflow URI and its preprocessing (its temperature: the network applies it already)."""
     store_client()  # the store the stages use (MLFLOW_TRACKING_URI, else the project's mlflow.db)
