@@ -21,7 +21,8 @@ The exit status is 1 if any check FAILED. The rows:
   runs; batch-norm statistics re-estimated on CUDA score as evaluation does;
 - `train.devices: 1` under torchrun with NCCL (one process: the code path, not a speed-up);
 - the real Fashion-MNIST: images/s and seconds to 0.90 and to the recommended configuration's test accuracy
-  for the seed's DataLoader loop (benchmarks/fashion_mnist.py), TinyVGG (its one-cycle SGD recipe and recipe C) and resnet18
+  for the seed's DataLoader loop (benchmarks/fashion_mnist.py), TinyVGG (its one-cycle SGD recipe, its one epoch of
+  TinyVGG 16 with batch norm, and recipe C) and resnet18
   (32x32 and 224x224 inputs), every one scored on the test split after each epoch;
 - inference images/s of the exported TinyVGG (torch.export, as imgpipe.serving.model writes the served model).
 
@@ -54,7 +55,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from fashion_mnist import CLASSES, FASHION, MODEL_C, ONECYCLE_SGD, RECIPE_C, TINYVGG, first_reaching, header, seed_loop
+from fashion_mnist import (BN_ONE_EPOCH, CLASSES, FASHION, MODEL_C, ONECYCLE_SGD, RECIPE_C, TINYVGG, first_reaching, header,
+                           seed_loop)
 from torch import nn
 
 from imgpipe.config import DataConfig, TrainConfig
@@ -391,6 +393,11 @@ def tinyvgg_b(context: Context):
     return engine_row(context, result)
 
 
+def batch_norm_one_epoch(context: Context):
+    settings, config = BN_ONE_EPOCH
+    return engine_row(context, on_fashion(context, "cnn", settings, context.config(config)))
+
+
 def tinyvgg_c(context: Context):
     return engine_row(context, on_fashion(context, "cnn", MODEL_C, context.config(RECIPE_C, epochs=context.sizes.recipe_c_epochs)))
 
@@ -467,6 +474,7 @@ CHECKS: list[tuple[str, Callable[[Context], tuple[str, str, dict]]]] = [
     ("train.devices: 1 under torchrun (NCCL)", torchrun_nccl),
     ("Fashion-MNIST: the seed's DataLoader loop", seed),
     ("Fashion-MNIST: TinyVGG, one-cycle SGD (fashion_mnist's first candidate)", tinyvgg_b),
+    ("Fashion-MNIST: TinyVGG 16 with batch norm, 1 epoch (fashion_mnist's choice on the CPU)", batch_norm_one_epoch),
     ("Fashion-MNIST: TinyVGG 32/64, recipe C (recommended)", tinyvgg_c),
     ("inference: the exported TinyVGG (torch.export)", exported_inference),
     ("Fashion-MNIST: resnet18 at 32x32", resnet18_32),
