@@ -1,8 +1,8 @@
 """The FashionMNIST seed on the real data: the seed's loop, in fp32 and with one autocast line, against
 imgpipe's engine with a recipe chosen on validation; and the recommended configuration.
 
-    python benchmarks/fashion_mnist.py            (about 12 minutes on a 2-core CPU, estimated from its parts'
-                                                   earlier runs; --parts a, b, c or any two for less)
+    python benchmarks/fashion_mnist.py            (about 30 minutes on a 2-core CPU: (a) 10, (b) 2, (c) 8, (d) 10;
+                                                   --parts ab, ad, c or others for less: b needs a)
 
 Reads the real Fashion-MNIST (60,000 train / 10,000 test, ../shared/datasets/fashion-mnist). Every part
 trains on the same 54,000 images of the training set; the other 6,000 (10% of each class, stratified) are
