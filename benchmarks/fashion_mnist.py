@@ -47,7 +47,6 @@ of each split, one epoch each: the test suite's dry run.
 
 import argparse
 import datetime
-import itertools
 import os
 import platform
 import time
@@ -117,7 +116,7 @@ QUICK_D = replace(RECIPE_C, epochs=3)
 RECIPE_D = RECIPE_C
 BUDGET = 2  # (d)'s training, at most this many times (a) fp32's 10 epochs
 
-Rows = list[tuple[float, float]]  # per epoch: (cumulative seconds of training alone, test accuracy)
+Rows = list[tuple[float, float]]  # per epoch: (cumulative seconds of training alone, accuracy)
 
 
 class SeedDataset(Dataset):
@@ -183,15 +182,18 @@ class TrainingClock:
         precision = ("bf16 autocast" if result.precision == "bf16" else "fp32") + (", channels_last" if result.channels_last else "")
         return cls([b - a for a, b in zip([0.0, *cumulative], cumulative)], precision)
 
-    def cumulative(self) -> list[float]:
-        return list(itertools.accumulate(self.seconds))
-
 
 def engine(settings: dict, train_set: ImageSet, val_set: ImageSet, config: TrainConfig) -> tuple[TrainResult, TrainingClock]:
     """imgpipe's engine on TinyVGG-like `settings`, validating on val_set after every epoch."""
     mean, std = channel_stats(train_set.images)
     result = train("cnn", settings, Prepared(train=train_set, val=val_set, test=val_set, mean=mean, std=std), config)
     return result, TrainingClock.of(result)
+
+
+def scored_rows(result: TrainResult) -> Rows:
+    """The engine's Rows: each epoch's cumulative seconds of training alone and accuracy on the split in its
+    validation slot."""
+    return [(row["train_seconds"], row["val_accuracy"]) for row in result.history]
 
 
 def images_per_second(train_set: ImageSet, clock: TrainingClock) -> float:
@@ -213,7 +215,7 @@ def choose_recipe(candidates: tuple[Candidate, ...], train_set: ImageSet, val_se
     for number, (settings, config) in enumerate(candidates, 1):
         result, clock = engine(settings, train_set, val_set, config)
         scores.append(result.history[result.best_epoch - 1]["val_accuracy"])
-        hit = first_reaching(list(zip(clock.cumulative(), (row["val_accuracy"] for row in result.history))), target)
+        hit = first_reaching(scored_rows(result), target)
         if hit is not None:
             reached[number - 1] = hit[1]
         print(f"(b) candidate {number}: {network(settings)}, {recipe(config)}: val accuracy {scores[-1]:.4f} (epoch "
@@ -375,7 +377,7 @@ def main() -> None:
         # The test split in the engine's validation slot: its per-epoch figures are reported as (a)'s are and
         # choose nothing (the model it keeps is not used).
         fast, clock = engine(settings, train_set, test_set, chosen)
-        rows = list(zip(clock.cumulative(), (row["val_accuracy"] for row in fast.history)))
+        rows = scored_rows(fast)
         print_rows("(b) imgpipe", rows)
         print(f"(b) {network(settings)}, {recipe(chosen)}; {images_per_second(train_set, clock):,.0f} images/s (training "
               f"alone), {clock.precision}")

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from fashion_mnist import (BN_ONE_EPOCH, CLASSES, FASHION, MODEL_C, ONECYCLE_SGD, RECIPE_C, TINYVGG, first_reaching, header,
-                           seed_loop)
+                           scored_rows, seed_loop)
 from torch import nn
 
 from imgpipe.config import DataConfig, TrainConfig
@@ -374,7 +374,7 @@ def engine_row(context: Context, result: TrainResult):
     # scoring is off both clocks.
     training = result.history[-1]["train_seconds"]
     figure, data = timing_figure(len(context.pool) * len(result.history) / max(training, 1e-9),
-                                 [(r["train_seconds"], r["val_accuracy"]) for r in result.history], context.seed_images_per_second)
+                                 scored_rows(result), context.seed_images_per_second)
     if result.peak_memory_mb:
         figure += f"; peak {result.peak_memory_mb:,.0f} MB"
     return "ok", figure, data | {"summary": result.summary()}

@@ -107,7 +107,8 @@ def pytest_sessionfinish(session, exitstatus):
 def tracking_server() -> TrackingServer:
     """A real `mlflow server` on 127.0.0.1, on PostgreSQL where it is installed (else SQLite), with proxied
     artifacts on the S3 server where SeaweedFS is installed (else in a folder): one for the whole test run."""
-    s3 = _s3() if isinstance(_s3(), S3Server) else None  # the team's setup: the tracking server alone can reach the bucket
+    started = _s3()
+    s3 = started if isinstance(started, S3Server) else None  # the team's setup: only the tracking server reaches the bucket
     _SERVER.append(TrackingServer(Path(tempfile.mkdtemp(prefix="mlflow-server-")), artifacts=s3 and f"s3://{s3.bucket}/mlflow",
                                   env=s3 and s3.env))
     try:
