@@ -221,9 +221,16 @@ def choose_recipe(candidates: tuple[Candidate, ...], train_set: ImageSet, val_se
         print(f"(b) candidate {number}: {network(settings)}, {recipe(config)}: val accuracy {scores[-1]:.4f} (epoch "
               f"{result.best_epoch}), {sum(clock.seconds):.2f} s of training, {clock.precision}; "
               + (f"{target:.4f} reached at epoch {hit[0]}, {hit[1]:.2f} s" if hit else f"{target:.4f} not reached"))
+    return fastest_to_target(reached, scores)
+
+
+def fastest_to_target(reached: dict[int, float], scores: list[float]) -> int:
+    """(b)'s rule. `reached`: the seconds to the target of the candidates that reached it, by index, in candidate
+    order; `scores`: every candidate's validation accuracy. The fastest to the target, else the most accurate; the
+    first of equals either way (min and max return the first)."""
     if reached:
-        return min(reached, key=reached.__getitem__)  # min returns the first of equals
-    return max(range(len(candidates)), key=scores.__getitem__)
+        return min(reached, key=reached.__getitem__)
+    return max(range(len(scores)), key=scores.__getitem__)
 
 
 def warm_up(candidates: tuple[Candidate, ...], train_set: ImageSet, val_set: ImageSet, device: torch.device) -> None:
