@@ -55,8 +55,19 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from fashion_mnist import (BN_ONE_EPOCH, CLASSES, FASHION, MODEL_C, ONECYCLE_SGD, RECIPE_C, TINYVGG, first_reaching, header,
-                           scored_rows, seed_loop)
+from fashion_mnist import (
+    BN_ONE_EPOCH,
+    CLASSES,
+    FASHION,
+    MODEL_C,
+    ONECYCLE_SGD,
+    RECIPE_C,
+    TINYVGG,
+    first_reaching,
+    header,
+    scored_rows,
+    seed_loop,
+)
 from torch import nn
 
 from imgpipe.config import DataConfig, TrainConfig

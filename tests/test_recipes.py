@@ -63,7 +63,7 @@ def test_test_time_augmentation_answers_alike_in_evaluate_predict_and_the_served
     device = torch.device("cpu")
     assert torch.equal(logits_in_chunks(loaded, digits_prepared.test.images, device), scores)
     expected = scores.argmax(1)
-    assert expected.tolist() != plain.argmax(1).tolist() or not torch.equal(scores.softmax(1), plain.softmax(1))
+    assert expected.tolist() != plain.argmax(1).tolist()  # some answers change: the checks below tell the two apart
     answered = predict(loaded, digits_prepared.test.images, digits_prepared.class_names, top_k=1, device=device)
     assert answered["predicted"].tolist() == [digits_prepared.class_names[i] for i in expected.tolist()]
     assert answered["confidence"].to_numpy() == pytest.approx(scores.softmax(1).max(1).values.numpy(), abs=1e-4)

@@ -171,19 +171,45 @@ def test_every_optimizer_and_schedule_takes_steps(digits_prepared, optimizer, sc
     assert result.history[-1]["train_loss"] < 2.2 and result.history[-1]["val_accuracy"] > 0.5
 
 
-def test_augmentation_keeps_shapes_labels_and_pixels():
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "onecycle"])
+def test_each_schedule_sets_the_learning_rate_of_every_step(digits_prepared, monkeypatch, schedule):
+    rates = []  # the learning rate each of the optimizer's steps took
+    step = torch.optim.SGD.step
+
+    def recorded(self, *args, **kwargs):
+        rates.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", recorded)
+    config = TrainConfig(epochs=2, batch_size=256, optimizer="sgd", schedule=schedule, lr=0.05, device="cpu")
+    train("linear", {}, digits_prepared, config)
+    assert len(rates) == 2 * -(-len(digits_prepared.train) // 256)
+    peak = max(range(len(rates)), key=rates.__getitem__)
+    if schedule == "constant":
+        assert rates == [0.05] * len(rates)
+    elif schedule == "cosine":  # from the rate down to about zero
+        assert rates[0] == 0.05 and all(a > b for a, b in zip(rates, rates[1:])) and rates[-1] < 0.05 / 20
+    else:  # up from a 25th of the rate to it, then down far below where it started
+        assert rates[0] == pytest.approx(0.05 / 25) and rates[peak] == pytest.approx(0.05) and 0 < peak < len(rates) / 2
+        assert rates[-1] < rates[0] / 100
+
+
+def test_augmentation_flips_about_half_and_crops_windows_of_the_padded_images():
     generator = torch.Generator().manual_seed(0)
-    images = torch.arange(2 * 3 * 4 * 5, dtype=torch.uint8).reshape(2, 3, 4, 5)
+    images = torch.randint(0, 256, (64, 3, 4, 5), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     flipped = augment(images, crop_padding=0, flip=True, generator=generator)
     assert flipped.shape == images.shape and flipped.dtype == torch.uint8
-    for before, after in zip(images, flipped):
-        assert torch.equal(after, before) or torch.equal(after, before.flip(-1))
+    mirrored = [torch.equal(after, before.flip(-1)) for before, after in zip(images, flipped)]
+    assert all(m or torch.equal(after, before) for m, before, after in zip(mirrored, images, flipped))
+    assert 16 < sum(mirrored) < 48  # each image is mirrored with probability 1/2
     cropped = augment(images, crop_padding=1, flip=False, generator=generator)
     assert cropped.shape == images.shape
     padded = torch.nn.functional.pad(images, (1, 1, 1, 1))
-    for before, after in zip(padded, cropped):  # each crop is a window of the padded image
-        windows = [before[:, r:r + 4, c:c + 5] for r in range(3) for c in range(3)]
-        assert any(torch.equal(after, w) for w in windows)
+    offsets = []  # each crop is a window of its padded image: which one
+    for before, after in zip(padded, cropped):
+        offsets += [(r, c) for r in range(3) for c in range(3) if torch.equal(after, before[:, r:r + 4, c:c + 5])]
+    assert len(offsets) == len(images)
+    assert offsets.count((1, 1)) < 24 and len(set(offsets)) > 4  # the image itself for about one in nine
 
 
 def test_centroid_predicts_the_nearest_class_mean(digits_prepared):
@@ -243,10 +269,21 @@ def test_training_runs_on_cuda(digits_prepared):
     assert result.history[-1]["val_accuracy"] > 0.5
 
 
-def test_a_run_records_the_arithmetic_and_hardware_it_trained_in_and_its_trainings_own_seconds(digits_prepared):
+def test_a_run_records_the_arithmetic_and_hardware_it_trained_in_and_its_trainings_own_seconds(digits_prepared, monkeypatch):
     """Figures from two machines or precisions differ in their last digits: the run says which it was."""
+    ran = []  # (dtype, channels_last) of every training convolution's output (its input may have a single channel: both)
+    forward = torch.nn.Conv2d.forward
+
+    def recorded(self, images):
+        output = forward(self, images)
+        ran.append((output.dtype, output.is_contiguous(memory_format=torch.channels_last))) if self.training else None
+        return output
+
+    monkeypatch.setattr(torch.nn.Conv2d, "forward", recorded)
     fp32 = train("cnn", {"channels": [4]}, digits_prepared, replace(FAST, epochs=2, precision="fp32"))
+    in_fp32, ran[:] = set(ran), []
     bf16 = train("cnn", {"channels": [4]}, digits_prepared, replace(FAST, epochs=2, precision="bf16"))
+    assert in_fp32 == {(torch.float32, False)} and set(ran) == {(torch.bfloat16, True)}
     assert (fp32.summary()["precision"], fp32.summary()["channels_last"]) == ("fp32", False)
     assert (bf16.summary()["precision"], bf16.summary()["channels_last"]) == ("bf16", True)
     assert f"({os.cpu_count()} cores" in fp32.summary()["hardware"]

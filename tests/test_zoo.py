@@ -104,16 +104,21 @@ def test_bad_names_and_settings_fail_in_one_line(name, settings, message):
 
 def test_a_frozen_backbone_stays_as_it_was_and_the_head_learns_faster(tmp_path):
     saved_resnet18(tmp_path / "resnet18.pth")
-    settings = {"weights": str(tmp_path / "resnet18.pth"), "freeze": "backbone", "head_lr": 10}
+    settings = {"weights": str(tmp_path / "resnet18.pth"), "freeze": "backbone"}
+    torch.manual_seed(0)  # as train() seeds (train.seed 0) before it builds the model: the new head's first weights
     net = build_model("resnet18", (1, 16, 16), 3, **settings)
     net.load_pretrained()
     before = {name: value.clone() for name, value in net.model.state_dict().items()}
-    result = train("resnet18", settings, tiny_data(), TrainConfig(epochs=1, batch_size=8, device="cpu", optimizer="sgd", lr=0.01))
-    after = result.model.net.model.state_dict()
-    changed = {name for name in before if not torch.equal(before[name], after[name])}
-    assert changed == {"fc.weight", "fc.bias"}  # batch-norm statistics included: frozen layers stay in eval mode
-    groups = result.model.net.parameter_groups(0.01)
-    assert [group["lr"] for group in groups] == [0.1] and len(groups[0]["params"]) == 2
+    # One step of plain SGD on all 24 images, in each of two runs: the head moves by its learning rate times the same gradient.
+    one_step = TrainConfig(epochs=1, batch_size=24, device="cpu", optimizer="sgd", momentum=0.0, lr=0.01, schedule="constant",
+                           precision="fp32")
+    moved = {}
+    for head_lr in (1, 10):
+        after = train("resnet18", settings | {"head_lr": head_lr}, tiny_data(), one_step).model.net.model.state_dict()
+        changed = {name for name in before if not torch.equal(before[name], after[name])}
+        assert changed == {"fc.weight", "fc.bias"}  # batch-norm statistics included: frozen layers stay in eval mode
+        moved[head_lr] = torch.cat([(after[name] - before[name]).flatten() for name in sorted(changed)])
+    torch.testing.assert_close(moved[10], 10 * moved[1], rtol=1e-3, atol=1e-7)
 
 
 def test_checkpoint_predict_evaluate_and_the_mlflow_model_agree(tmp_path, monkeypatch, mlflow_store, experiment):
