@@ -69,11 +69,16 @@ def test_statistics_are_the_averages_over_the_sample_and_momentum_is_kept():
     batches = [torch.randn(8, 1, 6, 6) * 3 + 2 for _ in range(4)]
     assert reestimate(net, iter(batches)) == 4
     with torch.no_grad():
-        outputs = [net[0](batch) for batch in batches]  # what the first norm saw, batch by batch
-    mean = torch.stack([out.mean((0, 2, 3)) for out in outputs]).mean(0)
-    variance = torch.stack([out.var((0, 2, 3), unbiased=True) for out in outputs]).mean(0)
-    torch.testing.assert_close(net[1].running_mean, mean, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(net[1].running_var, variance, rtol=1e-5, atol=1e-6)
+        first = [net[0](batch) for batch in batches]  # what the first norm saw, batch by batch
+        # What the second saw: the first's output normalized by the batch's own statistics (as in training), and no
+        # dropout (as in evaluation).
+        second = [nn.functional.batch_norm(out, None, None, net[1].weight, net[1].bias, training=True, eps=net[1].eps)
+                  for out in first]
+    for norm, seen in ((net[1], first), (net[3], second)):
+        mean = torch.stack([out.mean((0, 2, 3)) for out in seen]).mean(0)
+        variance = torch.stack([out.var((0, 2, 3), unbiased=True) for out in seen]).mean(0)
+        torch.testing.assert_close(norm.running_mean, mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(norm.running_var, variance, rtol=1e-5, atol=1e-6)
     assert net[1].momentum == 0.01 and net[3].momentum == 0.1
     assert net.training and net[2].training  # left in training mode, as the loop expects
 
