@@ -2,6 +2,8 @@
 version that beats it on validation, on the same validation split (data fingerprint); any other version is
 registered without the alias and says why in one line. Against a fork of the shared pipeline's MLflow store."""
 
+import threading
+
 import pytest
 from project import fork
 
@@ -64,3 +66,36 @@ def test_only_a_better_model_on_the_same_validation_split_takes_the_candidate(cl
 
 def test_the_first_version_of_a_model_becomes_its_candidate():
     assert registry.candidacy({"val_accuracy": "0.5", "val_loss": "1.0"}, None, "1", None) == (True, "version 1 is the candidate")
+
+
+def test_two_experiments_publishing_at_once_leave_the_candidate_on_the_better(client, monkeypatch):
+    """Nothing serializes two publishes to a tracking server (nor to this store, which is not the embedded one): here the
+    worse experiment (better than the candidate) compares with the candidate, the better one then registers and takes the
+    alias, and only then does the worse one move it, as its comparison allowed. The alias still ends on the better one."""
+    name = "imgpipe-digits"
+    first = client.get_model_version_by_alias(name, "candidate")
+    accuracy, loss = float(first.tags["val_accuracy"]), float(first.tags["val_loss"])
+    runs = {which: _experiment_run(client, first) for which in ("worse", "better")}
+    compared, better_registered = threading.Event(), threading.Event()
+    decide = registry.candidacy
+
+    def in_turn(*args):  # the worse publish, its candidate read, waits for the better one to finish
+        if threading.current_thread().name == "worse":
+            compared.set()
+            better_registered.wait(60)
+        return decide(*args)
+
+    monkeypatch.setattr(registry, "candidacy", in_turn)
+    said = {}
+    worse = threading.Thread(name="worse", target=lambda: said.update(
+        worse=registry.register("digits", runs["worse"], {"val_accuracy": accuracy + 0.01, "val_loss": loss})))
+    worse.start()
+    assert compared.wait(60)
+    said["better"] = registry.register("digits", runs["better"], {"val_accuracy": accuracy + 0.02, "val_loss": loss})
+    better_registered.set()
+    worse.join(60)
+    assert said["better"].candidate and not said["worse"].candidate
+    assert client.get_model_version_by_alias(name, "candidate").version == int(said["better"].version)
+    assert said["worse"].why == (f"version {said['worse'].version} is not the candidate: its val accuracy {accuracy + 0.01:.4f} "
+                                 f"does not beat candidate version {said['better'].version}'s {accuracy + 0.02:.4f} on the same "
+                                 "validation split")

@@ -70,8 +70,8 @@ def candidacy(new: dict, current: dict | None, version: str, current_version: st
 def register(experiment: str, run_id: str, figures: dict[str, float]) -> Registration:
     """Register a run's model as a version of imgpipe-<experiment>, tagged with where it came from (the run's
     variant, seed, data fingerprint, DVC experiment, commit) and `figures` (val_accuracy and val_loss among
-    them), and give it the alias `candidate` if it beats the current candidate on validation (see candidacy).
-    A run registered before keeps its version."""
+    them), and give it the alias `candidate` if it beats the current candidate on validation (see candidacy),
+    then settle the alias (see settle). A run registered before keeps its version."""
     client = store_client()
     name = registered_name(experiment)
     found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
@@ -81,14 +81,46 @@ def register(experiment: str, run_id: str, figures: dict[str, float]) -> Registr
         run_tags = client.get_run(run_id).data.tags
         tags = {key: run_tags[key] for key in FROM_RUN if key in run_tags} | {key: str(value) for key, value in figures.items()}
         version = mlflow.register_model(run_tags.get(MODEL_URI, f"runs:/{run_id}/model"), name, tags=tags).version
-    try:
-        current = client.get_model_version_by_alias(name, CANDIDATE)
-    except mlflow.exceptions.MlflowException:  # no candidate yet
-        current = None
+    current = _candidate(client, name)
     takes, why = candidacy(tags, current and current.tags, str(version), current and str(current.version))
     if takes:
         client.set_registered_model_alias(name, CANDIDATE, version)
+    holder = settle(client, name)
+    if holder is not None and str(holder.version) != str(version):  # the candidate is another version, maybe moved meanwhile
+        beats, why = candidacy(tags, holder.tags, str(version), str(holder.version))
+        if beats:  # (only a holder without val figures, moved there meanwhile)
+            why = f"version {version} is not the candidate: version {holder.version} took it meanwhile"
+        takes = False
     return Registration(str(version), takes, why)
+
+
+def _candidate(client, name: str):
+    try:
+        return client.get_model_version_by_alias(name, CANDIDATE)
+    except mlflow.exceptions.MlflowException:  # no candidate yet
+        return None
+
+
+def settle(client, name: str, rounds: int = 10):
+    """The candidate once it stays: moved, until then, to the best version on its validation split.
+
+    A tracking server serializes nothing between two publishes (the store lock is the embedded store's file): a
+    worse experiment may compare with the candidate before a better one replaces it, and move the alias after.
+    Each publish therefore looks again, at every version, once it has moved the alias or declined to: the last to
+    look sees every version registered before, so the candidate ends on the best (a tie keeps the one holding it),
+    whatever the order. Returns the version holding the alias (None: no candidate yet)."""
+    holder = _candidate(client, name)
+    for _ in range(rounds):
+        if holder is None or _yardstick(holder.tags) is None:
+            return holder
+        rivals = [v for v in client.search_model_versions(f"name = '{name}'")
+                  if v.tags.get(FINGERPRINT) == holder.tags.get(FINGERPRINT) and _yardstick(v.tags) is not None]
+        best = max(rivals, key=lambda v: (_yardstick(v.tags), -int(v.version)))
+        if _yardstick(best.tags) <= _yardstick(holder.tags):
+            return holder
+        client.set_registered_model_alias(name, CANDIDATE, best.version)
+        holder = _candidate(client, name)
+    return holder
 
 
 def load(uri: str) -> tuple["nn.Module", "Preprocessing"]:
