@@ -11,6 +11,7 @@ from project import edit_params, fork, run
 from imgpipe.errors import ConfigError
 from imgpipe.evaluation.stats import selection_optimism
 from imgpipe.search.space import applied, dvc_command, sweep_config
+from imgpipe.sweep import open_study
 
 SPACE = {"models.linear.lr": {"low": 1e-6, "high": 0.1, "log": True}}
 
@@ -28,6 +29,46 @@ def test_the_space_names_a_bad_setting_in_one_line():
     assert error({"space": SPACE, "variant": "mlp"}) == "params.yaml: sweep.variant: 'mlp' is not in train.variants (linear, cnn)"
     assert error({"space": SPACE, "trails": 3}).startswith("params.yaml: sweep.trails: unknown setting; valid: variant, objective")
     assert error({}).startswith("params.yaml: sweep.space: name at least one setting to search")
+
+
+def _told(study: optuna.Study, trials: list[list[float]]) -> list[tuple[int, int]]:
+    """Trials reporting these values epoch by epoch and asking the pruner after each, as a sweep's trial does; the
+    (trial, epoch) of each one pruned."""
+    pruned = []
+    for number, values in enumerate(trials):
+        trial = study.ask()
+        for epoch, value in enumerate(values, 1):
+            trial.report(value, epoch)
+            if trial.should_prune():
+                pruned.append((number, epoch))
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                break
+        else:
+            study.tell(trial, values[-1])
+    return pruned
+
+
+@pytest.mark.parametrize("pruner", ["median", "halving"])
+def test_no_trial_is_pruned_until_the_startup_trials_complete(tmp_path, pruner):
+    sweep = sweep_config({"variant": "linear", "pruner": pruner, "startup_trials": 3, "warmup_epochs": 0, "space": SPACE}, ["linear"])
+    study = open_study("digits-linear", f"sqlite:///{tmp_path / 'sweep.db'}", sweep, 0)
+    # Each trial worse than all before it: a pruner judging from the second trial on stops every later one.
+    pruned = _told(study, [[0.9, 0.95], [0.5, 0.6], [0.4, 0.5], [0.3, 0.4], [0.2, 0.3]])
+    assert pruned and min(number for number, _ in pruned) == 3
+
+
+def test_a_study_made_for_another_objective_is_refused_in_one_line(tmp_path):
+    """Optuna loads an existing study with its own direction, whatever is asked: its best would be chosen the wrong way."""
+    storage = f"sqlite:///{tmp_path / 'sweep.db'}"
+    accuracy = sweep_config({"variant": "linear", "space": SPACE}, ["linear"])
+    _told(open_study("digits-linear", storage, accuracy, 0), [[0.97]])
+    loss = sweep_config({"variant": "linear", "objective": "val_loss", "space": SPACE}, ["linear"])
+    with pytest.raises(ConfigError) as caught:
+        open_study("digits-linear", storage, loss, 0)
+    assert str(caught.value) == ("params.yaml: sweep.objective: val_loss (minimize), but study digits-linear searched val_accuracy: "
+                                 "its trials cannot be compared with new ones; name a new study (sweep.study) or keep its objective")
+    assert [trial.value for trial in open_study("digits-linear", storage, accuracy, 1).trials] == [0.97]  # its own goes on
+    assert open_study("digits-loss", storage, loss, 0).direction == optuna.study.StudyDirection.MINIMIZE  # a new one
 
 
 def test_a_drawn_configuration_becomes_params_and_the_dvc_command_that_reruns_it():

@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 from imgpipe import params as P
 from imgpipe import paths
 from imgpipe.data.prepared import Prepared, load_prepared
-from imgpipe.errors import ImgpipeError
+from imgpipe.errors import ConfigError, ImgpipeError
 from imgpipe.files import write_text
 from imgpipe.search import summary
 from imgpipe.search.space import SweepConfig, sweep_config
@@ -34,6 +34,20 @@ from imgpipe.tracking import trials
 from imgpipe.tracking.store import reported
 
 PARENT = "mlflow_parent_run"  # the study's attribute naming its MLflow parent run
+OBJECTIVE = "objective"  # the study's attribute naming the figure its trials' values are (sweep.objective)
+
+
+class AfterStartup(optuna.pruners.BasePruner):
+    """`pruner`'s verdicts, ignored until `startup` trials have completed (sweep.startup_trials, as MedianPruner's own
+    n_startup_trials): those are the yardstick. It is asked every time even so: successive halving records each
+    trial's value at each rung as it asks, and the startup trials' values are what later ones compete with."""
+
+    def __init__(self, pruner: optuna.pruners.BasePruner, startup: int):
+        self.pruner, self.startup = pruner, startup
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        verdict = self.pruner.prune(study, trial)
+        return verdict and len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) >= self.startup
 
 
 def open_study(name: str, storage: str, sweep: SweepConfig, worker: int) -> optuna.Study:
@@ -41,13 +55,24 @@ def open_study(name: str, storage: str, sweep: SweepConfig, worker: int) -> optu
         storage = optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"timeout": 60}})
     # Epochs are Optuna's steps, from 1; it first prunes at step n_warmup_steps (halving: at min_resource).
     pruner = {"median": lambda: optuna.pruners.MedianPruner(sweep.startup_trials, n_warmup_steps=sweep.warmup_epochs + 1),
-              "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, sweep.warmup_epochs + 1)),
+              "halving": lambda: AfterStartup(optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, sweep.warmup_epochs + 1)),
+                                              sweep.startup_trials),
               "none": optuna.pruners.NopPruner}[sweep.pruner]()
     # Each worker its own sampler seed: the same seed would have them propose the same first trials.
     sampler = (optuna.samplers.TPESampler(seed=sweep.seed + worker) if sweep.sampler == "tpe" else
                optuna.samplers.GridSampler({d.key: d.grid(sweep.grid_points) for d in sweep.space}, seed=sweep.seed + worker))
-    return optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner, direction=sweep.direction,
-                               load_if_exists=True)
+    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner, direction=sweep.direction,
+                                load_if_exists=True)
+    # An existing study keeps its own direction whatever is asked: its trials' values are another figure, and the best
+    # of them would be chosen the wrong way round.
+    searched = study.user_attrs.get(OBJECTIVE)
+    if searched not in (None, sweep.objective) or study.direction.name.lower() != sweep.direction:
+        made = f"searched {searched}" if searched else f"{study.direction.name.lower()}s its figure"
+        raise ConfigError(f"params.yaml: sweep.objective: {sweep.objective} ({sweep.direction}), but study {name} {made}: "
+                          "its trials cannot be compared with new ones; name a new study (sweep.study) or keep its objective")
+    if searched is None:
+        study.set_user_attr(OBJECTIVE, sweep.objective)
+    return study
 
 
 def _said(sweep: SweepConfig):
