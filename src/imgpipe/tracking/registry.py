@@ -115,7 +115,7 @@ def settle(client, name: str, rounds: int = 10):
             return holder
         rivals = [v for v in client.search_model_versions(f"name = '{name}'")
                   if v.tags.get(FINGERPRINT) == holder.tags.get(FINGERPRINT) and _yardstick(v.tags) is not None]
-        best = max(rivals, key=lambda v: (_yardstick(v.tags), -int(v.version)))
+        best = max(rivals, key=lambda v: _yardstick(v.tags))
         if _yardstick(best.tags) <= _yardstick(holder.tags):
             return holder
         client.set_registered_model_alias(name, CANDIDATE, best.version)
