@@ -4,6 +4,7 @@ run ends FINISHED, KILLED when it was pruned, or FAILED, and says which in the t
 
 import mlflow
 from mlflow.entities import Metric, RunTag
+from mlflow.environment_variables import MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL
 from mlflow.system_metrics import set_system_metrics_sampling_interval
 
 from imgpipe.tracking.runs import CURVE, log_params
@@ -43,7 +44,8 @@ class TrialRun:
     @store_lock()
     def __enter__(self) -> "TrialRun":
         client = store_client()
-        set_system_metrics_sampling_interval(SAMPLING_SECONDS)
+        if MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL.get() is None:
+            set_system_metrics_sampling_interval(SAMPLING_SECONDS)
         run = mlflow.start_run(experiment_id=experiment_id(client, self.experiment), run_name=self.name,
                                parent_run_id=self.parent, tags=self.tags, log_system_metrics=True)
         self.run_id = run.info.run_id
