@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import warm_python
 from filelock import FileLock
 from project import copy_project, fork, run
 from s3 import NO_WEED, S3Server, weed
@@ -94,8 +95,15 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=_module_rank)  # stable: a module's tests keep their order
 
 
+def pytest_sessionstart(session):
+    """Start the warm interpreter for stages now, in each process that runs tests: it imports while tests collect."""
+    if hasattr(session.config, "workerinput") or not session.config.getoption("numprocesses", None):
+        warm_python.start()
+
+
 def pytest_sessionfinish(session, exitstatus):
     """Stop the servers this process started, whatever became of its tests."""
+    warm_python.stop()
     for server in _SERVER:
         server.stop()
     for server in _S3:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from warm_python import warm_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,6 +35,7 @@ def run(args: list[str], cwd: Path, check: bool = True, **extra_env: str) -> sub
         "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
         "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com",
     }
+    env = warm_env(env)  # the stages it starts fork a warm interpreter (tests/warm_python.py)
     done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     if check and done.returncode != 0:
         pytest.fail(f"{' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")

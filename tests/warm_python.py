@@ -1,0 +1,307 @@
+"""A warm start for the stages the tests run.
+
+The suite starts some 75 stage processes (`python stages/train.py cnn 0`, run by DVC); most of their CPU time went
+to importing torch, its compiler (every optimizer imports torch._dynamo as it is made) and MLflow: about 150 of the
+suite's 370 CPU-seconds on 2 cores (measured 2026-12-03). Here a server per pytest process imports them once; the
+`python` that test projects find first on PATH is a small client that hands its command, working folder,
+environment and standard streams to that server, which forks, and the fork runs the script as `python` would.
+The client exits as the fork did (its exit status, or the signal that killed it), so DVC and the tests see the
+process they started. This is what multiprocessing's forkserver does with set_forkserver_preload.
+
+What keeps it honest:
+- the server imports only third-party packages, never imgpipe: each project's fork imports its own copy's code;
+- a command that is not a script or `-m module`, or an environment that differs from the server's in what an
+  interpreter or these packages read as they start (PYTHON*, OMP_*, LD_*, MPL*, ...), starts cold, as before;
+- IMGPIPE_TESTS_COLD=1 starts every stage cold: the suite must pass either way (it does everywhere but Linux);
+- tests/test_warm_python.py compares a warm start with a cold one: output, exit status, tracebacks, folder, argv.
+"""
+
+import atexit
+import builtins
+import importlib.machinery
+import io
+import json
+import os
+import runpy
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import types
+from pathlib import Path
+
+# torch._dynamo: every optimizer imports it as it is made (1.7 CPU-s); the SQLAlchemy store: every publish.
+PRELOAD = ("numpy", "yaml", "PIL.Image", "matplotlib", "torch", "torch._dynamo", "mlflow", "mlflow.store.tracking.sqlalchemy_store")
+# What an interpreter, or a preloaded package, reads from the environment as it starts (not when it is used):
+# a fork whose environment differs here would not be the process a cold start gives, so it starts cold. Not KMP_*:
+# Intel's OpenMP reads them, and torch's Linux wheels use GNU's (scikit-learn sets two as a test imports it).
+STARTUP_VARIABLES = ("PYTHON", "OMP_", "GOMP_", "MKL_", "OPENBLAS_", "GOTO", "CUDA_", "TORCH", "PYTORCH", "LD_", "MPL",
+                     "MATPLOTLIB", "NUMPY", "HOME", "XDG_", "LANG", "LC_")
+SOCKET_VARIABLE = "IMGPIPE_TESTS_WARM_PYTHON"
+_IN_A_TEST = "IMGPIPE_TESTS_WARM_PYTHON_STARTED"
+_HEADER = 8  # bytes of a request's length
+
+
+def _startup(env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k.startswith(STARTUP_VARIABLES)}
+
+
+# The client: the `python` first on a test project's PATH.
+
+def client() -> None:
+    """Run `python ARGS` in a fork of the warm server where it can, else exec the real interpreter (cold)."""
+    args = sys.argv[1:]
+    path = os.environ.get(SOCKET_VARIABLE)
+    if path and _warm_command(args):
+        try:
+            connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            connection.connect(path)
+        except OSError:  # no server (yet): start cold
+            pass
+        else:
+            _run_in_fork(connection, args)
+    os.execv(sys.executable, [sys.executable, *args])  # the full path: `python` on PATH is this file
+
+
+def _warm_command(args: list[str]) -> bool:
+    """A script (`stages/train.py cnn 0`) or a module (`-m imgpipe.sweep`), with no interpreter options."""
+    if args[:1] == ["-m"]:
+        return len(args) > 1
+    return bool(args) and args[0].endswith(".py") and os.path.isfile(args[0])
+
+
+def _run_in_fork(connection: socket.socket, args: list[str]) -> None:
+    request = json.dumps({"args": args, "cwd": os.getcwd(), "env": dict(os.environ)}).encode()
+    socket.send_fds(connection, [len(request).to_bytes(_HEADER, "big") + request], [0, 1, 2])
+    replies = connection.makefile("r")
+    first = replies.readline().split()
+    if first[:1] != ["pid"]:
+        return  # the server declined (another environment): start cold
+    pid = int(first[1])
+    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(number, lambda number, _: os.kill(pid, number))  # what is sent to this process is meant for it
+    last = replies.readline().split()
+    code = os.waitstatus_to_exitcode(int(last[1])) if last[:1] == ["exit"] else -signal.SIGKILL  # the server died
+    if code < 0:  # killed by a signal: so is this process, as the shell and DVC would see it
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    os._exit(code)
+
+
+# The server: one per pytest process.
+
+def serve(path: str) -> None:
+    """Answer clients on the socket `path` until standard input closes (the pytest process ended)."""
+    before = dict(os.environ)
+    for name in PRELOAD:
+        __import__(name)
+    # What importing them set (torch._dynamo sets TORCHINDUCTOR_CACHE_DIR): a cold process importing them sets it too,
+    # and a pytest process that imported them has it already.
+    imported = {k: v for k, v in os.environ.items() if before.get(k) != v}
+    startup = _startup(os.environ)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path + ".binding")
+    listener.listen(64)
+    os.rename(path + ".binding", path)  # clients connect only once it listens
+    selector = selectors.DefaultSelector()
+    selector.register(listener, selectors.EVENT_READ)
+    selector.register(sys.stdin, selectors.EVENT_READ)
+    running: dict[int, tuple[int, socket.socket]] = {}  # pidfd: (pid, the client's connection)
+    while True:
+        for key, _ in selector.select():
+            if key.fileobj is sys.stdin:
+                return
+            if key.fileobj is listener:
+                connection, _ = listener.accept()
+                request, fds = _receive(connection)
+                differs = sorted({name for name, _ in _startup(imported | request["env"]).items() ^ startup.items()})
+                if differs:
+                    print("cold:", *request["args"], f"({', '.join(differs)} differs)", flush=True)
+                    connection.sendall(b"cold\n")
+                    connection.close()
+                    for fd in fds:
+                        os.close(fd)
+                    continue
+                pid = os.fork()
+                if pid == 0:
+                    for pidfd, (_, other) in running.items():
+                        os.close(pidfd)
+                        other.close()
+                    selector.close()
+                    listener.close()
+                    connection.close()
+                    try:
+                        _child(request, fds, imported)
+                    finally:
+                        os._exit(1)  # never the server's loop in a fork
+                for fd in fds:
+                    os.close(fd)
+                print("warm:", pid, *request["args"], flush=True)
+                pidfd = os.pidfd_open(pid)
+                running[pidfd] = (pid, connection)
+                selector.register(pidfd, selectors.EVENT_READ)
+                _send(connection, f"pid {pid}\n")
+            else:
+                pid, connection = running.pop(key.fd)
+                selector.unregister(key.fd)
+                os.close(key.fd)
+                _, status = os.waitpid(pid, 0)
+                _send(connection, f"exit {status}\n")
+                connection.close()
+
+
+def _receive(connection: socket.socket) -> tuple[dict, list[int]]:
+    data, fds, _, _ = socket.recv_fds(connection, 1 << 16, 3)
+    size = int.from_bytes(data[:_HEADER], "big")
+    data = data[_HEADER:]
+    while len(data) < size:
+        data += connection.recv(size - len(data))
+    return json.loads(data), fds
+
+
+def _send(connection: socket.socket, line: str) -> None:
+    try:
+        connection.sendall(line.encode())
+    except OSError:  # the client was killed: nobody waits for the answer
+        pass
+
+
+def _run_script(path: str) -> None:
+    """Run the script at `path` as `python path` does: a new __main__ whose __file__ is `path`, sys.argv untouched."""
+    main = types.ModuleType("__main__")
+    main.__file__, main.__cached__, main.__builtins__ = path, None, builtins
+    main.__loader__ = importlib.machinery.SourceFileLoader("__main__", path)
+    sys.modules["__main__"] = main
+    with open(path, "rb") as source:
+        code = compile(source.read(), path, "exec")
+    exec(code, main.__dict__)
+
+
+def _print_uncaught(error: BaseException) -> None:
+    """The traceback `python` prints: from the script's frame on, none of this file's."""
+    frames = error.__traceback__
+    while frames is not None and frames.tb_frame.f_code.co_filename == os.path.abspath(__file__):
+        frames = frames.tb_next
+    traceback.print_exception(type(error), error, frames)
+
+
+def _child(request: dict, fds: list[int], imported: dict[str, str]) -> None:
+    """Become `python ARGS` as started in the client's folder, with its environment and streams; never returns."""
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(imported | request["env"])
+    # Streams as a fresh interpreter opens them: stdout line-buffered only on a terminal, stderr always.
+    encoding = sys.stdout.encoding
+    sys.stdin = sys.__stdin__ = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)), encoding)
+    sys.stdout = sys.__stdout__ = io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "w", closefd=False)), encoding,
+                                                   line_buffering=os.isatty(1), write_through=bool(os.environ.get("PYTHONUNBUFFERED")))
+    sys.stderr = sys.__stderr__ = io.TextIOWrapper(io.BufferedWriter(io.FileIO(2, "w", closefd=False)), encoding,
+                                                   "backslashreplace", line_buffering=True)
+    args = request["args"]
+    code = 0
+    try:
+        if args[0] == "-m":
+            sys.argv = args[1:]
+            sys.path[0] = os.getcwd()
+            runpy.run_module(args[1], run_name="__main__", alter_sys=True)
+        else:
+            sys.argv = args
+            sys.path[0] = os.path.dirname(os.path.realpath(args[0]))
+            _run_script(os.path.abspath(args[0]))
+    except SystemExit as exit:
+        if exit.code is None or isinstance(exit.code, int):
+            code = (exit.code or 0) & 0xFF
+        else:
+            print(exit.code, file=sys.stderr)
+            code = 1
+    except KeyboardInterrupt as error:
+        _print_uncaught(error)
+        code = -signal.SIGINT
+    except BaseException as error:
+        _print_uncaught(error)
+        code = 1
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    if code < 0:
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    os._exit(code)
+
+
+# The pytest side.
+
+class WarmPython:
+    """The server for this pytest process, and the folder holding the client as `python` (and the server's log)."""
+
+    def __init__(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="warm-python-"))
+        self.socket = str(self.folder / "socket")
+        (self.folder / "python").write_text(f"#!{sys.executable} -IS\nimport sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+                                            "import warm_python\nwarm_python.client()\n")
+        (self.folder / "python").chmod(0o755)
+        self.log = open(self.folder / "server.log", "w")
+        self.process = subprocess.Popen([sys.executable, __file__, "serve", self.socket], stdin=subprocess.PIPE,
+                                        stdout=self.log, stderr=self.log, cwd=self.folder)
+
+    def env(self, env: dict[str, str]) -> dict[str, str]:
+        """`env` with this client first on PATH."""
+        return env | {"PATH": f"{self.folder}{os.pathsep}{env['PATH']}", SOCKET_VARIABLE: self.socket}
+
+    def wait(self, timeout: float = 60) -> None:
+        """Until it answers (it imports for some seconds first)."""
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(self.socket):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the warm python did not start: {(self.folder / 'server.log').read_text()}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.process.stdin.close()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+_STARTED: list[WarmPython] = []
+
+
+def start() -> None:
+    """Start this process's server, unless IMGPIPE_TESTS_COLD is set, or a test started this pytest (the GPU check's
+    dry run does: its few tests run no stage)."""
+    if _STARTED or os.environ.get("IMGPIPE_TESTS_COLD") or os.environ.get(_IN_A_TEST) or not hasattr(os, "pidfd_open"):
+        return  # pidfd_open: Linux's; elsewhere stages start cold
+    _STARTED.append(WarmPython())
+    os.environ[_IN_A_TEST] = "1"  # what this process's tests start inherits it
+
+
+def warm_env(env: dict[str, str]) -> dict[str, str]:
+    """`env` for a command that starts stages: the client first on PATH, where the server is started."""
+    return _STARTED[0].env(env) if _STARTED else env
+
+
+def started() -> WarmPython | None:
+    return _STARTED[0] if _STARTED else None
+
+
+def stop() -> None:
+    for server in _STARTED:
+        server.stop()
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["serve"]:
+    serve(sys.argv[2])
