@@ -5,19 +5,23 @@ to importing torch, its compiler (every optimizer imports torch._dynamo as it is
 suite's 370 CPU-seconds on 2 cores (measured 2026-12-03). Here a server per pytest process imports them once; the
 `python` that test projects find first on PATH is a small client that hands its command, working folder,
 environment and standard streams to that server, which forks, and the fork runs the script as `python` would.
-The client exits as the fork did (its exit status, or the signal that killed it), so DVC and the tests see the
-process they started. This is what multiprocessing's forkserver does with set_forkserver_preload.
+The client passes on the signals sent to it and exits as the fork did (its exit status, or the signal that killed
+it), so DVC and the tests see the process they started; a client killed outright hangs up, and the server kills its
+fork (so does the server's own end). This is what multiprocessing's forkserver does with set_forkserver_preload.
 
 What keeps it honest:
 - the server imports only third-party packages, never imgpipe: each project's fork imports its own copy's code;
 - a command that is not a script or `-m module`, or an environment that differs from the server's in what an
   interpreter or these packages read as they start (PYTHON*, OMP_*, LD_*, MPL*, ...), starts cold, as before;
 - IMGPIPE_TESTS_COLD=1 starts every stage cold: the suite must pass either way (it does everywhere but Linux);
-- tests/test_warm_python.py compares a warm start with a cold one: output, exit status, tracebacks, folder, argv.
+- tests/test_warm_python.py compares a warm start with a cold one: output (buffered or not), exit status, signals,
+  tracebacks and sys.excepthook, threads and atexit at the end, folder, argv, umask; scripts and modules.
+What still differs: sys.flags (the server's), and warnings the preloaded packages give as they import (its log's).
 """
 
 import atexit
 import builtins
+import ctypes
 import importlib.machinery
 import io
 import json
@@ -34,6 +38,7 @@ import time
 import traceback
 import types
 from pathlib import Path
+from typing import NamedTuple
 
 # torch._dynamo: every optimizer imports it as it is made (1.7 CPU-s); the SQLAlchemy store: every publish.
 PRELOAD = ("numpy", "yaml", "PIL.Image", "matplotlib", "torch", "torch._dynamo", "mlflow", "mlflow.store.tracking.sqlalchemy_store")
@@ -41,14 +46,17 @@ PRELOAD = ("numpy", "yaml", "PIL.Image", "matplotlib", "torch", "torch._dynamo",
 # a fork whose environment differs here would not be the process a cold start gives, so it starts cold. Not KMP_*:
 # Intel's OpenMP reads them, and torch's Linux wheels use GNU's (scikit-learn sets two as a test imports it).
 STARTUP_VARIABLES = ("PYTHON", "OMP_", "GOMP_", "MKL_", "OPENBLAS_", "GOTO", "CUDA_", "TORCH", "PYTORCH", "LD_", "MPL",
-                     "MATPLOTLIB", "NUMPY", "HOME", "XDG_", "LANG", "LC_")
+                     "MATPLOTLIB", "NUMPY", "HOME", "XDG_", "LANG", "LC_", "TMPDIR", "TZ")
+# Read at startup too, but only to open the standard streams, which a fork opens anew from its own environment.
+OPENED_IN_THE_FORK = ("PYTHONUNBUFFERED",)
 SOCKET_VARIABLE = "IMGPIPE_TESTS_WARM_PYTHON"
 _IN_A_TEST = "IMGPIPE_TESTS_WARM_PYTHON_STARTED"
 _HEADER = 8  # bytes of a request's length
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def _startup(env: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in env.items() if k.startswith(STARTUP_VARIABLES)}
+    return {k: v for k, v in env.items() if k.startswith(STARTUP_VARIABLES) and k not in OPENED_IN_THE_FORK}
 
 
 # The client: the `python` first on a test project's PATH.
@@ -76,24 +84,50 @@ def _warm_command(args: list[str]) -> bool:
 
 
 def _run_in_fork(connection: socket.socket, args: list[str]) -> None:
-    request = json.dumps({"args": args, "cwd": os.getcwd(), "env": dict(os.environ)}).encode()
+    """Hand `python ARGS` to the server, pass it the signals meant for it, and end as it ended; or return (cold)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    # What this process was started ignoring, its fork ignores (`nohup`, `trap '' HUP`); Python itself ignores these two.
+    ignored = [int(n) for n in signal.valid_signals() - {signal.SIGPIPE, signal.SIGXFSZ, signal.SIGKILL, signal.SIGSTOP}
+               if signal.getsignal(n) == signal.SIG_IGN]
+    request = json.dumps({"args": args, "cwd": os.getcwd(), "env": dict(os.environ), "umask": umask, "ignored": ignored})
+    request = request.encode()
     socket.send_fds(connection, [len(request).to_bytes(_HEADER, "big") + request], [0, 1, 2])
     replies = connection.makefile("r")
     first = replies.readline().split()
     if first[:1] != ["pid"]:
         return  # the server declined (another environment): start cold
-    pid = int(first[1])
-    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
-        signal.signal(number, lambda number, _: os.kill(pid, number))  # what is sent to this process is meant for it
+    try:
+        fork = os.pidfd_open(int(first[1]))  # a pidfd, not the pid: the number may be reused once it ends
+    except ProcessLookupError:  # it ended already: nothing to pass on
+        pass
+    else:
+        for number in {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT} - set(ignored):
+            signal.signal(number, lambda number, _: _pass_on(fork, number))  # what is sent to this process is meant for it
+    # Killed, this process hangs up, and the server kills the fork.
     last = replies.readline().split()
     code = os.waitstatus_to_exitcode(int(last[1])) if last[:1] == ["exit"] else -signal.SIGKILL  # the server died
     if code < 0:  # killed by a signal: so is this process, as the shell and DVC would see it
-        signal.signal(-code, signal.SIG_DFL)
+        if -code not in (signal.SIGKILL, signal.SIGSTOP):  # these two cannot be handled, nor set to their default
+            signal.signal(-code, signal.SIG_DFL)
         os.kill(os.getpid(), -code)
-    os._exit(code)
+    os._exit(code & 0xFF)
+
+
+def _pass_on(fork: int, number: int) -> None:
+    try:
+        signal.pidfd_send_signal(fork, number)
+    except ProcessLookupError:
+        pass
 
 
 # The server: one per pytest process.
+
+class _Fork(NamedTuple):
+    pid: int
+    pidfd: int  # readable once it ends
+    connection: socket.socket  # readable once the client hangs up: it was killed
+
 
 def serve(path: str) -> None:
     """Answer clients on the socket `path` until standard input closes (the pytest process ended)."""
@@ -111,57 +145,100 @@ def serve(path: str) -> None:
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ)
     selector.register(sys.stdin, selectors.EVENT_READ)
-    running: dict[int, tuple[int, socket.socket]] = {}  # pidfd: (pid, the client's connection)
-    while True:
-        for key, _ in selector.select():
-            if key.fileobj is sys.stdin:
-                return
-            if key.fileobj is listener:
-                connection, _ = listener.accept()
-                request, fds = _receive(connection)
-                differs = sorted({name for name, _ in _startup(imported | request["env"]).items() ^ startup.items()})
-                if differs:
-                    print("cold:", *request["args"], f"({', '.join(differs)} differs)", flush=True)
-                    connection.sendall(b"cold\n")
-                    connection.close()
-                    for fd in fds:
-                        os.close(fd)
-                    continue
-                pid = os.fork()
-                if pid == 0:
-                    for pidfd, (_, other) in running.items():
-                        os.close(pidfd)
-                        other.close()
-                    selector.close()
-                    listener.close()
-                    connection.close()
-                    try:
-                        _child(request, fds, imported)
-                    finally:
-                        os._exit(1)  # never the server's loop in a fork
-                for fd in fds:
-                    os.close(fd)
-                print("warm:", pid, *request["args"], flush=True)
-                pidfd = os.pidfd_open(pid)
-                running[pidfd] = (pid, connection)
-                selector.register(pidfd, selectors.EVENT_READ)
-                _send(connection, f"pid {pid}\n")
-            else:
-                pid, connection = running.pop(key.fd)
-                selector.unregister(key.fd)
-                os.close(key.fd)
-                _, status = os.waitpid(pid, 0)
-                _send(connection, f"exit {status}\n")
-                connection.close()
+    forks: dict[int, _Fork] = {}  # by pid
+    try:
+        while True:
+            for key, _ in selector.select():
+                if key.fileobj is sys.stdin:
+                    return
+                if key.fileobj is listener:
+                    fork = _answer(listener.accept()[0], startup, imported, forks, selector)
+                    if fork is not None:
+                        forks[fork.pid] = fork
+                        selector.register(fork.pidfd, selectors.EVENT_READ, ("ended", fork))
+                        selector.register(fork.connection, selectors.EVENT_READ, ("hung up", fork))
+                elif key.data[0] == "hung up":
+                    selector.unregister(key.fileobj)
+                    signal.pidfd_send_signal(key.data[1].pidfd, signal.SIGKILL)
+                else:
+                    fork = forks.pop(key.data[1].pid)
+                    _end(fork, selector)
+    finally:  # the pytest process ended, or this one failed: no fork outlives it
+        for fork in forks.values():
+            signal.pidfd_send_signal(fork.pidfd, signal.SIGKILL)
+            _end(fork, selector)
+
+
+def _answer(connection: socket.socket, startup: dict[str, str], imported: dict[str, str], forks: dict[int, _Fork],
+            selector: selectors.BaseSelector) -> "_Fork | None":
+    """Fork for a client's request, or tell it to start cold; a request that never came whole is logged and dropped."""
+    try:
+        connection.settimeout(10)
+        request, fds = _receive(connection)
+        connection.settimeout(None)
+    except (OSError, EOFError, ValueError) as error:
+        print("no request:", repr(error), flush=True)
+        connection.close()
+        return None
+    differs = sorted({name for name, _ in _startup(imported | request["env"]).items() ^ startup.items()})
+    if differs:
+        print("cold:", *request["args"], f"({', '.join(differs)} differs)", flush=True)
+        _send(connection, "cold\n")
+        connection.close()
+        for fd in fds:
+            os.close(fd)
+        return None
+    server = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _die_with(server)
+            selector.close()
+            for fork in forks.values():
+                os.close(fork.pidfd)
+                fork.connection.close()
+            connection.close()
+            _child(request, fds, imported)
+        finally:
+            os._exit(1)  # never the server's loop in a fork
+    for fd in fds:
+        os.close(fd)
+    print("warm:", pid, *request["args"], flush=True)
+    _send(connection, f"pid {pid}\n")
+    return _Fork(pid, os.pidfd_open(pid), connection)
+
+
+def _end(fork: _Fork, selector: selectors.BaseSelector) -> None:
+    """Reap an ended fork and tell its client how it ended."""
+    for fileobj in (fork.pidfd, fork.connection):
+        if fileobj in selector.get_map():
+            selector.unregister(fileobj)
+    _, status = os.waitpid(fork.pid, 0)
+    os.close(fork.pidfd)
+    _send(fork.connection, f"exit {status}\n")
+    fork.connection.close()
+
+
+def _die_with(server: int) -> None:
+    """Be killed when the server dies, as a crash of the server gives no time to kill its forks."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != server:  # it died before that took effect
+        os._exit(1)
 
 
 def _receive(connection: socket.socket) -> tuple[dict, list[int]]:
     data, fds, _, _ = socket.recv_fds(connection, 1 << 16, 3)
-    size = int.from_bytes(data[:_HEADER], "big")
-    data = data[_HEADER:]
-    while len(data) < size:
-        data += connection.recv(size - len(data))
-    return json.loads(data), fds
+    try:
+        while len(data) < _HEADER or len(data) < _HEADER + int.from_bytes(data[:_HEADER], "big"):
+            more = connection.recv(1 << 16)
+            if not more:
+                raise EOFError(f"the client hung up after {len(data)} bytes")
+            data += more
+        return json.loads(data[_HEADER:]), fds
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
 
 
 def _send(connection: socket.socket, line: str) -> None:
@@ -171,47 +248,73 @@ def _send(connection: socket.socket, line: str) -> None:
         pass
 
 
+def _new_main() -> types.ModuleType:
+    """A fresh __main__, as the interpreter makes before it runs a script or a module."""
+    main = types.ModuleType("__main__")
+    main.__builtins__ = builtins
+    sys.modules["__main__"] = main
+    return main
+
+
 def _run_script(path: str) -> None:
     """Run the script at `path` as `python path` does: a new __main__ whose __file__ is `path`, sys.argv untouched."""
-    main = types.ModuleType("__main__")
-    main.__file__, main.__cached__, main.__builtins__ = path, None, builtins
+    main = _new_main()
+    main.__file__, main.__cached__ = path, None
     main.__loader__ = importlib.machinery.SourceFileLoader("__main__", path)
-    sys.modules["__main__"] = main
     with open(path, "rb") as source:
         code = compile(source.read(), path, "exec")
     exec(code, main.__dict__)
 
 
 def _print_uncaught(error: BaseException) -> None:
-    """The traceback `python` prints: from the script's frame on, none of this file's."""
+    """What `python` does with an exception it did not catch: sys.excepthook, from the script's frame on."""
     frames = error.__traceback__
     while frames is not None and frames.tb_frame.f_code.co_filename == os.path.abspath(__file__):
         frames = frames.tb_next
-    traceback.print_exception(type(error), error, frames)
+    try:
+        sys.excepthook(type(error), error.with_traceback(frames), frames)
+    except BaseException as hook_error:  # as the interpreter does when the hook itself fails
+        print("Error in sys.excepthook:", file=sys.stderr)
+        traceback.print_exception(hook_error)
+        print("\nOriginal exception was:", file=sys.stderr)
+        traceback.print_exception(type(error), error, frames)
+
+
+def _open_streams(unbuffered: bool) -> None:
+    """sys.stdin, stdout and stderr as a fresh interpreter opens them (Python/pylifecycle.c, create_stdio):
+    unbuffered (PYTHONUNBUFFERED) writes go straight to the file; else stdout is line-buffered only on a terminal,
+    stderr always. Encoding and errors are the server's: its locale and PYTHONIOENCODING are the client's."""
+    for fd, name, like in ((0, "stdin", sys.__stdin__), (1, "stdout", sys.__stdout__), (2, "stderr", sys.__stderr__)):
+        writes = fd > 0
+        raw = io.open(fd, "wb" if writes else "rb", buffering=0 if unbuffered and writes else -1, closefd=False)
+        (raw.raw if hasattr(raw, "raw") else raw).name = f"<{name}>"
+        stream = io.TextIOWrapper(raw, like.encoding, like.errors, newline="\n", write_through=unbuffered,
+                                  line_buffering=not unbuffered and (os.isatty(fd) or fd == 2))
+        setattr(sys, name, stream)
+        setattr(sys, f"__{name}__", stream)
 
 
 def _child(request: dict, fds: list[int], imported: dict[str, str]) -> None:
-    """Become `python ARGS` as started in the client's folder, with its environment and streams; never returns."""
+    """Become `python ARGS` as started in the client's folder, with its environment, streams, signals and umask."""
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
         os.close(fd)
     os.chdir(request["cwd"])
+    os.umask(request["umask"])
+    for number in request["ignored"]:
+        signal.signal(number, signal.SIG_IGN)
     os.environ.clear()
     os.environ.update(imported | request["env"])
-    # Streams as a fresh interpreter opens them: stdout line-buffered only on a terminal, stderr always.
-    encoding = sys.stdout.encoding
-    sys.stdin = sys.__stdin__ = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)), encoding)
-    sys.stdout = sys.__stdout__ = io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "w", closefd=False)), encoding,
-                                                   line_buffering=os.isatty(1), write_through=bool(os.environ.get("PYTHONUNBUFFERED")))
-    sys.stderr = sys.__stderr__ = io.TextIOWrapper(io.BufferedWriter(io.FileIO(2, "w", closefd=False)), encoding,
-                                                   "backslashreplace", line_buffering=True)
+    _open_streams(unbuffered=bool(os.environ.get("PYTHONUNBUFFERED")))
     args = request["args"]
+    sys.orig_argv = [sys.executable, *args]
     code = 0
     try:
         if args[0] == "-m":
-            sys.argv = args[1:]
+            sys.argv = ["-m", *args[2:]]  # the module's path replaces "-m" once it is found
             sys.path[0] = os.getcwd()
-            runpy.run_module(args[1], run_name="__main__", alter_sys=True)
+            _new_main()
+            runpy._run_module_as_main(args[1], alter_argv=True)
         else:
             sys.argv = args
             sys.path[0] = os.path.dirname(os.path.realpath(args[0]))
@@ -228,6 +331,9 @@ def _child(request: dict, fds: list[int], imported: dict[str, str]) -> None:
     except BaseException as error:
         _print_uncaught(error)
         code = 1
+    # As the interpreter ends (Py_FinalizeEx): wait for the threads that are not daemons, run atexit, flush.
+    if "threading" in sys.modules:
+        sys.modules["threading"]._shutdown()
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -259,12 +365,15 @@ class WarmPython:
         """`env` with this client first on PATH."""
         return env | {"PATH": f"{self.folder}{os.pathsep}{env['PATH']}", SOCKET_VARIABLE: self.socket}
 
+    def log_text(self) -> str:
+        return (self.folder / "server.log").read_text()
+
     def wait(self, timeout: float = 60) -> None:
         """Until it answers (it imports for some seconds first)."""
         deadline = time.monotonic() + timeout
         while not os.path.exists(self.socket):
             if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the warm python did not start: {(self.folder / 'server.log').read_text()}")
+                raise RuntimeError(f"the warm python did not start: {self.log_text()}")
             time.sleep(0.1)
 
     def stop(self) -> None:
