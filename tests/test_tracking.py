@@ -1,10 +1,16 @@
 """What a training run records in MLflow, against a real store in a temporary folder: conftest's one store
 for the test run (creating one takes a second or two), an experiment of its own for each test."""
 
+import os
+import socket
+import subprocess
+import threading
+import time
 from pathlib import Path
 
 import mlflow
 import numpy as np
+import psutil
 import pytest
 import torch
 
@@ -73,6 +79,58 @@ def test_a_training_is_found_by_its_digest(store, experiment, tmp_path):
     digest = runs.training_digest(checkpoint, metrics)
     metrics.write_text('{"train_seconds": 1.1}')  # trained again: new timings, a new run
     assert runs.training_digest(checkpoint, metrics) != digest
+
+
+def _being_recorded(store, experiment: str, digest: str, publisher: str, finish_after: float | None = None) -> str:
+    """An unfinished run of a training, as a publish in the middle of recording it leaves it; finished by another
+    thread `finish_after` seconds on, as that publish would."""
+    experiment_id = tracking_store.experiment_id(store, experiment)
+    run_id = store.create_run(experiment_id, tags={runs.TRAINING: digest, runs.PUBLISHER: publisher}).info.run_id
+    if finish_after is not None:
+        threading.Timer(finish_after, store.set_terminated, (run_id, "FINISHED")).start()
+    return run_id
+
+
+def _publisher(host: str = socket.gethostname(), pid: int = os.getpid(), started: float | None = None, began: float | None = None) -> str:
+    """A PUBLISHER tag: by default this live process's, begun now."""
+    started = psutil.Process(pid).create_time() if started is None else started
+    return f"{host} {pid} {started:.2f} {time.time() if began is None else began:.3f}"
+
+
+def test_a_run_another_publish_is_recording_is_waited_for_and_an_abandoned_one_deleted(store, experiment, monkeypatch):
+    """Experiments beside each other publish to one store: a run that a live publish (this machine's, or another
+    machine's within its lease) is recording is not deleted from under it; one whose publish is over is."""
+    monkeypatch.setattr(runs, "WAIT_SECONDS", 0.05)
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    live = {"a" * 16: _being_recorded(store, experiment, "a" * 16, _publisher(), finish_after=0.5),
+            "b" * 16: _being_recorded(store, experiment, "b" * 16, _publisher(host="elsewhere"), finish_after=0.5)}
+    over = [_being_recorded(store, experiment, "c" * 16, _publisher(pid=ended.pid, started=1.0)),  # its process ended
+            _being_recorded(store, experiment, "d" * 16, _publisher(started=1.0)),  # its pid names another process now
+            _being_recorded(store, experiment, "e" * 16, _publisher(host="elsewhere", began=time.time() - runs.LEASE_SECONDS - 1))]
+    assert runs.find_runs(experiment, ["a" * 16, "b" * 16, "c" * 16, "d" * 16, "e" * 16]) == live
+    assert [store.get_run(run_id).info.lifecycle_stage for run_id in over] == ["deleted"] * 3
+
+
+def test_a_training_another_publish_records_meanwhile_is_recorded_once(store, experiment, monkeypatch):
+    """Two publishes that both found no run for a training: the one that comes second uses the first's run, whether it
+    looks once the first has begun (it waits for it), or both begin one together (the earlier claim is kept)."""
+    monkeypatch.setattr(runs, "WAIT_SECONDS", 0.05)
+    first = _being_recorded(store, experiment, "0123456789abcdef", _publisher(), finish_after=0.5)
+    assert _log(experiment)[0] == first
+    create_run = mlflow.MlflowClient.create_run
+    rivals = []
+
+    def together(client, experiment_id, **kwargs):  # a rival's claim lands between this publish's look and its own
+        monkeypatch.setattr(mlflow.MlflowClient, "create_run", create_run)
+        rivals.append(_being_recorded(client, experiment, "fedcba9876543210", _publisher(began=time.time() - 1), finish_after=0.5))
+        return create_run(client, experiment_id, **kwargs)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "create_run", together)
+    assert _log(experiment, training="fedcba9876543210")[0] == rivals[0]
+    for digest, run_id in (("0123456789abcdef", first), ("fedcba9876543210", rivals[0])):
+        assert [run.info.run_id for run in store.search_runs([store.get_experiment_by_name(experiment).experiment_id],
+                                                             filter_string=f"tags.`{runs.TRAINING}` = '{digest}'")] == [run_id]
 
 
 def test_an_experiment_made_before_gets_its_kind(store, mlflow_store):

@@ -8,6 +8,8 @@ and the device; the runs of one pipeline execution share the tag `imgpipe.execut
 
 import hashlib
 import json
+import os
+import socket
 import tempfile
 import time
 from datetime import datetime
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import psutil
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
@@ -113,22 +116,71 @@ def training_digest(*files: Path) -> str:
 
 @store_lock()
 def find_runs(experiment: str, trainings: list[str]) -> dict[str, str]:
-    """The runs already made for these trainings (digests): digest -> run id. Only finished ones: a run log_training
-    began and never finished (the store went away in the middle of a publish) is deleted, for a rerun to record the
-    training anew, once."""
+    """The runs already made for these trainings (digests): digest -> run id. Only finished ones; one that another
+    publish is recording (an experiment beside this one, on this store) is waited for; one whose publish stopped
+    (the store went away in the middle of it) is deleted, for a rerun to record the training anew, once."""
     client = store_client()
     found = client.get_experiment_by_name(experiment)
     if found is None or not trainings:
         return {}
-    runs = {}
-    for digest in trainings:  # one query each: MLflow's search takes no IN (...) for tags
-        for run in client.search_runs([found.experiment_id], filter_string=f"tags.`{TRAINING}` = '{digest}'"):
-            if run.info.status == "FINISHED" and digest not in runs:
-                runs[digest] = run.info.run_id
-            elif run.info.status != "FINISHED":
+    runs = {digest: run_id for digest in trainings if (run_id := _recorded(client, found.experiment_id, digest))}
+    return runs
+
+
+PUBLISHER = "imgpipe.publisher"  # tag: "host pid process-start began" of the process recording the run, until it is finished
+# An unfinished run older than this is taken as abandoned even if its process is alive elsewhere (another machine's
+# cannot be asked): a publish records a run in seconds, uploads included.
+LEASE_SECONDS = 15 * 60
+WAIT_SECONDS = 1.0  # between looks at a run another publish is recording
+
+
+def _publisher() -> str:
+    return f"{socket.gethostname()} {os.getpid()} {psutil.Process().create_time():.2f} {time.time():.3f}"
+
+
+def _claim(run) -> tuple[float, str] | None:
+    """When a live publish began recording this unfinished run, and the run's id (the earlier claim wins); None where
+    its publish is over: its process is gone (on this machine), its lease ran out, or an older imgpipe made it."""
+    try:
+        host, pid, started, began = run.data.tags[PUBLISHER].split()
+        began = float(began)
+    except (KeyError, ValueError):
+        return None
+    if time.time() - began > LEASE_SECONDS:
+        return None
+    if host == socket.gethostname():
+        try:
+            if abs(psutil.Process(int(pid)).create_time() - float(started)) > 0.05:  # the pid now names another process
+                return None
+        except psutil.NoSuchProcess:
+            return None
+    return began, run.info.run_id
+
+
+def _recorded(client, experiment_id: str, digest: str, mine: str | None = None) -> str | None:
+    """The finished run of this training, if there is one. A run another live publish is recording is waited for (it
+    may be finished, or its publish may end without finishing it); one whose publish is over is deleted. `mine`: a
+    run this process just began for it, which is kept while its claim is the earliest (then None is returned)."""
+    waited = None
+    while True:
+        claims = {}
+        for run in client.search_runs([experiment_id], filter_string=f"tags.`{TRAINING}` = '{digest}'"):
+            if run.info.status == "FINISHED":
+                return run.info.run_id
+            claim = _claim(run)
+            if claim is None and run.info.run_id != mine:
                 print(f"MLflow run {run.info.run_id} was begun and not finished (its publish stopped): deleted, to record it again")
                 client.delete_run(run.info.run_id)
-    return runs
+            else:
+                claims[run.info.run_id] = claim or (0.0, run.info.run_id)
+        first = min(claims.values(), default=(0.0, None))[1]
+        if first is None or first == mine:
+            return None
+        if waited != first:
+            host, pid = client.get_run(first).data.tags[PUBLISHER].split()[:2]
+            print(f"MLflow run {first} of this training is being recorded by another publish ({host}, process {pid}): waiting for it")
+            waited = first
+        time.sleep(WAIT_SECONDS)
 
 
 def _milliseconds(iso: str) -> int:
@@ -163,9 +215,17 @@ def log_training(experiment: str, run_name: str, *, training: str, params: dict,
     client = store_client()
     started = _milliseconds(metrics["started"])
     ended = started + int(metrics["train_seconds"] * 1000)
-    run = client.create_run(experiment_id(client, experiment), start_time=started, run_name=run_name,
-                            tags=tags | {TRAINING: training})
-    run_id = run.info.run_id
+    experiment = experiment_id(client, experiment)
+    # Another publish may have recorded it since this one looked (a store lock makes them take turns on the embedded
+    # store; a server has none): its run is used. Two that begin one together keep the earlier claim's.
+    while (recorded := _recorded(client, experiment, training)) is None:
+        run_id = client.create_run(experiment, start_time=started, run_name=run_name,
+                                   tags=tags | {TRAINING: training, PUBLISHER: _publisher()}).info.run_id
+        if (recorded := _recorded(client, experiment, training, mine=run_id)) is None:
+            break
+        client.delete_run(run_id)
+    if recorded is not None:
+        return recorded
     log_params(client, run_id, params)
     client.log_inputs(run_id, datasets=datasets)
     points = [Metric(f"{CURVE}{name}", float(value), ended, epoch)
