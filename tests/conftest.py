@@ -96,9 +96,9 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_sessionstart(session):
-    """Start the warm interpreter for stages now, in each process that runs tests: it imports while tests collect."""
-    if hasattr(session.config, "workerinput") or not session.config.getoption("numprocesses", None):
-        warm_python.start()
+    """Start the warm interpreter for stages now, before xdist starts its workers (they share it): it imports while
+    tests collect."""
+    warm_python.start()
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -2,7 +2,7 @@
 
 The suite starts some 75 stage processes (`python stages/train.py cnn 0`, run by DVC); most of their CPU time went
 to importing torch, its compiler (every optimizer imports torch._dynamo as it is made) and MLflow: about 150 of the
-suite's 370 CPU-seconds on 2 cores (measured 2026-12-03). Here a server per pytest process imports them once; the
+suite's 370 CPU-seconds on 2 cores (measured 2026-12-03). Here one server for the test run imports them once; the
 `python` that test projects find first on PATH is a small client that hands its command, working folder,
 environment and standard streams to that server, which forks, and the fork runs the script as `python` would.
 The client passes on the signals sent to it and exits as the fork did (its exit status, or the signal that killed
@@ -50,7 +50,7 @@ STARTUP_VARIABLES = ("PYTHON", "OMP_", "GOMP_", "MKL_", "OPENBLAS_", "GOTO", "CU
 # Read at startup too, but only to open the standard streams, which a fork opens anew from its own environment.
 OPENED_IN_THE_FORK = ("PYTHONUNBUFFERED",)
 SOCKET_VARIABLE = "IMGPIPE_TESTS_WARM_PYTHON"
-_IN_A_TEST = "IMGPIPE_TESTS_WARM_PYTHON_STARTED"
+FOLDER_VARIABLE = "IMGPIPE_TESTS_WARM_PYTHON_FOLDER"
 _HEADER = 8  # bytes of a request's length
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -349,17 +349,21 @@ def _child(request: dict, fds: list[int], imported: dict[str, str]) -> None:
 # The pytest side.
 
 class WarmPython:
-    """The server for this pytest process, and the folder holding the client as `python` (and the server's log)."""
+    """The server of this test run, and the folder holding the client as `python` (and the server's log). The pytest
+    process that starts it owns it; those it starts (xdist's workers) find it by FOLDER_VARIABLE and share it."""
 
-    def __init__(self) -> None:
-        self.folder = Path(tempfile.mkdtemp(prefix="warm-python-"))
+    def __init__(self, folder: Path | None = None) -> None:
+        self.process = None
+        self.folder = folder or Path(tempfile.mkdtemp(prefix="warm-python-"))
         self.socket = str(self.folder / "socket")
+        if folder is not None:
+            return
         (self.folder / "python").write_text(f"#!{sys.executable} -IS\nimport sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n"
                                             "import warm_python\nwarm_python.client()\n")
         (self.folder / "python").chmod(0o755)
-        self.log = open(self.folder / "server.log", "w")
-        self.process = subprocess.Popen([sys.executable, __file__, "serve", self.socket], stdin=subprocess.PIPE,
-                                        stdout=self.log, stderr=self.log, cwd=self.folder)
+        with open(self.folder / "server.log", "w") as log:
+            self.process = subprocess.Popen([sys.executable, __file__, "serve", self.socket], stdin=subprocess.PIPE,
+                                            stdout=log, stderr=log, cwd=self.folder)
 
     def env(self, env: dict[str, str]) -> dict[str, str]:
         """`env` with this client first on PATH."""
@@ -372,17 +376,18 @@ class WarmPython:
         """Until it answers (it imports for some seconds first)."""
         deadline = time.monotonic() + timeout
         while not os.path.exists(self.socket):
-            if self.process.poll() is not None or time.monotonic() > deadline:
+            if (self.process and self.process.poll() is not None) or time.monotonic() > deadline:
                 raise RuntimeError(f"the warm python did not start: {self.log_text()}")
             time.sleep(0.1)
 
     def stop(self) -> None:
+        if self.process is None:  # its owner stops it
+            return
         self.process.stdin.close()
         try:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.process.kill()
-        self.log.close()
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
@@ -390,12 +395,14 @@ _STARTED: list[WarmPython] = []
 
 
 def start() -> None:
-    """Start this process's server, unless IMGPIPE_TESTS_COLD is set, or a test started this pytest (the GPU check's
-    dry run does: its few tests run no stage)."""
-    if _STARTED or os.environ.get("IMGPIPE_TESTS_COLD") or os.environ.get(_IN_A_TEST) or not hasattr(os, "pidfd_open"):
+    """Start the test run's server, or share the one the pytest process that started this one runs (xdist's workers
+    share their controller's; so does the GPU check's dry run, whose pytest a test starts); unless IMGPIPE_TESTS_COLD
+    is set."""
+    if _STARTED or os.environ.get("IMGPIPE_TESTS_COLD") or not hasattr(os, "pidfd_open"):
         return  # pidfd_open: Linux's; elsewhere stages start cold
-    _STARTED.append(WarmPython())
-    os.environ[_IN_A_TEST] = "1"  # what this process's tests start inherits it
+    shared = os.environ.get(FOLDER_VARIABLE)
+    _STARTED.append(WarmPython(Path(shared) if shared else None))
+    os.environ[FOLDER_VARIABLE] = str(_STARTED[0].folder)  # what this process starts inherits it
 
 
 def warm_env(env: dict[str, str]) -> dict[str, str]:
