@@ -2,17 +2,17 @@
 for the test run (creating one takes a second or two), an experiment of its own for each test."""
 
 import os
-import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import mlflow
 import numpy as np
-import psutil
 import pytest
 import torch
+from warm_python import warm_env
 
 from imgpipe import paths
 from imgpipe.errors import ImgpipeError
@@ -81,56 +81,127 @@ def test_a_training_is_found_by_its_digest(store, experiment, tmp_path):
     assert runs.training_digest(checkpoint, metrics) != digest
 
 
-def _being_recorded(store, experiment: str, digest: str, publisher: str, finish_after: float | None = None) -> str:
-    """An unfinished run of a training, as a publish in the middle of recording it leaves it; finished by another
-    thread `finish_after` seconds on, as that publish would."""
-    experiment_id = tracking_store.experiment_id(store, experiment)
-    run_id = store.create_run(experiment_id, tags={runs.TRAINING: digest, runs.PUBLISHER: publisher}).info.run_id
+@pytest.fixture
+def another_process():
+    """The pid of a live process on this machine, other than this one: a publish recording a run, as its tag tells."""
+    process = subprocess.Popen(["sleep", "60"])
+    yield process.pid
+    process.kill()
+    process.wait()
+
+
+def _publisher(pid: int, started: str | None = None, machine: str | None = None) -> str:
+    """A PUBLISHER tag: by default that of process `pid` on this machine."""
+    return f"{runs._machine() if machine is None else machine} {pid} {runs._started(pid) if started is None else started}"
+
+
+def _being_recorded(store, experiment: str, digest: str, publisher: str, finish_after: float | None = None,
+                    status: str | None = None) -> str:
+    """An unfinished run of a training, as a publish in the middle of recording it leaves it (or ended `status`);
+    recorded whole by another thread `finish_after` seconds on, as that publish would."""
+    run_id = store.create_run(tracking_store.experiment_id(store, experiment), tags={runs.TRAINING: digest, runs.PUBLISHER: publisher}).info.run_id
+    if status is not None:
+        store.set_terminated(run_id, status)
+
+    def finish():
+        store.set_tag(run_id, runs.MODEL_URI, "models:/m-0")
+        store.set_terminated(run_id, "FINISHED")
+
     if finish_after is not None:
-        threading.Timer(finish_after, store.set_terminated, (run_id, "FINISHED")).start()
+        threading.Timer(finish_after, finish).start()
     return run_id
 
 
-def _publisher(host: str = socket.gethostname(), pid: int = os.getpid(), started: float | None = None, began: float | None = None) -> str:
-    """A PUBLISHER tag: by default this live process's, begun now."""
-    started = psutil.Process(pid).create_time() if started is None else started
-    return f"{host} {pid} {started:.2f} {time.time() if began is None else began:.3f}"
-
-
-def test_a_run_another_publish_is_recording_is_waited_for_and_an_abandoned_one_deleted(store, experiment, monkeypatch):
-    """Experiments beside each other publish to one store: a run that a live publish (this machine's, or another
+def test_a_run_another_publish_is_recording_is_waited_for_and_an_abandoned_one_deleted(store, experiment, monkeypatch,
+                                                                                         another_process, capsys):
+    """Experiments beside each other publish to one store: a run that another live publish (this machine's, or another
     machine's within its lease) is recording is not deleted from under it; one whose publish is over is."""
     monkeypatch.setattr(runs, "WAIT_SECONDS", 0.05)
+    monkeypatch.setattr(runs, "LEASE_SECONDS", 1.0)  # counted from when this process first sees the run
     ended = subprocess.Popen(["true"])
     ended.wait()
-    live = {"a" * 16: _being_recorded(store, experiment, "a" * 16, _publisher(), finish_after=0.5),
-            "b" * 16: _being_recorded(store, experiment, "b" * 16, _publisher(host="elsewhere"), finish_after=0.5)}
-    over = [_being_recorded(store, experiment, "c" * 16, _publisher(pid=ended.pid, started=1.0)),  # its process ended
-            _being_recorded(store, experiment, "d" * 16, _publisher(started=1.0)),  # its pid names another process now
-            _being_recorded(store, experiment, "e" * 16, _publisher(host="elsewhere", began=time.time() - runs.LEASE_SECONDS - 1))]
-    assert runs.find_runs(experiment, ["a" * 16, "b" * 16, "c" * 16, "d" * 16, "e" * 16]) == live
-    assert [store.get_run(run_id).info.lifecycle_stage for run_id in over] == ["deleted"] * 3
+    live = {"a" * 16: _being_recorded(store, experiment, "a" * 16, _publisher(another_process), finish_after=0.5),
+            "b" * 16: _being_recorded(store, experiment, "b" * 16, _publisher(another_process, machine="elsewhere"), finish_after=0.5)}
+    over = {"c" * 16: _publisher(ended.pid, started="1"),  # its process ended
+            "d" * 16: _publisher(another_process, started="1"),  # its pid names another process now
+            "e" * 16: _publisher(os.getpid()),  # this process began it and gave up on it
+            "f" * 16: _publisher(another_process, machine="elsewhere"),  # another machine's: its lease runs out
+            "g" * 16: "an older imgpipe's"}
+    over = [_being_recorded(store, experiment, digest, publisher) for digest, publisher in over.items()]
+    over += [_being_recorded(store, experiment, "h" * 16, _publisher(another_process), status="FAILED"),  # its publish failed
+             _being_recorded(store, experiment, "i" * 16, _publisher(another_process), status="FINISHED")]  # without its model
+    assert runs.find_runs(experiment, [d * 16 for d in "abcdefghi"]) == live
+    assert [store.get_run(run_id).info.lifecycle_stage for run_id in over] == ["deleted"] * 7
+    said = capsys.readouterr().out
+    assert all(f"{run_id} of this training is being recorded by another publish" in said for run_id in (live["a" * 16], over[3]))
 
 
-def test_a_training_another_publish_records_meanwhile_is_recorded_once(store, experiment, monkeypatch):
+def test_on_the_embedded_store_an_unfinished_run_is_never_waited_for(store, experiment, monkeypatch, mlflow_store,
+                                                                      another_process, capsys):
+    """There publishes take turns (store_lock): a run seen unfinished was left by one that ended without finishing it."""
+    monkeypatch.setattr(paths, "MLFLOW_DB", Path(mlflow_store.removeprefix("sqlite:///")))
+    monkeypatch.setattr(tracking_store, "EMBEDDED_STORE", mlflow_store)
+    monkeypatch.setattr(runs, "LEASE_SECONDS", 0.5)  # a wait, if it waited, would end
+    left = _being_recorded(store, experiment, "a" * 16, _publisher(another_process))
+    assert runs.find_runs(experiment, ["a" * 16]) == {} and store.get_run(left).info.lifecycle_stage == "deleted"
+    assert "being recorded by another publish" not in capsys.readouterr().out
+
+
+def test_a_training_another_publish_records_meanwhile_is_recorded_once(store, experiment, monkeypatch, another_process):
     """Two publishes that both found no run for a training: the one that comes second uses the first's run, whether it
-    looks once the first has begun (it waits for it), or both begin one together (the earlier claim is kept)."""
+    looks once the first has begun (it waits for it), or both begin one together (it steps back and waits)."""
     monkeypatch.setattr(runs, "WAIT_SECONDS", 0.05)
-    first = _being_recorded(store, experiment, "0123456789abcdef", _publisher(), finish_after=0.5)
+    first = _being_recorded(store, experiment, "0123456789abcdef", _publisher(another_process), finish_after=0.5)
     assert _log(experiment)[0] == first
     create_run = mlflow.MlflowClient.create_run
     rivals = []
 
-    def together(client, experiment_id, **kwargs):  # a rival's claim lands between this publish's look and its own
+    def together(client, experiment_id, **kwargs):  # a rival's run is stored between this publish's look and its own
         monkeypatch.setattr(mlflow.MlflowClient, "create_run", create_run)
-        rivals.append(_being_recorded(client, experiment, "fedcba9876543210", _publisher(began=time.time() - 1), finish_after=0.5))
+        rivals.append(_being_recorded(client, experiment, "fedcba9876543210", _publisher(another_process), finish_after=0.5))
         return create_run(client, experiment_id, **kwargs)
 
     monkeypatch.setattr(mlflow.MlflowClient, "create_run", together)
     assert _log(experiment, training="fedcba9876543210")[0] == rivals[0]
     for digest, run_id in (("0123456789abcdef", first), ("fedcba9876543210", rivals[0])):
-        assert [run.info.run_id for run in store.search_runs([store.get_experiment_by_name(experiment).experiment_id],
-                                                             filter_string=f"tags.`{runs.TRAINING}` = '{digest}'")] == [run_id]
+        assert _runs_of(store, experiment, digest) == [run_id]
+
+
+def _runs_of(store, experiment: str, digest: str) -> list[str]:
+    return [run.info.run_id for run in store.search_runs([store.get_experiment_by_name(experiment).experiment_id],
+                                                         filter_string=f"tags.`{runs.TRAINING}` = '{digest}'")]
+
+
+RACER = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from test_tracking import _log
+Path(sys.argv[1]).touch()  # ready
+while not Path(sys.argv[2]).exists():
+    time.sleep(0.001)
+print(_log({experiment!r}, training="5" * 16)[0])
+"""
+
+
+def test_two_publishes_racing_to_record_one_training_record_it_once(store, experiment, mlflow_store, tmp_path):
+    """Two real processes, let go at once, each told to record the same training: one run, which both return."""
+    script, go = tmp_path / "racer.py", tmp_path / "go"
+    script.write_text(RACER.format(tests=str(Path(__file__).parent), experiment=experiment))
+    tracking_store.experiment_id(store, experiment)
+    env = os.environ | {"MLFLOW_TRACKING_URI": mlflow_store, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    racers = [subprocess.Popen(["python", str(script), str(tmp_path / f"ready{i}"), str(go)], cwd=tmp_path, env=warm_env(env),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / f"ready{i}").exists() for i in range(2)):
+        assert time.monotonic() < deadline and all(racer.poll() is None for racer in racers), [r.communicate() for r in racers]
+        time.sleep(0.01)
+    go.touch()
+    done = [racer.communicate(timeout=120) for racer in racers]
+    assert all(racer.returncode == 0 for racer in racers), done
+    recorded = {out.split()[-1] for out, _ in done}
+    assert len(recorded) == 1 and _runs_of(store, experiment, "5" * 16) == list(recorded), done
+    assert store.get_run(recorded.pop()).info.status == "FINISHED"
 
 
 def test_an_experiment_made_before_gets_its_kind(store, mlflow_store):

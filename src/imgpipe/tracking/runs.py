@@ -6,9 +6,11 @@ Every run is tagged with the DVC experiment that made it, the git commit, the da
 and the device; the runs of one pipeline execution share the tag `imgpipe.execution`.
 """
 
+import contextlib
 import hashlib
 import json
 import os
+import random
 import socket
 import tempfile
 import time
@@ -22,7 +24,7 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunT
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from imgpipe import provenance
-from imgpipe.tracking.store import experiment_id, store_client, store_lock
+from imgpipe.tracking.store import experiment_id, store_client, store_lock, takes_turns
 
 
 def dataset_inputs(name: str, data_fingerprint: str, folder: Path, images: dict[str, int]) -> list[DatasetInput]:
@@ -117,70 +119,99 @@ def training_digest(*files: Path) -> str:
 @store_lock()
 def find_runs(experiment: str, trainings: list[str]) -> dict[str, str]:
     """The runs already made for these trainings (digests): digest -> run id. Only finished ones; one that another
-    publish is recording (an experiment beside this one, on this store) is waited for; one whose publish stopped
-    (the store went away in the middle of it) is deleted, for a rerun to record the training anew, once."""
+    publish is recording (an experiment beside this one, on a store they share) is waited for; one whose publish
+    stopped (the store went away in the middle of it) is deleted, for a rerun to record the training anew, once."""
     client = store_client()
     found = client.get_experiment_by_name(experiment)
     if found is None or not trainings:
         return {}
-    runs = {digest: run_id for digest in trainings if (run_id := _recorded(client, found.experiment_id, digest))}
-    return runs
+    return {digest: run_id for digest in trainings if (run_id := _recorded(client, found.experiment_id, digest))}
 
 
-PUBLISHER = "imgpipe.publisher"  # tag: "host pid process-start began" of the process recording the run, until it is finished
-# An unfinished run older than this is taken as abandoned even if its process is alive elsewhere (another machine's
-# cannot be asked): a publish records a run in seconds, uploads included.
+# Which process is recording a run, until it is finished: "machine pid start" (see _machine and _started).
+PUBLISHER = "imgpipe.publisher"
+# How long, on the waiting process's own clock, a run another process is recording is waited for before it counts as
+# abandoned: a publish records a run in seconds, uploads included; a process on another machine cannot be asked.
 LEASE_SECONDS = 15 * 60
-WAIT_SECONDS = 1.0  # between looks at a run another publish is recording
+WAIT_SECONDS = 1.0  # between looks at such a run, and the first step back of two publishes that began one together
+
+
+def _machine() -> str:
+    """This machine and its process namespace, where a pid names one process (containers may share a hostname)."""
+    try:
+        return f"{Path('/proc/sys/kernel/random/boot_id').read_text().strip()}:{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:  # not Linux
+        return socket.gethostname()
+
+
+def _started(pid: int) -> str | None:
+    """When process `pid` started, exactly (clock ticks since boot, from /proc; else psutil's time): None if none runs."""
+    if Path("/proc/self/stat").exists():
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        except OSError:
+            return None
+    try:
+        return f"{psutil.Process(pid).create_time():.3f}"
+    except psutil.Error:
+        return None
+
+
+def _finished(run) -> bool:
+    """Recorded whole: finished, with its model (the model's tag is set before the run is finished)."""
+    return run.info.status == "FINISHED" and MODEL_URI in run.data.tags
+
+
+def _in_progress(run, first_seen: dict[str, float]) -> bool:
+    """Whether another publish may still finish this unfinished run: its process is alive (on this machine; on another,
+    until it has been waited for LEASE_SECONDS, counted in `first_seen`). Not a run this process began and gave up, one
+    that failed, nor one an older imgpipe began; nor any on the embedded store, where publishes take turns
+    (store_lock): one seen there was left by a publish that ended without finishing it."""
+    try:
+        machine, pid, started = run.data.tags[PUBLISHER].split()
+        pid = int(pid)
+    except (KeyError, ValueError):
+        return False
+    if run.info.status != "RUNNING" or takes_turns():
+        return False
+    if machine == _machine() and (pid == os.getpid() or _started(pid) != started):
+        return False
+    return time.monotonic() - first_seen.setdefault(run.info.run_id, time.monotonic()) < LEASE_SECONDS
+
+
+def _recorded(client, experiment_id: str, digest: str) -> str | None:
+    """The finished run of this training, if there is one. A run another publish is recording is waited for (it may
+    finish it, or end without finishing it); one whose publish is over is deleted."""
+    first_seen: dict[str, float] = {}
+    announced: set[str] = set()
+    while True:
+        in_progress = []
+        for run in client.search_runs([experiment_id], filter_string=f"tags.`{TRAINING}` = '{digest}'"):
+            if _finished(run):
+                return run.info.run_id
+            if _in_progress(run, first_seen):
+                in_progress.append(run)
+            else:
+                print(f"MLflow run {run.info.run_id} was begun and not finished (its publish stopped): deleted, to record it again")
+                client.delete_run(run.info.run_id)
+        if not in_progress:
+            return None
+        for run in in_progress:
+            if run.info.run_id not in announced:
+                announced.add(run.info.run_id)
+                print(f"MLflow run {run.info.run_id} of this training is being recorded by another publish "
+                      f"(process {run.data.tags[PUBLISHER].split()[1]}): waiting for it")
+        time.sleep(WAIT_SECONDS)
+
+
+def _contested(client, experiment_id: str, digest: str, mine: str) -> bool:
+    """Whether a run of this training other than `mine`, the one this process just began, is recorded or in progress."""
+    return any(run.info.run_id != mine and (_finished(run) or _in_progress(run, {}))
+               for run in client.search_runs([experiment_id], filter_string=f"tags.`{TRAINING}` = '{digest}'"))
 
 
 def _publisher() -> str:
-    return f"{socket.gethostname()} {os.getpid()} {psutil.Process().create_time():.2f} {time.time():.3f}"
-
-
-def _claim(run) -> tuple[float, str] | None:
-    """When a live publish began recording this unfinished run, and the run's id (the earlier claim wins); None where
-    its publish is over: its process is gone (on this machine), its lease ran out, or an older imgpipe made it."""
-    try:
-        host, pid, started, began = run.data.tags[PUBLISHER].split()
-        began = float(began)
-    except (KeyError, ValueError):
-        return None
-    if time.time() - began > LEASE_SECONDS:
-        return None
-    if host == socket.gethostname():
-        try:
-            if abs(psutil.Process(int(pid)).create_time() - float(started)) > 0.05:  # the pid now names another process
-                return None
-        except psutil.NoSuchProcess:
-            return None
-    return began, run.info.run_id
-
-
-def _recorded(client, experiment_id: str, digest: str, mine: str | None = None) -> str | None:
-    """The finished run of this training, if there is one. A run another live publish is recording is waited for (it
-    may be finished, or its publish may end without finishing it); one whose publish is over is deleted. `mine`: a
-    run this process just began for it, which is kept while its claim is the earliest (then None is returned)."""
-    waited = None
-    while True:
-        claims = {}
-        for run in client.search_runs([experiment_id], filter_string=f"tags.`{TRAINING}` = '{digest}'"):
-            if run.info.status == "FINISHED":
-                return run.info.run_id
-            claim = _claim(run)
-            if claim is None and run.info.run_id != mine:
-                print(f"MLflow run {run.info.run_id} was begun and not finished (its publish stopped): deleted, to record it again")
-                client.delete_run(run.info.run_id)
-            else:
-                claims[run.info.run_id] = claim or (0.0, run.info.run_id)
-        first = min(claims.values(), default=(0.0, None))[1]
-        if first is None or first == mine:
-            return None
-        if waited != first:
-            host, pid = client.get_run(first).data.tags[PUBLISHER].split()[:2]
-            print(f"MLflow run {first} of this training is being recorded by another publish ({host}, process {pid}): waiting for it")
-            waited = first
-        time.sleep(WAIT_SECONDS)
+    return f"{_machine()} {os.getpid()} {_started(os.getpid())}"
 
 
 def _milliseconds(iso: str) -> int:
@@ -216,16 +247,33 @@ def log_training(experiment: str, run_name: str, *, training: str, params: dict,
     started = _milliseconds(metrics["started"])
     ended = started + int(metrics["train_seconds"] * 1000)
     experiment = experiment_id(client, experiment)
-    # Another publish may have recorded it since this one looked (a store lock makes them take turns on the embedded
-    # store; a server has none): its run is used. Two that begin one together keep the earlier claim's.
-    while (recorded := _recorded(client, experiment, training)) is None:
+    # Another publish may have recorded it, or begun to, since this one looked (on a store without store_lock): its
+    # run is used. Two that begin one together both see the other's once theirs is stored, and both step back, each
+    # for a random while, and look again: the first to come back records it, the other waits for it.
+    step_back = WAIT_SECONDS
+    while True:
+        recorded = _recorded(client, experiment, training)
+        if recorded is not None:
+            return recorded
         run_id = client.create_run(experiment, start_time=started, run_name=run_name,
                                    tags=tags | {TRAINING: training, PUBLISHER: _publisher()}).info.run_id
-        if (recorded := _recorded(client, experiment, training, mine=run_id)) is None:
+        if not _contested(client, experiment, training, run_id):
             break
         client.delete_run(run_id)
-    if recorded is not None:
-        return recorded
+        time.sleep(random.uniform(0, step_back))
+        step_back *= 2
+    try:
+        _record(client, run_id, params=params, curves=curves, metrics=metrics, ended=ended, model=model, example=example,
+                datasets=datasets, preprocessing=preprocessing)
+    except BaseException:
+        with contextlib.suppress(Exception):  # for the publishes beside it, given up: not waited for
+            client.set_terminated(run_id, "FAILED")
+        raise
+    return run_id
+
+
+def _record(client, run_id: str, *, params: dict, curves: dict[str, list[float]], metrics: dict, ended: int, model,
+            example: np.ndarray, datasets: list[DatasetInput], preprocessing) -> None:
     log_params(client, run_id, params)
     client.log_inputs(run_id, datasets=datasets)
     points = [Metric(f"{CURVE}{name}", float(value), ended, epoch)
@@ -244,10 +292,10 @@ def log_training(experiment: str, run_name: str, *, training: str, params: dict,
             code_paths=[str(export.copy_code(Path(folder) / "code"))],  # the served code alone: loads anywhere
             pip_requirements=export.requirements(),  # derived from what that code imports
         )
-    client.set_tag(run_id, MODEL_URI, logged.model_uri)  # MLflow 3 keeps models apart from run artifacts: models:/m-...
+        # Before start_run's end marks the run finished: a finished run has its model (_finished).
+        client.set_tag(run_id, MODEL_URI, logged.model_uri)  # MLflow 3 keeps models apart from run artifacts: models:/m-...
     client.set_terminated(run_id, "FINISHED", end_time=ended)  # the run lasts as long as its training did
     mlflow.flush_async_logging()  # with MLFLOW_ENABLE_ASYNC_LOGGING, stored before the stage ends (os._exit)
-    return run_id
 
 
 EVALUATION = "imgpipe.evaluation"  # tag: the digest of the test metrics a run's evaluation added, set once all of it is

@@ -21,11 +21,16 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or EMBEDDED_STORE
 
 
+def takes_turns() -> bool:
+    """Whether the stages take turns at the store (store_lock): the embedded one, on this machine."""
+    return tracking_uri() == EMBEDDED_STORE
+
+
 @contextmanager
 def store_lock() -> Iterator[None]:
     """Take turns at the embedded store: SQLite has one writer at a time, and MLflow's first-use
     migrations race when parallel stages (dvc queue start -j 2) create the store together."""
-    if tracking_uri() != EMBEDDED_STORE:
+    if not takes_turns():
         yield
         return
     paths.MLFLOW_DB.parent.mkdir(parents=True, exist_ok=True)
