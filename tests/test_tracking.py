@@ -4,7 +4,6 @@ for the test run (creating one takes a second or two), an experiment of its own 
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from imgpipe import paths
 from imgpipe.errors import ImgpipeError
 from imgpipe.models.networks import Classifier, build_model
 from imgpipe.serving.preprocessing import Preprocessing
-from imgpipe.tracking import registry, runs
+from imgpipe.tracking import claims, registry, runs
 from imgpipe.tracking import store as tracking_store
 
 
@@ -90,75 +89,89 @@ def another_process():
     process.wait()
 
 
-def _publisher(pid: int, started: str | None = None, machine: str | None = None) -> str:
+def _publisher(pid: int, start: str | None = None, machine: str | None = None) -> str:
     """A PUBLISHER tag: by default that of process `pid` on this machine."""
-    return f"{runs._machine() if machine is None else machine} {pid} {runs._started(pid) if started is None else started}"
+    return f"{claims.machine() if machine is None else machine} {pid} {claims.started(pid) if start is None else start}"
 
 
-def _being_recorded(store, experiment: str, digest: str, publisher: str, finish_after: float | None = None,
-                    status: str | None = None) -> str:
-    """An unfinished run of a training, as a publish in the middle of recording it leaves it (or ended `status`);
-    recorded whole by another thread `finish_after` seconds on, as that publish would."""
-    run_id = store.create_run(tracking_store.experiment_id(store, experiment), tags={runs.TRAINING: digest, runs.PUBLISHER: publisher}).info.run_id
+def _being_recorded(store, experiment: str, digest: str, publisher: str, status: str | None = None) -> str:
+    """An unfinished run of a training, as a publish in the middle of recording it leaves it (or ended `status`)."""
+    run_id = store.create_run(tracking_store.experiment_id(store, experiment),
+                              tags={runs.TRAINING: digest, claims.PUBLISHER: publisher}).info.run_id
     if status is not None:
         store.set_terminated(run_id, status)
-
-    def finish():
-        store.set_tag(run_id, runs.MODEL_URI, "models:/m-0")
-        store.set_terminated(run_id, "FINISHED")
-
-    if finish_after is not None:
-        threading.Timer(finish_after, finish).start()
     return run_id
+
+
+def _while_waiting(monkeypatch, store, finish: list[str], beat: list[str] = (), after: int = 3) -> list[int]:
+    """While this process waits for runs in progress, their publishes go on: every pause, the runs in `beat` bump their
+    heartbeat, and at the `after`th, the runs in `finish` are finished. Returns the count of pauses, as it grows."""
+    pauses = [0]
+
+    def pause():
+        pauses[0] += 1
+        for run_id in beat:
+            store.set_tag(run_id, claims.HEARTBEAT, str(pauses[0]))
+        if pauses[0] == after:
+            for run_id in finish:
+                store.set_tag(run_id, runs.MODEL_URI, "models:/m-0")
+                store.set_terminated(run_id, "FINISHED")
+        time.sleep(0.02)
+
+    monkeypatch.setattr(claims, "pause", pause)
+    return pauses
 
 
 def test_a_run_another_publish_is_recording_is_waited_for_and_an_abandoned_one_deleted(store, experiment, monkeypatch,
                                                                                          another_process, capsys):
-    """Experiments beside each other publish to one store: a run that another live publish (this machine's, or another
-    machine's within its lease) is recording is not deleted from under it; one whose publish is over is."""
-    monkeypatch.setattr(runs, "WAIT_SECONDS", 0.05)
-    monkeypatch.setattr(runs, "LEASE_SECONDS", 1.0)  # counted from when this process first sees the run
+    """Experiments beside each other publish to one store: a run another live publish is recording (this machine's,
+    or another machine's whose heartbeat goes on) is not deleted from under it; one whose publish is over is."""
+    monkeypatch.setattr(claims, "STALE_SECONDS", 0.2)  # on this process's clock, from when it first sees the heartbeat
+    monkeypatch.setattr(claims, "LEASE_SECONDS", 5.0)  # were a run waited for that should not be, the test would end
     ended = subprocess.Popen(["true"])
     ended.wait()
-    live = {"a" * 16: _being_recorded(store, experiment, "a" * 16, _publisher(another_process), finish_after=0.5),
-            "b" * 16: _being_recorded(store, experiment, "b" * 16, _publisher(another_process, machine="elsewhere"), finish_after=0.5)}
-    over = {"c" * 16: _publisher(ended.pid, started="1"),  # its process ended
-            "d" * 16: _publisher(another_process, started="1"),  # its pid names another process now
-            "e" * 16: _publisher(os.getpid()),  # this process began it and gave up on it
-            "f" * 16: _publisher(another_process, machine="elsewhere"),  # another machine's: its lease runs out
+    live = {"a" * 16: _being_recorded(store, experiment, "a" * 16, _publisher(another_process)),
+            "b" * 16: _being_recorded(store, experiment, "b" * 16, _publisher(another_process, machine="elsewhere"))}
+    stale = _being_recorded(store, experiment, "c" * 16, _publisher(another_process, machine="elsewhere"))  # no heartbeat
+    over = {"d" * 16: _publisher(ended.pid, start="1"),  # its process ended
+            "e" * 16: _publisher(another_process, start="1"),  # its pid names another process now
+            "f" * 16: _publisher(os.getpid()),  # this process began it and gave up on it
             "g" * 16: "an older imgpipe's"}
     over = [_being_recorded(store, experiment, digest, publisher) for digest, publisher in over.items()]
-    over += [_being_recorded(store, experiment, "h" * 16, _publisher(another_process), status="FAILED"),  # its publish failed
-             _being_recorded(store, experiment, "i" * 16, _publisher(another_process), status="FINISHED")]  # without its model
-    assert runs.find_runs(experiment, [d * 16 for d in "abcdefghi"]) == live
-    assert [store.get_run(run_id).info.lifecycle_stage for run_id in over] == ["deleted"] * 7
-    said = capsys.readouterr().out
-    assert all(f"{run_id} of this training is being recorded by another publish" in said for run_id in (live["a" * 16], over[3]))
+    over.append(_being_recorded(store, experiment, "h" * 16, _publisher(another_process), status="FAILED"))
+    pauses = _while_waiting(monkeypatch, store, finish=list(live.values()), beat=[live["b" * 16]], after=20)
+    assert runs.find_runs(experiment, [d * 16 for d in "abcdefgh"]) == live
+    assert pauses[0] == 20  # it waited for the live ones until they were finished
+    assert [store.get_run(run_id).info.lifecycle_stage for run_id in [stale, *over]] == ["deleted"] * 6
+    waited = {line.split()[2] for line in capsys.readouterr().out.splitlines() if "being recorded by another publish" in line}
+    assert waited == {*live.values(), stale}  # the others were not waited for: their publish is plainly over
 
 
 def test_on_the_embedded_store_an_unfinished_run_is_never_waited_for(store, experiment, monkeypatch, mlflow_store,
                                                                       another_process, capsys):
     """There publishes take turns (store_lock): a run seen unfinished was left by one that ended without finishing it."""
     monkeypatch.setattr(paths, "MLFLOW_DB", Path(mlflow_store.removeprefix("sqlite:///")))
-    monkeypatch.setattr(tracking_store, "EMBEDDED_STORE", mlflow_store)
-    monkeypatch.setattr(runs, "LEASE_SECONDS", 0.5)  # a wait, if it waited, would end
+    monkeypatch.setattr(claims, "LEASE_SECONDS", 1.0)  # were it waited for, the test would end
     left = _being_recorded(store, experiment, "a" * 16, _publisher(another_process))
+    pauses = _while_waiting(monkeypatch, store, finish=[])
     assert runs.find_runs(experiment, ["a" * 16]) == {} and store.get_run(left).info.lifecycle_stage == "deleted"
-    assert "being recorded by another publish" not in capsys.readouterr().out
+    assert pauses[0] == 0 and "being recorded by another publish" not in capsys.readouterr().out
 
 
 def test_a_training_another_publish_records_meanwhile_is_recorded_once(store, experiment, monkeypatch, another_process):
     """Two publishes that both found no run for a training: the one that comes second uses the first's run, whether it
     looks once the first has begun (it waits for it), or both begin one together (it steps back and waits)."""
-    monkeypatch.setattr(runs, "WAIT_SECONDS", 0.05)
-    first = _being_recorded(store, experiment, "0123456789abcdef", _publisher(another_process), finish_after=0.5)
+    first = _being_recorded(store, experiment, "0123456789abcdef", _publisher(another_process))
+    _while_waiting(monkeypatch, store, finish=[first])
     assert _log(experiment)[0] == first
+    monkeypatch.setattr(claims, "WAIT_SECONDS", 0.05)  # the step back's first bound
     create_run = mlflow.MlflowClient.create_run
     rivals = []
 
     def together(client, experiment_id, **kwargs):  # a rival's run is stored between this publish's look and its own
         monkeypatch.setattr(mlflow.MlflowClient, "create_run", create_run)
-        rivals.append(_being_recorded(client, experiment, "fedcba9876543210", _publisher(another_process), finish_after=0.5))
+        rivals.append(_being_recorded(client, experiment, "fedcba9876543210", _publisher(another_process)))
+        _while_waiting(monkeypatch, store, finish=rivals)
         return create_run(client, experiment_id, **kwargs)
 
     monkeypatch.setattr(mlflow.MlflowClient, "create_run", together)
@@ -175,28 +188,33 @@ def _runs_of(store, experiment: str, digest: str) -> list[str]:
 RACER = """
 import sys, time
 from pathlib import Path
+import mlflow
 sys.path.insert(0, {tests!r})
 from test_tracking import _log
-Path(sys.argv[1]).touch()  # ready
-while not Path(sys.argv[2]).exists():
-    time.sleep(0.001)
+
+create_run = mlflow.MlflowClient.create_run
+
+def together(*args, **kwargs):  # both have looked and found nothing: both begin a run at once
+    mlflow.MlflowClient.create_run = create_run
+    Path(sys.argv[1] + ".looked").touch()
+    while not Path(sys.argv[2] + ".looked").exists():
+        time.sleep(0.001)
+    return create_run(*args, **kwargs)
+
+mlflow.MlflowClient.create_run = together
 print(_log({experiment!r}, training="5" * 16)[0])
 """
 
 
 def test_two_publishes_racing_to_record_one_training_record_it_once(store, experiment, mlflow_store, tmp_path):
-    """Two real processes, let go at once, each told to record the same training: one run, which both return."""
-    script, go = tmp_path / "racer.py", tmp_path / "go"
+    """Two real processes told to record the same training, which both look, find nothing and begin a run at once:
+    one run is recorded, and both return it."""
+    script = tmp_path / "racer.py"
     script.write_text(RACER.format(tests=str(Path(__file__).parent), experiment=experiment))
     tracking_store.experiment_id(store, experiment)
     env = os.environ | {"MLFLOW_TRACKING_URI": mlflow_store, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    racers = [subprocess.Popen(["python", str(script), str(tmp_path / f"ready{i}"), str(go)], cwd=tmp_path, env=warm_env(env),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
-    deadline = time.monotonic() + 120
-    while not all((tmp_path / f"ready{i}").exists() for i in range(2)):
-        assert time.monotonic() < deadline and all(racer.poll() is None for racer in racers), [r.communicate() for r in racers]
-        time.sleep(0.01)
-    go.touch()
+    racers = [subprocess.Popen(["python", str(script), str(tmp_path / f"racer{i}"), str(tmp_path / f"racer{1 - i}")], cwd=tmp_path,
+                               env=warm_env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     done = [racer.communicate(timeout=120) for racer in racers]
     assert all(racer.returncode == 0 for racer in racers), done
     recorded = {out.split()[-1] for out, _ in done}

@@ -9,9 +9,7 @@ and the device; the runs of one pipeline execution share the tag `imgpipe.execut
 import contextlib
 import hashlib
 import json
-import os
 import random
-import socket
 import tempfile
 import time
 from datetime import datetime
@@ -19,12 +17,12 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-import psutil
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from imgpipe import provenance
-from imgpipe.tracking.store import experiment_id, store_client, store_lock, takes_turns
+from imgpipe.tracking import claims
+from imgpipe.tracking.store import experiment_id, store_client, store_lock
 
 
 def dataset_inputs(name: str, data_fingerprint: str, folder: Path, images: dict[str, int]) -> list[DatasetInput]:
@@ -125,93 +123,40 @@ def find_runs(experiment: str, trainings: list[str]) -> dict[str, str]:
     found = client.get_experiment_by_name(experiment)
     if found is None or not trainings:
         return {}
-    return {digest: run_id for digest in trainings if (run_id := _recorded(client, found.experiment_id, digest))}
+    return _recorded(client, found.experiment_id, trainings, claims.Watch())
 
 
-# Which process is recording a run, until it is finished: "machine pid start" (see _machine and _started).
-PUBLISHER = "imgpipe.publisher"
-# How long, on the waiting process's own clock, a run another process is recording is waited for before it counts as
-# abandoned: a publish records a run in seconds, uploads included; a process on another machine cannot be asked.
-LEASE_SECONDS = 15 * 60
-WAIT_SECONDS = 1.0  # between looks at such a run, and the first step back of two publishes that began one together
+def _runs_of(client, experiment_id: str, digest: str) -> list:
+    return client.search_runs([experiment_id], filter_string=f"tags.`{TRAINING}` = '{digest}'")
 
 
-def _machine() -> str:
-    """This machine and its process namespace, where a pid names one process (containers may share a hostname)."""
-    try:
-        return f"{Path('/proc/sys/kernel/random/boot_id').read_text().strip()}:{os.stat('/proc/self/ns/pid').st_ino}"
-    except OSError:  # not Linux
-        return socket.gethostname()
-
-
-def _started(pid: int) -> str | None:
-    """When process `pid` started, exactly (clock ticks since boot, from /proc; else psutil's time): None if none runs."""
-    if Path("/proc/self/stat").exists():
-        try:
-            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-        except OSError:
-            return None
-    try:
-        return f"{psutil.Process(pid).create_time():.3f}"
-    except psutil.Error:
-        return None
-
-
-def _finished(run) -> bool:
-    """Recorded whole: finished, with its model (the model's tag is set before the run is finished)."""
-    return run.info.status == "FINISHED" and MODEL_URI in run.data.tags
-
-
-def _in_progress(run, first_seen: dict[str, float]) -> bool:
-    """Whether another publish may still finish this unfinished run: its process is alive (on this machine; on another,
-    until it has been waited for LEASE_SECONDS, counted in `first_seen`). Not a run this process began and gave up, one
-    that failed, nor one an older imgpipe began; nor any on the embedded store, where publishes take turns
-    (store_lock): one seen there was left by a publish that ended without finishing it."""
-    try:
-        machine, pid, started = run.data.tags[PUBLISHER].split()
-        pid = int(pid)
-    except (KeyError, ValueError):
-        return False
-    if run.info.status != "RUNNING" or takes_turns():
-        return False
-    if machine == _machine() and (pid == os.getpid() or _started(pid) != started):
-        return False
-    return time.monotonic() - first_seen.setdefault(run.info.run_id, time.monotonic()) < LEASE_SECONDS
-
-
-def _recorded(client, experiment_id: str, digest: str) -> str | None:
-    """The finished run of this training, if there is one. A run another publish is recording is waited for (it may
-    finish it, or end without finishing it); one whose publish is over is deleted."""
-    first_seen: dict[str, float] = {}
-    announced: set[str] = set()
+def _recorded(client, experiment_id: str, digests: list[str], watch: "claims.Watch") -> dict[str, str]:
+    """The finished run of each training that has one: digest -> run id. Runs other publishes are recording are waited
+    for (they may finish them, or end without finishing them), all at once; those whose publish is over are deleted."""
+    recorded, waiting, announced = {}, list(digests), set()
     while True:
         in_progress = []
-        for run in client.search_runs([experiment_id], filter_string=f"tags.`{TRAINING}` = '{digest}'"):
-            if _finished(run):
-                return run.info.run_id
-            if _in_progress(run, first_seen):
-                in_progress.append(run)
-            else:
-                print(f"MLflow run {run.info.run_id} was begun and not finished (its publish stopped): deleted, to record it again")
-                client.delete_run(run.info.run_id)
-        if not in_progress:
-            return None
-        for run in in_progress:
+        for digest in waiting:
+            runs = _runs_of(client, experiment_id, digest)
+            finished = [run for run in runs if run.info.status == "FINISHED"]
+            if finished:
+                recorded[digest] = finished[0].info.run_id
+                continue
+            for run in runs:
+                if watch.in_progress(run):
+                    in_progress.append((digest, run))
+                else:
+                    print(f"MLflow run {run.info.run_id} was begun and not finished (its publish stopped): deleted, to record it again")
+                    client.delete_run(run.info.run_id)
+        waiting = sorted({digest for digest, _ in in_progress})
+        if not waiting:
+            return recorded
+        for _, run in in_progress:
             if run.info.run_id not in announced:
                 announced.add(run.info.run_id)
                 print(f"MLflow run {run.info.run_id} of this training is being recorded by another publish "
-                      f"(process {run.data.tags[PUBLISHER].split()[1]}): waiting for it")
-        time.sleep(WAIT_SECONDS)
-
-
-def _contested(client, experiment_id: str, digest: str, mine: str) -> bool:
-    """Whether a run of this training other than `mine`, the one this process just began, is recorded or in progress."""
-    return any(run.info.run_id != mine and (_finished(run) or _in_progress(run, {}))
-               for run in client.search_runs([experiment_id], filter_string=f"tags.`{TRAINING}` = '{digest}'"))
-
-
-def _publisher() -> str:
-    return f"{_machine()} {os.getpid()} {_started(os.getpid())}"
+                      f"(process {run.data.tags[claims.PUBLISHER].split()[1]}): waiting for it")
+        claims.pause()
 
 
 def _milliseconds(iso: str) -> int:
@@ -248,25 +193,27 @@ def log_training(experiment: str, run_name: str, *, training: str, params: dict,
     ended = started + int(metrics["train_seconds"] * 1000)
     experiment = experiment_id(client, experiment)
     # Another publish may have recorded it, or begun to, since this one looked (on a store without store_lock): its
-    # run is used. Two that begin one together both see the other's once theirs is stored, and both step back, each
-    # for a random while, and look again: the first to come back records it, the other waits for it.
-    step_back = WAIT_SECONDS
+    # run is used. Two that begin one together both see the other's once theirs is stored (a run is stored with its
+    # tags at once), and both step back, each for a random while, and look again: the first back records it.
+    watch, step_back = claims.Watch(), claims.WAIT_SECONDS
     while True:
-        recorded = _recorded(client, experiment, training)
-        if recorded is not None:
-            return recorded
+        if recorded := _recorded(client, experiment, [training], watch):
+            return recorded[training]
         run_id = client.create_run(experiment, start_time=started, run_name=run_name,
-                                   tags=tags | {TRAINING: training, PUBLISHER: _publisher()}).info.run_id
-        if not _contested(client, experiment, training, run_id):
+                                   tags=tags | {TRAINING: training, claims.PUBLISHER: claims.publisher()}).info.run_id
+        rivals = [run for run in _runs_of(client, experiment, training)
+                  if run.info.run_id != run_id and (run.info.status == "FINISHED" or watch.in_progress(run))]
+        if not rivals:
             break
         client.delete_run(run_id)
         time.sleep(random.uniform(0, step_back))
         step_back *= 2
     try:
-        _record(client, run_id, params=params, curves=curves, metrics=metrics, ended=ended, model=model, example=example,
-                datasets=datasets, preprocessing=preprocessing)
+        with claims.heartbeat(client, run_id):
+            _record(client, run_id, params=params, curves=curves, metrics=metrics, ended=ended, model=model,
+                    example=example, datasets=datasets, preprocessing=preprocessing)
     except BaseException:
-        with contextlib.suppress(Exception):  # for the publishes beside it, given up: not waited for
+        with contextlib.suppress(Exception):  # given up: the publishes beside it need not wait for it
             client.set_terminated(run_id, "FAILED")
         raise
     return run_id
@@ -292,7 +239,7 @@ def _record(client, run_id: str, *, params: dict, curves: dict[str, list[float]]
             code_paths=[str(export.copy_code(Path(folder) / "code"))],  # the served code alone: loads anywhere
             pip_requirements=export.requirements(),  # derived from what that code imports
         )
-        # Before start_run's end marks the run finished: a finished run has its model (_finished).
+        # Before start_run's end marks the run finished: a finished run has its model.
         client.set_tag(run_id, MODEL_URI, logged.model_uri)  # MLflow 3 keeps models apart from run artifacts: models:/m-...
     client.set_terminated(run_id, "FINISHED", end_time=ended)  # the run lasts as long as its training did
     mlflow.flush_async_logging()  # with MLFLOW_ENABLE_ASYNC_LOGGING, stored before the stage ends (os._exit)

@@ -22,8 +22,10 @@ def tracking_uri() -> str:
 
 
 def takes_turns() -> bool:
-    """Whether the stages take turns at the store (store_lock): the embedded one, on this machine."""
-    return tracking_uri() == EMBEDDED_STORE
+    """Whether the stages take turns at the store (store_lock): the embedded one, however its URI spells its path."""
+    uri = tracking_uri()
+    return uri == EMBEDDED_STORE or (uri.startswith("sqlite:///") and
+                                     Path(uri.removeprefix("sqlite:///")).resolve() == paths.MLFLOW_DB.resolve())
 
 
 @contextmanager
