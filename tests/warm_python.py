@@ -149,7 +149,8 @@ def serve(path: str) -> None:
     try:
         while True:
             for key, _ in selector.select():
-                if key.fileobj is sys.stdin:
+                if key.fileobj is sys.stdin:  # the pytest process ended: stopped, or killed before it could stop this
+                    shutil.rmtree(Path(path).parent, ignore_errors=True)
                     return
                 if key.fileobj is listener:
                     fork = _answer(listener.accept()[0], startup, imported, forks, selector)
