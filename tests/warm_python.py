@@ -121,7 +121,7 @@ def _pass_on(fork: int, number: int) -> None:
         pass
 
 
-# The server: one per pytest process.
+# The server: one per test run.
 
 class _Fork(NamedTuple):
     pid: int

@@ -9,6 +9,7 @@ compared). On the embedded store publishes take turns (store.store_lock), so not
 """
 
 import contextlib
+import functools
 import os
 import socket
 import threading
@@ -28,6 +29,10 @@ LEASE_SECONDS = 15 * 60  # the longest a run is waited for, alive or not (a proc
 WAIT_SECONDS = 1.0  # between looks at a run in progress
 
 
+_PROC = Path("/proc/self/stat").exists()  # Linux: a process's exact start is read from /proc
+
+
+@functools.cache  # the same for the life of the process; asked at every look at a run in progress
 def machine() -> str:
     """This machine and its process namespace, where a pid names one process (containers may share a hostname)."""
     try:
@@ -38,7 +43,7 @@ def machine() -> str:
 
 def started(pid: int) -> str | None:
     """When process `pid` started, exactly (clock ticks since boot, from /proc; else psutil's time), if it can be read."""
-    if Path("/proc/self/stat").exists():
+    if _PROC:
         try:
             return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
         except OSError:
@@ -65,8 +70,8 @@ def _alive(pid: int, start: str) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # another user's
+        pass
     return True
 
 
