@@ -88,6 +88,19 @@ def test_a_warm_module_is_the_module_a_cold_start_gives(server, tmp_path, ending
     assert f"['{tmp_path / 'stages' / 'stage.py'}', 'cnn', '0'] {tmp_path} " in warm.stdout
 
 
+def test_a_python_a_warm_stage_starts_as_torchrun_starts_its_ranks_starts_warm_too(server, tmp_path):
+    """sys.executable in a fork is the client: `python -u` (unbuffered, as a cold start) with torchrun's variables forks."""
+    (tmp_path / "rank.py").write_text("import os, sys\nprint(sys.argv, 'warm' if 'torch' in sys.modules else 'cold')\n"
+                                      "print('last words'); os._exit(0)\n")  # written at once, or lost with the buffer
+    ending = ("import subprocess\nsubprocess.run([sys.executable, '-u', 'rank.py', 'cnn'], stdin=subprocess.DEVNULL, "
+              "env=os.environ | {'TORCHELASTIC_RUN_ID': 'none', 'TORCH_NCCL_ASYNC_ERROR_HANDLING': '3'}, check=True)")
+    cold, warm = (_run(tmp_path, "python stages/stage.py", ending, warm=warm, PYTHONUNBUFFERED=None) for warm in (False, True))
+    assert cold.returncode == warm.returncode == 0, (cold, warm)
+    _alike(cold, warm.__class__(warm.args, 0, warm.stdout.replace("'rank.py', 'cnn'] warm", "'rank.py', 'cnn'] cold"), warm.stderr))
+    # (The stage's own lines, buffered, come after.)
+    assert warm.stdout.startswith("['rank.py', 'cnn'] warm\nlast words\n") and cold.stdout.startswith("['rank.py', 'cnn'] cold\nlast words\n")
+
+
 def test_a_warm_stage_keeps_the_umask_and_the_ignored_signals_it_was_started_with(server, tmp_path):
     command = "umask 077; trap '' HUP; python stages/stage.py"
     cold, warm = (_run(tmp_path, command, "", warm=warm) for warm in (False, True))

@@ -9,14 +9,20 @@ The client passes on the signals sent to it and exits as the fork did (its exit 
 it), so DVC and the tests see the process they started; a client killed outright hangs up, and the server kills its
 fork (so does the server's own end). This is what multiprocessing's forkserver does with set_forkserver_preload.
 
+Inside a fork, sys.executable is the client, so the Python processes a stage starts (torchrun's agents and their
+ranks, `python -u script`; the sweep's workers) fork warm too: one import of torch for the whole test run, not one a
+rank (the elastic benchmark alone started some 20 cold interpreters, 45 CPU-seconds).
+
 What keeps it honest:
 - the server imports only third-party packages, never imgpipe: each project's fork imports its own copy's code;
-- a command that is not a script or `-m module`, or an environment that differs from the server's in what an
-  interpreter or these packages read as they start (PYTHON*, OMP_*, LD_*, MPL*, ...), starts cold, as before;
+- a command that is not a script or `-m module` (after `-u`, the one interpreter option taken), or an environment
+  that differs from the server's in what an interpreter or these packages read as they start (PYTHON*, OMP_*, LD_*,
+  MPL*, ...), starts cold, as before;
 - IMGPIPE_TESTS_COLD=1 starts every stage cold: the suite must pass either way (it does everywhere but Linux);
 - tests/test_warm_python.py compares a warm start with a cold one: output (buffered or not), exit status, signals,
   tracebacks and sys.excepthook, threads and atexit at the end, folder, argv, umask; scripts and modules.
-What still differs: sys.flags (the server's), and warnings the preloaded packages give as they import (its log's).
+What still differs: sys.flags (the server's; `-u` shows in the streams, not in sys.flags.unbuffered), sys.executable
+(the client, above), and warnings the preloaded packages give as they import (its log's).
 """
 
 import atexit
@@ -49,6 +55,8 @@ STARTUP_VARIABLES = ("PYTHON", "OMP_", "GOMP_", "MKL_", "OPENBLAS_", "GOTO", "CU
                      "MATPLOTLIB", "NUMPY", "HOME", "XDG_", "LANG", "LC_", "TMPDIR", "TZ")
 # Read at startup too, but only to open the standard streams, which a fork opens anew from its own environment.
 OPENED_IN_THE_FORK = ("PYTHONUNBUFFERED",)
+# Named like those, but read only as torch.distributed is used, never as torch imports: torchrun sets them for its ranks.
+READ_WHEN_USED = ("TORCHELASTIC_", "TORCH_NCCL_", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE")
 SOCKET_VARIABLE = "IMGPIPE_TESTS_WARM_PYTHON"
 FOLDER_VARIABLE = "IMGPIPE_TESTS_WARM_PYTHON_FOLDER"
 _HEADER = 8  # bytes of a request's length
@@ -56,7 +64,8 @@ _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def _startup(env: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in env.items() if k.startswith(STARTUP_VARIABLES) and k not in OPENED_IN_THE_FORK}
+    return {k: v for k, v in env.items()
+            if k.startswith(STARTUP_VARIABLES) and k not in OPENED_IN_THE_FORK and not k.startswith(READ_WHEN_USED)}
 
 
 # The client: the `python` first on a test project's PATH.
@@ -77,7 +86,10 @@ def client() -> None:
 
 
 def _warm_command(args: list[str]) -> bool:
-    """A script (`stages/train.py cnn 0`) or a module (`-m imgpipe.sweep`), with no interpreter options."""
+    """A script (`stages/train.py cnn 0`) or a module (`-m imgpipe.sweep`), with no interpreter options but `-u`
+    (torchrun starts its ranks `python -u script`)."""
+    if args[:1] == ["-u"]:
+        args = args[1:]
     if args[:1] == ["-m"]:
         return len(args) > 1
     return bool(args) and args[0].endswith(".py") and os.path.isfile(args[0])
@@ -129,8 +141,12 @@ class _Fork(NamedTuple):
     connection: socket.socket  # readable once the client hangs up: it was killed
 
 
+_SOCKET: list[str] = []  # the server's, in its folder beside the client
+
+
 def serve(path: str) -> None:
     """Answer clients on the socket `path` until standard input closes (the pytest process ended)."""
+    _SOCKET.append(path)
     before = dict(os.environ)
     for name in PRELOAD:
         __import__(name)
@@ -306,9 +322,12 @@ def _child(request: dict, fds: list[int], imported: dict[str, str]) -> None:
         signal.signal(number, signal.SIG_IGN)
     os.environ.clear()
     os.environ.update(imported | request["env"])
-    _open_streams(unbuffered=bool(os.environ.get("PYTHONUNBUFFERED")))
     args = request["args"]
+    sys.executable = str(Path(_SOCKET[0]).parent / "python")  # the client: a `python` this one starts forks too
     sys.orig_argv = [sys.executable, *args]
+    unbuffered = args[:1] == ["-u"]
+    args = args[unbuffered:]
+    _open_streams(unbuffered=unbuffered or bool(os.environ.get("PYTHONUNBUFFERED")))
     code = 0
     try:
         if args[0] == "-m":
@@ -407,8 +426,12 @@ def start() -> None:
 
 
 def warm_env(env: dict[str, str]) -> dict[str, str]:
-    """`env` for a command that starts stages: the client first on PATH, where the server is started."""
-    return _STARTED[0].env(env) if _STARTED else env
+    """`env` for a command that starts stages: the client first on PATH, where the server is started; once it answers
+    (a command started while it imports would start cold, and import as much beside it)."""
+    if not _STARTED:
+        return env
+    _STARTED[0].wait()
+    return _STARTED[0].env(env)
 
 
 def started() -> WarmPython | None:
@@ -422,3 +445,5 @@ def stop() -> None:
 
 if __name__ == "__main__" and sys.argv[1:2] == ["serve"]:
     serve(sys.argv[2])
+    sys.stdout.flush()
+    os._exit(0)  # not the interpreter's own end: tearing down torch, MLflow and matplotlib took 2 s, at the end of every test run
