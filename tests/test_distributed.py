@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from servers import free_port
+from warm_python import warm_env
 
 from imgpipe.config import TrainConfig
 from imgpipe.data.prepared import load_prepared, save_prepared
@@ -60,13 +61,15 @@ def prepared(tmp_path_factory, digits_prepared):
 def start_ranks(world: int, args: list[str], logs: Path, seconds: float = 300) -> None:
     """`python args` as ranks 0..world-1 of one group, in the environment torchrun gives its workers (RANK, WORLD_SIZE,
     MASTER_ADDR, ...), started here rather than by torchrun, whose own process (its agent, importing torch) costs some
-    2 CPU-seconds. Like torchrun, ends the others when one fails; fails showing what the failed ones printed last."""
-    group = {"WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    2 CPU-seconds; each rank a warm `python` (tests/warm_python.py). Like torchrun, ends the others when one fails; fails
+    showing what the failed ones printed last."""
+    group = {"WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     ranks = []
     for rank in range(world):
         with open(logs / f"rank{rank}.log", "w") as log:
-            ranks.append(subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT,
-                                          env=os.environ | group | {"RANK": str(rank), "LOCAL_RANK": str(rank)}))
+            ranks.append(subprocess.Popen(["python", *args], stdout=log, stderr=subprocess.STDOUT,
+                                          env=warm_env(os.environ | group | {"RANK": str(rank), "LOCAL_RANK": str(rank)})))
     deadline = time.monotonic() + seconds
     while None in (codes := [p.poll() for p in ranks]) and not any(codes) and time.monotonic() < deadline:
         time.sleep(0.05)
