@@ -5,7 +5,6 @@ per class, and the judge the stage picks."""
 
 import dataclasses
 import importlib.util
-import sys
 
 import numpy as np
 import pytest
@@ -369,7 +368,7 @@ def test_the_default_judge_follows_an_experiment_that_drops_the_cnn(pipeline, tm
     would not): label_issues.variant null judges with the best it has, the centroid here."""
     project = fork(pipeline, tmp_path / "project")
     edit_params(project, train__variants=["centroid"], label_issues__variant=None)
-    done = run([sys.executable, "stages/label_issues.py"], project)
+    done = run(["python", "stages/label_issues.py"], project)
     assert "label issues judged by centroid's recipe (best on validation: val accuracy " in done.stdout
     summary = read_json(project / "metrics/label_issues.json")
     assert summary["judged_by"] == "centroid" and summary["why"].endswith("(label_issues.variant: null)")

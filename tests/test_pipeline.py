@@ -2,7 +2,6 @@
 `pipeline`), real DVC, real MLflow. Tests that change the project change a fork of it."""
 
 import json
-import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -64,8 +63,8 @@ def test_the_report_lists_the_possibly_mislabelled_images(project, tmp_path):
     given = true.copy()
     given[planted] = (true[planted] + 5) % 10
     np.save(labels_file, given)
-    run([sys.executable, "stages/label_issues.py"], project)
-    run([sys.executable, "stages/report.py"], project)
+    run(["python", "stages/label_issues.py"], project)
+    run(["python", "stages/report.py"], project)
 
     table = pd.read_csv(project / "metrics/label_issues.csv", dtype={"given": str, "suggested": str})
     summary = read_json(project / "metrics/label_issues.json")
@@ -196,7 +195,7 @@ def test_bad_parameter_fails_in_one_line_and_keeps_earlier_results(project):
     model = project / "models/cnn/seed0.pt"
     before = model.read_bytes()
     with edited_params(project, train__epochs=-2):
-        done = run([sys.executable, "stages/train.py", "cnn", "0"], project, check=False)
+        done = run(["python", "stages/train.py", "cnn", "0"], project, check=False)
     assert done.returncode == 1
     assert done.stderr.strip() == "error: params.yaml: train.epochs: must be a whole number >= 1, got -2"
     assert model.read_bytes() == before
@@ -204,12 +203,12 @@ def test_bad_parameter_fails_in_one_line_and_keeps_earlier_results(project):
 
 def test_evaluate_measures_on_the_device_its_settings_name(project):
     with edited_params(project, evaluate__device="tpu"):
-        done = run([sys.executable, "stages/evaluate.py"], project, check=False)
+        done = run(["python", "stages/evaluate.py"], project, check=False)
     assert done.returncode == 1
     assert done.stderr.strip() == "error: params.yaml: evaluate.device: unknown device 'tpu'; choose one of: auto, cuda, mps, cpu"
     if not torch.cuda.is_available():  # evaluate.device null follows train.device
         with edited_params(project, train__device="cuda"):
-            done = run([sys.executable, "stages/evaluate.py"], project, check=False)
+            done = run(["python", "stages/evaluate.py"], project, check=False)
         assert done.returncode == 1 and done.stderr.startswith("error: params.yaml: train.device: cuda was asked for")
 
 
@@ -231,7 +230,7 @@ def test_evaluate_rescores_only_a_changed_result_and_drops_those_no_longer_train
         stale.write_bytes(source.read_bytes())
     result = files(changed)[0]
     result.write_text(result.read_text().replace('"accuracy": ', '"accuracy": 0.5, "was": '))
-    done = run([sys.executable, "stages/evaluate.py"], project)
+    done = run(["python", "stages/evaluate.py"], project)
     assert f"{changed} seed 0: test accuracy" in done.stdout and f"{changed} seed 0: test results kept" not in done.stdout
     assert json.loads(result.read_text())["accuracy"] == json.loads(before[changed][0])["accuracy"]
     assert f"{kept} seed 0: test results kept" in done.stdout and f"{kept} seed 0: test accuracy" not in done.stdout
@@ -246,7 +245,7 @@ def test_bad_input_file_fails_in_one_line_and_keeps_earlier_data(project, tmp_pa
     bad = tmp_path / "signs.csv"
     bad.write_text("label,pixel1,pixel2,pixel3,pixel4\n1,0,255,3,4\n2,0,12,x,4\n")
     with edited_params(project, data__dataset="csv", data__path=str(bad)):
-        done = run([sys.executable, "stages/fetch.py"], project, check=False)
+        done = run(["python", "stages/fetch.py"], project, check=False)
     assert done.returncode == 1
     assert done.stderr.strip() == f"error: {bad} line 3, column 'pixel3': 'x' is not a number"
     assert raw.read_bytes() == before and sorted(p.name for p in (project / "data").iterdir()) == ["prepared", "raw"]
@@ -258,13 +257,13 @@ def test_tracking_failure_fails_the_stage_in_one_line_unless_optional(project, t
     # The discard port: nothing listens there. No retries: the stage's own default (2) only makes the test slower.
     down = {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
     report = (project / "reports/report.md").read_text()
-    done = run([sys.executable, "stages/publish.py"], project, check=False, **down)
+    done = run(["python", "stages/publish.py"], project, check=False, **down)
     assert done.returncode == 1
     assert done.stderr.strip().startswith("error: MLflow tracking at http://127.0.0.1:9 failed (")
     assert len(done.stderr.strip().splitlines()) == 1
     assert (project / "reports/report.md").read_text() == report  # the report is its own stage's, untouched
     with edited_params(project, tracking__optional=True):
-        done = run([sys.executable, "stages/publish.py"], project, check=False, **down)
+        done = run(["python", "stages/publish.py"], project, check=False, **down)
     assert done.returncode == 0 and "warning: MLflow tracking at http://127.0.0.1:9 failed" in done.stderr
     assert "not tracked (tracking.optional: true): centroid seed 0, cnn seed 0" in done.stdout
     assert read_json(project / "reports/mlflow_runs.json")["runs"] == {"centroid": {"0": None}, "cnn": {"0": None}}

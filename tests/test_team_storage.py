@@ -179,7 +179,7 @@ def test_an_artifact_store_that_is_down_fails_the_publish_stage_in_one_line(pipe
     try:
         server.wait()
         project = fork(pipeline, tmp_path / "project")
-        done = run([sys.executable, "stages/publish.py"], project, check=False, MLFLOW_TRACKING_URI=server.url,
+        done = run(["python", "stages/publish.py"], project, check=False, MLFLOW_TRACKING_URI=server.url,
                    MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
     finally:
         server.stop()
