@@ -1,4 +1,6 @@
+import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -109,6 +111,17 @@ def pytest_sessionfinish(session, exitstatus):
     for server in _S3:
         if isinstance(server, S3Server):
             server.stop()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """A pytest-xdist worker ends here, its last report sent (its "workerfinished" goes out as its session finishes, and
+    the controller expects nothing more): without the interpreter's own teardown of torch, torchvision, MLflow and the
+    rest, which the controller sat waiting for at the end of every run (3.7 s on 2 cores)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 @pytest.fixture(scope="session")
