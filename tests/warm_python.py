@@ -22,7 +22,10 @@ What keeps it honest:
 - tests/test_warm_python.py compares a warm start with a cold one: output (buffered or not), exit status, signals,
   tracebacks and sys.excepthook, threads and atexit at the end, folder, argv, umask; scripts and modules.
 What still differs: sys.flags (the server's; `-u` shows in the streams, not in sys.flags.unbuffered), sys.executable
-(the client, above), and warnings the preloaded packages give as they import (its log's).
+(the client, above), the process group (the server's: a signal to the client's group reaches the client, which
+passes it on to its fork, but not what the fork started), file descriptors beyond the standard three (a
+`subprocess` call with pass_fds needs a cold start: another interpreter option or environment gives one), and
+warnings the preloaded packages give as they import (its log's).
 """
 
 import atexit
@@ -174,9 +177,14 @@ def serve(path: str) -> None:
                         forks[fork.pid] = fork
                         selector.register(fork.pidfd, selectors.EVENT_READ, ("ended", fork))
                         selector.register(fork.connection, selectors.EVENT_READ, ("hung up", fork))
+                elif key.data[1].pid not in forks:
+                    continue  # it ended and hung up in the same select(): _end has dealt with both
                 elif key.data[0] == "hung up":
                     selector.unregister(key.fileobj)
-                    signal.pidfd_send_signal(key.data[1].pidfd, signal.SIGKILL)
+                    try:
+                        signal.pidfd_send_signal(key.data[1].pidfd, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
                 else:
                     fork = forks.pop(key.data[1].pid)
                     _end(fork, selector)
@@ -412,6 +420,7 @@ class WarmPython:
 
 
 _STARTED: list[WarmPython] = []
+_FAILED: list[str] = []  # why the server never answered, once it did not
 
 
 def start() -> None:
@@ -428,9 +437,14 @@ def start() -> None:
 def warm_env(env: dict[str, str]) -> dict[str, str]:
     """`env` for a command that starts stages: the client first on PATH, where the server is started; once it answers
     (a command started while it imports would start cold, and import as much beside it)."""
-    if not _STARTED:
+    if not _STARTED or _FAILED:
         return env
-    _STARTED[0].wait()
+    try:
+        _STARTED[0].wait()
+    except RuntimeError as error:  # stages start cold, as they would without it: slower, not wrong
+        _FAILED.append(str(error))
+        print(f"warm python: {error}; stages start cold", file=sys.stderr)
+        return env
     return _STARTED[0].env(env)
 
 
