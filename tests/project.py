@@ -27,7 +27,9 @@ PROJECT_FILES = ["dvc.yaml", "params.yaml", "excluded.txt", "stages", "src", ".d
 LEFT_BEHIND = shutil.ignore_patterns("config.local", "cache", "tmp", "__pycache__")
 
 
-def run(args: list[str], cwd: Path, check: bool = True, **extra_env: str) -> subprocess.CompletedProcess:
+def stage_env(**extra_env: str) -> dict[str, str]:
+    """The environment a test project's commands run in: none of the user's DVC, git or MLflow settings, this
+    interpreter's `python` first on PATH, behind the warm client (tests/warm_python.py) where its server runs."""
     env = NO_USER_CONFIG | {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))} | extra_env
     env |= {
         # Stages run `python`: make it this interpreter, with imgpipe installed.
@@ -35,8 +37,11 @@ def run(args: list[str], cwd: Path, check: bool = True, **extra_env: str) -> sub
         "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
         "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com",
     }
-    env = warm_env(env)  # the stages it starts fork a warm interpreter (tests/warm_python.py)
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    return warm_env(env)  # the stages it starts fork a warm interpreter
+
+
+def run(args: list[str], cwd: Path, check: bool = True, **extra_env: str) -> subprocess.CompletedProcess:
+    done = subprocess.run(args, cwd=cwd, env=stage_env(**extra_env), capture_output=True, text=True)
     if check and done.returncode != 0:
         pytest.fail(f"{' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     return done

@@ -3,7 +3,6 @@ seed, same global batch). `dvc repro` with train.devices: 2 (the train stage sta
 MLflow run per variant: test_tracking_server."""
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -12,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from project import stage_env
 from servers import free_port
-from warm_python import warm_env
 
 from imgpipe.config import TrainConfig
 from imgpipe.data.prepared import load_prepared, save_prepared
@@ -63,13 +62,12 @@ def start_ranks(world: int, args: list[str], logs: Path, seconds: float = 300) -
     MASTER_ADDR, ...), started here rather than by torchrun, whose own process (its agent, importing torch) costs some
     2 CPU-seconds; each rank a warm `python` (tests/warm_python.py). Like torchrun, ends the others when one fails; fails
     showing what the failed ones printed last."""
-    group = {"WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
-             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    group = {"WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
     ranks = []
     for rank in range(world):
         with open(logs / f"rank{rank}.log", "w") as log:
             ranks.append(subprocess.Popen(["python", *args], stdout=log, stderr=subprocess.STDOUT,
-                                          env=warm_env(os.environ | group | {"RANK": str(rank), "LOCAL_RANK": str(rank)})))
+                                          env=stage_env(**group, RANK=str(rank), LOCAL_RANK=str(rank))))
     deadline = time.monotonic() + seconds
     while None in (codes := [p.poll() for p in ranks]) and not any(codes) and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -6,8 +6,7 @@ import re
 import sys
 from pathlib import Path
 
-from project import edit_params, fork, run
-from warm_python import warm_env
+from project import edit_params, fork, run, stage_env
 
 from imgpipe.training.distributed import torchrun_command
 
@@ -23,14 +22,12 @@ def test_torchrun_is_given_the_restart_budget():
 
 
 def test_a_killed_rank_restarts_a_spent_budget_fails_in_one_line_and_a_lost_machine_rejoins(tmp_path):
-    import os
     import subprocess
 
     # 3 epochs: the kill lands after the first. Heartbeats every second: the lost machine is noticed in 3 s, not 15.
     # `python` warm (tests/warm_python.py): so are the stage, torchrun's agents and their ranks it starts.
-    env = warm_env(os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
     done = subprocess.run(["python", "benchmarks/elastic_restart.py", "--epochs", "3", "--keep-alive", "1", "--folder", str(tmp_path)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+                          cwd=ROOT, env=stage_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = {m["run"]: m for line in done.stdout.splitlines() if (m := ROW.fullmatch(line))}
     assert list(rows) == ["uninterrupted", "rank killed", "budget spent", "machine lost"], done.stdout

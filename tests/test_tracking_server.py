@@ -19,9 +19,8 @@ import torch
 from agreement import disagreements
 from conftest import PIPELINE_VARIANTS as VARIANTS
 from datafiles import png_header, write_image_folder
-from project import edit_params, fork, read_json, run
+from project import edit_params, fork, read_json, run, stage_env
 from servers import serve_model
-from warm_python import warm_env
 
 from imgpipe import promote
 from imgpipe.data.imageset import load_splits
@@ -195,14 +194,12 @@ def test_a_publish_the_server_died_in_fails_in_one_line_and_its_rerun_completes_
     """The server killed once the first run is recorded, before the second is: the stage fails in one line; with the
     server back, `dvc repro` reruns the publish alone (nothing trains) and completes the records, no run or version twice."""
     import subprocess
-    import sys
     import time
 
     project = fork(pipeline, tmp_path / "project")
     edit_params(project, tracking__experiment="publish-rerun")  # runs and a registered model of its own on the server
     client = mlflow.MlflowClient(tracking_server.url)
-    env = warm_env(os.environ | {"MLFLOW_TRACKING_URI": tracking_server.url, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-                                 "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
+    env = stage_env(MLFLOW_TRACKING_URI=tracking_server.url, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
     publish = subprocess.Popen(["python", "stages/publish.py"], cwd=project, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     try:

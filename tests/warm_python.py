@@ -144,12 +144,9 @@ class _Fork(NamedTuple):
     connection: socket.socket  # readable once the client hangs up: it was killed
 
 
-_SOCKET: list[str] = []  # the server's, in its folder beside the client
-
-
 def serve(path: str) -> None:
     """Answer clients on the socket `path` until standard input closes (the pytest process ended)."""
-    _SOCKET.append(path)
+    client = str(Path(path).parent / "python")  # beside the socket (WarmPython): a fork's sys.executable
     before = dict(os.environ)
     for name in PRELOAD:
         __import__(name)
@@ -172,7 +169,7 @@ def serve(path: str) -> None:
                     shutil.rmtree(Path(path).parent, ignore_errors=True)
                     return
                 if key.fileobj is listener:
-                    fork = _answer(listener.accept()[0], startup, imported, forks, selector)
+                    fork = _answer(listener.accept()[0], startup, imported, forks, selector, client)
                     if fork is not None:
                         forks[fork.pid] = fork
                         selector.register(fork.pidfd, selectors.EVENT_READ, ("ended", fork))
@@ -195,7 +192,7 @@ def serve(path: str) -> None:
 
 
 def _answer(connection: socket.socket, startup: dict[str, str], imported: dict[str, str], forks: dict[int, _Fork],
-            selector: selectors.BaseSelector) -> "_Fork | None":
+            selector: selectors.BaseSelector, client: str) -> "_Fork | None":
     """Fork for a client's request, or tell it to start cold; a request that never came whole is logged and dropped."""
     try:
         connection.settimeout(10)
@@ -223,7 +220,7 @@ def _answer(connection: socket.socket, startup: dict[str, str], imported: dict[s
                 os.close(fork.pidfd)
                 fork.connection.close()
             connection.close()
-            _child(request, fds, imported)
+            _child(request, fds, imported, client)
         finally:
             os._exit(1)  # never the server's loop in a fork
     for fd in fds:
@@ -319,7 +316,7 @@ def _open_streams(unbuffered: bool) -> None:
         setattr(sys, f"__{name}__", stream)
 
 
-def _child(request: dict, fds: list[int], imported: dict[str, str]) -> None:
+def _child(request: dict, fds: list[int], imported: dict[str, str], client: str) -> None:
     """Become `python ARGS` as started in the client's folder, with its environment, streams, signals and umask."""
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
@@ -331,7 +328,7 @@ def _child(request: dict, fds: list[int], imported: dict[str, str]) -> None:
     os.environ.clear()
     os.environ.update(imported | request["env"])
     args = request["args"]
-    sys.executable = str(Path(_SOCKET[0]).parent / "python")  # the client: a `python` this one starts forks too
+    sys.executable = client  # a `python` this one starts forks too
     sys.orig_argv = [sys.executable, *args]
     unbuffered = args[:1] == ["-u"]
     args = args[unbuffered:]
