@@ -1,5 +1,6 @@
 """What the fast recipes add to training (issue #32): test-time augmentation, answering alike wherever the model
-answers; a moving average of the weights, validated, kept, saved and resumed in their place; a small residual net."""
+answers; a moving average of the weights, validated, kept, saved and resumed in their place; a small residual net and the
+speedruns' CNN."""
 
 from dataclasses import replace
 
@@ -115,13 +116,18 @@ def test_the_weight_average_is_validated_kept_saved_and_resumed_bit_exactly(tmp_
     assert same_weights(resumed.model, whole.model)
 
 
-@pytest.mark.parametrize("settings", [{"channels": [8, 16]}, {"channels": [4, 8, 8], "blocks": 2, "dropout": 0.1}])
-def test_a_small_resnet_trains_saves_and_exports_like_the_others(tmp_path, digits_prepared, settings, monkeypatch,
-                                                                 mlflow_store, experiment):
+@pytest.mark.parametrize(("model", "settings"), [
+    ("small_resnet", {"channels": [8, 16]}),
+    ("small_resnet", {"channels": [4, 8, 8], "blocks": 2, "dropout": 0.1}),
+    ("speedrun_cnn", {"channels": [8, 16]}),
+    ("speedrun_cnn", {"channels": [8, 16, 32], "activation": "gelu"}),  # three halvings of the 8x8 digits: 1x1 at the end
+])
+def test_the_new_architectures_train_save_and_export_like_the_others(tmp_path, digits_prepared, model, settings, monkeypatch,
+                                                                     mlflow_store, experiment):
     config = replace(FAST, epochs=3, lr=0.003)
-    result = train("small_resnet", settings, digits_prepared, config)
+    result = train(model, settings, digits_prepared, config)
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"] and result.summary()["val_accuracy"] > 0.5
-    loaded, meta = saved_and_loaded(tmp_path, result, digits_prepared, "small_resnet", settings, config)
+    loaded, meta = saved_and_loaded(tmp_path, result, digits_prepared, model, settings, config)
     images = torch.from_numpy(digits_prepared.test.images)
     result.model.eval()
     with torch.no_grad():

@@ -1,6 +1,6 @@
 """The model registry: every architecture a variant can name in params.yaml (`models.<variant>.model`):
-the seeds' ladder below (centroid, linear, mlp, cnn), a small residual net (small_resnet) and every classifier of torchvision's registry
-(resnet18, mobilenet_v3_small, ...: imgpipe.models.zoo).
+the seeds' ladder below (centroid, linear, mlp, cnn), a small residual net (small_resnet), the speedruns' CNN
+(speedrun_cnn) and every classifier of torchvision's registry (resnet18, mobilenet_v3_small, ...: imgpipe.models.zoo).
 
 Each network takes normalized images (B, C, H, W) and returns class scores (B, num_classes). Its
 constructor takes the input shape and class count, then its own architecture settings, which
@@ -235,8 +235,36 @@ class SmallResNet(nn.Module):
         return self.classifier(self.features(x))
 
 
+class SpeedrunCNN(nn.Module):
+    """The CIFAR-10 speedruns' layout (Keller Jordan's airbench), for small images: blocks of conv, max-pool, BN,
+    activation, conv, BN, activation. Each block halves the image right after its first convolution, so its second
+    runs on a quarter of the pixels (TinyVGG's both run at full size); then a global max pool and one linear layer.
+    Its work goes to depth and width at low resolution rather than to the full-size image."""
+
+    def __init__(self, input_shape: tuple[int, int, int], num_classes: int, channels: list[int] = (32, 64, 128),
+                 activation: str = "relu"):
+        super().__init__()
+        in_channels, height, width = input_shape
+        require(len(channels) > 0 and all(isinstance(c, int) and c > 0 for c in channels),
+                "channels", f"must list positive channel counts, one per block, got {channels}")
+        require(min(height, width) >> len(channels) > 0, "channels",
+                f"{len(channels)} blocks halve {height}x{width} images to nothing; use at most {int(math.log2(min(height, width)))}")
+        act = _activation(activation)
+        layers: list[nn.Module] = []
+        for out_channels in channels:
+            layers += [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), nn.MaxPool2d(2),
+                       nn.BatchNorm2d(out_channels), act(),
+                       nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels), act()]
+            in_channels = out_channels
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(in_channels, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
 MODELS: dict[str, type[nn.Module]] = {"centroid": CentroidNet, "linear": LinearNet, "mlp": MLP, "cnn": TinyVGG,
-                                      "small_resnet": SmallResNet}
+                                      "small_resnet": SmallResNet, "speedrun_cnn": SpeedrunCNN}
 
 
 def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int, **settings) -> nn.Module:
