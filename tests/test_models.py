@@ -47,9 +47,12 @@ def test_unknown_setting_lists_the_valid_ones():
     assert caught.value.name == "chanels"
 
 
-def test_too_many_blocks_for_the_image_is_refused():
-    with pytest.raises(InvalidSetting, match="4 blocks halve 8x8 images to nothing; use at most 3"):
-        build_model("cnn", (1, 8, 8), 10, channels=[4, 4, 4, 4])
+@pytest.mark.parametrize("model", ["cnn", "speedrun_cnn"])
+def test_too_many_blocks_for_the_image_is_refused(model):
+    with pytest.raises(InvalidSetting, match="4 blocks halve 8x8 images to nothing; use at most 3") as caught:
+        build_model(model, (1, 8, 8), 10, channels=[4, 4, 4, 4])
+    assert caught.value.name == "channels"
+    build_model(model, (1, 8, 8), 10, channels=[4, 4, 4])
 
 
 def test_classifier_normalizes_raw_pixels_with_stored_statistics():
