@@ -119,7 +119,6 @@ def test_the_weight_average_is_validated_kept_saved_and_resumed_bit_exactly(tmp_
 @pytest.mark.parametrize(("model", "settings"), [
     ("small_resnet", {"channels": [8, 16]}),
     ("small_resnet", {"channels": [4, 8, 8], "blocks": 2, "dropout": 0.1}),
-    ("speedrun_cnn", {"channels": [8, 16]}),
     ("speedrun_cnn", {"channels": [8, 16, 32], "activation": "gelu"}),  # three halvings of the 8x8 digits: 1x1 at the end
 ])
 def test_the_new_architectures_train_save_and_export_like_the_others(tmp_path, digits_prepared, model, settings, monkeypatch,
