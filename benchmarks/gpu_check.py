@@ -24,8 +24,8 @@ The exit status is 1 if any check FAILED. The rows:
   for the seed's DataLoader loop (benchmarks/fashion_mnist.py), TinyVGG (its one-cycle SGD recipe, its one epoch of
   TinyVGG 16 with batch norm, and recipe C) and resnet18
   (32x32 and 224x224 inputs), every one scored on the test split after each epoch; and for (d)'s recipe (the speedrun
-  CNN with test-time flips, the fastest path to 0.945 on the CPU) the seconds to 0.93 and to 0.945 (#32: the target
-  on a GPU is 0.945 in under 10 s);
+  CNN with test-time flips, faster than recipe C to the same accuracy on the CPU) the seconds to 0.93 and to 0.945
+  (#32: the target on a GPU is 0.945 in under 10 s);
 - inference images/s of the exported TinyVGG (torch.export, as imgpipe.serving.model writes the served model).
 
     PYTHONPATH=src python benchmarks/gpu_check.py --dry-run     # the same checks on the CPU, tiny: seconds
@@ -88,7 +88,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CARRIED = ROOT / ".gpu_data" / "fashion-mnist"  # where a session copies the data before the device call
 TARGET = 0.90  # test accuracy whose time every Fashion-MNIST row reports...
 RECOMMENDED = 0.937  # ...and the recommended configuration's (README: (c) scored 0.9373 on a 2-core CPU)
-FASTEST = (0.93, 0.945)  # the targets of (d)'s recipe, the fastest path to 0.945 (#32: on a GPU, 0.945 in under 10 s)
+TOWARD_945 = (0.93, 0.945)  # the targets of (d)'s recipe, on the way to 0.945 (#32: on a GPU, 0.945 in under 10 s)
 NO_CUDA, DRY = "skipped: no CUDA", "skipped: dry run"
 RANK_LINE = "gpu_check rank: "  # how the torchrun worker hands its findings back
 
@@ -114,7 +114,7 @@ class Sizes:
 
 
 FULL = Sizes(engine_train=8192, engine_val=2048, engine_epochs=2, pool=None, test=None, seed_epochs=2, recipe_b_epochs=3,
-             recipe_c_epochs=15, recipe_d_epochs=RECIPE_D.epochs, resnet_epochs=3, resnet224_epochs=2, inference_batch=1024, inference_batches=50, sane_accuracy=0.7)
+             recipe_c_epochs=RECIPE_C.epochs, recipe_d_epochs=RECIPE_D.epochs, resnet_epochs=3, resnet224_epochs=2, inference_batch=1024, inference_batches=50, sane_accuracy=0.7)
 # The dry run: 320 engine images, 2.5 batches of 128 (the last one short, so the batch-norm re-estimation's count,
 # ceil(320 / 128) = 3 batches, differs from a floor's 2), and one batch of 128 images for each Fashion-MNIST row.
 DRY_RUN = Sizes(engine_train=320, engine_val=128, engine_epochs=2, pool=128, test=128, seed_epochs=1, recipe_b_epochs=1,
@@ -421,8 +421,9 @@ def tinyvgg_c(context: Context):
 
 
 def speedrun_d(context: Context):
+    # Test-time flips on: what fashion_mnist's (d) kept on its final training's validation (2026-12-04, +0.0045).
     config = context.config(RECIPE_D, epochs=context.sizes.recipe_d_epochs, tta=True)
-    return engine_row(context, on_fashion(context, "speedrun_cnn", MODEL_D, config), FASTEST)
+    return engine_row(context, on_fashion(context, "speedrun_cnn", MODEL_D, config), TOWARD_945)
 
 
 def resnet18_32(context: Context):
@@ -499,8 +500,8 @@ CHECKS: list[tuple[str, Callable[[Context], tuple[str, str, dict]]]] = [
     ("Fashion-MNIST: TinyVGG, one-cycle SGD (fashion_mnist's first candidate)", tinyvgg_b),
     ("Fashion-MNIST: TinyVGG 16 with batch norm, 1 epoch (fashion_mnist's choice on the CPU)", batch_norm_one_epoch),
     ("Fashion-MNIST: TinyVGG 32/64, recipe C (recommended)", tinyvgg_c),
-    ("Fashion-MNIST: speedrun CNN, recipe D with test-time flips (fastest to 0.945)", speedrun_d),
     ("inference: the exported TinyVGG (torch.export)", exported_inference),
+    ("Fashion-MNIST: speedrun CNN, recipe D with test-time flips (toward 0.945)", speedrun_d),
     ("Fashion-MNIST: resnet18 at 32x32", resnet18_32),
     ("Fashion-MNIST: resnet18 at 224x224", resnet18_224),
 ]

@@ -95,5 +95,6 @@ def test_the_gpu_check_dry_run_passes_every_check_without_mlflow_or_dvc(tmp_path
     norm = next(row["data"] for row in written["rows"] if "batch-norm" in row["check"])
     assert abs(norm["kept_val_accuracy"] - norm["evaluated_val_accuracy"]) <= 1 / 128  # 128 validation images
     assert "agrees with eager on 100.0%" in figure("the exported TinyVGG")
+    assert "; to 0.93: " in figure("recipe D") and "; to 0.945: " in figure("recipe D")  # (d)'s targets, not the others'
     assert written["dry_run"] and [row["check"] for row in written["rows"]] == list(checks)
     assert (tmp_path / "out" / "gpu_check.md").read_text().endswith(done.stdout.split("\n\n")[-1])

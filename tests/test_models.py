@@ -55,6 +55,14 @@ def test_too_many_blocks_for_the_image_is_refused(model):
     build_model(model, (1, 8, 8), 10, channels=[4, 4, 4])
 
 
+def test_the_speedrun_cnn_halves_the_image_once_a_block_and_counts_its_parameters_by_hand():
+    net = build_model("speedrun_cnn", (1, 28, 28), 10, channels=[32, 64, 128])
+    assert net.features(torch.zeros(2, 1, 28, 28)).shape == (2, 128, 3, 3)  # 28 -> 14 -> 7 -> 3
+    convolutions = 9 * (1 * 32 + 32 * 32 + 32 * 64 + 64 * 64 + 64 * 128 + 128 * 128)  # no biases: batch norm follows
+    norms = 2 * 2 * (32 + 64 + 128)  # two per block, a weight and a bias per channel
+    assert count_parameters(net) == convolutions + norms + 128 * 10 + 10 == 288_170
+
+
 def test_classifier_normalizes_raw_pixels_with_stored_statistics():
     net = torch.nn.Flatten()
     model = Classifier(net, mean=(0.5, 0.25), std=(0.5, 0.25))

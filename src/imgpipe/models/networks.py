@@ -260,7 +260,7 @@ class SpeedrunCNN(nn.Module):
         self.classifier = nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(in_channels, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        return self.classifier(self.features(x))  # (B, C, H, W) -> (B, C', H/2^k, W/2^k) -> (B, classes)
 
 
 MODELS: dict[str, type[nn.Module]] = {"centroid": CentroidNet, "linear": LinearNet, "mlp": MLP, "cnn": TinyVGG,
