@@ -279,27 +279,27 @@ def gains(train_set: ImageSet, val_set: ImageSet, networks: dict[str, tuple[dict
     """(d), first: each technique's own gain on validation, in quick versions (`quick_epochs`) of the final recipes;
     returns the network kept, its settings and its final recipe with the weight average that won there (test-time flips
     on: the final training's validation decides them)."""
-    quick = {}
+    quick, best = {}, {}  # by network: the quick run (result, clock) and its best val accuracy
     for model, (settings, final) in networks.items():
-        quick[model] = engine(settings, train_set, val_set, replace(final, epochs=quick_epochs), model)
-        result, clock = quick[model]
+        result, clock = quick[model] = engine(settings, train_set, val_set, replace(final, epochs=quick_epochs), model)
+        best[model] = max(accuracy for _, accuracy in scored_rows(result))
         print(f"(d) gains on validation: network {network(settings, model)}, {recipe(replace(final, epochs=quick_epochs))}: val "
-              f"{max(accuracy for _, accuracy in scored_rows(result)):.4f} after {sum(clock.seconds):.1f} s of training, "
-              f"{images_per_second(train_set, clock):,.0f} images/s")
+              f"{best[model]:.4f} after {sum(clock.seconds):.1f} s of training, {images_per_second(train_set, clock):,.0f} images/s")
     # Time to a fixed accuracy: the lower of the networks' best, which each reaches; the first of equals is kept.
-    target = min(max(accuracy for _, accuracy in scored_rows(result)) for result, _ in quick.values())
+    target = min(best.values())
     times = {model: first_reaching(scored_rows(result), target)[1] for model, (result, _) in quick.items()}
     model = min(times, key=times.__getitem__)
     print(f"(d) gains on validation: time to {target:.4f}, " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in times.items())
           + f": {model} kept ({max(times.values()) / times[model]:.2f}x)")
     settings, final = networks[model]
+    short = replace(final, epochs=quick_epochs)
     base, clock = quick[model]
     plain, flipped = accuracy_of(base.model, val_set, False), accuracy_of(base.model, val_set, True)
-    print(f"(d) gains on validation, {network(settings, model)}, {recipe(replace(final, epochs=quick_epochs))}: none {plain:.4f}; "
+    print(f"(d) gains on validation, {network(settings, model)}, {recipe(short)}: none {plain:.4f}; "
           f"test-time flips {flipped:.4f} ({flipped - plain:+.4f}, same weights, {sum(clock.seconds):.1f} s of training)")
     averages = {}
     for decay in AVERAGES:
-        averaged, averaged_clock = engine(settings, train_set, val_set, replace(final, epochs=quick_epochs, ema=decay), model)
+        averaged, averaged_clock = engine(settings, train_set, val_set, replace(short, ema=decay), model)
         averages[decay] = accuracy_of(averaged.model, val_set, False)
         print(f"(d) gains on validation: weight average ema {decay}: {averages[decay]:.4f} ({averages[decay] - plain:+.4f}, "
               f"{sum(averaged_clock.seconds):.1f} s of training)")

@@ -114,11 +114,13 @@ class Sizes:
 
 
 FULL = Sizes(engine_train=8192, engine_val=2048, engine_epochs=2, pool=None, test=None, seed_epochs=2, recipe_b_epochs=3,
-             recipe_c_epochs=RECIPE_C.epochs, recipe_d_epochs=RECIPE_D.epochs, resnet_epochs=3, resnet224_epochs=2, inference_batch=1024, inference_batches=50, sane_accuracy=0.7)
+             recipe_c_epochs=RECIPE_C.epochs, recipe_d_epochs=RECIPE_D.epochs, resnet_epochs=3, resnet224_epochs=2,
+             inference_batch=1024, inference_batches=50, sane_accuracy=0.7)
 # The dry run: 320 engine images, 2.5 batches of 128 (the last one short, so the batch-norm re-estimation's count,
 # ceil(320 / 128) = 3 batches, differs from a floor's 2), and one batch of 128 images for each Fashion-MNIST row.
 DRY_RUN = Sizes(engine_train=320, engine_val=128, engine_epochs=2, pool=128, test=128, seed_epochs=1, recipe_b_epochs=1,
-                recipe_c_epochs=1, recipe_d_epochs=1, resnet_epochs=1, resnet224_epochs=0, inference_batch=128, inference_batches=2, sane_accuracy=0.0)
+                recipe_c_epochs=1, recipe_d_epochs=1, resnet_epochs=1, resnet224_epochs=0, inference_batch=128, inference_batches=2,
+                sane_accuracy=0.0)
 
 
 @dataclass

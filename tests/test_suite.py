@@ -1,5 +1,8 @@
 """The suite's own settings (tests/conftest.py)."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from conftest import LONGEST_FIRST
@@ -15,10 +18,6 @@ def test_a_pytest_a_test_starts_still_reports_its_failures(tmp_path):
     """Only an xdist worker itself skips the interpreter's teardown (conftest's pytest_unconfigure, which exits 0): a
     pytest that a test starts (the GPU check's `pytest -m cuda`) inherits PYTEST_XDIST_WORKER, and must fail as a
     pytest does."""
-    import os
-    import subprocess
-    import sys
-
     (tmp_path / "test_fails.py").write_text("def test_fails():\n    assert False\n")
     env = os.environ | {"PYTEST_XDIST_WORKER": "gw9", "PYTHONPATH": str(Path(__file__).parent)}
     done = subprocess.run([sys.executable, "-m", "pytest", "-p", "conftest", "-p", "no:cacheprovider", "-q", "--rootdir", str(tmp_path),

@@ -139,6 +139,14 @@ class MLP(nn.Module):
         return self.layers(x)
 
 
+def _require_halving_blocks(channels: list[int], height: int, width: int) -> None:
+    """`channels`: one positive channel count per block, each block halving the image, as many as leave it a pixel."""
+    require(len(channels) > 0 and all(isinstance(c, int) and c > 0 for c in channels),
+            "channels", f"must list positive channel counts, one per block, got {channels}")
+    require(min(height, width) >> len(channels) > 0, "channels",
+            f"{len(channels)} blocks halve {height}x{width} images to nothing; use at most {int(math.log2(min(height, width)))}")
+
+
 class TinyVGG(nn.Module):
     """TinyVGG-style CNN: blocks of conv-act-conv-act-maxpool, then one linear classifier.
 
@@ -159,13 +167,9 @@ class TinyVGG(nn.Module):
     ):
         super().__init__()
         in_channels, height, width = input_shape
-        require(len(channels) > 0 and all(isinstance(c, int) and c > 0 for c in channels),
-                "channels", f"must list positive channel counts, one per block, got {channels}")
+        _require_halving_blocks(channels, height, width)
         require(isinstance(kernel_size, int) and kernel_size % 2 == 1, "kernel_size", f"must be an odd integer, got {kernel_size}")
         out_height, out_width = height >> len(channels), width >> len(channels)
-        require(out_height > 0 and out_width > 0, "channels",
-                f"{len(channels)} blocks halve {height}x{width} images to nothing; use at most "
-                f"{int(math.log2(min(height, width)))}")
         require(0 <= dropout < 1, "dropout", f"must be in [0, 1), got {dropout}")
         require(isinstance(hidden, int) and hidden >= 0, "hidden", f"must be a width >= 0 (0: none), got {hidden}")
         act = _activation(activation)
@@ -245,10 +249,7 @@ class SpeedrunCNN(nn.Module):
                  activation: str = "relu"):
         super().__init__()
         in_channels, height, width = input_shape
-        require(len(channels) > 0 and all(isinstance(c, int) and c > 0 for c in channels),
-                "channels", f"must list positive channel counts, one per block, got {channels}")
-        require(min(height, width) >> len(channels) > 0, "channels",
-                f"{len(channels)} blocks halve {height}x{width} images to nothing; use at most {int(math.log2(min(height, width)))}")
+        _require_halving_blocks(channels, height, width)
         act = _activation(activation)
         layers: list[nn.Module] = []
         for out_channels in channels:
