@@ -286,6 +286,8 @@ def test_a_run_records_the_arithmetic_and_hardware_it_trained_in_and_its_trainin
     assert in_fp32 == {(torch.float32, False)} and set(ran) == {(torch.bfloat16, True)}
     assert (fp32.summary()["precision"], fp32.summary()["channels_last"]) == ("fp32", False)
     assert (bf16.summary()["precision"], bf16.summary()["channels_last"]) == ("bf16", True)
+    fitted = train("centroid", {}, digits_prepared, replace(FAST, precision="bf16"))  # fitted in float32, whatever is asked
+    assert (fitted.summary()["precision"], fitted.summary()["channels_last"]) == ("fp32", False)
     assert f"({os.cpu_count()} cores" in fp32.summary()["hardware"]
     for result in (fp32, bf16):  # the training alone: less than the epochs with their validation, and growing
         training, whole = [row["train_seconds"] for row in result.history], [row["seconds"] for row in result.history]

@@ -321,7 +321,7 @@ def build(model_name: str, model_settings: dict, data: Prepared, config: TrainCo
     # Pretrained weights come with the normalization they were trained with; others use the data's own.
     mean, std = getattr(net, "normalization", None) or (data.mean, data.std)
     model = Classifier(net, mean, std, tta=config.tta).to(device)
-    bf16 = trains_in_bf16(config.precision, device)
+    bf16 = trains_in_bf16(config.precision, device) and not is_fitted(net)  # a fit takes no gradient step: float32
     channels_last = has_convolutions(net) and (bf16 or device.type == "cuda")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
