@@ -8,7 +8,7 @@ from pathlib import Path
 
 from project import edit_params, fork, run, stage_env
 
-from imgpipe.training.distributed import torchrun_command
+from imgpipe.training.distributed import launch, torchrun_command
 
 ROOT = Path(__file__).resolve().parents[1]
 ROW = re.compile(r"\| (?P<run>[a-z ]+) \| (?P<exit>-?\d+) \| [0-9.]+ \| (?P<restarts>.+?) \| (?P<resumed>[0-9.]+ s|-) \| "
@@ -19,6 +19,21 @@ def test_torchrun_is_given_the_restart_budget():
     command = torchrun_command(2, ["stages/train.py", "cnn", "0"], max_restarts=3)
     assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
     assert command[command.index("--max-restarts") + 1] == "3" and command[-3:] == ["stages/train.py", "cnn", "0"]
+
+
+def test_torchrun_leaves_no_folder_behind(tmp_path, monkeypatch):
+    """Its agent keeps the ranks' error files in a new temporary folder unless told where: one more in /tmp at every
+    distributed training. The stage's launch gives it one that goes when torchrun ends."""
+    import tempfile
+
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temporary))  # the agent's own default, and this process's
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    script = tmp_path / "rank.py"
+    script.write_text("import os\nprint('rank', os.environ['RANK'])\n")
+    assert launch(1, [str(script)], max_restarts=0) == 0
+    assert list(temporary.iterdir()) == []
 
 
 def test_a_killed_rank_restarts_a_spent_budget_fails_in_one_line_and_a_lost_machine_rejoins(tmp_path):

@@ -11,6 +11,7 @@ alone writes files.
 import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -90,16 +91,19 @@ def device_count(devices: int | str, device_type: str) -> int:
     return int(devices)
 
 
-def torchrun_command(processes: int, script: list[str], max_restarts: int = 0) -> list[str]:
+def torchrun_command(processes: int, script: list[str], max_restarts: int = 0, log_dir: str | None = None) -> list[str]:
     """One machine, `processes` ranks of `script` (python arguments), as torchrun starts them; when one fails,
-    torchrun stops the others and starts them all again, up to `max_restarts` times (run it with RESTARTABLE)."""
+    torchrun stops the others and starts them all again, up to `max_restarts` times (run it with RESTARTABLE).
+    `log_dir`: where its agent keeps the ranks' error files (by default a new temporary folder it never removes)."""
+    logs = ["--log-dir", log_dir] if log_dir else []
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
-            "--max-restarts", str(max_restarts), *script]
+            "--max-restarts", str(max_restarts), *logs, *script]
 
 
 def launch(processes: int, script: list[str], max_restarts: int) -> int:
-    """torchrun_command run to its end, with RESTARTABLE; its exit status."""
-    return subprocess.run(torchrun_command(processes, script, max_restarts), env=os.environ | RESTARTABLE).returncode
+    """torchrun_command run to its end, with RESTARTABLE; its exit status. Its agent's folder goes with it."""
+    with tempfile.TemporaryDirectory(prefix="imgpipe-torchrun-") as logs:
+        return subprocess.run(torchrun_command(processes, script, max_restarts, logs), env=os.environ | RESTARTABLE).returncode
 
 
 def restart_count() -> int:
