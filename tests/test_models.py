@@ -47,12 +47,16 @@ def test_unknown_setting_lists_the_valid_ones():
     assert caught.value.name == "chanels"
 
 
-@pytest.mark.parametrize("model", ["cnn", "speedrun_cnn"])
-def test_too_many_blocks_for_the_image_is_refused(model):
-    with pytest.raises(InvalidSetting, match="4 blocks halve 8x8 images to nothing; use at most 3") as caught:
-        build_model(model, (1, 8, 8), 10, channels=[4, 4, 4, 4])
+@pytest.mark.parametrize("model, most, refusal", [
+    ("cnn", 3, r"4 blocks halve 8x8 images to nothing; use at most 3"),
+    ("speedrun_cnn", 3, r"4 blocks halve 8x8 images to nothing; use at most 3"),
+    ("small_resnet", 4, r"5 stages halve 8x8 images to nothing \(each after the first\); use at most 4"),
+])
+def test_too_many_blocks_for_the_image_is_refused(model, most, refusal):
+    with pytest.raises(InvalidSetting, match=refusal) as caught:
+        build_model(model, (1, 8, 8), 10, channels=[4] * (most + 1))
     assert caught.value.name == "channels"
-    build_model(model, (1, 8, 8), 10, channels=[4, 4, 4])
+    assert build_model(model, (1, 8, 8), 10, channels=[4] * most)(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
 
 
 def test_the_speedrun_cnn_halves_the_image_once_a_block_and_counts_its_parameters_by_hand():
