@@ -47,16 +47,13 @@ def test_unknown_setting_lists_the_valid_ones():
     assert caught.value.name == "chanels"
 
 
-@pytest.mark.parametrize("model, most, refusal", [
-    ("cnn", 3, r"4 blocks halve 8x8 images to nothing; use at most 3"),
-    ("speedrun_cnn", 3, r"4 blocks halve 8x8 images to nothing; use at most 3"),
-    ("small_resnet", 4, r"5 stages halve 8x8 images to nothing \(each after the first\); use at most 4"),
-])
-def test_too_many_blocks_for_the_image_is_refused(model, most, refusal):
-    with pytest.raises(InvalidSetting, match=refusal) as caught:
-        build_model(model, (1, 8, 8), 10, channels=[4] * (most + 1))
+@pytest.mark.parametrize("model", ["cnn", "speedrun_cnn"])
+@pytest.mark.parametrize("height, most", [(8, 3), (7, 2)])
+def test_too_many_blocks_for_the_image_is_refused(model, height, most):
+    with pytest.raises(InvalidSetting, match=rf"{most + 1} blocks halve {height}x8 images to nothing; use at most {most}") as caught:
+        build_model(model, (1, height, 8), 10, channels=[4] * (most + 1))
     assert caught.value.name == "channels"
-    assert build_model(model, (1, 8, 8), 10, channels=[4] * most)(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    assert build_model(model, (1, height, 8), 10, channels=[4] * most)(torch.zeros(2, 1, height, 8)).shape == (2, 10)
 
 
 def test_the_speedrun_cnn_halves_the_image_once_a_block_and_counts_its_parameters_by_hand():

@@ -139,15 +139,17 @@ class MLP(nn.Module):
         return self.layers(x)
 
 
-def _require_halving_blocks(channels: list[int], height: int, width: int, unit: str = "block", first_halves: bool = True) -> None:
-    """`channels`: one positive channel count per block (or stage), each halving the image (or each after the first),
-    as many as leave it a pixel."""
+def _require_channel_list(channels: list[int], unit: str = "block") -> None:
     require(len(channels) > 0 and all(isinstance(c, int) and c > 0 for c in channels),
             "channels", f"must list positive channel counts, one per {unit}, got {channels}")
-    kept = 0 if first_halves else 1  # blocks that do not halve
-    require(min(height, width) >> (len(channels) - kept) > 0, "channels",
-            f"{len(channels)} {unit}s halve {height}x{width} images to nothing{'' if first_halves else ' (each after the first)'}; "
-            f"use at most {int(math.log2(min(height, width))) + kept}")
+
+
+def _require_halving_blocks(channels: list[int], height: int, width: int) -> None:
+    """`channels`: one positive channel count per block, each block max-pooling the image to half its size (rounded
+    down), as many as leave it a pixel."""
+    _require_channel_list(channels)
+    require(min(height, width) >> len(channels) > 0, "channels",
+            f"{len(channels)} blocks halve {height}x{width} images to nothing; use at most {min(height, width).bit_length() - 1}")
 
 
 class TinyVGG(nn.Module):
@@ -221,7 +223,7 @@ class SmallResNet(nn.Module):
                  blocks: int = 1, dropout: float = 0.0):
         super().__init__()
         in_channels, height, width = input_shape
-        _require_halving_blocks(channels, height, width, unit="stage", first_halves=False)
+        _require_channel_list(channels, unit="stage")  # strided convolutions round up: a stage past 1x1 runs on 1x1
         require(isinstance(blocks, int) and blocks >= 1, "blocks", f"must be a whole number >= 1, got {blocks!r}")
         require(0 <= dropout < 1, "dropout", f"must be in [0, 1), got {dropout}")
         layers: list[nn.Module] = [nn.Conv2d(in_channels, channels[0], 3, padding=1, bias=False), nn.BatchNorm2d(channels[0]),
