@@ -74,7 +74,7 @@ def main() -> None:
             config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, device=args.device, threads=threads)
             out = folder / f"{processes}.pt"
             done = subprocess.run(torchrun_command(processes, [str(folder / "rank.py"), str(folder / "prepared"), args.model,
-                                                               json.dumps(asdict(config)), str(out)]),
+                                                               json.dumps(asdict(config)), str(out)], log_dir=str(folder / "torchrun")),
                                   capture_output=True, text=True)
             if done.returncode != 0:
                 sys.exit(f"{processes} processes failed:\n{done.stderr[-3000:]}")

@@ -320,8 +320,9 @@ def batch_norm(context: Context):
 # ---- torchrun with NCCL ----
 
 def torchrun_nccl(context: Context):
-    command = torchrun_command(1, [str(Path(__file__).resolve()), "--rank-check", context.device.type])
-    done = subprocess.run(command, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=240)
+    with tempfile.TemporaryDirectory() as logs:  # torchrun's agent folder, gone with it
+        command = torchrun_command(1, [str(Path(__file__).resolve()), "--rank-check", context.device.type], log_dir=logs)
+        done = subprocess.run(command, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=240)
     print(done.stdout[-3000:], done.stderr[-3000:])
     lines = [line for line in done.stdout.splitlines() if line.startswith(RANK_LINE)]
     errors = [line for line in done.stderr.splitlines() if re.search(r"\w+(Error|Exception): ", line) and "ChildFailedError" not in line]

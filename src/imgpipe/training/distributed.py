@@ -94,15 +94,18 @@ def device_count(devices: int | str, device_type: str) -> int:
 def torchrun_command(processes: int, script: list[str], max_restarts: int = 0, log_dir: str | None = None) -> list[str]:
     """One machine, `processes` ranks of `script` (python arguments), as torchrun starts them; when one fails,
     torchrun stops the others and starts them all again, up to `max_restarts` times (run it with RESTARTABLE).
-    `log_dir`: where its agent keeps the ranks' error files (by default a new temporary folder it never removes)."""
+    `log_dir`: the agent's folder for its attempts and ranks (by default a new temporary one it never removes)."""
     logs = ["--log-dir", log_dir] if log_dir else []
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
             "--max-restarts", str(max_restarts), *logs, *script]
 
 
 def launch(processes: int, script: list[str], max_restarts: int) -> int:
-    """torchrun_command run to its end, with RESTARTABLE; its exit status. Its agent's folder goes with it."""
-    with tempfile.TemporaryDirectory(prefix="imgpipe-torchrun-") as logs:
+    """torchrun_command run to its end, with RESTARTABLE; its exit status. Its agent's folder goes with it, unless
+    the user named one (torchrun's PET_LOG_DIR, e.g. to keep the ranks' output with PET_REDIRECTS)."""
+    if os.environ.get("PET_LOG_DIR"):
+        return subprocess.run(torchrun_command(processes, script, max_restarts), env=os.environ | RESTARTABLE).returncode
+    with tempfile.TemporaryDirectory(prefix="imgpipe-torchrun-", ignore_cleanup_errors=True) as logs:
         return subprocess.run(torchrun_command(processes, script, max_restarts, logs), env=os.environ | RESTARTABLE).returncode
 
 
