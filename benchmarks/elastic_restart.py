@@ -186,7 +186,8 @@ def machine_lost(project: Path, port: int, keep_alive: int | None) -> Outcome:
     outcome, started = Outcome("machine lost"), time.monotonic()
     heartbeat = ["--rdzv-conf", f"keep_alive_interval={keep_alive}"] if keep_alive else []
     agent = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
-             "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "elastic-benchmark", "--max-restarts", "3", *heartbeat, *STAGE]
+             "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "elastic-benchmark", "--max-restarts", "3", *heartbeat,
+             "--log-dir", str(project.parent / "torchrun"), *STAGE]  # the agents' folders: in ours, not a new one in /tmp each
     first = start(agent, project, outcome, started, **REJOINABLE, **{MACHINE: "first"})
     time.sleep(1)  # the first hosts the rendezvous store
     second = start(agent, project, outcome, started, **REJOINABLE, **{MACHINE: "second"})
