@@ -1,3 +1,4 @@
+import copy
 import os
 import time
 from dataclasses import replace
@@ -12,6 +13,7 @@ from imgpipe.evaluation.evaluate import evaluate
 from imgpipe.lineage import code_version
 from imgpipe.models.checkpoint import load_checkpoint, save_checkpoint
 from imgpipe.training.loop import augment, on_device, train
+from imgpipe.training.muon import ConvMuon
 
 FAST = TrainConfig(epochs=3, batch_size=64, lr=0.01, device="cpu")
 
@@ -64,10 +66,13 @@ def test_auto_keeps_the_splits_on_the_device_only_when_they_fit(digits_prepared)
     assert fitted.data_on_device  # fitted in one pass over the whole split
 
 
-@pytest.mark.parametrize("model, settings", [("mlp", {"hidden": [16], "dropout": 0.1}),
-                                             ("cnn", {"channels": [4], "batch_norm": True, "dropout": 0.1})])  # re-estimated statistics
-def test_training_killed_midway_resumes_to_the_same_result(tmp_path, digits_prepared, model, settings):
-    config = replace(FAST, epochs=4, deterministic=True, schedule="cosine", flip=True)
+@pytest.mark.parametrize("model, settings, recipe", [
+    ("mlp", {"hidden": [16], "dropout": 0.1}, {}),
+    # re-estimated statistics; Muon's and SGD's momenta; cutout's draws
+    ("cnn", {"channels": [4], "batch_norm": True, "dropout": 0.1}, {"optimizer": "muon", "lr": 0.05, "cutout": 3}),
+])
+def test_training_killed_midway_resumes_to_the_same_result(tmp_path, digits_prepared, model, settings, recipe):
+    config = replace(FAST, epochs=4, deterministic=True, schedule="cosine", flip=True, **recipe)
     whole = train(model, settings, digits_prepared, config)
     resume = tmp_path / "resume.pt"
 
@@ -210,6 +215,57 @@ def test_augmentation_flips_about_half_and_crops_windows_of_the_padded_images():
         offsets += [(r, c) for r in range(3) for c in range(3) if torch.equal(after, before[:, r:r + 4, c:c + 5])]
     assert len(offsets) == len(images)
     assert offsets.count((1, 1)) < 24 and len(set(offsets)) > 4  # the image itself for about one in nine
+
+
+def test_cutout_blanks_one_square_of_the_size_asked_in_about_half_the_images():
+    images = torch.full((200, 1, 10, 12), 255, dtype=torch.uint8)
+    cut = augment(images, crop_padding=0, flip=False, generator=torch.Generator().manual_seed(0), cutout=4)
+    assert cut.dtype == torch.uint8 and set(cut.unique().tolist()) <= {0, 255}
+    blanked = 0
+    for image in cut[:, 0]:
+        rows, cols = (image == 0).nonzero(as_tuple=True)
+        if len(rows) == 0:
+            continue
+        blanked += 1
+        top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+        assert len(rows) == (bottom - top) * (right - left)  # one filled rectangle...
+        assert bottom - top == 4 or top == 0 or bottom == 10  # ...of 4x4 pixels, less what the edges clip
+        assert right - left == 4 or left == 0 or right == 12
+    assert 60 < blanked < 140
+
+
+def test_a_ranks_rows_are_augmented_as_the_whole_batchs_are():
+    """Data-parallel: each rank augments its share of the global batch, drawing the whole batch's numbers."""
+    images = torch.randint(0, 256, (20, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    whole = augment(images, 1, True, torch.Generator().manual_seed(0), cutout=3)
+    share = augment(images[5:9], 1, True, torch.Generator().manual_seed(0), share=slice(5, 9), batch=20, cutout=3)
+    assert torch.equal(share, whole[5:9]) and not torch.equal(whole, images)
+
+
+def test_muon_steps_filters_by_their_orthogonalized_momentum_and_the_rest_by_nesterov_sgd():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.BatchNorm2d(16), torch.nn.Flatten(), torch.nn.LazyLinear(4))
+    images, labels = torch.randn(8, 3, 6, 6), torch.randint(0, 4, (8,))
+    net(images)
+    reference = copy.deepcopy(net)
+    muon = ConvMuon(net.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01)
+    rest = [p for p in reference.parameters() if p.ndim != 4]
+    sgd = torch.optim.SGD(rest, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01, foreach=False)
+    for step in range(3):
+        filters = net[0].weight.detach().clone()
+        for model, optimizer in ((net, muon), (reference, sgd)):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(images), labels).backward()
+            optimizer.step()
+        for mine, theirs in zip([p for p in net.parameters() if p.ndim != 4], rest):
+            assert torch.equal(mine, theirs)  # the rest: exactly SGD's steps
+        with torch.no_grad():
+            reference[0].weight.copy_(net[0].weight)  # the same filters for the next step's gradients
+        # The filters (16 x 27): moved along a matrix whose singular values are all near 1, scaled by the step size
+        moved = (filters - net[0].weight.detach()).reshape(16, -1) / 0.1
+        singular = torch.linalg.svdvals(moved)
+        assert singular.min() > 0.5 and singular.max() < 1.3, (step, singular)
+    assert torch.linalg.svdvals(net[0].weight.grad.reshape(16, -1)).max() / torch.linalg.svdvals(net[0].weight.grad.reshape(16, -1)).min() > 3
 
 
 def test_centroid_predicts_the_nearest_class_mean(digits_prepared):

@@ -19,7 +19,7 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = ("sgd", "adam", "adamw", "muon")
 SCHEDULES = ("constant", "cosine", "onecycle")
 PRECISIONS = ("auto", "bf16", "fp32")
 
@@ -30,9 +30,9 @@ class TrainConfig:
 
     epochs: int = 30  # most passes over the training split
     batch_size: int = 64  # images per optimizer step
-    optimizer: str = "adam"  # sgd, adam or adamw
+    optimizer: str = "adam"  # sgd, adam, adamw or muon (convolution filters by Muon, the rest by SGD with Nesterov momentum)
     lr: float = 1e-2  # (peak) learning rate
-    momentum: float = 0.9  # sgd only
+    momentum: float = 0.9  # sgd, and muon's SGD part
     nesterov: bool = False  # sgd only: Nesterov momentum
     weight_decay: float = 0.0  # L2 penalty (decoupled for adamw)
     schedule: str = "cosine"  # constant, cosine (anneal to 0) or onecycle (warm up, then anneal)
@@ -40,6 +40,7 @@ class TrainConfig:
     patience: int = 0  # stop after this many epochs without a better val loss; 0 = never stop early
     crop_padding: int = 0  # augmentation: random crops of images padded by this many pixels; 0 = off
     flip: bool = False  # augmentation: random horizontal flips
+    cutout: int = 0  # augmentation: a square of this many pixels blanked to 0 at a random place in half the images; 0 = off
     # Test-time augmentation: an image's scores averaged with its mirror image's wherever the model answers
     # (validation, evaluate, predict, the served model); for classes a mirror leaves alone (not digits).
     tta: bool = False
@@ -93,6 +94,7 @@ class TrainConfig:
                 f"must be in [0, 1), got {self.label_smoothing!r}")
         whole("patience", 0)
         whole("crop_padding", 0)
+        whole("cutout", 0)
         whole("seed", 0)
         whole("threads", 0)
         for name in ("nesterov", "flip", "tta", "deterministic"):

@@ -37,6 +37,7 @@ from imgpipe.models.networks import Classifier, build_model, count_parameters, i
 from imgpipe.training.batches import ResidentSplit, StreamedSplit, fits_on_device
 from imgpipe.training.batchnorm import reestimate
 from imgpipe.training.distributed import SINGLE, ProcessGroup, restart_count
+from imgpipe.training.muon import ConvMuon
 
 
 @dataclass
@@ -86,9 +87,13 @@ def batches(count: int, batch_size: int, generator: torch.Generator) -> Iterator
     yield from torch.randperm(count, device=generator.device, generator=generator).split(batch_size)
 
 
+CUTOUT_CHANCE = 0.5  # of an image being cut out (Fashion-MNIST, 7x7, 8 epochs of the speedrun CNN: every image val 0.9315, half 0.9382)
+
+
 def augment(images: torch.Tensor, crop_padding: int, flip: bool, generator: torch.Generator,
-            share: slice = slice(None), batch: int | None = None) -> torch.Tensor:
-    """Random crops of zero-padded images and random horizontal flips, for a whole batch at once.
+            share: slice = slice(None), batch: int | None = None, cutout: int = 0) -> torch.Tensor:
+    """Random crops of zero-padded images, random horizontal flips and cutout (a `cutout`-pixel square blanked to 0
+    at a random place, clipped by the image's edges, in half the images), for a whole batch at once.
     `images` may be the `share` of a global batch of `batch` images (a rank's rows): the draws are the
     whole batch's, so every rank augments its rows as a single process would."""
     drawn = len(images) if batch is None else batch
@@ -103,6 +108,14 @@ def augment(images: torch.Tensor, crop_padding: int, flip: bool, generator: torc
     if flip:
         mirrored = (torch.rand(drawn, device=images.device, generator=generator) < 0.5)[share]
         images = torch.where(mirrored[:, None, None, None], images.flip(-1), images)
+    if cutout:
+        _, _, h, w = images.shape
+        centres = torch.stack([torch.randint(0, size, (drawn,), device=images.device, generator=generator) for size in (h, w)])
+        chosen = (torch.rand(drawn, device=images.device, generator=generator) < CUTOUT_CHANCE)[share]
+        top, left = (centres[:, share] - cutout // 2)[:, :, None, None]  # (B, 1, 1) each
+        rows, cols = torch.arange(h, device=images.device)[:, None], torch.arange(w, device=images.device)
+        inside = (rows >= top) & (rows < top + cutout) & (cols >= left) & (cols < left + cutout)  # (B, H, W)
+        images = images.masked_fill((inside & chosen[:, None, None])[:, None], 0)
     return images
 
 
@@ -114,6 +127,8 @@ def on_device(config: TrainConfig, nbytes: int, device: torch.device) -> bool:
 
 
 def make_optimizer(config: TrainConfig, parameters) -> torch.optim.Optimizer:
+    if config.optimizer == "muon":
+        return ConvMuon(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     if config.optimizer == "sgd":
         return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum,
                                nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay)
@@ -412,8 +427,8 @@ def train_epoch(setup: Setup, stepper: Stepper, epoch: int) -> dict[str, torch.T
                     desc=f"{setup.name} {epoch}/{config.epochs}", unit="batch", leave=False, disable=not setup.interactive)
     start = time.perf_counter()
     for step, ((images, labels), index, rows) in enumerate(zip(progress, order, shares)):
-        if config.crop_padding or config.flip:
-            images = augment(images, config.crop_padding, config.flip, stepper.generator, rows, batch=len(index))
+        if config.crop_padding or config.flip or config.cutout:
+            images = augment(images, config.crop_padding, config.flip, stepper.generator, rows, batch=len(index), cutout=config.cutout)
         if setup.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast:
