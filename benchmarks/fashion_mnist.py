@@ -28,7 +28,8 @@ the validation split that chooses, and the test split is only ever reported. It 
     test split; its test accuracy and seconds (the target: >= 0.930 within 300 s on a laptop-class CPU);
 (d) toward 0.945 within twice (a) fp32's 10 epochs of training (#32): each technique's own gain on validation, on
     quick versions of the final recipes: the network (the speedruns' CNN against (c)'s TinyVGG: the time each takes
-    to the same accuracy), test-time flips, weight averages; then the kept network's recipe with the average that won,
+    to the same accuracy), test-time flips, cutout (the recipe less it), weight averages; then the kept network's recipe
+    with the average that won,
     kept on validation; its test-time flips kept where its own validation scores better with them (they change no
     gradient step); test scored once; its training seconds as a multiple of (a) fp32's (about 12 minutes more).
 
@@ -111,7 +112,8 @@ RECIPE_C = replace(ONECYCLE_SGD, epochs=15, weight_decay=5e-4, crop_padding=2, f
 # run). First each technique's own gain, on validation, on quick versions (QUICK_EPOCHS) of the final recipes: the
 # network (the speedruns' CNN against (c)'s TinyVGG, each with its own recipe: the time each takes to the lower of
 # their two best validation accuracies), then, on the network kept, test-time flips (the same weights scored with and
-# without; printed, deciding nothing) and each weight average of AVERAGES against none. Then the kept network's full
+# without; printed, deciding nothing), the techniques screens put in its recipe (`ablations`: each one's quick recipe
+# less it; printed, deciding nothing) and each weight average of AVERAGES against none. Then the kept network's full
 # recipe with the average that won there, kept on validation; its validation accuracy with and without its flips (the
 # same weights) keeps or drops them, and is their gain at length; test scored once.
 # speedrun_cnn: 288k parameters, 2,200-2,600 images/s here against (c)'s 1,300-1,600 (468k). Screened on validation
@@ -119,8 +121,12 @@ RECIPE_C = replace(ONECYCLE_SGD, epochs=15, weight_decay=5e-4, crop_padding=2, f
 # in 332 s; 48/96/192 wide, 8 epochs 0.9433 in 351 s; a cosine schedule 0.9412; batch 256 at lr 0.2, 18 epochs 0.9457
 # in 374 s (over 360 s, twice the seed loop's 180.3 s in (d) of 2026-12-03: 16 here). (c)'s TinyVGG: 0.9447 after its
 # 15 epochs, 508 s (that run). The final keeps or drops the average by (d)'s own quick runs.
+# Cutout, a regularizer, pays at length, not in a quick run: screened on validation at 8 and 16 epochs (2026-12-04,
+# flips on, no average): a 7x7 square in half the images 0.9382 and 0.9457 against 0.9370 and 0.9428 (16: the final
+# of (d) that morning); in every image 0.9315 (8), 11x11 0.9368 (8). Muon (train.optimizer: muon) with it: 0.9413-0.9432
+# at 8 epochs, 0.9455 at 16: sooner, not higher, so SGD stays. 40/80/160 wide with Muon, 12 epochs: 0.9465 in 379 s.
 MODEL_D = {"channels": [32, 64, 128]}
-RECIPE_D = replace(RECIPE_C, epochs=16, batch_size=256, lr=0.2)
+RECIPE_D = replace(RECIPE_C, epochs=16, batch_size=256, lr=0.2, cutout=7)
 NETWORKS_D = {"cnn": (MODEL_C, RECIPE_C), "speedrun_cnn": (MODEL_D, RECIPE_D)}  # (c)'s first: it wins a tie
 QUICK_EPOCHS = 3
 AVERAGES = (0.99, 0.998)
@@ -297,6 +303,11 @@ def gains(train_set: ImageSet, val_set: ImageSet, networks: dict[str, tuple[dict
     plain, flipped = accuracy_of(base.model, val_set, False), accuracy_of(base.model, val_set, True)
     print(f"(d) gains on validation, {network(settings, model)}, {recipe(short)}: none {plain:.4f}; "
           f"test-time flips {flipped:.4f} ({flipped - plain:+.4f}, same weights, {sum(clock.seconds):.1f} s of training)")
+    for technique, without in ablations(short):
+        other, other_clock = engine(settings, train_set, val_set, without, model)
+        alone = accuracy_of(other.model, val_set, False)
+        print(f"(d) gains on validation: {technique}: {plain:.4f}; without it {alone:.4f} ({plain - alone:+.4f}; "
+              f"{sum(other_clock.seconds):.1f} s of training; in the recipe by screens at length, not by this line)")
     averages = {}
     for decay in AVERAGES:
         averaged, averaged_clock = engine(settings, train_set, val_set, replace(short, ema=decay), model)
@@ -310,6 +321,12 @@ def gains(train_set: ImageSet, val_set: ImageSet, networks: dict[str, tuple[dict
     print(f"(d) kept on validation: network {model}, weight average {chosen.ema or 'off'}; test-time flips: decided on the final "
           "training's validation")
     return model, settings, chosen
+
+
+def ablations(config: TrainConfig) -> list[tuple[str, TrainConfig]]:
+    """The recipe's techniques that screens at full length put there (README), each with the recipe less it."""
+    found = [(f"cutout {config.cutout}", replace(config, cutout=0))] if config.cutout else []
+    return found + ([("optimizer muon", replace(config, optimizer="sgd"))] if config.optimizer == "muon" else [])
 
 
 def first_reaching(rows: Rows, target: float) -> tuple[int, float] | None:
@@ -361,7 +378,7 @@ def network(settings: dict, model: str = "cnn") -> str:
 
 
 def recipe(config: TrainConfig) -> str:
-    extras = [f"{key} {getattr(config, key)}" for key in ("weight_decay", "crop_padding", "label_smoothing") if getattr(config, key)]
+    extras = [f"{key} {getattr(config, key)}" for key in ("weight_decay", "crop_padding", "cutout", "label_smoothing") if getattr(config, key)]
     return (f"batch {config.batch_size}, {config.optimizer}{' nesterov' if config.nesterov else ''} lr {config.lr}, "
             f"{config.schedule}, {config.epochs} epochs" + "".join(f", {extra}" for extra in extras) + (", flips" if config.flip else ""))
 

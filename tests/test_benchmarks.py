@@ -139,6 +139,12 @@ def test_the_fashion_mnist_benchmark_compares_with_both_baselines_on_a_recipe_ch
     flips = one(lines, r"\(d\) gains on validation, .*: none ([0-9.]+); test-time flips ([0-9.]+) \(([-+][0-9.]+), same weights, .*")
     plain, flipped = float(flips[1]), float(flips[2])
     assert math.isclose(float(flips[3]), flipped - plain, abs_tol=1e-4)
+    # The recipe's techniques put there by screens at length: each one's own gain, the kept network's quick recipe less it.
+    bench = runpy.run_path(str(ROOT / "benchmarks" / "fashion_mnist.py"), run_name="fashion_mnist")
+    kept_recipe = bench["NETWORKS_D"][timed[4]][1]
+    removed = matches(lines, r"\(d\) gains on validation: (cutout \d+|optimizer muon): ([0-9.]+); without it ([0-9.]+) \(([-+][0-9.]+); .*")
+    assert [m[1] for m in removed] == [name for name, _ in bench["ablations"](kept_recipe)]
+    assert all(float(m[2]) == plain and math.isclose(float(m[4]), plain - float(m[3]), abs_tol=1e-4) for m in removed)
     averages = {float(m[1]): float(m[2]) for m in matches(lines, r"\(d\) gains on validation: weight average ema ([0-9.]+): ([0-9.]+) .*")}
     assert sorted(averages) == [0.99, 0.998]
     best = max(averages, key=averages.__getitem__)
