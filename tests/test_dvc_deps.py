@@ -98,3 +98,14 @@ def test_code_version_changes_with_any_module_training_or_a_stage_runs(tmp_path,
     script_after = lineage.code_version(script)
     script.write_text("from imgpipe.train import x  # edited\n")
     assert lineage.code_version(script) != script_after
+
+
+def test_the_train_stage_reruns_when_any_training_setting_changes():
+    """Each setting of TrainConfig is a param of the train stage: one left out would leave models trained the old way
+    while `dvc repro` calls them up to date (the seed is the stage's own matrix item)."""
+    from dataclasses import fields
+
+    from imgpipe.config import TrainConfig
+
+    params = set(PIPELINE["train"]["params"])
+    assert {f"train.{field.name}" for field in fields(TrainConfig) if field.name != "seed"} <= params
