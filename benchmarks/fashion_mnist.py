@@ -121,10 +121,11 @@ RECIPE_C = replace(ONECYCLE_SGD, epochs=15, weight_decay=5e-4, crop_padding=2, f
 # in 332 s; 48/96/192 wide, 8 epochs 0.9433 in 351 s; a cosine schedule 0.9412; batch 256 at lr 0.2, 18 epochs 0.9457
 # in 374 s (over 360 s, twice the seed loop's 180.3 s in (d) of 2026-12-03: 16 here). (c)'s TinyVGG: 0.9447 after its
 # 15 epochs, 508 s (that run). The final keeps or drops the average by (d)'s own quick runs.
-# Cutout, a regularizer, pays at length, not in a quick run: screened on validation at 8 and 16 epochs (2026-12-04,
+# Cutout, a regularizer, is judged at length, not in a quick run: screened on validation at 8 and 16 epochs (2026-12-04,
 # flips on, no average): a 7x7 square in half the images 0.9382 and 0.9457 against 0.9370 and 0.9428 (16: the final
-# of (d) that morning); in every image 0.9315 (8), 11x11 0.9368 (8). Muon (train.optimizer: muon) with it: 0.9413-0.9432
-# at 8 epochs, 0.9455 at 16: sooner, not higher, so SGD stays. 40/80/160 wide with Muon, 12 epochs: 0.9465 in 379 s.
+# of (d) that afternoon), higher each time by less than chance (0.003); in every image 0.9315 (8), 11x11 0.9368 (8).
+# Muon (train.optimizer: muon) with it: 0.9413 at 8 epochs (0.9432 with its filters at lr 0.24), 0.9455 at 16: level
+# with SGD where (d)'s budget lands, so SGD stays. 40/80/160 wide, Muon and cutout, 12 epochs: 0.9465 in 379 s.
 MODEL_D = {"channels": [32, 64, 128]}
 RECIPE_D = replace(RECIPE_C, epochs=16, batch_size=256, lr=0.2, cutout=7)
 NETWORKS_D = {"cnn": (MODEL_C, RECIPE_C), "speedrun_cnn": (MODEL_D, RECIPE_D)}  # (c)'s first: it wins a tie

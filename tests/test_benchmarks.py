@@ -144,6 +144,7 @@ def test_the_fashion_mnist_benchmark_compares_with_both_baselines_on_a_recipe_ch
     kept_recipe = bench["NETWORKS_D"][timed[4]][1]
     removed = matches(lines, r"\(d\) gains on validation: (cutout \d+|optimizer muon): ([0-9.]+); without it ([0-9.]+) \(([-+][0-9.]+); .*")
     assert [m[1] for m in removed] == [name for name, _ in bench["ablations"](kept_recipe)]
+    assert [name for name, _ in bench["ablations"](bench["RECIPE_D"])] == ["cutout 7"]  # so a kept speedrun CNN prints one
     assert all(float(m[2]) == plain and math.isclose(float(m[4]), plain - float(m[3]), abs_tol=1e-4) for m in removed)
     averages = {float(m[1]): float(m[2]) for m in matches(lines, r"\(d\) gains on validation: weight average ema ([0-9.]+): ([0-9.]+) .*")}
     assert sorted(averages) == [0.99, 0.998]

@@ -1,17 +1,19 @@
 """Muon for convolution filters (train.optimizer: muon), SGD for everything else, in one optimizer.
 
 Muon (Keller Jordan et al., 2024; the CIFAR-10 speedruns' airbench) steps each weight matrix along its momentum made
-orthogonal: every direction of the update the same size, so the rarely-seen directions learn as fast as the common
-ones. A convolution's filters are a matrix of (out channels) x (in channels x kernel). Biases, batch norm's scales
-and shifts and the linear layers are vectors or the classifier itself, where the method does not apply: they take
-SGD with Nesterov momentum and weight decay, as train.optimizer: sgd with nesterov: true gives them. Both kinds step
-at train.lr (or a part's own, where a network asks for one) and follow its schedule.
+orthogonal: every direction of the update about the same size, so the rarely-seen directions learn as fast as the
+common ones. A convolution's filters are a matrix of (out channels) x (in channels x kernel). Everything else takes
+SGD with Nesterov momentum and weight decay, as train.optimizer: sgd with nesterov: true gives it: biases, batch
+norm's scales and shifts, and every linear layer, hidden ones included (so on a network without convolutions, muon is
+that SGD). Both kinds step at train.lr (or a part's own, where a network asks for one) and follow its schedule.
+The plain form: no weight decay on the filters and none of airbench's per-step rescaling of each filter to a fixed
+norm (behind batch norm, a filter's norm then grows and its steps shrink relative to it).
 """
 
 import torch
 
 # Newton-Schulz quintic: five steps take a matrix's singular values near 1 (these coefficients trade exactness for
-# speed: they land in about [0.7, 1.2], which trains as well).
+# speed: they land in about [0.7, 1.2], which trains as well; those under about 1/300 of the largest stay smaller).
 COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 STEPS = 5
 MOMENTUM = 0.6  # the filters' own momentum (airbench's, for runs of a few epochs); train.momentum is the rest's
@@ -41,13 +43,18 @@ class ConvMuon(torch.optim.Optimizer):
         given = list(parameters)  # tensors, or groups of them with their own lr (a fine-tuned network's parts)
         groups = []
         for group in given if given and isinstance(given[0], dict) else [{"params": given}]:
+            members = [group["params"]] if isinstance(group["params"], torch.Tensor) else list(group["params"])
             for muon in (True, False):
-                chosen = [p for p in group["params"] if is_filter(p) == muon]
+                chosen = [p for p in members if is_filter(p) == muon]
                 groups += [{**group, "params": chosen, "muon": muon}] if chosen else []
         super().__init__(groups, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
 
     @torch.no_grad()
     def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         for group in self.param_groups:
             for parameter in group["params"]:
                 if parameter.grad is None:
@@ -56,14 +63,17 @@ class ConvMuon(torch.optim.Optimizer):
                     self._muon_step(parameter, group["lr"])
                 else:
                     self._sgd_step(parameter, group["lr"], group["momentum"], group["weight_decay"])
+        return loss
 
     def _muon_step(self, parameter: torch.Tensor, lr: float) -> None:
         grad, state = parameter.grad, self.state[parameter]
-        buffer = state.setdefault("momentum_buffer", torch.zeros_like(grad))
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(grad)
+        buffer = state["momentum_buffer"]
         buffer.mul_(MOMENTUM).add_(grad)
         update = orthogonalized(grad.add(buffer, alpha=MOMENTUM).reshape(len(parameter), -1))  # Nesterov
         rows, columns = update.shape
-        # Scaled so a tall matrix's update (fewer directions than rows) moves each row as far as a wide one's.
+        # Scaled so a tall matrix's update (fewer directions than rows) moves its rows, on average, as far as a wide one's.
         parameter.add_(update.reshape(parameter.shape).to(parameter.dtype), alpha=-lr * max(1.0, rows / columns) ** 0.5)
 
     def _sgd_step(self, parameter: torch.Tensor, lr: float, momentum: float, weight_decay: float) -> None:
