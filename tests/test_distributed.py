@@ -47,6 +47,7 @@ distributed.leave()
 JOBS = {  # name: (model, settings, config), each trained on 2 ranks by the one torchrun
     "mlp": ("mlp", SETTINGS, CONFIG),
     "batch_norm": ("cnn", {"channels": [4], "batch_norm": True}, replace(CONFIG, epochs=1)),  # two batch norms
+    "muon_cutout": ("cnn", {"channels": [4]}, replace(CONFIG, epochs=1, optimizer="muon", lr=0.05, cutout=3)),
 }
 
 
@@ -113,6 +114,17 @@ def test_two_gloo_processes_train_the_weights_one_process_trains(prepared, two_r
     for one, two in zip(single.history, ranks["history"]):
         assert two["val_accuracy"] == pytest.approx(one["val_accuracy"], abs=1 / 270)  # at most one image apart
         assert two["train_loss"] == pytest.approx(one["train_loss"], rel=1e-4)
+
+
+def test_two_gloo_processes_cut_out_and_step_filters_by_muon_as_one_process_does(prepared, two_ranks):
+    """Each rank cuts out its rows' squares from the whole batch's draws, and Muon orthogonalizes the all-reduced
+    gradients: the same weights as one process."""
+    model, settings, config = JOBS["muon_cutout"]
+    single = train(model, settings, load_prepared(prepared), config)
+    ranks = two_ranks["muon_cutout"]
+    for name, weight in single.model.state_dict().items():
+        torch.testing.assert_close(ranks[0]["weights"][name], weight, rtol=1e-4, atol=1e-5, msg=name)
+        assert torch.equal(ranks[0]["weights"][name], ranks[1]["weights"][name]), name
 
 
 def test_reestimated_batch_norm_statistics_are_equal_on_every_rank_and_those_of_the_whole_sample(
