@@ -326,8 +326,7 @@ def gains(train_set: ImageSet, val_set: ImageSet, networks: dict[str, tuple[dict
 
 def ablations(config: TrainConfig) -> list[tuple[str, TrainConfig]]:
     """The recipe's techniques that screens at full length put there (README), each with the recipe less it."""
-    found = [(f"cutout {config.cutout}", replace(config, cutout=0))] if config.cutout else []
-    return found + ([("optimizer muon", replace(config, optimizer="sgd"))] if config.optimizer == "muon" else [])
+    return [(f"cutout {config.cutout}", replace(config, cutout=0))] if config.cutout else []
 
 
 def first_reaching(rows: Rows, target: float) -> tuple[int, float] | None:

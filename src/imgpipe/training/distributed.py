@@ -8,6 +8,7 @@ validation) are all-reduced, so every rank sees the same figures and makes the s
 alone writes files.
 """
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -103,9 +104,8 @@ def torchrun_command(processes: int, script: list[str], max_restarts: int = 0, l
 def launch(processes: int, script: list[str], max_restarts: int) -> int:
     """torchrun_command run to its end, with RESTARTABLE; its exit status. Its agent's folder goes with it, unless
     the user named one (torchrun's PET_LOG_DIR, e.g. to keep the ranks' output with PET_REDIRECTS)."""
-    if os.environ.get("PET_LOG_DIR"):
-        return subprocess.run(torchrun_command(processes, script, max_restarts), env=os.environ | RESTARTABLE).returncode
-    with tempfile.TemporaryDirectory(prefix="imgpipe-torchrun-", ignore_cleanup_errors=True) as logs:
+    named = bool(os.environ.get("PET_LOG_DIR"))  # then no --log-dir: torchrun reads it
+    with contextlib.nullcontext() if named else tempfile.TemporaryDirectory(prefix="imgpipe-torchrun-", ignore_cleanup_errors=True) as logs:
         return subprocess.run(torchrun_command(processes, script, max_restarts, logs), env=os.environ | RESTARTABLE).returncode
 
 
