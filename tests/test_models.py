@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -45,6 +47,15 @@ def test_unknown_setting_lists_the_valid_ones():
     with pytest.raises(InvalidSetting, match="chanels.*channels, kernel_size, activation") as caught:
         build_model("cnn", (1, 8, 8), 10, chanels=[8])
     assert caught.value.name == "chanels"
+
+
+@pytest.mark.parametrize("model, setting, value", [
+    ("cnn", "channels", 16), ("speedrun_cnn", "channels", 32), ("small_resnet", "channels", 32),  # `16` for `[16]`
+    ("cnn", "channels", [True, True]), ("mlp", "hidden", 128), ("mlp", "hidden", [64, 0]), ("cnn", "hidden", True)])
+def test_a_width_that_is_not_a_list_of_counts_is_refused_by_name(model, setting, value):
+    with pytest.raises(InvalidSetting, match=re.escape(f"got {value}")) as caught:  # a setting error, not a TypeError's traceback
+        build_model(model, (1, 8, 8), 10, **{setting: value})
+    assert caught.value.name == setting
 
 
 @pytest.mark.parametrize("model", ["cnn", "speedrun_cnn"])

@@ -110,6 +110,11 @@ class LinearNet(nn.Module):
         return self.layers(x)
 
 
+def _positive_counts(values) -> bool:
+    """A list of positive whole numbers (a YAML `16` for `[16]`, or `true`, is not one)."""
+    return isinstance(values, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
+
+
 class MLP(nn.Module):
     """Fully connected net: flatten, then hidden layers with an activation (and dropout), then scores."""
 
@@ -122,7 +127,7 @@ class MLP(nn.Module):
         dropout: float = 0.0,
     ):
         super().__init__()
-        require(all(isinstance(h, int) and h > 0 for h in hidden), "hidden", f"must list positive layer widths, got {hidden}")
+        require(_positive_counts(hidden), "hidden", f"must list positive layer widths, got {hidden}")
         require(0 <= dropout < 1, "dropout", f"must be in [0, 1), got {dropout}")
         act = _activation(activation)
         layers: list[nn.Module] = [nn.Flatten()]
@@ -140,7 +145,7 @@ class MLP(nn.Module):
 
 
 def _require_channel_list(channels: list[int], unit: str = "block") -> None:
-    require(len(channels) > 0 and all(isinstance(c, int) and c > 0 for c in channels),
+    require(_positive_counts(channels) and len(channels) > 0,
             "channels", f"must list positive channel counts, one per {unit}, got {channels}")
 
 
@@ -176,7 +181,7 @@ class TinyVGG(nn.Module):
         require(isinstance(kernel_size, int) and kernel_size % 2 == 1, "kernel_size", f"must be an odd integer, got {kernel_size}")
         out_height, out_width = height >> len(channels), width >> len(channels)
         require(0 <= dropout < 1, "dropout", f"must be in [0, 1), got {dropout}")
-        require(isinstance(hidden, int) and hidden >= 0, "hidden", f"must be a width >= 0 (0: none), got {hidden}")
+        require(isinstance(hidden, int) and not isinstance(hidden, bool) and hidden >= 0, "hidden", f"must be a width >= 0 (0: none), got {hidden}")
         act = _activation(activation)
 
         def conv(cin: int, cout: int) -> list[nn.Module]:
