@@ -35,14 +35,15 @@ def main() -> None:
     variant = settings.variant(params, name, seed)
     with P.reported_as(settings.section_of(params, name, "device")):  # fail now, naming the key, if the device is absent
         device_type = pick_device(variant.config.device).type
+    data = load_prepared(paths.PREPARED)
+    settings.require_augmentation_fits(params, name, variant.config, data.image_shape)
     processes = distributed.device_count(variant.config.devices, device_type)
     if processes > 1 and fitted_by_name(variant.model):
         print(f"{name}: fitted in one pass, on one process (train.devices: {variant.config.devices} is for gradient training)")
         processes = 1
     if processes > 1 and not distributed.launched():  # start the ranks, each of which runs this script
-        prepared = load_prepared(paths.PREPARED)
         with P.reported_as(f"models.{name}"):  # a bad setting fails here, in one line, not on every rank at every restart
-            build_model(variant.model, prepared.image_shape, len(prepared.class_names), **variant.settings)
+            build_model(variant.model, data.image_shape, len(data.class_names), **variant.settings)
         restarts = variant.config.max_restarts
         status = distributed.launch(processes, [__file__, name, str(seed)], restarts)
         if status != 0:
@@ -52,7 +53,6 @@ def main() -> None:
     if device_type == "cuda" and not distributed.launched():
         gpus.use_a_free_gpu()  # parallel queued experiments (dvc queue start -j N) spread over the GPUs
     group = distributed.join(device_type) if distributed.launched() else distributed.SINGLE
-    data = load_prepared(paths.PREPARED)
     started = datetime.now(timezone.utc).isoformat(timespec="milliseconds")  # the MLflow run's start
     with P.reported_as(f"models.{name}"):
         result = train(variant.model, variant.settings, data, variant.config, resume=paths.resume_state(name, seed), group=group)

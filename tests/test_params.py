@@ -40,6 +40,22 @@ def test_bad_settings_name_their_key(patch, message):
     assert str(caught.value).startswith(message)
 
 
+@pytest.mark.parametrize("section, key, value, refused", [
+    ("train", "cutout", 7, False), ("train", "cutout", 8, True), ("models.cnn", "cutout", 100, True),
+    ("train", "crop_padding", 7, False), ("models.cnn", "crop_padding", 8, True)])
+def test_crops_and_cutout_as_large_as_the_image_are_refused_naming_their_key(section, key, value, refused):
+    params = {name: dict(values) for name, values in BASE.items()}
+    params["models"] = {**params["models"], "cnn": dict(params["models"]["cnn"])}
+    (params["train"] if section == "train" else params["models"]["cnn"])[key] = value
+    variant = settings.variant(params, "cnn", 0)
+    if not refused:  # a crop can still hold a pixel of the image; a cutout leaves some of it
+        settings.require_augmentation_fits(params, "cnn", variant.config, (1, 8, 9))
+        return
+    with pytest.raises(ConfigError) as caught:
+        settings.require_augmentation_fits(params, "cnn", variant.config, (1, 8, 9))
+    assert str(caught.value) == f"params.yaml: {section}.{key}: must be smaller than the 8x9 images, got {value}"
+
+
 def test_a_variant_not_listed_is_refused():
     with pytest.raises(ConfigError, match="train.variants does not list 'mlp'"):
         settings.variant(BASE, "mlp", 0)

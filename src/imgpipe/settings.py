@@ -68,6 +68,16 @@ def section_of(params: dict, name: str, key: str) -> str:
     return f"models.{name}" if key in (P.get(params, f"models.{name}", None) or {}) else "train"
 
 
+def require_augmentation_fits(params: dict, name: str, config: TrainConfig, image_shape: tuple[int, int, int]) -> None:
+    """Crop padding and cutout smaller than the images: else a crop can be all padding, a cutout a whole image."""
+    _, height, width = image_shape
+    for key in ("crop_padding", "cutout"):
+        value = getattr(config, key)
+        if value >= min(height, width):
+            raise ConfigError(f"params.yaml: {section_of(params, name, key)}.{key}: must be smaller than the "
+                              f"{height}x{width} images, got {value}")
+
+
 def _local(value: str | None) -> Path | None:
     """A path from params.yaml, relative to the project root."""
     return None if value is None else paths.ROOT / Path(str(value)).expanduser()
