@@ -12,7 +12,7 @@ from imgpipe.errors import ImgpipeError
 from imgpipe.evaluation.evaluate import evaluate
 from imgpipe.lineage import code_version
 from imgpipe.models.checkpoint import load_checkpoint, save_checkpoint
-from imgpipe.training.loop import augment, on_device, train
+from imgpipe.training.loop import augment, make_optimizer, on_device, train
 from imgpipe.training.muon import ConvMuon
 
 FAST = TrainConfig(epochs=3, batch_size=64, lr=0.01, device="cpu")
@@ -174,6 +174,35 @@ def test_every_optimizer_and_schedule_takes_steps(digits_prepared, optimizer, sc
                          nesterov=True, weight_decay=1e-4, label_smoothing=0.1, device="cpu")
     result = train("linear", {}, digits_prepared, config)
     assert result.history[-1]["train_loss"] < 2.2 and result.history[-1]["val_accuracy"] > 0.5
+
+
+@pytest.mark.parametrize("optimizer, kind", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam),
+                                             ("adamw", torch.optim.AdamW), ("muon", ConvMuon)])
+@pytest.mark.parametrize("momentum", [0.8, 0.0])
+def test_each_optimizer_is_the_one_named_with_its_settings(optimizer, kind, momentum):
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 10))
+    config = TrainConfig(optimizer=optimizer, lr=0.05, momentum=momentum, nesterov=True, weight_decay=1e-3, device="cpu")
+    built = make_optimizer(config, net.parameters())
+    assert type(built) is kind and sum(len(group["params"]) for group in built.param_groups) == 4
+    for group in built.param_groups:
+        assert (group["lr"], group["weight_decay"]) == (0.05, 1e-3)
+        if optimizer in ("sgd", "muon"):
+            assert group["momentum"] == momentum
+        if optimizer == "sgd":  # Nesterov needs momentum: without it, plain SGD rather than torch's refusal
+            assert group["nesterov"] is (momentum > 0)
+
+
+def test_label_smoothing_reaches_every_training_step(digits_prepared, monkeypatch):
+    smoothing = []  # each loss's label_smoothing: the steps' and validation's
+    cross_entropy = torch.nn.functional.cross_entropy
+
+    def recorded(*args, **kwargs):
+        smoothing.append(kwargs.get("label_smoothing", 0.0))
+        return cross_entropy(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", recorded)
+    train("linear", {}, digits_prepared, replace(FAST, epochs=1, batch_size=256, label_smoothing=0.1))
+    assert smoothing.count(0.1) == -(-len(digits_prepared.train) // 256)
 
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine", "onecycle"])
