@@ -1,4 +1,5 @@
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -139,6 +140,21 @@ def test_centroid_loss_and_confidence_are_calibrated_on_digits(digits_prepared):
 def save_centroid(path, model, data) -> None:
     save_checkpoint(path, model, model_name="centroid", model_settings={"distance": "l2"},
                     image_shape=data.image_shape, class_names=data.class_names, config=TrainConfig(epochs=1))
+
+
+def test_a_checkpoint_write_that_fails_midway_keeps_the_earlier_one(digits_prepared, tmp_path, monkeypatch):
+    path = tmp_path / "centroid.pt"
+    save_centroid(path, fitted_centroid(digits_prepared), digits_prepared)
+    before = path.read_bytes()
+
+    def disk_full(checkpoint, file):  # half the file written, then the disk is full
+        Path(file).write_bytes(before[: len(before) // 2])
+        raise OSError(28, "No space left on device", str(file))
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        save_centroid(path, fitted_centroid(digits_prepared), digits_prepared)
+    assert path.read_bytes() == before and [f.name for f in tmp_path.iterdir()] == ["centroid.pt"]
 
 
 def test_centroid_checkpoint_keeps_its_calibrated_scores(digits_prepared, tmp_path):
