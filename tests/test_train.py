@@ -206,18 +206,20 @@ def test_label_smoothing_reaches_every_training_step(digits_prepared, monkeypatc
 
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine", "onecycle"])
-def test_each_schedule_sets_the_learning_rate_of_every_step(digits_prepared, monkeypatch, schedule):
-    rates = []  # the learning rate each of the optimizer's steps took
+def test_each_schedule_sets_the_learning_rate_of_every_step_and_keeps_the_momentum(digits_prepared, monkeypatch, schedule):
+    rates, momenta = [], []  # the learning rate and momentum each of the optimizer's steps took
     step = torch.optim.SGD.step
 
     def recorded(self, *args, **kwargs):
         rates.append(self.param_groups[0]["lr"])
+        momenta.append(self.param_groups[0]["momentum"])
         return step(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.optim.SGD, "step", recorded)
-    config = TrainConfig(epochs=2, batch_size=256, optimizer="sgd", schedule=schedule, lr=0.05, device="cpu")
+    config = TrainConfig(epochs=2, batch_size=256, optimizer="sgd", schedule=schedule, lr=0.05, momentum=0.8, device="cpu")
     train("linear", {}, digits_prepared, config)
     assert len(rates) == 2 * -(-len(digits_prepared.train) // 256)
+    assert momenta == [0.8] * len(rates)  # train.momentum, whatever the schedule (torch's one-cycle would cycle it)
     peak = max(range(len(rates)), key=rates.__getitem__)
     if schedule == "constant":
         assert rates == [0.05] * len(rates)

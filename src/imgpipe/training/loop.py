@@ -141,8 +141,10 @@ def make_schedule(config: TrainConfig, optimizer, steps: int):
     if config.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     if config.schedule == "onecycle":
-        # Each group peaks at its own learning rate (a head's may be a multiple of train.lr).
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=steps)
+        # Each group peaks at its own learning rate (a head's may be a multiple of train.lr). Momentum stays
+        # train.momentum: torch's default would cycle it between 0.85 and 0.95 whatever the user set (0 included).
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=steps,
+                                                   cycle_momentum=False)
     return None
 
 
