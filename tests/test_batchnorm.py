@@ -63,6 +63,17 @@ def test_evaluation_scores_what_training_mode_scores_once_statistics_are_reestim
     assert accuracy(fresh, *val, training_mode=False) == pytest.approx(in_training, abs=0.03)
 
 
+def test_bn_images_0_keeps_the_statistics_training_gathered(digits_prepared):
+    from imgpipe.training.loop import train
+
+    result = train("cnn", {"channels": [4], "batch_norm": True}, digits_prepared, replace(FAST, epochs=2, bn_images=0))
+    norms = [m for m in result.model.modules() if isinstance(m, nn.BatchNorm2d)]
+    steps = result.best_epoch * -(-len(digits_prepared.train) // FAST.batch_size)  # the kept epoch's, one per step
+    assert norms and [norm.num_batches_tracked.item() for norm in norms] == [steps] * len(norms)
+    for norm in norms:  # not reset to (0, 1)
+        assert norm.running_mean.abs().max() > 0.01 and (norm.running_var - 1).abs().max() > 0.01
+
+
 def test_statistics_are_the_averages_over_the_sample_and_momentum_is_kept():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3, momentum=0.01), nn.Dropout(0.5), nn.BatchNorm2d(3))

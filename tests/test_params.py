@@ -30,6 +30,8 @@ def test_variant_may_name_another_model():
     ({"train": {"epoch": 3}}, "params.yaml: train.epoch: unknown setting"),
     ({"models": {"cnn": {"epochs": -1}}}, "params.yaml: models.cnn.epochs: must be a whole number >= 1, got -1"),
     ({"train": {"seed": 0}}, "params.yaml: train.seed: replaced by train.seeds, a list of seeds (e.g. seeds: [0])"),
+    ({"train": {"ema": 0.99, "bn_images": 0}}, "params.yaml: train.bn_images: must be > 0 with train.ema"),
+    ({"models": {"cnn": {"epochs": 9, "ema": 0.9}}, "train": {"bn_images": 0}}, "params.yaml: train.bn_images: must be > 0 with train.ema"),
 ])
 def test_bad_settings_name_their_key(patch, message):
     params = {section: dict(values) for section, values in BASE.items()}

@@ -102,6 +102,8 @@ class TrainConfig:
         choice("device", DEVICES)
         choice("precision", PRECISIONS)
         whole("bn_images", 0)
+        require(not (self.ema and self.bn_images == 0), "bn_images",  # the average's own are its initial ones
+                "must be > 0 with train.ema: the weight average's batch-norm statistics come only from re-estimation")
         whole("max_restarts", 0)
         require(self.data_on_device in ("auto", True, False), "data_on_device", f"must be auto, true or false, got {self.data_on_device!r}")
         whole("resident_limit_mb", 0)

@@ -462,9 +462,10 @@ def end_epoch(setup: Setup, model: Classifier, state: LoopState, epoch: int, fig
     group = setup.group
     # In float32, as evaluate, predict and the served model compute: the val figures that choose the kept
     # epoch are theirs, and batch norm's statistics are those of the activations they will see.
-    norms_start = time.perf_counter()
-    reestimate(model, _norm_sample(setup.train_split, setup.config, group, setup.channels_last), group)
-    state.training += time.perf_counter() - norms_start
+    if setup.config.bn_images:  # 0: the statistics training gathered, as they are (re-estimating resets them first)
+        norms_start = time.perf_counter()
+        reestimate(model, _norm_sample(setup.train_split, setup.config, group, setup.channels_last), group)
+        state.training += time.perf_counter() - norms_start
     val = _validate(model, setup.val_split, group)
     loss_sum, correct = group.sum(figures["loss_sum"]), group.sum(figures["correct"])
     mine = torch.zeros(group.world, dtype=torch.long, device=setup.device)
