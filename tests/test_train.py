@@ -13,7 +13,7 @@ from imgpipe.evaluation.evaluate import evaluate
 from imgpipe.lineage import code_version
 from imgpipe.models.checkpoint import load_checkpoint, save_checkpoint
 from imgpipe.training.loop import augment, make_optimizer, on_device, train
-from imgpipe.training.muon import ConvMuon
+from imgpipe.training.muon import ConvMuon, orthogonalized
 
 FAST = TrainConfig(epochs=3, batch_size=64, lr=0.01, device="cpu")
 
@@ -300,6 +300,20 @@ def test_muon_steps_filters_by_their_orthogonalized_momentum_and_the_rest_by_nes
         assert singular.min() > 0.6 and singular.max() < 1.2 and 0.8 < singular.mean() < 1.05, (step, singular)  # unscaled: mean 0.69
     gradient = torch.linalg.svdvals(net[0].weight.grad.reshape(16, -1))
     assert gradient.max() / gradient.min() > 3
+
+
+def test_muon_filters_take_nesterov_momentum_0_6_and_no_weight_decay():
+    torch.manual_seed(0)
+    filters = torch.nn.Parameter(torch.randn(4, 2, 3, 3))  # a wide matrix (4 x 18): no scale
+    muon = ConvMuon([filters], lr=0.1, momentum=0.9, weight_decay=0.5)  # train.momentum and weight decay: the rest's
+    start, gradients = filters.detach().clone(), [torch.randn(4, 2, 3, 3) for _ in range(2)]
+    for gradient in gradients:
+        filters.grad = gradient.clone()
+        muon.step()
+    first, second = gradients
+    buffer = 0.6 * first + second  # the momentum after two steps
+    steps = [orthogonalized(update.reshape(4, -1)).reshape(4, 2, 3, 3) for update in (first + 0.6 * first, second + 0.6 * buffer)]
+    torch.testing.assert_close(filters.detach(), start - 0.1 * (steps[0] + steps[1]))
 
 
 def test_centroid_predicts_the_nearest_class_mean(digits_prepared):
