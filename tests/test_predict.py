@@ -84,6 +84,31 @@ def test_a_bad_top_k_is_a_usage_error(tmp_path, top_k, capsys):
     assert exit.value.code == 2 and "--top-k" in capsys.readouterr().err
 
 
+def test_nothing_written_takes_the_place_of_a_folder_or_an_image_read(digits_prepared, tmp_path, capsys):
+    config = TrainConfig(epochs=1, device="cpu")
+    checkpoint = tmp_path / "cnn.pt"
+    save_checkpoint(checkpoint, train("cnn", {"channels": [4]}, digits_prepared, config).model, model_name="cnn",
+                    model_settings={"channels": [4]}, image_shape=digits_prepared.image_shape,
+                    class_names=digits_prepared.class_names, config=config)
+    images = tmp_path / "images"  # a flat folder of photos
+    images.mkdir()
+    for index, image in enumerate(digits_prepared.test.images[:4]):
+        Image.fromarray(image[0]).save(images / f"{index}.png")
+    before = {path: path.read_bytes() for path in images.rglob("*") if path.is_file()}
+    image = sorted(before)[0]
+    (tmp_path / "notes.txt").write_text("a file")
+    for arguments, message in [
+        (["--output", str(images)], f"error: {images}: is a folder; --output names the CSV file to write"),
+        (["--output", str(image)], f"error: {image}: is one of the images to classify; --output names the CSV file to write"),
+        (["--explain", str(tmp_path / "notes.txt")], f"error: {tmp_path / 'notes.txt'}: is a file; --explain names the folder"),
+        (["--explain", str(images)], f"error: --explain {images}: the overlay {image} would replace the image {image}; "
+                                     "choose another folder"),
+    ]:
+        assert main(["--model", str(checkpoint), str(images), *arguments]) == 1
+        assert capsys.readouterr().err.strip().startswith(message)
+        assert {path: path.read_bytes() for path in images.rglob("*") if path.is_file()} == before  # nothing lost
+
+
 def test_explain_writes_an_overlay_of_where_the_model_looked_per_image(digits_prepared, tmp_path, capsys):
     config = TrainConfig(epochs=1, device="cpu")
     model = train("cnn", {"channels": [8]}, digits_prepared, config).model

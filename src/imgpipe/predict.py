@@ -98,6 +98,24 @@ def write_explanations(folder: Path, names: dict[Path, Path], model: torch.nn.Mo
     return method
 
 
+def refuse_overwriting(output: Path | None, explain: Path | None, files: list[Path]) -> None:
+    """Nothing predict writes may take the place of a folder or of an image it reads: --output replaces a file
+    whole, and an overlay's name is its image's own below --explain."""
+    images = {os.path.realpath(file): file for file in files}
+    if output is not None and output.is_dir():
+        raise ImgpipeError(f"{output}: is a folder; --output names the CSV file to write")
+    if output is not None and os.path.realpath(output) in images:
+        raise ImgpipeError(f"{output}: is one of the images to classify; --output names the CSV file to write")
+    if explain is None:
+        return
+    if explain.exists() and not explain.is_dir():
+        raise ImgpipeError(f"{explain}: is a file; --explain names the folder to write the overlays into")
+    for name in overlay_names(files).values():
+        replaced = images.get(os.path.realpath(explain / name))
+        if replaced is not None:
+            raise ImgpipeError(f"--explain {explain}: the overlay {explain / name} would replace the image {replaced}; choose another folder")
+
+
 def load_model(model: str) -> tuple[torch.nn.Module, Preprocessing, bool]:
     """The model a checkpoint or an MLflow URI names, its preprocessing, and whether it is a checkpoint."""
     if is_uri(model):
@@ -154,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         files = image_files(args.paths)
         if not files:
             raise ImgpipeError(f"no image files in {', '.join(map(str, args.paths))}")
+        refuse_overwriting(args.output, args.explain, files)
         device = pick_device("cpu" if not is_checkpoint else args.device)
         table, errors = classify(files, model, preprocessing, args.top_k, device, args.explain)
     except (ImgpipeError, ValueError) as error:
