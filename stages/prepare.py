@@ -18,6 +18,7 @@ from imgpipe.files import write_json
 def main() -> None:
     params = P.load()
     raw = load_fetched(paths.RAW)
+    listed = P.get(params, "data.exclude", None)  # a file of image ids; null or an empty file: none
     with P.reported_as("data"):
         prepared = prepare_into(
             raw.splits,
@@ -26,11 +27,11 @@ def main() -> None:
             test_fraction=P.get(params, "data.test_fraction"),
             seed=P.get(params, "data.seed"),
             classes=P.get(params, "data.classes", None),
-            exclude=read_excluded(paths.ROOT / P.get(params, "data.exclude")),
+            exclude=read_excluded(paths.ROOT / listed) if listed else set(),
         )
     card = data_card(prepared, raw.decisions)
     if prepared.excluded:
-        card["decisions"].append(f"{prepared.excluded} training images listed in {P.get(params, 'data.exclude')} were left out")
+        card["decisions"].append(f"{prepared.excluded} training images listed in {listed} were left out")
     write_json(paths.DATA_CARD, card)
     print(f"train {len(prepared.train)} / val {len(prepared.val)} / test {len(prepared.test)} images; "
           f"mean {[round(m, 4) for m in prepared.mean]}, std {[round(s, 4) for s in prepared.std]}")

@@ -126,6 +126,30 @@ def test_bad_class_subsets_are_named(classes, message):
         prepare(digits(), 0.15, 0.2, seed=0, classes=classes)
 
 
+@pytest.mark.parametrize("letters_k, setting", [(1, "test_fraction"), (2, "val_fraction")])
+def test_a_class_too_small_to_split_is_named_as_the_source_names_it(letters_k, setting):
+    """Sign Language MNIST's letters: K is label 10 (no J); the split sees positions 0..2, the message the letter."""
+    labels = np.repeat([0, 1, 2], [20, 20, letters_k])  # with two Ks the test split takes one, and validation fails
+    images, _ = random_images(len(labels), (1, 4, 4), 3)
+    raw = {"train": ImageSet(images, labels, ("A", "B", "K"), (0, 1, 10))}
+    with pytest.raises(InvalidSetting) as caught:
+        prepare(raw, 0.15, 0.2, seed=0)
+    assert caught.value.name == setting
+    assert "class 'K' (label 10) has 1 image there, and every class needs one to keep and one to hold out" in caught.value.reason
+
+
+def test_splits_of_two_sizes_and_a_single_class_are_refused_in_one_line():
+    images, labels = random_images(20, (1, 8, 8), 2)
+    small, _ = random_images(10, (1, 6, 6), 2)
+    raw = {"train": ImageSet(images, labels, ("a", "b")), "test": ImageSet(small, labels[:10], ("a", "b"))}
+    with pytest.raises(ImgpipeError) as caught:
+        prepare(raw, 0.15, 0.2, seed=0)
+    assert str(caught.value) == ("the test images are 6x6 with 1 channel but the train images 8x8 with 1 channel: every split needs "
+                                 "one size (data.image_size sets it for image folders and CSVs)")
+    with pytest.raises(ImgpipeError, match=r"^the data has a single class \('a'\): a classifier needs two or more$"):
+        prepare({"train": ImageSet(images, np.zeros(20, dtype=np.int64), ("a",))}, 0.15, 0.2, seed=0)
+
+
 def test_data_card_counts_every_split_and_flags_thin_classes():
     images, labels = random_images(200, (1, 4, 4), classes=2)
     labels[:8] = 2  # a third class with 8 images: about one in val and two in test
@@ -200,6 +224,11 @@ def test_listed_images_leave_the_training_split_only(tmp_path):
         assert np.array_equal(image_ids(tmp_path / "after", split), ids[split])
     (tmp_path / "list.txt").write_text("# reviewed\ntrain:3\n\ntrain:7  # a 7 labelled 1\n")
     assert read_excluded(tmp_path / "list.txt") == {"train:3", "train:7"}
+    with pytest.raises(InvalidSetting, match=r"^exclude: train:1797 names no image of this data \(its raw splits: train:0..1796\)"):
+        prepare_into(raw, tmp_path / "other", 0.15, 0.2, seed=0, exclude={"train:3", "train:1797"})
+    with pytest.raises(InvalidSetting, match=r"^exclude: val:5 names no image"):  # the digits have no raw val split
+        prepare_into(raw, tmp_path / "other", 0.15, 0.2, seed=0, exclude={"val:5"})
+    assert not (tmp_path / "other").exists()
     (tmp_path / "bad.txt").write_text("train:3\nseven\n")
     with pytest.raises(InvalidSetting, match=r"bad.txt: .seven. is not an image id \(such as train:1234\)"):
         read_excluded(tmp_path / "bad.txt")
@@ -211,5 +240,5 @@ def test_a_split_keeps_every_class_on_both_sides_and_names_a_class_it_cannot_spl
     assert len(np.intersect1d(kept, held)) == 0 and len(kept) + len(held) == len(labels)
     # 24 of 232 held out: 20.7, 3.1 and 0.2 by size, the leftover image to the largest remainder, the last class its one
     assert list(np.bincount(labels[held])) == [21, 3, 1] and list(np.bincount(labels[kept])) == [179, 27, 1]
-    with pytest.raises(ImgpipeError, match="class 7 has a single image"):
+    with pytest.raises(InvalidSetting, match="cannot hold out 0.25 of 4 images: class 7 has 1 image there"):
         stratified_split(np.array([0, 0, 0, 7]), 0.25, seed=0)

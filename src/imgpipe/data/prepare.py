@@ -13,19 +13,23 @@ import numpy as np
 
 from imgpipe.data.imageset import SPLITS, ImageSet, chunks, writing_splits
 from imgpipe.data.prepared import STATS_FILE, Prepared, ids_of, load_prepared, stats_record
-from imgpipe.errors import ImgpipeError, require
+from imgpipe.errors import ImgpipeError, InvalidSetting, require
 
 
-def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(labels: np.ndarray, fraction: float, seed: int, *, names: list[str] | None = None,
+                     setting: str = "fraction") -> tuple[np.ndarray, np.ndarray]:
     """Indices (kept, held out), each sorted: `fraction` of the images held out (rounded up), shared out over the
     classes in proportion to their sizes (the rounding's leftover images to the largest remainders, ties to the
     lower label), each class's held images drawn at random, the same for the same seed. numpy alone: importing
-    scikit-learn for its splitter cost every prepare 1.3 s, more than splitting the digits."""
+    scikit-learn for its splitter cost every prepare 1.3 s, more than splitting the digits. A class too small to
+    split fails as the setting `setting`, naming it as `names[label]` (else by its label)."""
     labels = np.asarray(labels)
     classes, class_of, sizes = np.unique(labels, return_inverse=True, return_counts=True)
     if np.any(sizes < 2):
-        raise ImgpipeError(f"cannot split {len(labels)} images with fraction {fraction}: class {classes[sizes < 2][0]} has "
-                           "a single image (every class needs one to keep and one to hold out)")
+        small = classes[sizes < 2][0]
+        raise InvalidSetting(setting, f"cannot hold out {fraction} of {len(labels)} images: class "
+                                      f"{small if names is None else names[small]} has 1 image there, and every class needs one "
+                                      "to keep and one to hold out")
     share = sizes * (np.ceil(fraction * len(labels)) / len(labels))
     held_per_class = np.floor(share).astype(int)
     leftover = int(np.ceil(fraction * len(labels))) - held_per_class.sum()
@@ -118,6 +122,11 @@ def select_classes(raw: dict[str, ImageSet], classes: list[int | str]) -> dict[s
     return subsets
 
 
+def _size(shape: tuple[int, int, int]) -> str:
+    channels, height, width = shape
+    return f"{height}x{width} with {channels} channel{'s' * (channels > 1)}"
+
+
 @dataclass(frozen=True)
 class Selection:
     """A prepared split as images of a raw split: which, in which order, with which (relabelled) labels."""
@@ -138,7 +147,13 @@ def plan_splits(raw: dict, val_fraction: float, test_fraction: float, seed: int,
     for name, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         require(isinstance(fraction, float) and 0 < fraction < 1, name, f"must be a fraction between 0 and 1, got {fraction!r}")
     require(isinstance(seed, int), "seed", f"must be a whole number, got {seed!r}")
+    for split, images in raw.items():  # the prepared splits are one array shape
+        if images.image_shape != raw["train"].image_shape:
+            raise ImgpipeError(f"the {split} images are {_size(images.image_shape)} but the train images {_size(raw['train'].image_shape)}: "
+                               "every split needs one size (data.image_size sets it for image folders and CSVs)")
     relabel, names, labels = _relabel(raw, classes)
+    if len(names) < 2:
+        raise ImgpipeError(f"the data has a single class ({names[0]!r}): a classifier needs two or more")
     plan = {}
     for split, images in raw.items():
         relabelled = relabel[images.labels]
@@ -149,11 +164,13 @@ def plan_splits(raw: dict, val_fraction: float, test_fraction: float, seed: int,
         kept = kept[np.argsort(relabelled[kept], kind="stable")]
         plan[split] = Selection(split, kept, relabelled[kept])
     pool = plan["train"]
+    # A class by its name, and by the source's own label where that differs (Sign Language MNIST's K is label 10).
+    shown = [repr(name) + ("" if labels is None or str(labels[i]) == name else f" (label {labels[i]})") for i, name in enumerate(names)]
     if "test" not in plan:
-        kept, held = stratified_split(pool.labels, test_fraction, seed)
+        kept, held = stratified_split(pool.labels, test_fraction, seed, names=shown, setting="test_fraction")
         pool, plan["test"] = pool.take(kept), pool.take(held)
     if "val" not in plan:
-        kept, held = stratified_split(pool.labels, val_fraction, seed)
+        kept, held = stratified_split(pool.labels, val_fraction, seed, names=shown, setting="val_fraction")
         pool, plan["val"] = pool.take(kept), pool.take(held)
     plan["train"] = pool
     return plan, names, labels
@@ -174,6 +191,10 @@ def prepare_into(raw: dict[str, ImageSet], folder: Path, val_fraction: float, te
     memory), the statistics and the fingerprint counted on the way; the folder is swapped in whole.
     `exclude`: image ids (see image_ids) left out of the training split. Returns the prepared folder, memory-mapped."""
     plan, names, labels = plan_splits(raw, val_fraction, test_fraction, seed, classes)
+    for image_id in sorted(exclude):  # a list made for other data would leave out nothing, or the wrong images
+        split, index = image_id.split(":")
+        require(split in raw and int(index) < len(raw[split]), "exclude", f"{image_id} names no image of this data (its raw splits: "
+                f"{', '.join(f'{name}:0..{len(images) - 1}' for name, images in raw.items())}); was the list made for other data?")
     listed = len(plan["train"].indices)
     plan["train"] = without(plan["train"], exclude)
     shape = raw["train"].image_shape
