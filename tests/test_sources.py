@@ -44,6 +44,24 @@ def test_idx_counts_that_disagree_are_refused(tmp_path):
         fetch(DataConfig(dataset="idx", path=tmp_path))
 
 
+@pytest.mark.parametrize("code, values, message", [
+    (0x09, [1, 0, -1, 2], "labels must be whole numbers >= 0, got -1 at item 2"),  # int8: -1 was the last class
+    (0x0D, [1.0, 0.5, 2.0, 0.0], "labels must be whole numbers >= 0, got >f4 values")])
+def test_idx_labels_that_name_no_class_are_refused_naming_the_item(tmp_path, code, values, message):
+    write_idx(tmp_path / "train-images-idx3-ubyte", small_digits(4)[0][:, 0])
+    labels = np.array(values, dtype=np.dtype({0x09: np.int8, 0x0D: ">f4"}[code]))
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(bytes([0, 0, code, 1]) + np.array([4], ">u4").tobytes() + labels.tobytes())
+    with pytest.raises(ImgpipeError) as caught:
+        fetch(DataConfig(dataset="idx", path=tmp_path))
+    assert str(caught.value) == f"{tmp_path / 'train-labels-idx1-ubyte'}: {message}"
+
+
+def test_an_idx_header_cut_short_is_refused(tmp_path):
+    (tmp_path / "short").write_bytes(bytes([0, 0, 0x08, 3]) + np.array([10], ">u4").tobytes())  # 3 sizes promised, 1 given
+    with pytest.raises(ImgpipeError, match=r"short: header promises 3 sizes but the file has 8 bytes"):
+        read_idx(tmp_path / "short")
+
+
 def test_truncated_idx_file_is_refused(tmp_path):
     path = write_idx(tmp_path / "train-images-idx3-ubyte", small_digits(10)[0][:, 0])
     path.write_bytes(path.read_bytes()[:-7])
@@ -110,6 +128,11 @@ def test_csv_label_that_does_not_occur_lists_the_labels(tmp_path):
         select_classes(raw, [9, 10])
 
 
+def test_class_names_listing_a_name_twice_are_refused():
+    with pytest.raises(InvalidSetting, match=r"^class_names: lists 'B' twice: one name per class$"):
+        DataConfig(dataset="csv", class_names=("A", "B", "C", "B"))
+
+
 def test_csv_of_words_has_named_classes(tmp_path):
     path = write_csv(tmp_path / "words.csv", np.zeros((4, 1, 2, 2), np.uint8), ["cat", "dog", "cat", "dog"])
     raw = fetch(DataConfig(dataset="csv", path=path))
@@ -130,6 +153,7 @@ def test_csv_colour_layout_from_params(tmp_path):
     (lambda lines: lines.__setitem__(3, lines[3].split(",", 1)[0] + ",abc," + lines[3].split(",", 2)[2]),
      r"bad.csv line 4, column 'pixel1': 'abc' is not a number"),
     (lambda lines: lines.__setitem__(2, lines[2] + ",7"), r"bad.csv line 3: 18 columns where the header has 17"),
+    (lambda lines: lines.__setitem__(1, lines[1] + ",7"), r"bad.csv line 2: 18 columns where the header has 17"),  # the first row
     (lambda lines: lines.__setitem__(5, lines[5].rsplit(",", 1)[0]), r"bad.csv line 6: no value in column 'pixel16'"),
     (lambda lines: lines.__setitem__(4, lines[4].rsplit(",", 1)[0] + ",300"), r"bad.csv line 5, column 'pixel16': 300 is not a pixel value"),
     (lambda lines: lines.__setitem__(0, lines[0].replace("label", "letter")), r"bad.csv: no label column 'label' \(columns: letter, pixel1"),
@@ -309,6 +333,16 @@ def test_mixed_sizes_without_resize_are_refused(tmp_path):
     with pytest.raises(ImgpipeError, match=r"wide.png: is 12x10 pixels but .*a.png is 10x10; set data.image_size"):
         save_fetched(fetched, tmp_path / "raw")
     assert not (tmp_path / "raw").exists() and not list(tmp_path.glob(".raw.tmp-*"))
+
+
+def test_a_split_of_another_size_names_the_training_image_the_size_came_from(tmp_path):
+    for split, size in (("train", 10), ("test", 12)):
+        for name in ("a", "b"):
+            (tmp_path / "folder" / split / name).mkdir(parents=True)
+            Image.new("L", (size, size)).save(tmp_path / "folder" / split / name / "1.png")
+    fetched = fetch_dataset(DataConfig(dataset="imagefolder", path=tmp_path / "folder"))
+    with pytest.raises(ImgpipeError, match=r"test/a/1.png: is 12x12 pixels but \S*train/a/1.png is 10x10; set data.image_size"):
+        save_fetched(fetched, tmp_path / "raw")
 
 
 def test_a_folder_larger_than_a_chunk_is_fetched_intact_and_in_order(tmp_path, monkeypatch):

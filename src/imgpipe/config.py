@@ -144,6 +144,10 @@ class DataConfig:
         require(self.on_bad_file in ON_BAD_FILE, "on_bad_file", f"must be one of {', '.join(ON_BAD_FILE)}, got {self.on_bad_file!r}")
         require(self.class_names is None or (isinstance(self.class_names, (list, tuple)) and len(self.class_names) > 0),
                 "class_names", f"must be a list of names, got {self.class_names!r}")
+        if self.class_names is not None:
+            names = [str(name) for name in self.class_names]
+            twice = next((name for name in names if names.count(name) > 1), None)
+            require(twice is None, "class_names", f"lists {twice!r} twice: one name per class")
         require(isinstance(self.label_column, str), "label_column", f"must be a column name, got {self.label_column!r}")
 
     def require_path(self) -> Path:

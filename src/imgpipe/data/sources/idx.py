@@ -29,6 +29,8 @@ def read_idx(path: Path) -> np.ndarray:
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in DTYPES:
         raise ImgpipeError(f"{path}: not an IDX file (bad magic number)")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise ImgpipeError(f"{path}: header promises {ndim} sizes but the file has {len(data)} bytes")
     shape = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
     dtype = np.dtype(DTYPES[data[2]])
     expected = 4 + 4 * ndim + int(np.prod(shape)) * dtype.itemsize
@@ -68,6 +70,11 @@ def read_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndar
         raise ImgpipeError(f"{labels_path}: expected one label per image, got shape {labels.shape}")
     if len(images) != len(labels):
         raise ImgpipeError(f"{labels_path}: holds {len(labels)} labels but {images_path.name} holds {len(images)} images")
+    if labels.dtype.kind not in "iu":  # a class is a label's position: 0 and up
+        raise ImgpipeError(f"{labels_path}: labels must be whole numbers >= 0, got {labels.dtype} values")
+    negative = np.flatnonzero(labels < 0)
+    if len(negative):
+        raise ImgpipeError(f"{labels_path}: labels must be whole numbers >= 0, got {labels[negative[0]]} at item {negative[0]}")
     return images[:, None], labels.astype(np.int64)
 
 

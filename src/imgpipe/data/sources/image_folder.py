@@ -117,7 +117,7 @@ def image_folder(config: DataConfig) -> Fetched:
     size = tuple(config.image_size) if config.image_size is not None else _size_of(files[0])
     index = {name: i for i, name in enumerate(names)}
     splits = {split: FolderSplit(tuple(split_files), np.array([index[label] for label in labels], dtype=np.int64), names,
-                                 (channels, *size), tuple(config.background), resize=config.image_size is not None)
+                                 (channels, *size), tuple(config.background), resize=config.image_size is not None, sized_by=files[0])
               for split, (split_files, labels) in listed.items()}
     return Fetched(splits, (decision,))
 
@@ -142,6 +142,7 @@ class FolderSplit:
     image_shape: tuple[int, int, int]  # (C, H, W) every image becomes
     background: tuple[int, int, int]
     resize: bool  # data.image_size set: resize every image; else every image must already be H x W
+    sized_by: Path | None = None  # without resize: the file whose size every image must have (the first listed)
     class_labels: None = None  # an image folder's classes have names only
 
     def __len__(self) -> int:
@@ -159,7 +160,7 @@ class FolderSplit:
                 for offset, array in enumerate(arrays):
                     if array.shape != self.image_shape:
                         file = self.files[start + offset]
-                        raise ImgpipeError(f"{file}: is {array.shape[2]}x{array.shape[1]} pixels but {self.files[0]} is "
+                        raise ImgpipeError(f"{file}: is {array.shape[2]}x{array.shape[1]} pixels but {self.sized_by} is "
                                            f"{width}x{height}; set data.image_size to resize them all")
                     images[start + offset] = array
 

@@ -36,6 +36,8 @@ def read_table(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray]:
         raise ImgpipeError(f"{path}: not a readable CSV ({' '.join(str(error).split())})") from None
     except (pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise ImgpipeError(f"{path}: not a readable CSV ({error})") from None
+    if not isinstance(frame.index, pd.RangeIndex):  # pandas took a first row longer than the header for an index column
+        raise ImgpipeError(f"{path} line 2: {len(frame.columns) + frame.index.nlevels} columns where the header has {len(frame.columns)}")
     if label_column not in frame.columns:
         shown = ", ".join(map(str, frame.columns[:5])) + (", ..." if len(frame.columns) > 5 else "")
         raise ImgpipeError(f"{path}: no label column {label_column!r} (columns: {shown}); set data.label_column")
