@@ -35,6 +35,7 @@ from imgpipe.tracking.store import reported
 
 PARENT = "mlflow_parent_run"  # the study's attribute naming its MLflow parent run
 OBJECTIVE = "objective"  # the study's attribute naming the figure its trials' values are (sweep.objective)
+DATA = "data_fingerprint"  # the study's attribute: the prepared data its trials are scored on
 
 
 class AfterStartup(optuna.pruners.BasePruner):
@@ -50,7 +51,9 @@ class AfterStartup(optuna.pruners.BasePruner):
         return verdict and len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) >= self.startup
 
 
-def open_study(name: str, storage: str, sweep: SweepConfig, worker: int) -> optuna.Study:
+def open_study(name: str, storage: str, sweep: SweepConfig, worker: int | None) -> optuna.Study:
+    """The study, made or joined. `worker`: this process's index among its machine's workers, or None for a worker
+    joining from another machine."""
     if storage.startswith("sqlite"):  # several processes take turns at one file: wait for it rather than fail
         storage = optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"timeout": 60}})
     # Epochs are Optuna's steps, from 1; it first prunes at step n_warmup_steps (halving: at min_resource).
@@ -58,9 +61,11 @@ def open_study(name: str, storage: str, sweep: SweepConfig, worker: int) -> optu
               "halving": lambda: AfterStartup(optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, sweep.warmup_epochs + 1)),
                                               sweep.startup_trials),
               "none": optuna.pruners.NopPruner}[sweep.pruner]()
-    # Each worker its own sampler seed: the same seed would have them propose the same first trials.
-    sampler = (optuna.samplers.TPESampler(seed=sweep.seed + worker) if sweep.sampler == "tpe" else
-               optuna.samplers.GridSampler({d.key: d.grid(sweep.grid_points) for d in sweep.space}, seed=sweep.seed + worker))
+    # TPE: each worker its own seed, else they propose the same first trials; one joining from another machine draws
+    # fresh (its index, 0, would be the first machine's). A grid: one seed for all, which shuffles the grid's order;
+    # a trial's number picks its point in that order, so another order per worker tries some points twice, some never.
+    sampler = (optuna.samplers.TPESampler(seed=None if worker is None else sweep.seed + worker) if sweep.sampler == "tpe" else
+               optuna.samplers.GridSampler({d.key: d.grid(sweep.grid_points) for d in sweep.space}, seed=sweep.seed))
     study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner, direction=sweep.direction,
                                 load_if_exists=True)
     # An existing study keeps its own direction whatever is asked: its trials' values are another figure, and the best
@@ -75,6 +80,16 @@ def open_study(name: str, storage: str, sweep: SweepConfig, worker: int) -> optu
     return study
 
 
+def require_same_data(study: optuna.Study, fingerprint: str) -> None:
+    """A study's trials are ranked against each other, and its winner keeps its test figure: all on one prepared data."""
+    scored_on = study.user_attrs.get(DATA)
+    if scored_on is None:
+        study.set_user_attr(DATA, fingerprint)
+    elif scored_on != fingerprint:
+        raise ConfigError(f"sweep {study.study_name}: its trials were scored on other prepared data (fingerprint {scored_on}, "
+                          f"now {fingerprint}): name a new study (sweep.study), or put the data settings back")
+
+
 def _said(sweep: SweepConfig):
     def say(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         drawn = ", ".join(f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}" for key, value in trial.params.items())
@@ -85,8 +100,17 @@ def _said(sweep: SweepConfig):
     return say
 
 
-def work(study: optuna.Study, sweep: SweepConfig, params: dict, data: Prepared, experiment: str, worker: int) -> None:
-    """Run trials until the study holds sweep.trials of them (every worker and machine counts)."""
+def wants_more(study: optuna.Study, sweep: SweepConfig) -> bool:
+    """Whether the study takes another trial: it holds fewer than sweep.trials (every worker and machine counts) and,
+    for a grid, some point is neither tried nor under way (past that, Optuna's grid would retrain tried points)."""
+    started = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)  # not those merely enqueued
+    if len(study.get_trials(deepcopy=False, states=started)) >= sweep.trials:
+        return False
+    return not (isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study))
+
+
+def work(study: optuna.Study, sweep: SweepConfig, params: dict, data: Prepared, experiment: str, worker: int | None) -> None:
+    """Run trials while the study wants more."""
     folder = paths.SWEEPS / study.study_name
     threads = max(1, (os.cpu_count() or 1) // sweep.workers)  # workers share this machine's cores
     seed = P.seeds(params)[0]
@@ -96,8 +120,7 @@ def work(study: optuna.Study, sweep: SweepConfig, params: dict, data: Prepared, 
         return run_trial(trial, sweep, params, data, experiment=experiment, parent=parent, folder=folder, seed=seed,
                          threads=threads, worker=worker)
 
-    started = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)  # not those merely enqueued
-    while len(study.get_trials(deepcopy=False, states=started)) < sweep.trials:
+    while wants_more(study, sweep):
         study.optimize(objective, n_trials=1, callbacks=[_said(sweep)])
 
 
@@ -120,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage", help="Optuna's database URL (default: sweep.storage, else sqlite:///sweep.db)")
     parser.add_argument("--study", help="the study's name (default: sweep.study, else <experiment>-<variant>)")
     parser.add_argument("--worker", action="store_true", help="only run trials, for a study another command summarises")
-    parser.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--index", type=int, help=argparse.SUPPRESS)  # a worker's, on the machine that started it
     parser.add_argument("--summary", action="store_true", help="choose the winner and write the summary, without new trials")
     args = parser.parse_args(argv)
     own = [arg for arg in (argv if argv is not None else sys.argv[1:]) if arg not in ("--summary",)]
@@ -145,7 +168,9 @@ def run(args, argv: list[str]) -> None:
         if done.returncode != 0:
             raise ImgpipeError(f"dvc repro prepare failed (exit {done.returncode}): {' '.join(done.stderr.split())[-300:]}")
     data = load_prepared(paths.PREPARED)
-    study = open_study(name, storage, sweep, args.index)
+    index = args.index if args.index is not None or args.worker else 0  # None: a worker joining from another machine
+    study = open_study(name, storage, sweep, index)
+    require_same_data(study, data.fingerprint)
     if PARENT not in study.user_attrs:
         with reported(optional=False):
             study.set_user_attr(PARENT, trials.parent_run(experiment, name, {"imgpipe.variant": sweep.variant}))
@@ -154,7 +179,7 @@ def run(args, argv: list[str]) -> None:
             print(f"sweep {name}: {sweep.trials} trials of {sweep.variant} ({sweep.workers} worker{'s' * (sweep.workers > 1)}), "
                   f"storage {storage}", flush=True)
         if args.worker or sweep.workers == 1:
-            work(study, sweep, params, data, experiment, args.index)
+            work(study, sweep, params, data, experiment, index)
         else:
             failed = [process.wait() for process in start_workers(sweep, argv)]
             if any(failed):

@@ -73,7 +73,7 @@ class SweepConfig:
     pruner: str  # median, halving or none
     startup_trials: int  # trials never pruned: the yardstick the pruner compares with
     warmup_epochs: int  # epochs no trial is pruned after: the pruner first judges one after epoch warmup_epochs + 1
-    seed: int  # the sampler's (TPE) seed
+    seed: int  # the sampler's seed (TPE: worker i takes seed + i; a grid: the order of its points)
     storage: str | None  # a database URL (None: sqlite at the project root)
     study: str | None  # the study's name (None: <experiment>-<variant>)
     space: tuple[Dimension, ...]

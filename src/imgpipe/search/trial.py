@@ -32,13 +32,13 @@ def unpacked(text: str, count: int) -> np.ndarray:
 
 
 def run_trial(trial: optuna.Trial, sweep: SweepConfig, params: dict, data: Prepared, *, experiment: str, parent: str,
-              folder: Path, seed: int, threads: int, worker: int) -> float:
+              folder: Path, seed: int, threads: int, worker: int | None) -> float:
     """Train the drawn configuration of sweep.variant; returns its objective (the kept epoch's val figure)."""
     values = {dimension.key: dimension.suggest(trial) for dimension in sweep.space}
     variant = settings.variant(applied(params, values), sweep.variant, seed)
     config = variant.config if variant.config.threads else replace(variant.config, threads=threads)
     trial.set_user_attr("command", dvc_command(params, values))
-    trial.set_user_attr("worker", f"{platform.node()}:{os.getpid()}:{worker}")
+    trial.set_user_attr("worker", f"{platform.node()}:{os.getpid()}" + ("" if worker is None else f":{worker}"))
     tags = {SWEEP: trial.study.study_name, "imgpipe.trial": str(trial.number), "imgpipe.variant": sweep.variant,
             "imgpipe.data_fingerprint": data.fingerprint}
     logged = {"trial": values, "train": vars(config), "model": {"name": variant.model, **variant.settings}}
