@@ -50,12 +50,20 @@ def test_once(study: optuna.Study, chosen: optuna.trial.FrozenTrial, folder: Pat
     return accuracy, interval, looks
 
 
+def ranking(sweep: SweepConfig):
+    """A complete trial's sort key, best highest: its objective, then on a tie the other validation figure (the lower
+    loss, or the higher accuracy), then the earlier trial, as the pipeline's own choices break ties."""
+    sign = 1 if sweep.direction == "maximize" else -1
+    other = (lambda t: t.user_attrs["val_accuracy"]) if sweep.objective == "val_loss" else (lambda t: -t.user_attrs["val_loss"])
+    return lambda t: (sign * t.value, other(t), -t.number)
+
+
 def outcome(study: optuna.Study, sweep: SweepConfig, folder: Path, data: Prepared) -> Outcome:
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE and "val_hits" in t.user_attrs]
     if not complete:
         raise ImgpipeError(f"sweep {study.study_name}: no trial has completed yet, so none can be chosen")
-    chosen = study.best_trial  # by the objective, on validation: Optuna never saw a test figure
+    chosen = max(complete, key=ranking(sweep))  # on validation: Optuna never saw a test figure
     accuracy, interval, looks = test_once(study, chosen, folder, data)
     hits = np.stack([unpacked(t.user_attrs["val_hits"], len(data.val.labels)) for t in complete])
     counts = {state.name: sum(t.state == state for t in trials) for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
@@ -66,8 +74,8 @@ def outcome(study: optuna.Study, sweep: SweepConfig, folder: Path, data: Prepare
 def markdown(study: optuna.Study, sweep: SweepConfig, result: Outcome, storage: str) -> str:
     """reports/sweep.md: the study, its top trials on validation, the winner on test, and the optimism."""
     chosen, objective = result.chosen, sweep.objective
-    ranked = sorted((t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE),
-                    key=lambda t: t.value, reverse=sweep.direction == "maximize")[:TOP]
+    ranked = sorted((t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE and "val_hits" in t.user_attrs),
+                    key=ranking(sweep), reverse=True)[:TOP]  # the chosen first
     keys = [dimension.key for dimension in sweep.space]
     lines = [
         f"# Sweep {study.study_name}",
