@@ -255,3 +255,14 @@ def test_a_sqlite_stores_artifacts_stay_beside_it_not_in_the_working_folder(stor
     assert store.get_run(run_id).info.artifact_uri.startswith(beside + "/")
     assert not (tmp_path / "mlruns").exists()
     assert tracking_store.artifacts_beside("http://127.0.0.1:5000") is None  # a server decides for itself
+
+
+def test_a_study_summarised_again_shows_its_new_winners_figures(store, experiment):
+    from imgpipe.tracking import trials
+
+    parent = trials.parent_run(experiment, "digits-cnn", {})
+    trials.finish_parent(parent, {"test_accuracy": 0.95, "best_val_accuracy": 0.97}, {"imgpipe.best_trial": "3"}, "first")
+    trials.finish_parent(parent, {"test_accuracy": 0.93, "best_val_accuracy": 0.98}, {"imgpipe.best_trial": "7"}, "second")
+    run = store.get_run(parent)  # the later winner's test figure, lower though it is, beside its tag
+    assert (run.data.metrics["test_accuracy"], run.data.tags["imgpipe.best_trial"]) == (0.93, "7")
+    assert [(m.step, m.value) for m in store.get_metric_history(parent, "test_accuracy")] == [(0, 0.95), (1, 0.93)]

@@ -2,6 +2,8 @@
 so its curves and MLflow's own system metrics (CPU, memory; GPU where there is one) arrive as it runs. A trial's
 run ends FINISHED, KILLED when it was pruned, or FAILED, and says which in the tag `imgpipe.trial_state`."""
 
+import time
+
 import mlflow
 from mlflow.entities import Metric, RunTag
 from mlflow.environment_variables import MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL
@@ -28,7 +30,11 @@ def parent_run(experiment: str, study: str, tags: dict[str, str]) -> str:
 def finish_parent(run_id: str, metrics: dict[str, float], tags: dict[str, str], summary: str) -> None:
     """The study's outcome on its parent run: figures, tags and the summary (sweep.md)."""
     client = store_client()
-    client.log_batch(run_id, metrics=[Metric(key, float(value), 0, 0) for key, value in metrics.items()],
+    # Each summary a step past the last: MLflow shows a metric's value at its highest step (then the latest time,
+    # then the largest value), so at one step a summary's test figure would stay the largest any winner ever had.
+    step = 1 + max((m.step for key in metrics for m in client.get_metric_history(run_id, key)), default=-1)
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(key, float(value), now, step) for key, value in metrics.items()],
                      tags=[RunTag(key, value) for key, value in tags.items()])
     client.log_text(run_id, summary, "sweep.md")
     client.set_terminated(run_id, "FINISHED")
