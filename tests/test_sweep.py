@@ -11,7 +11,8 @@ from project import edit_params, fork, run
 from imgpipe.errors import ConfigError
 from imgpipe.evaluation.stats import selection_optimism
 from imgpipe.search.space import applied, dvc_command, sweep_config
-from imgpipe.sweep import open_study
+from imgpipe.search.summary import ranking
+from imgpipe.sweep import open_study, require_same_data, wants_more
 
 SPACE = {"models.linear.lr": {"low": 1e-6, "high": 0.1, "log": True}}
 
@@ -69,6 +70,44 @@ def test_a_study_made_for_another_objective_is_refused_in_one_line(tmp_path):
                                  "its trials cannot be compared with new ones; name a new study (sweep.study) or keep its objective")
     assert [trial.value for trial in open_study("digits-linear", storage, accuracy, 1).trials] == [0.97]  # its own goes on
     assert open_study("digits-loss", storage, loss, 0).direction == optuna.study.StudyDirection.MINIMIZE  # a new one
+
+
+def test_two_workers_of_a_grid_try_each_point_once_and_stop_when_it_is_covered(tmp_path):
+    sweep = sweep_config({"variant": "cnn", "sampler": "grid", "trials": 20, "space": {
+        "models.cnn.lr": {"low": 0.001, "high": 0.1, "log": True}, "models.cnn.channels": {"choices": [[8], [16]]}}}, ["cnn"])
+    storage = f"sqlite:///{tmp_path / 'sweep.db'}"
+    workers = [open_study("digits-cnn", storage, sweep, worker) for worker in (0, 1)]  # as two processes of one machine
+    tried = []
+
+    def objective(trial):  # as a sweep's trial draws its settings
+        tried.append(tuple(str(dimension.suggest(trial)) for dimension in sweep.space))
+        return 0.5
+
+    while wants_more(workers[len(tried) % 2], sweep):  # the workers take turns, as work() runs them
+        workers[len(tried) % 2].optimize(objective, n_trials=1)
+    assert len(tried) == len(set(tried)) == 3 * 2  # every point of the grid once, not trials: 20
+
+
+def test_a_study_goes_on_only_on_the_prepared_data_its_trials_were_scored_on(tmp_path):
+    study = open_study("digits-linear", f"sqlite:///{tmp_path / 'sweep.db'}", sweep_config({"variant": "linear", "space": SPACE}, ["linear"]), 0)
+    require_same_data(study, "00ff00ff00ff00ff")
+    require_same_data(study, "00ff00ff00ff00ff")  # the same data: it goes on
+    with pytest.raises(ConfigError) as caught:
+        require_same_data(study, "1111222233334444")
+    assert str(caught.value) == ("sweep digits-linear: its trials were scored on other prepared data (fingerprint 00ff00ff00ff00ff, "
+                                 "now 1111222233334444): name a new study (sweep.study), or put the data settings back")
+
+
+@pytest.mark.parametrize("objective", ["val_accuracy", "val_loss"])
+def test_a_tie_on_the_objective_goes_to_the_other_validation_figure_then_the_earlier_trial(objective):
+    sweep = sweep_config({"variant": "linear", "objective": objective, "space": SPACE}, ["linear"])
+    study = optuna.create_study(direction=sweep.direction)
+    for accuracy, loss in [(0.90, 0.30), (0.92, 0.15), (0.95, 0.20), (0.95, 0.15), (0.95, 0.15)]:
+        study.add_trial(optuna.trial.create_trial(value=accuracy if objective == "val_accuracy" else loss,
+                                                  user_attrs={"val_accuracy": accuracy, "val_loss": loss}))
+    # Accuracy: 2-4 tie, 3 and 4 have the lower loss. Loss: 1, 3 and 4 tie, 3 and 4 are the more accurate. Then 3, the
+    # earlier (Optuna's best_trial: the first of the tie, 2 or 1).
+    assert max(study.trials, key=ranking(sweep)).number == 3
 
 
 def test_a_drawn_configuration_becomes_params_and_the_dvc_command_that_reruns_it():
