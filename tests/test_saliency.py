@@ -167,6 +167,21 @@ def test_maps_do_not_depend_on_chunking_or_on_the_other_images():
     assert (other_class - alone[:1]).abs().max() > 0.1, "the map does not depend on the class asked about"
 
 
+def test_with_test_time_flips_the_map_explains_both_passes_and_mirrors_with_the_image():
+    """The flips' score, f(x) + f(mirror of x), is the same for an image and its mirror: so must its map be, mirrored.
+    A map from one pass alone (the mirror's, not flipped back) is not."""
+    from imgpipe.models.networks import Classifier
+
+    torch.manual_seed(0)
+    model = Classifier(cnn(1, 3).net, (0.5,), (0.25,), tta=True)
+    images = torch.randint(0, 256, (4, 1, SIZE, SIZE), dtype=torch.uint8)
+    classes = torch.tensor([0, 1, 2, 0])
+    maps, mirrored = hirescam(model, images, classes), hirescam(model, images.flip(-1), classes)
+    torch.testing.assert_close(maps, mirrored.flip(-1))
+    model.tta = False
+    assert (hirescam(model, images, classes) - maps).abs().max() > 0.05  # not the image's own pass alone either
+
+
 def test_gradcam_works_on_frozen_layers_with_in_place_activations():
     torch.manual_seed(0)
     plain = cnn(3, 4).eval()

@@ -132,11 +132,18 @@ def _cam_chunk(model: nn.Module, layer: nn.Module, images: torch.Tensor, classes
         handle.remove()
     if not captured:
         raise RuntimeError(f"the model's forward never called {layer}, the end of its last convolution's block")
-    activation = captured[-1]  # (n, K, h, w); a layer called twice: the call nearest the scores
+    # Test-time flips (Classifier.tta): the score averages two passes, the image's and then its mirror's, so the map
+    # is the sum of both passes' maps, the mirror's flipped back. In each pass, a layer called twice: the nearest the scores.
+    passes = 2 if getattr(model, "tta", False) else 1
+    activations = [captured[len(captured) * (k + 1) // passes - 1] for k in range(passes)]  # each (n, K, h, w)
     # autograd.grad rather than backward(): no parameter's .grad is written.
-    (gradient,) = torch.autograd.grad(_class_score(scores, classes), activation)
-    weights = gradient if place_by_place else gradient.mean((2, 3), keepdim=True)  # (n, K, h, w) or (n, K, 1, 1)
-    cam = torch.relu((weights * activation).sum(1, keepdim=True)).detach()  # (n, 1, h, w)
+    gradients = torch.autograd.grad(_class_score(scores, classes), activations)
+    maps = []
+    for activation, gradient in zip(activations, gradients):
+        weights = gradient if place_by_place else gradient.mean((2, 3), keepdim=True)  # (n, K, h, w) or (n, K, 1, 1)
+        maps.append((weights * activation).sum(1, keepdim=True))  # (n, 1, h, w)
+    signed = maps[0] if passes == 1 else maps[0] + maps[1].flip(-1)
+    cam = torch.relu(signed).detach()
     return nn.functional.interpolate(cam, size=images.shape[2:], mode="bilinear", align_corners=False)[:, 0]
 
 
