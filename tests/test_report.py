@@ -142,6 +142,19 @@ def test_a_single_variant_has_nothing_to_compare():
     assert "macro-F1 0.8900 (95% CI 0.600–0.940). The variant is chosen on the validation split" in text
 
 
+def test_the_headlines_verdict_is_about_the_seed_it_names():
+    """Linear's seed 2 is chosen; its seed 0, the run shown in detail, is far worse: the headline's test is seed 2's."""
+    right = lambda count: np.arange(200) < count  # noqa: E731  (the first `count` of 200 test images right)
+    runs = {
+        "linear": {seed: result("linear", acc, 130, [[4, 1], [1, 4]], val_accuracy=val, correct=right(int(acc * 200)))
+                   for seed, (acc, val) in enumerate([(0.50, 0.84), (0.55, 0.86), (0.95, 0.88)])},
+        "cnn": {seed: result("cnn", 0.75, 900, [[5, 0], [1, 4]], val_accuracy=val, correct=right(150)) for seed, val in enumerate([0.9, 0.7, 0.7])},
+    }
+    text = render("pets", CARD, {name: by_seed[0] for name, by_seed in runs.items()}, RUN, runs)
+    assert "Best on validation: **linear**" in text and "seed 2, its best" in text
+    assert "On these images it is better than cnn" in text  # seed 0's 0.50 would be worse than cnn's 0.75
+
+
 def test_seeds_give_mean_and_standard_deviation_and_the_choice_uses_the_mean():
     # cnn's first seed is the best on validation, but over three seeds linear is.
     runs = {

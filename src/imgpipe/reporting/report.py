@@ -308,12 +308,15 @@ def _link(figure: str) -> str:
     return paths.figure(figure).relative_to(paths.REPORTS).as_posix()
 
 
-def headline(dataset: str, card: dict, runs: dict[str, dict[int, VariantResult]], tests: list[PairedTest]) -> list[str]:
+def headline(dataset: str, card: dict, runs: dict[str, dict[int, VariantResult]], results: dict[str, VariantResult]) -> list[str]:
     """The title and the model the run puts forward, chosen on validation (imgpipe.evaluation.results.choose,
-    as the registry's candidate is), with its test figures."""
+    as the registry's candidate is), with its test figures and where it stands against the other variants' runs
+    shown below (results)."""
     seeds = len(next(iter(runs.values())))
     choice = choose({variant: {seed: r.train for seed, r in by_seed.items()} for variant, by_seed in runs.items()})
     best, chosen = choice.variant, runs[choice.variant][choice.seed]
+    # The chosen seed's answers, not those of its variant's run shown below (its first seed): the verdict is about it.
+    tests = paired_tests({variant: (chosen if variant == best else result).correct for variant, result in results.items()})
     over_seeds = (f" Over its {seeds} seeds: val accuracy {_spread(seed_summary(runs[best]), 'val_accuracy')}, "
                   f"test accuracy {_spread(seed_summary(runs[best]), 'test_accuracy')} (mean ± standard deviation)."
                   if seeds > 1 else "")
@@ -447,7 +450,7 @@ def render(dataset: str, card: dict, results: dict[str, VariantResult], provenan
     runs = runs or {variant: {0: result} for variant, result in results.items()}
     tests = paired_tests({variant: result.correct for variant, result in results.items()})
     sections = [
-        *headline(dataset, card, runs, tests),
+        *headline(dataset, card, runs, results),
         *comparison_sections(results, runs, tests, card["splits"]["test"]["images"]),
         *calibration_section(results),
         *per_variant_sections(results),
