@@ -10,6 +10,7 @@ from datafiles import write_image_folder
 from test_report import CARD, RESULTS, RUN
 
 from imgpipe.config import TrainConfig
+from imgpipe.data.imageset import ImageSet
 from imgpipe.evaluation.calibration import calibrate, confidences, expected_calibration_error, fit_temperature, nll, reliability
 from imgpipe.evaluation.evaluate import evaluate, reliability_table
 from imgpipe.models.checkpoint import load_checkpoint, save_checkpoint
@@ -156,6 +157,18 @@ def test_the_fitted_centroid_keeps_its_own_scale(digits_prepared):
     calibration = calibrate(model, digits_prepared.val, torch.device("cpu"))
     assert calibration.temperature == 1.0 and model.temperature.item() == 1.0
     assert calibration.nll_after == calibration.nll_before
+
+
+def test_a_model_right_on_every_validation_image_keeps_t_1(digits_prepared):
+    """There the NLL has no minimum: the search would run to its bound, T = 0.001, and every confidence to 1."""
+    model = train("linear", {}, digits_prepared, TrainConfig(epochs=5, device="cpu")).model
+    val = digits_prepared.val
+    with torch.no_grad():
+        right = model(torch.from_numpy(val.images)).argmax(1).numpy() == val.labels
+    separated = ImageSet(val.images[right], val.labels[right], val.class_names)
+    assert calibrate(model, separated, torch.device("cpu")).temperature == 1.0
+    fitted = calibrate(model, val, torch.device("cpu")).temperature  # with its mistakes: fitted, well inside the bounds
+    assert fitted != 1.0 and 0.1 < fitted < 10
 
 
 def bins(shift: float) -> pd.DataFrame:

@@ -83,10 +83,13 @@ class Calibration:
 def calibrate(model: Classifier, split: ImageSet, device: torch.device) -> Calibration:
     """Fit the model's temperature on `split` (the validation split: test is never used to fit anything), set it
     in the model, and return it with the split's NLL before and after. A fitted model (the class centroids)
-    keeps T = 1: it fits its own scale, on the training split, and validation stays a fair check of it."""
+    keeps T = 1: it fits its own scale, on the training split, and validation stays a fair check of it. So does a model
+    right on every validation image: there the NLL falls without end as T goes to 0, and the search would stop at its
+    bound (T = 0.001), claiming near-certainty for every answer, wrong ones included."""
     model.temperature.fill_(1.0)
     logits = logits_in_chunks(model.to(device), split.images, device)  # (N, classes), the network's own scores
     labels = torch.from_numpy(np.asarray(split.labels)).long()
-    temperature = 1.0 if is_fitted(model.net) else fit_temperature(logits, labels)
+    separated = bool((logits.argmax(1).cpu() == labels).all())
+    temperature = 1.0 if is_fitted(model.net) or separated else fit_temperature(logits, labels)
     model.temperature.fill_(temperature)
     return Calibration(temperature, nll(logits, labels), nll(logits, labels, temperature))
