@@ -92,6 +92,8 @@ GOOD = _encoded(Image.new("L", (8, 8)))
     (pd.DataFrame({"image": [GOOD, _png_header(10_000, 8_000)]}), "image 1: too many pixels (10000x8000, more than 50,000,000)"),
     (pd.DataFrame({"image": [_png_header(20_000, 20_000)]}), "image 0: too many pixels (400,000,000 pixels, more than 178,956,970"),
     (pd.DataFrame({"image": ["this is not base64!"]}), "image 0: not base64 text (send each image file base64-encoded)"),
+    (pd.DataFrame.from_records([{"image": GOOD}, {}]), "image 1: missing or not text (float); send every image file base64"),
+    ({"image": [GOOD, 7]}, "image 1: missing or not text (int); send every image file base64-encoded"),
     (pd.DataFrame({"image": [GOOD] * 1025}), "the request holds 1,025 images, more than 1,024 (IMGPIPE_SERVE_MAX_IMAGES)"),
     ([[[0.5, 0.25]]], "image 0: pixels must be whole numbers 0..255, found 0.5"),
     ([[[0, 0]], [[300, 0]]], "image 1: pixels must be whole numbers 0..255, found 300"),

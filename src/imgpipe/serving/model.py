@@ -145,6 +145,8 @@ def read_request(payload, image_shape: tuple[int, int, int], background: tuple[i
 def _bytes(item: str | bytes, row: int) -> bytes:
     if isinstance(item, bytes):
         return item
+    if not isinstance(item, str):  # a row without its image (a table's NaN), or a number among files
+        raise ImgpipeError(f"image {row}: missing or not text ({type(item).__name__}); send every image file base64-encoded")
     try:
         return base64.b64decode("".join(item.split()), validate=True)  # line breaks allowed (base64 without -w0)
     except (binascii.Error, ValueError):
