@@ -146,6 +146,10 @@ def test_splits_of_two_sizes_and_a_single_class_are_refused_in_one_line():
         prepare(raw, 0.15, 0.2, seed=0)
     assert str(caught.value) == ("the test images are 6x6 with 1 channel but the train images 8x8 with 1 channel: every split needs "
                                  "one size (data.image_size sets it for image folders and CSVs)")
+    three = {"train": ImageSet(*random_images(30, (1, 8, 8), 3), ("a", "b", "c")),
+             "test": ImageSet(images[:5], np.full(5, 2), ("a", "b", "c"))}  # the source's test split: c alone
+    with pytest.raises(ImgpipeError, match=r"^the test split holds no image of the classes kept \(a, b\); every split needs some"):
+        prepare(three, 0.15, 0.2, seed=0, classes=["a", "b"])
     with pytest.raises(ImgpipeError, match=r"^the data has a single class \('a'\): a classifier needs two or more$"):
         prepare({"train": ImageSet(images, np.zeros(20, dtype=np.int64), ("a",))}, 0.15, 0.2, seed=0)
 

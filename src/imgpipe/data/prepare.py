@@ -173,6 +173,10 @@ def plan_splits(raw: dict, val_fraction: float, test_fraction: float, seed: int,
         kept, held = stratified_split(pool.labels, val_fraction, seed, names=shown, setting="val_fraction")
         pool, plan["val"] = pool.take(kept), pool.take(held)
     plan["train"] = pool
+    for split, selection in plan.items():  # a source's own val or test split may hold none of the classes kept
+        if not len(selection.indices):
+            raise ImgpipeError(f"the {split} split holds no image of the classes kept ({', '.join(names)}); "
+                               "every split needs some to score them")
     return plan, names, labels
 
 
