@@ -118,9 +118,18 @@ def test_bootstrap_macro_f1_of_each_resample_agrees_with_scikit_learn(digits_pre
     scores = bootstrap_macro_f1(actual, predicted, 10, resamples=20, seed=3)
     for resample in (0, 7, 19):
         drawn = resample_indices(len(actual), resample, seed=3)
-        # labels=range(10): a class a resample happens to leave out still counts, with F1 0, as in evaluate's macro-F1.
-        expected = f1_score(actual[drawn], predicted[drawn], average="macro", labels=range(10), zero_division=0)
+        # Over the classes the resample draws or predicts, and those absent from the whole split (F1 0, as in
+        # evaluate's macro-F1); a class of the split the resample happens to miss entirely has no F1 there.
+        present = set(actual[drawn]) | set(predicted[drawn]) | (set(range(10)) - set(actual) - set(predicted))
+        expected = f1_score(actual[drawn], predicted[drawn], average="macro", labels=sorted(present), zero_division=0)
         assert scores[resample] == pytest.approx(expected, abs=1e-12)
+
+
+def test_a_class_a_resample_misses_does_not_pull_the_interval_below_the_score():
+    actual = np.concatenate([np.repeat(np.arange(9), 30), [9, 9]])  # class 9: two test images
+    low, high = bootstrap_macro_f1_interval(actual, actual, 10)  # right on every one: macro-F1 1 in every resample
+    assert (low, high) == (1.0, 1.0)  # counting a missed class 0: about 0.9
+    assert bootstrap_macro_f1_interval(actual, actual, 11)[1] == pytest.approx(10 / 11)  # a class never in the split: 0
 
 
 def test_bootstrap_resamples_draw_with_replacement():
