@@ -12,6 +12,7 @@ from imgpipe.errors import ImgpipeError
 from imgpipe.evaluation.evaluate import evaluate
 from imgpipe.lineage import code_version
 from imgpipe.models.checkpoint import load_checkpoint, save_checkpoint
+from imgpipe.training import loop
 from imgpipe.training.loop import augment, make_optimizer, on_device, train
 from imgpipe.training.muon import ConvMuon, orthogonalized
 
@@ -122,6 +123,24 @@ def test_state_from_other_settings_is_set_aside_saying_why(tmp_path, digits_prep
     assert (tmp_path / "linear.set-aside.pt").exists()
     finished = torch.load(resume, weights_only=True)["state"]  # now the new training's, finished, until its caller saves it
     assert (finished["epoch"], finished["finished"]) == (3, True)
+
+
+def test_state_resumes_whatever_settings_of_how_training_runs_changed(tmp_path, digits_prepared, monkeypatch):
+    """A rerun after a failure with more restarts allowed, another thread count or streamed batches computes the same
+    training: it resumes. precision: auto as another machine resolves it (fp32 where this one has bf16) does not."""
+    resume = tmp_path / "linear.pt"
+    interrupted_training(resume, digits_prepared)
+    epochs_run = []
+    rerun = replace(FAST, max_restarts=6, threads=2, data_on_device=False, stream_workers=0, resident_limit_mb=8)
+    train("linear", {}, digits_prepared, rerun, resume=resume, on_epoch=lambda row: epochs_run.append(row["epoch"]))
+    assert epochs_run == [2, 3]
+    resume.unlink()  # that training's finished state
+    interrupted_training(resume, digits_prepared)  # precision: auto, resolved on this machine
+    native = loop.has_native_bf16(torch.device("cpu"))
+    monkeypatch.setattr(loop, "has_native_bf16", lambda device: not native)  # the other machine
+    epochs_run.clear()
+    train("linear", {}, digits_prepared, FAST, resume=resume, on_epoch=lambda row: epochs_run.append(row["epoch"]))
+    assert epochs_run == [1, 2, 3]
 
 
 @pytest.mark.parametrize("part, why", [("code", "other training code"), ("device", "another kind of device"), ("data", "other data")])

@@ -167,11 +167,18 @@ class LoopState:
     finished: bool = False  # the last epoch ran, or early stopping ended the training: resuming only finishes it
 
 
-def resume_key(model_name: str, model_settings: dict, data: Prepared, config: TrainConfig, device: torch.device) -> dict[str, str]:
+# How a training runs, not what it computes: a rerun after a failure may change them (more restarts, fewer GPUs left).
+HOW_IT_RUNS = ("max_restarts", "devices", "threads", "stream_workers", "data_on_device", "resident_limit_mb")
+
+
+def resume_key(model_name: str, model_settings: dict, data: Prepared, config: TrainConfig, device: torch.device,
+               bf16: bool) -> dict[str, str]:
     """What a resumable state must match, part by part so a mismatch can say which part differs:
-    the model and every training setting, the data, the training code, and the kind of device
-    (random generator states do not carry across kinds)."""
-    settings = repr((model_name, sorted(model_settings.items()), asdict(config)))
+    the model and every setting of what training computes (the precision as resolved: `auto` is bf16 on one
+    machine, fp32 on another), the data, the training code, and the kind of device (random generator states do
+    not carry across kinds)."""
+    computed = {key: value for key, value in asdict(config).items() if key not in HOW_IT_RUNS}
+    settings = repr((model_name, sorted(model_settings.items()), computed, bf16))
     return {
         "settings": hashlib.blake2b(settings.encode(), digest_size=16).hexdigest(),
         "data": data.fingerprint,
@@ -298,7 +305,7 @@ def train(model_name: str, model_settings: dict, data: Prepared, config: TrainCo
     if is_fitted(setup.model.net):  # e.g. class centroids: one pass, no gradient steps
         return fit_in_one_pass(setup)
     stepper = make_stepper(setup)
-    key = resume_key(model_name, model_settings, data, config, setup.device)
+    key = resume_key(model_name, model_settings, data, config, setup.device, setup.bf16)
     result, state = restore(setup, stepper, key, resume)
     if state.resumed and resume is not None and group.leader:  # where it picked up, kept should it fail again at once
         save_state(resume, key, setup, stepper, state, result.history)
