@@ -16,6 +16,7 @@ from servers import free_port
 
 from imgpipe.config import TrainConfig
 from imgpipe.data.prepared import load_prepared, save_prepared
+from imgpipe.errors import InvalidSetting
 from imgpipe.training.batchnorm import reestimate
 from imgpipe.training.distributed import ProcessGroup
 from imgpipe.training.loop import train
@@ -90,6 +91,19 @@ def two_ranks(prepared) -> dict[str, list[dict]]:
     jobs = {name: (model, settings, asdict(config)) for name, (model, settings, config) in JOBS.items()}
     start_ranks(2, [str(script), str(prepared), json.dumps(jobs), str(out)], out)
     return {name: [torch.load(out / f"{name}-rank{rank}.pt") for rank in range(2)] for name in jobs}
+
+
+def test_more_gpus_than_are_visible_are_refused_and_a_rank_bound_to_one_gpu_takes_it(monkeypatch):
+    from imgpipe.training import distributed
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [distributed.device_count(devices, "cuda") for devices in ("auto", 1, 2)] == [2, 1, 2]
+    with pytest.raises(InvalidSetting, match=r"^devices: 4 processes, one per GPU, but 2 GPUs visible"):
+        distributed.device_count(4, "cuda")
+    assert distributed.device_count(4, "cpu") == 4  # gloo processes on the CPU
+    assert [distributed.cuda_index(rank) for rank in range(2)] == [0, 1]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # srun --gpus-per-task 1: each task sees its own as cuda:0
+    assert distributed.cuda_index(3) == 0
 
 
 def test_a_batch_is_shared_out_whole_and_in_order():

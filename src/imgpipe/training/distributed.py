@@ -20,6 +20,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from imgpipe.errors import require
+
 TIMEOUT = timedelta(minutes=10)  # a collective no rank completes by then fails the stage instead of hanging
 # torchrun's environment for restarts that work (torch 2.14): by default its agent keeps one store for the workers
 # across restarts, so restarted ranks may read the addresses the previous ranks published (gloo: "Connection
@@ -86,10 +88,21 @@ def leave() -> None:
 
 
 def device_count(devices: int | str, device_type: str) -> int:
-    """train.devices as a number: `auto` is every visible GPU (1 without CUDA)."""
+    """train.devices as a number: `auto` is every visible GPU (1 without CUDA). On CUDA, more than are visible is
+    refused (InvalidSetting `devices`): the ranks past them would fail, and torchrun restart them, until the budget
+    is spent. On a CPU it is that many processes."""
+    visible = torch.cuda.device_count() if device_type == "cuda" else 0
     if devices == "auto":
-        return max(torch.cuda.device_count(), 1) if device_type == "cuda" else 1
+        return max(visible, 1)
+    require(device_type != "cuda" or int(devices) <= visible, "devices",
+            f"{devices} processes, one per GPU, but {visible} GPU{'s' * (visible != 1)} visible (CUDA_VISIBLE_DEVICES)")
     return int(devices)
+
+
+def cuda_index(local_rank: int) -> int:
+    """This rank's GPU among those visible to it: its local rank, or where a launcher binds one GPU to each task
+    (srun --gpus-per-task 1: each sees a single cuda:0) that one."""
+    return local_rank % torch.cuda.device_count()
 
 
 def torchrun_command(processes: int, script: list[str], max_restarts: int = 0, log_dir: str | None = None) -> list[str]:

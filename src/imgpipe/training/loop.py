@@ -36,7 +36,7 @@ from imgpipe.models.inference import score
 from imgpipe.models.networks import Classifier, build_model, count_parameters, is_fitted
 from imgpipe.training.batches import ResidentSplit, StreamedSplit, fits_on_device
 from imgpipe.training.batchnorm import reestimate
-from imgpipe.training.distributed import SINGLE, ProcessGroup, restart_count
+from imgpipe.training.distributed import SINGLE, ProcessGroup, cuda_index, restart_count
 from imgpipe.training.muon import ConvMuon
 
 
@@ -336,7 +336,7 @@ def build(model_name: str, model_settings: dict, data: Prepared, config: TrainCo
     """The device and its global settings, the seeded model, and the splits' batch sources."""
     device = pick_device(config.device)
     if device.type == "cuda" and group.world > 1:
-        device = torch.device("cuda", group.local_rank)
+        device = torch.device("cuda", cuda_index(group.local_rank))
         torch.cuda.set_device(device)
     _configure(config, device)
     net = build_model(model_name, data.image_shape, len(data.class_names), **model_settings)
