@@ -211,6 +211,17 @@ def test_each_optimizer_is_the_one_named_with_its_settings(optimizer, kind, mome
             assert group["nesterov"] is (momentum > 0)
 
 
+def test_threads_0_is_pytorchs_own_choice_even_after_a_training_that_set_another(digits_prepared):
+    other = loop.OWN_THREADS + 1
+    try:
+        train("linear", {}, digits_prepared, replace(FAST, epochs=1, threads=other))
+        assert torch.get_num_threads() == other
+        train("linear", {}, digits_prepared, replace(FAST, epochs=1, threads=0))
+        assert torch.get_num_threads() == loop.OWN_THREADS
+    finally:
+        torch.set_num_threads(loop.OWN_THREADS)
+
+
 def test_label_smoothing_reaches_every_training_step(digits_prepared, monkeypatch):
     smoothing = []  # each loss's label_smoothing: the steps' and validation's
     cross_entropy = torch.nn.functional.cross_entropy

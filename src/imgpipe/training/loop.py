@@ -240,10 +240,12 @@ def has_convolutions(net: nn.Module) -> bool:
     return any(isinstance(module, nn.Conv2d) for module in net.modules())
 
 
+OWN_THREADS = torch.get_num_threads()  # PyTorch's own choice at start-up (its cores, or OMP_NUM_THREADS): train.threads 0
+
+
 def _configure(config: TrainConfig, device: torch.device) -> None:
     torch.manual_seed(config.seed)
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    torch.set_num_threads(config.threads or OWN_THREADS)  # 0 too: an earlier training in this process may have set 1
     if config.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
     if config.deterministic != torch.are_deterministic_algorithms_enabled():
@@ -325,7 +327,7 @@ def train(model_name: str, model_settings: dict, data: Prepared, config: TrainCo
             save_state(resume, key, setup, stepper, state, result.history)
         if on_epoch is not None:  # after the state is saved: the epoch counts as finished
             on_epoch(row)
-        if stop and group.leader:
+        if stop and group.leader and epoch < config.epochs:  # at the last epoch it stops anyway: not early
             print(f"{model_name}: stopping early after epoch {epoch}: no better val loss since epoch {state.loss_epoch}")
     result.stopped_early = state.finished and state.epoch < config.epochs
     finish(setup, state, result, data)
