@@ -110,6 +110,25 @@ def test_a_tie_on_the_objective_goes_to_the_other_validation_figure_then_the_ear
     assert max(study.trials, key=ranking(sweep)).number == 3
 
 
+def test_a_trial_whose_training_diverges_fails_in_optuna_and_in_mlflow_alike(digits_prepared, mlflow_store, monkeypatch, tmp_path):
+    from imgpipe.search.trial import run_trial
+    from imgpipe.tracking import trials
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store)
+    sweep = sweep_config({"variant": "linear", "objective": "val_loss", "space": {"models.linear.lr": {"low": 1e37, "high": 3e38}}},
+                         ["linear"])
+    params = {"data": {"dataset": "digits"}, "models": {"linear": {}},
+              "train": {"variants": ["linear"], "seeds": [0], "epochs": 1, "optimizer": "sgd", "device": "cpu", "precision": "fp32"}}
+    parent = trials.parent_run("diverged", "digits-linear", {})
+    study = optuna.create_study(study_name="digits-linear")
+    study.optimize(lambda trial: run_trial(trial, sweep, params, digits_prepared, experiment="diverged", parent=parent,
+                                           folder=tmp_path, seed=0, threads=1, worker=0), n_trials=1)
+    (run,) = mlflow.MlflowClient(mlflow_store).search_runs([mlflow.get_experiment_by_name("diverged").experiment_id],
+                                                          "tags.`imgpipe.trial` = '0'")
+    assert study.trials[0].state == optuna.trial.TrialState.FAIL
+    assert (run.data.tags["imgpipe.trial_state"], run.info.status) == ("FAIL", "FAILED") and not list(tmp_path.iterdir())
+
+
 def test_a_drawn_configuration_becomes_params_and_the_dvc_command_that_reruns_it():
     params = {"train": {"lr": 0.01}, "models": {"cnn": {"channels": [16, 32]}, "linear": None}}
     values = {"train.lr": 0.003, "models.cnn.channels": [32, 64], "models.linear.weight_decay": 1e-05}

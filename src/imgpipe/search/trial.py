@@ -4,6 +4,7 @@ keeps its checkpoint (sweeps/<study>/trial-<n>.pt, written whole or not at all) 
 hits, from which the summary estimates how much picking the best of many flatters it."""
 
 import base64
+import math
 import os
 import platform
 from dataclasses import replace
@@ -57,6 +58,9 @@ def run_trial(trial: optuna.Trial, sweep: SweepConfig, params: dict, data: Prepa
             run.end("PRUNED")
             raise
         summary = result.summary()
+        if not math.isfinite(summary[sweep.objective]):  # a diverged training: a failed trial, in Optuna and in its run
+            run.end("FAIL")
+            return math.nan  # Optuna fails a NaN (an inf would count as a value)
         model = result.model
         hits = (logits_in_chunks(model, data.val.images, model.mean.device).argmax(1).cpu() == torch.from_numpy(data.val.labels)).numpy()
         save_checkpoint(folder / f"trial-{trial.number}.pt", model, model_name=variant.model, model_settings=variant.settings,
