@@ -474,6 +474,8 @@ def end_epoch(setup: Setup, model: Classifier, state: LoopState, epoch: int, fig
     if setup.config.bn_images:  # 0: the statistics training gathered, as they are (re-estimating resets them first)
         norms_start = time.perf_counter()
         reestimate(model, _norm_sample(setup.train_split, setup.config, group, setup.channels_last), group)
+        if setup.device.type == "cuda":  # queued, not done: on the clock, as the steps are
+            torch.cuda.synchronize(setup.device)
         state.training += time.perf_counter() - norms_start
     val = _validate(model, setup.val_split, group)
     loss_sum, correct = group.sum(figures["loss_sum"]), group.sum(figures["correct"])
