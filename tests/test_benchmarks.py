@@ -125,7 +125,11 @@ def test_the_fashion_mnist_benchmark_compares_with_both_baselines_on_a_recipe_ch
         assert math.isclose(float(timed[1]), rows[theirs - 1][0]) and math.isclose(float(timed[3]), engine_rows[ours - 1][0]), line
         assert ratio_within_rounding(float(timed[5]), float(timed[1]), float(timed[3]), places=2), line
 
-    one(lines, r"\(c\) recommended: cnn \{'channels': \[32, 64\].*test accuracy [0-9.]+ \(kept epoch 1 on validation, .*")
+    c = one(lines, r"\(c\) recommended: cnn \{'channels': \[32, 64\].*test accuracy ([0-9.]+) \(kept epoch 1 on validation, .*"
+                   r"\(([0-9.]+) s of training alone\).*")
+    verdict = one(lines, r"\(c\) target >= 0.930 within 300 s of training: (met|missed) \(([0-9.]+) in ([0-9.]+) s; .*")
+    assert (float(verdict[2]), float(verdict[3])) == (float(c[1]), float(c[2]))
+    assert verdict[1] == ("met" if float(c[1]) >= 0.930 and float(c[2]) <= 300 else "missed")  # a dry run: missed
 
     # (d): each technique's own gain on validation, and what it keeps follows from them alone. The network: the one
     # faster to the lower of the two networks' best val accuracies.
