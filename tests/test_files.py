@@ -23,3 +23,18 @@ def test_folder_is_swapped_in_whole(tmp_path):
         (tmp / "new.npz").write_text("new")
     assert [p.name for p in target.iterdir()] == ["new.npz"]
     assert [p.name for p in tmp_path.iterdir()] == ["prepared"]
+
+
+def test_a_folder_swap_killed_between_its_renames_is_undone_by_the_next_write(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    (tmp_path / f".prepared.old-{dead}").mkdir()  # the old folder, moved aside...
+    (tmp_path / f".prepared.old-{dead}" / "old.npz").write_text("old")
+    (tmp_path / f".prepared.tmp-{dead}").mkdir()  # ...and the new one, not yet in its place, when the process died
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "prepared"):
+            raise RuntimeError("this write fails too")
+    assert [p.name for p in tmp_path.iterdir()] == ["prepared"]  # the old folder back, nothing left beside it
+    assert (tmp_path / "prepared" / "old.npz").read_text() == "old"

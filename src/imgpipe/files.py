@@ -29,7 +29,15 @@ def _alive(pid: int) -> bool:
 
 def _remove_abandoned(path: Path) -> None:
     """The temporary siblings of `path` left by processes that were killed before they could clean up
-    (a fetch of gigabytes stopped half-way must not leave gigabytes behind)."""
+    (a fetch of gigabytes stopped half-way must not leave gigabytes behind). A folder moved aside by a process
+    killed between atomic_path's two renames is put back where none took its place: the write did not complete."""
+    for old in path.parent.glob(f".{path.name}.old-*"):
+        pid = old.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            if path.exists() or path.is_symlink():
+                _remove(old)
+            else:
+                os.replace(old, path)
     for tmp in path.parent.glob(f".{path.name}.tmp-*"):
         pid = tmp.name.rsplit("-", 1)[1]
         if pid.isdigit() and not _alive(int(pid)):
