@@ -59,6 +59,15 @@ def test_a_width_that_is_not_a_list_of_counts_is_refused_by_name(model, setting,
     assert caught.value.name == setting
 
 
+@pytest.mark.parametrize("model, setting, value", [
+    ("mlp", "dropout", None), ("cnn", "dropout", "0.2"), ("speedrun_cnn", "activation", ["relu"]), ("cnn", "batch_norm", "no"),
+    ("cnn", "kernel_size", True)])
+def test_a_setting_of_the_wrong_type_is_refused_by_name_not_by_a_traceback(model, setting, value):
+    with pytest.raises(InvalidSetting) as caught:
+        build_model(model, (1, 8, 8), 10, **{setting: value})
+    assert caught.value.name == setting and (repr(value) in caught.value.reason or str(value) in caught.value.reason)
+
+
 @pytest.mark.parametrize("model", ["cnn", "speedrun_cnn"])
 @pytest.mark.parametrize("height, most", [(8, 3), (7, 2)])
 def test_too_many_blocks_for_the_image_is_refused(model, height, most):

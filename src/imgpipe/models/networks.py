@@ -19,7 +19,8 @@ ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 
 
 def _activation(name: str) -> type[nn.Module]:
-    require(name in ACTIVATIONS, "activation", f"unknown activation {name!r}; choose one of: {', '.join(ACTIVATIONS)}")
+    require(isinstance(name, str) and name in ACTIVATIONS, "activation",
+            f"unknown activation {name!r}; choose one of: {', '.join(ACTIVATIONS)}")
     return ACTIVATIONS[name]
 
 
@@ -110,6 +111,11 @@ class LinearNet(nn.Module):
         return self.layers(x)
 
 
+def _is_fraction(value) -> bool:
+    """A number in [0, 1) (YAML's null, a string or a boolean is not one)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
+
+
 def _positive_counts(values) -> bool:
     """A list of positive whole numbers (a YAML `16` for `[16]`, or `true`, is not one)."""
     return isinstance(values, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
@@ -128,7 +134,7 @@ class MLP(nn.Module):
     ):
         super().__init__()
         require(_positive_counts(hidden), "hidden", f"must list positive layer widths, got {hidden}")
-        require(0 <= dropout < 1, "dropout", f"must be in [0, 1), got {dropout}")
+        require(_is_fraction(dropout), "dropout", f"must be in [0, 1), got {dropout!r}")
         act = _activation(activation)
         layers: list[nn.Module] = [nn.Flatten()]
         width = math.prod(input_shape)
@@ -178,9 +184,11 @@ class TinyVGG(nn.Module):
         super().__init__()
         in_channels, height, width = input_shape
         _require_halving_blocks(channels, height, width)
-        require(isinstance(kernel_size, int) and kernel_size % 2 == 1, "kernel_size", f"must be an odd integer, got {kernel_size}")
+        require(isinstance(kernel_size, int) and not isinstance(kernel_size, bool) and kernel_size % 2 == 1, "kernel_size",
+                f"must be an odd integer, got {kernel_size}")
+        require(isinstance(batch_norm, bool), "batch_norm", f"must be true or false, got {batch_norm!r}")
         out_height, out_width = height >> len(channels), width >> len(channels)
-        require(0 <= dropout < 1, "dropout", f"must be in [0, 1), got {dropout}")
+        require(_is_fraction(dropout), "dropout", f"must be in [0, 1), got {dropout!r}")
         require(isinstance(hidden, int) and not isinstance(hidden, bool) and hidden >= 0, "hidden", f"must be a width >= 0 (0: none), got {hidden}")
         act = _activation(activation)
 
@@ -230,7 +238,7 @@ class SmallResNet(nn.Module):
         in_channels, height, width = input_shape
         _require_channel_list(channels, unit="stage")  # strided convolutions round up: a stage past 1x1 runs on 1x1
         require(isinstance(blocks, int) and blocks >= 1, "blocks", f"must be a whole number >= 1, got {blocks!r}")
-        require(0 <= dropout < 1, "dropout", f"must be in [0, 1), got {dropout}")
+        require(_is_fraction(dropout), "dropout", f"must be in [0, 1), got {dropout!r}")
         layers: list[nn.Module] = [nn.Conv2d(in_channels, channels[0], 3, padding=1, bias=False), nn.BatchNorm2d(channels[0]),
                                    nn.ReLU(inplace=True)]
         width_in = channels[0]
