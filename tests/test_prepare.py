@@ -93,6 +93,9 @@ def test_prepared_data_round_trips_through_files(tmp_path, digits_prepared):
 def test_bad_fraction_names_the_setting():
     with pytest.raises(InvalidSetting, match="val_fraction: must be a fraction between 0 and 1, got 1.5"):
         prepare(digits(), val_fraction=1.5, test_fraction=0.2, seed=0)
+    for seed in (-1, True):  # numpy's own ValueError for -1 was a traceback; true was seed 1
+        with pytest.raises(InvalidSetting, match=f"seed: must be a whole number >= 0, got {seed}"):
+            prepare(digits(), val_fraction=0.15, test_fraction=0.2, seed=seed)
 
 
 def test_missing_prepared_data_says_which_file(tmp_path):

@@ -146,7 +146,7 @@ def plan_splits(raw: dict, val_fraction: float, test_fraction: float, seed: int,
     selections, and the kept classes' names and source labels."""
     for name, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         require(isinstance(fraction, float) and 0 < fraction < 1, name, f"must be a fraction between 0 and 1, got {fraction!r}")
-    require(isinstance(seed, int), "seed", f"must be a whole number, got {seed!r}")
+    require(isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0, "seed", f"must be a whole number >= 0, got {seed!r}")
     for split, images in raw.items():  # the prepared splits are one array shape
         if images.image_shape != raw["train"].image_shape:
             raise ImgpipeError(f"the {split} images are {_size(images.image_shape)} but the train images {_size(raw['train'].image_shape)}: "
