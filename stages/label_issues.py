@@ -79,7 +79,10 @@ def main() -> None:
     indices = np.concatenate([np.arange(len(getattr(data, split))) for split in SPLITS])
     ids = np.concatenate([image_ids(paths.PREPARED, split) for split in SPLITS])
 
-    probabilities = cross_fitted(variant, data, pool, folds, pick_device(variant.config.device), repeats)
+    with P.reported_as(settings.section_of(params, name, "device")):  # as the train stage: one line naming the key
+        device = pick_device(variant.config.device)
+    with P.reported_as(f"models.{name}"):
+        probabilities = cross_fitted(variant, data, pool, folds, device, repeats)
     verdict = label_issues.review(probabilities, pool.labels, kind)
     listed = verdict.listed(ids, review)
     write_csv(paths.LABEL_ISSUES, label_issues.rows(listed, verdict, ids, splits, indices, pool.labels, data.class_names))

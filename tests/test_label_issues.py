@@ -371,3 +371,13 @@ def test_the_default_judge_follows_an_experiment_that_drops_the_cnn(pipeline, tm
     assert "label issues judged by centroid's recipe (best on validation: val accuracy " in done.stdout
     summary = read_json(project / "metrics/label_issues.json")
     assert summary["judged_by"] == "centroid" and summary["why"].endswith("(label_issues.variant: null)")
+
+
+def test_a_device_the_machine_lacks_fails_the_stage_in_one_line_naming_the_key(pipeline, tmp_path):
+    """As the train stage does: models trained elsewhere, then label_issues rerun here alone."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has the device")
+    project = fork(pipeline, tmp_path / "project")
+    edit_params(project, train__device="cuda")
+    done = run(["python", "stages/label_issues.py"], project, check=False)
+    assert done.returncode == 1 and done.stderr.startswith("error: params.yaml: train.device: ") and done.stderr.count("\n") == 1
