@@ -153,13 +153,15 @@ class SeedDataset(Dataset):
 
 
 def seed_loop(train_set: ImageSet, scored: dict[str, ImageSet], epochs: int, bf16: bool,
-              device: torch.device = torch.device("cpu")) -> dict[str, Rows]:
+              device: torch.device = torch.device("cpu"), workers: int = 0) -> dict[str, Rows]:
     """(a): each scored split's accuracy after each epoch, by name, the clock stopped while scoring. bf16: the
     notebook's loop with the one autocast line added; on a GPU as the seed notebook runs there (model moved to
     the device, each batch sent after the DataLoader made it). Both precisions start from the same weights and
     order."""
     torch.manual_seed(0)
-    loader = DataLoader(SeedDataset(train_set.images, train_set.labels), batch_size=32, shuffle=True)
+    # workers: the other one-line win of a notebook on a GPU machine, DataLoader(num_workers=..., pin_memory=True).
+    loader = DataLoader(SeedDataset(train_set.images, train_set.labels), batch_size=32, shuffle=True, num_workers=workers,
+                        pin_memory=bool(workers) and device.type == "cuda", persistent_workers=bool(workers))
     model = TinyVGG(train_set.image_shape, len(CLASSES), **TINYVGG).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     trained, rows = 0.0, {name: [] for name in scored}

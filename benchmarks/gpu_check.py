@@ -374,7 +374,7 @@ def timing_figure(images_per_second: float, rows: list[tuple[float, float]], see
                   targets: tuple[float, ...] = (TARGET, RECOMMENDED)) -> tuple[str, dict]:
     """images/s (against the seed loop's), the final test accuracy, and the seconds to each of `targets`, from
     (seconds, test accuracy) after each epoch."""
-    parts = [f"{images_per_second:,.0f} images/s" + (f" ({images_per_second / seed:.1f}x the seed loop's)" if seed else "")]
+    parts = [f"{images_per_second:,.0f} images/s" + (f" ({images_per_second / seed:.1f}x the faster seed loop's)" if seed else "")]
     parts.append(f"test acc {rows[-1][1]:.4f} after {len(rows)} epochs")
     data = {"images_per_second": images_per_second, "epochs": [{"seconds": s, "test_accuracy": a} for s, a in rows]}
     for target in targets:
@@ -418,6 +418,20 @@ def seed(context: Context):
     context.seed_images_per_second = len(context.pool) * len(rows) / rows[-1][0]
     figure, data = timing_figure(context.seed_images_per_second, rows)
     return "ok", figure + " (batch 32, SGD lr 0.1, fp32; training alone, scoring off the clock)", data
+
+
+SEED_WORKERS = 4  # the notebook's one-line win on a GPU machine: DataLoader(num_workers=4, pin_memory=True)
+
+
+def seed_with_workers(context: Context):
+    """The seed's loop with its DataLoader's one-line win; the engine's rows are then compared with the faster of the
+    two seed loops (the project's rule: the baseline's one-line wins included)."""
+    rows = seed_loop(context.pool, {"test": context.test}, context.sizes.seed_epochs, False, context.device, SEED_WORKERS)["test"]
+    with_workers, as_written = len(context.pool) * len(rows) / rows[-1][0], context.seed_images_per_second
+    figure, data = timing_figure(with_workers, rows)
+    context.seed_images_per_second = max(with_workers, as_written or 0.0)
+    against = f"{with_workers / as_written:.2f}x the loop as written; " if as_written else ""
+    return "ok", figure + f" ({against}the engine's rows below are against the faster of the two)", data
 
 
 def tinyvgg_b(context: Context):
@@ -514,6 +528,7 @@ CHECKS: list[tuple[str, Callable[[Context], tuple[str, str, dict]]]] = [
     ("batch-norm re-estimation scores as evaluation does", batch_norm),
     ("train.devices: 1 under torchrun (NCCL)", torchrun_nccl),
     ("Fashion-MNIST: the seed's DataLoader loop", seed),
+    ("Fashion-MNIST: the seed's loop, DataLoader(num_workers=4, pin_memory=True)", seed_with_workers),
     ("Fashion-MNIST: TinyVGG, one-cycle SGD (fashion_mnist's first candidate)", tinyvgg_b),
     ("Fashion-MNIST: TinyVGG 16 with batch norm, 1 epoch (fashion_mnist's choice on the CPU)", batch_norm_one_epoch),
     ("Fashion-MNIST: TinyVGG 32/64, recipe C (recommended)", tinyvgg_c),
