@@ -83,8 +83,11 @@ def test_two_workers_of_a_grid_try_each_point_once_and_stop_when_it_is_covered(t
         tried.append(tuple(str(dimension.suggest(trial)) for dimension in sweep.space))
         return 0.5
 
-    while wants_more(workers[len(tried) % 2], sweep):  # the workers take turns, as work() runs them
+    while len(tried) < 5 and wants_more(workers[len(tried) % 2], sweep):  # the workers take turns, as work() runs them
         workers[len(tried) % 2].optimize(objective, n_trials=1)
+    last = workers[1].ask()  # the last point, under way on one worker...
+    tried.append(tuple(str(dimension.suggest(last)) for dimension in sweep.space))
+    assert not wants_more(workers[0], sweep)  # ...so the other starts none: a sixth would rerun a point
     assert len(tried) == len(set(tried)) == 3 * 2  # every point of the grid once, not trials: 20
 
 

@@ -14,6 +14,7 @@ experiment.
 
 import argparse
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -102,11 +103,11 @@ def _said(sweep: SweepConfig):
 
 def wants_more(study: optuna.Study, sweep: SweepConfig) -> bool:
     """Whether the study takes another trial: it holds fewer than sweep.trials (every worker and machine counts) and,
-    for a grid, some point is neither tried nor under way (past that, Optuna's grid would retrain tried points)."""
+    for a grid, fewer than its points. Optuna's grid gives trial n its point n, so those trials, under way or done,
+    cover it; past that it would retrain a tried point (or one still running: its is_exhausted waits for them)."""
     started = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)  # not those merely enqueued
-    if len(study.get_trials(deepcopy=False, states=started)) >= sweep.trials:
-        return False
-    return not (isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study))
+    limit = sweep.trials if sweep.sampler != "grid" else min(sweep.trials, math.prod(len(d.grid(sweep.grid_points)) for d in sweep.space))
+    return len(study.get_trials(deepcopy=False, states=started)) < limit
 
 
 def work(study: optuna.Study, sweep: SweepConfig, params: dict, data: Prepared, experiment: str, worker: int | None) -> None:
