@@ -120,7 +120,7 @@ def test_bootstrap_macro_f1_of_each_resample_agrees_with_scikit_learn(digits_pre
         drawn = resample_indices(len(actual), resample, seed=3)
         # Over the classes the resample draws or predicts, and those absent from the whole split (F1 0, as in
         # evaluate's macro-F1); a class of the split the resample happens to miss entirely has no F1 there.
-        present = set(actual[drawn]) | set(predicted[drawn]) | (set(range(10)) - set(actual) - set(predicted))
+        present = set(actual[drawn]) | set(predicted[drawn]) | (set(range(10)) - set(actual))
         expected = f1_score(actual[drawn], predicted[drawn], average="macro", labels=sorted(present), zero_division=0)
         assert scores[resample] == pytest.approx(expected, abs=1e-12)
 
@@ -130,6 +130,10 @@ def test_a_class_a_resample_misses_does_not_pull_the_interval_below_the_score():
     low, high = bootstrap_macro_f1_interval(actual, actual, 10)  # right on every one: macro-F1 1 in every resample
     assert (low, high) == (1.0, 1.0)  # counting a missed class 0: about 0.9
     assert bootstrap_macro_f1_interval(actual, actual, 11)[1] == pytest.approx(10 / 11)  # a class never in the split: 0
+    nine = np.repeat(np.arange(9), 30)
+    said = nine.copy()
+    said[0] = 9  # one image said to be class 9, which has no test images: F1 0 in every resample, as in the score
+    assert bootstrap_macro_f1_interval(nine, said, 10)[1] < 0.91  # not 1.0, where resamples missing that image left it out
 
 
 def test_bootstrap_resamples_draw_with_replacement():

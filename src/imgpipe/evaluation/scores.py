@@ -51,12 +51,13 @@ def bootstrap_macro_f1(actual: np.ndarray, predicted: np.ndarray, num_classes: i
     the images, scored in batches: one bincount gives a batch's confusion matrices. A class of the split that a
     resample happens to draw no image of, and none predicted as, has no F1 there: it is left out of that resample's
     average rather than counted 0, which would pull the interval below the score (a class of 2 test images is
-    missing from 13% of resamples). A class absent from the whole split counts 0 in every one, as in the score."""
+    missing from 13% of resamples). A class with no test images counts in every one, as in the score (0, whether
+    or not some image is said to be of it)."""
     actual, predicted = np.asarray(actual), np.asarray(predicted)
     if actual.shape != predicted.shape or actual.ndim != 1 or len(actual) == 0:
         raise ValueError(f"need two equally long, non-empty 1-D arrays, got shapes {actual.shape} and {predicted.shape}")
     images = len(actual)
-    in_split = np.isin(np.arange(num_classes), np.concatenate([actual, predicted]))  # (classes,)
+    in_split = np.isin(np.arange(num_classes), actual)  # (classes,): those with test images
     batch = max(1, _BATCH_ELEMENTS // max(images, num_classes**2))
     scores = []
     for start in range(0, resamples, batch):
