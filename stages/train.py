@@ -37,8 +37,10 @@ def main() -> None:
         device_type = pick_device(variant.config.device).type
     data = load_prepared(paths.PREPARED)
     settings.require_augmentation_fits(params, name, variant.config, data.image_shape)
-    with P.reported_as(settings.section_of(params, name, "devices")):
-        processes = distributed.device_count(variant.config.devices, device_type)
+    processes = distributed.device_count(variant.config.devices, device_type)
+    if not distributed.launched():  # this stage starts the ranks: one per visible GPU at most
+        with P.reported_as(settings.section_of(params, name, "devices")):
+            distributed.require_visible(processes, device_type)
     if processes > 1 and fitted_by_name(variant.model):
         print(f"{name}: fitted in one pass, on one process (train.devices: {variant.config.devices} is for gradient training)")
         processes = 1

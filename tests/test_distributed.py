@@ -97,10 +97,11 @@ def test_more_gpus_than_are_visible_are_refused_and_a_rank_bound_to_one_gpu_take
     from imgpipe.training import distributed
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    assert [distributed.device_count(devices, "cuda") for devices in ("auto", 1, 2)] == [2, 1, 2]
+    assert [distributed.device_count(devices, "cuda") for devices in ("auto", 1, 2, 4)] == [2, 1, 2, 4]
+    distributed.require_visible(2, "cuda")
     with pytest.raises(InvalidSetting, match=r"^devices: 4 processes, one per GPU, but 2 GPUs visible"):
-        distributed.device_count(4, "cuda")
-    assert distributed.device_count(4, "cpu") == 4  # gloo processes on the CPU
+        distributed.require_visible(4, "cuda")
+    distributed.require_visible(4, "cpu")  # gloo processes on the CPU
     assert [distributed.cuda_index(rank) for rank in range(2)] == [0, 1]
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # srun --gpus-per-task 1: each task sees its own as cuda:0
     assert distributed.cuda_index(3) == 0

@@ -88,15 +88,19 @@ def leave() -> None:
 
 
 def device_count(devices: int | str, device_type: str) -> int:
-    """train.devices as a number: `auto` is every visible GPU (1 without CUDA). On CUDA, more than are visible is
-    refused (InvalidSetting `devices`): the ranks past them would fail, and torchrun restart them, until the budget
-    is spent. On a CPU it is that many processes."""
-    visible = torch.cuda.device_count() if device_type == "cuda" else 0
+    """train.devices as a number: `auto` is every visible GPU (1 without CUDA)."""
     if devices == "auto":
-        return max(visible, 1)
-    require(device_type != "cuda" or int(devices) <= visible, "devices",
-            f"{devices} processes, one per GPU, but {visible} GPU{'s' * (visible != 1)} visible (CUDA_VISIBLE_DEVICES)")
+        return max(torch.cuda.device_count(), 1) if device_type == "cuda" else 1
     return int(devices)
+
+
+def require_visible(processes: int, device_type: str) -> None:
+    """Ranks this machine starts itself, one per GPU: more than are visible is refused (InvalidSetting `devices`), as
+    the ranks past them would fail, and torchrun restart them, until its budget is spent. (Ranks an outer launcher
+    started see what it gave them: srun --gpus-per-task 1 shows each one GPU; cuda_index picks it.)"""
+    visible = torch.cuda.device_count() if device_type == "cuda" else processes
+    require(processes <= visible, "devices",
+            f"{processes} processes, one per GPU, but {visible} GPU{'s' * (visible != 1)} visible (CUDA_VISIBLE_DEVICES)")
 
 
 def cuda_index(local_rank: int) -> int:
