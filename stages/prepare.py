@@ -18,7 +18,7 @@ from imgpipe.files import write_json
 def main() -> None:
     params = P.load()
     raw = load_fetched(paths.RAW)
-    listed = P.get(params, "data.exclude", None)  # a file of image ids; null or an empty file: none
+    listed = P.get(params, "data.exclude", None)  # a file of image ids; an empty file: none (null only outside DVC)
     with P.reported_as("data"):
         prepared = prepare_into(
             raw.splits,

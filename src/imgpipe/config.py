@@ -6,17 +6,9 @@ Light on purpose (no torch, no pandas): every stage reads its settings through h
 from dataclasses import dataclass
 from pathlib import Path
 
-from imgpipe.errors import require
+from imgpipe.errors import is_int, is_number, require
 
 DEVICES = ("auto", "cuda", "mps", "cpu")
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "muon")
@@ -76,7 +68,7 @@ class TrainConfig:
     def __post_init__(self):
         def whole(name, least):
             value = getattr(self, name)
-            require(_is_int(value) and value >= least, name, f"must be a whole number >= {least}, got {value!r}")
+            require(is_int(value) and value >= least, name, f"must be a whole number >= {least}, got {value!r}")
 
         def choice(name, options):
             value = getattr(self, name)
@@ -85,12 +77,12 @@ class TrainConfig:
         whole("epochs", 1)
         whole("batch_size", 1)
         choice("optimizer", OPTIMIZERS)
-        require(_is_number(self.lr) and self.lr > 0, "lr", f"must be a number > 0, got {self.lr!r}")
-        require(_is_number(self.momentum) and 0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum!r}")
-        require(_is_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", f"must be a number >= 0, got {self.weight_decay!r}")
+        require(is_number(self.lr) and self.lr > 0, "lr", f"must be a number > 0, got {self.lr!r}")
+        require(is_number(self.momentum) and 0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum!r}")
+        require(is_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", f"must be a number >= 0, got {self.weight_decay!r}")
         choice("schedule", SCHEDULES)
-        require(_is_number(self.ema) and 0 <= self.ema < 1, "ema", f"must be in [0, 1) (0: off), got {self.ema!r}")
-        require(_is_number(self.label_smoothing) and 0 <= self.label_smoothing < 1, "label_smoothing",
+        require(is_number(self.ema) and 0 <= self.ema < 1, "ema", f"must be in [0, 1) (0: off), got {self.ema!r}")
+        require(is_number(self.label_smoothing) and 0 <= self.label_smoothing < 1, "label_smoothing",
                 f"must be in [0, 1), got {self.label_smoothing!r}")
         whole("patience", 0)
         whole("crop_padding", 0)
@@ -107,9 +99,9 @@ class TrainConfig:
         whole("max_restarts", 0)
         require(self.data_on_device in ("auto", True, False), "data_on_device", f"must be auto, true or false, got {self.data_on_device!r}")
         whole("resident_limit_mb", 0)
-        require(self.stream_workers == "auto" or (_is_int(self.stream_workers) and self.stream_workers >= 0), "stream_workers",
+        require(self.stream_workers == "auto" or (is_int(self.stream_workers) and self.stream_workers >= 0), "stream_workers",
                 f"must be a whole number >= 0 or auto, got {self.stream_workers!r}")
-        require(self.devices == "auto" or (_is_int(self.devices) and self.devices >= 1), "devices",
+        require(self.devices == "auto" or (is_int(self.devices) and self.devices >= 1), "devices",
                 f"must be a whole number >= 1 or auto, got {self.devices!r}")
 
 

@@ -46,3 +46,12 @@ class InvalidSetting(ValueError):
 def require(ok: bool, name: str, reason: str) -> None:
     if not ok:
         raise InvalidSetting(name, reason)
+
+
+def is_int(value) -> bool:
+    """A whole number as YAML gives one: `true` is a bool, not 1."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -13,7 +13,7 @@ import numpy as np
 
 from imgpipe.data.imageset import SPLITS, ImageSet, chunks, writing_splits
 from imgpipe.data.prepared import STATS_FILE, Prepared, ids_of, load_prepared, stats_record
-from imgpipe.errors import ImgpipeError, InvalidSetting, require
+from imgpipe.errors import ImgpipeError, InvalidSetting, is_int, require
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int, *, names: list[str] | None = None,
@@ -146,7 +146,7 @@ def plan_splits(raw: dict, val_fraction: float, test_fraction: float, seed: int,
     selections, and the kept classes' names and source labels."""
     for name, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         require(isinstance(fraction, float) and 0 < fraction < 1, name, f"must be a fraction between 0 and 1, got {fraction!r}")
-    require(isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0, "seed", f"must be a whole number >= 0, got {seed!r}")
+    require(is_int(seed) and seed >= 0, "seed", f"must be a whole number >= 0, got {seed!r}")
     for split, images in raw.items():  # the prepared splits are one array shape
         if images.image_shape != raw["train"].image_shape:
             raise ImgpipeError(f"the {split} images are {_size(images.image_shape)} but the train images {_size(raw['train'].image_shape)}: "
@@ -195,10 +195,10 @@ def prepare_into(raw: dict[str, ImageSet], folder: Path, val_fraction: float, te
     memory), the statistics and the fingerprint counted on the way; the folder is swapped in whole.
     `exclude`: image ids (see image_ids) left out of the training split. Returns the prepared folder, memory-mapped."""
     plan, names, labels = plan_splits(raw, val_fraction, test_fraction, seed, classes)
-    for image_id in sorted(exclude):  # a list made for other data would leave out nothing, or the wrong images
-        split, index = image_id.split(":")
-        require(split in raw and int(index) < len(raw[split]), "exclude", f"{image_id} names no image of this data (its raw splits: "
-                f"{', '.join(f'{name}:0..{len(images) - 1}' for name, images in raw.items())}); was the list made for other data?")
+    # A list made for other data would leave out nothing, or the wrong images.
+    unknown = next((image_id for image_id in sorted(exclude) if not _names_an_image(image_id, raw)), None)
+    require(unknown is None, "exclude", f"{unknown} names no image of this data (its raw splits: "
+            f"{', '.join(f'{name}:0..{len(images) - 1}' for name, images in raw.items())}); was the list made for other data?")
     listed = len(plan["train"].indices)
     plan["train"] = without(plan["train"], exclude)
     shape = raw["train"].image_shape
@@ -223,6 +223,11 @@ def prepare_into(raw: dict[str, ImageSet], folder: Path, val_fraction: float, te
                                        digest.hexdigest()) | {"sources": {split: plan[split].source for split in SPLITS},
                                                             "excluded": listed - len(plan["train"].indices)})
     return load_prepared(folder)
+
+
+def _names_an_image(image_id: str, raw: dict) -> bool:
+    split, index = image_id.split(":")
+    return split in raw and int(index) < len(raw[split])
 
 
 def without(selection: Selection, exclude: set[str]) -> Selection:

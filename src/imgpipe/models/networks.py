@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from imgpipe.errors import InvalidSetting, require
+from imgpipe.errors import InvalidSetting, is_int, is_number, require
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 
@@ -113,12 +113,12 @@ class LinearNet(nn.Module):
 
 def _is_fraction(value) -> bool:
     """A number in [0, 1) (YAML's null, a string or a boolean is not one)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
+    return is_number(value) and 0 <= value < 1
 
 
 def _positive_counts(values) -> bool:
     """A list of positive whole numbers (a YAML `16` for `[16]`, or `true`, is not one)."""
-    return isinstance(values, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
+    return isinstance(values, (list, tuple)) and all(is_int(v) and v > 0 for v in values)
 
 
 class MLP(nn.Module):
@@ -184,12 +184,11 @@ class TinyVGG(nn.Module):
         super().__init__()
         in_channels, height, width = input_shape
         _require_halving_blocks(channels, height, width)
-        require(isinstance(kernel_size, int) and not isinstance(kernel_size, bool) and kernel_size % 2 == 1, "kernel_size",
-                f"must be an odd integer, got {kernel_size}")
+        require(is_int(kernel_size) and kernel_size % 2 == 1, "kernel_size", f"must be an odd integer, got {kernel_size}")
         require(isinstance(batch_norm, bool), "batch_norm", f"must be true or false, got {batch_norm!r}")
         out_height, out_width = height >> len(channels), width >> len(channels)
         require(_is_fraction(dropout), "dropout", f"must be in [0, 1), got {dropout!r}")
-        require(isinstance(hidden, int) and not isinstance(hidden, bool) and hidden >= 0, "hidden", f"must be a width >= 0 (0: none), got {hidden}")
+        require(is_int(hidden) and hidden >= 0, "hidden", f"must be a width >= 0 (0: none), got {hidden}")
         act = _activation(activation)
 
         def conv(cin: int, cout: int) -> list[nn.Module]:

@@ -98,7 +98,9 @@ def require_visible(processes: int, device_type: str) -> None:
     """Ranks this machine starts itself, one per GPU: more than are visible is refused (InvalidSetting `devices`), as
     the ranks past them would fail, and torchrun restart them, until its budget is spent. (Ranks an outer launcher
     started see what it gave them: srun --gpus-per-task 1 shows each one GPU; cuda_index picks it.)"""
-    visible = torch.cuda.device_count() if device_type == "cuda" else processes
+    if device_type != "cuda":  # gloo processes on the CPU: as many as asked
+        return
+    visible = torch.cuda.device_count()
     require(processes <= visible, "devices",
             f"{processes} processes, one per GPU, but {visible} GPU{'s' * (visible != 1)} visible (CUDA_VISIBLE_DEVICES)")
 
