@@ -24,7 +24,7 @@ from imgpipe import paths, settings
 from imgpipe.data.imageset import SPLITS, ImageSet
 from imgpipe.data.prepared import Prepared, image_ids, load_prepared
 from imgpipe.device import pick_device
-from imgpipe.errors import run_stage
+from imgpipe.errors import ConfigError, run_stage
 from imgpipe.evaluation import label_issues
 from imgpipe.evaluation.calibration import calibrate
 from imgpipe.evaluation.results import best_over_seeds
@@ -75,6 +75,8 @@ def main() -> None:
         epochs = min(P.whole_number(params, "label_issues.epochs"), variant.config.epochs)
         variant = dataclasses.replace(variant, config=dataclasses.replace(variant.config, epochs=epochs))
     pool = pooled(data)
+    if folds > len(pool):  # each fold judges at least one image
+        raise ConfigError(f"params.yaml: label_issues.folds: must be at most the {len(pool)} prepared images, got {folds}")
     splits = np.concatenate([np.full(len(getattr(data, split)), split) for split in SPLITS])
     indices = np.concatenate([np.arange(len(getattr(data, split))) for split in SPLITS])
     ids = np.concatenate([image_ids(paths.PREPARED, split) for split in SPLITS])

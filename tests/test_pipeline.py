@@ -212,6 +212,15 @@ def test_evaluate_measures_on_the_device_its_settings_name(project):
         assert done.returncode == 1 and done.stderr.startswith("error: params.yaml: train.device: cuda was asked for")
 
 
+def test_more_label_check_folds_than_images_fails_in_one_line(project):
+    before = (project / "metrics/label_issues.csv").read_bytes()
+    with edited_params(project, label_issues__folds=1798):
+        done = run(["python", "stages/label_issues.py"], project, check=False)
+    assert done.returncode == 1
+    assert done.stderr.strip() == "error: params.yaml: label_issues.folds: must be at most the 1797 prepared images, got 1798"
+    assert (project / "metrics/label_issues.csv").read_bytes() == before
+
+
 def test_evaluate_rescores_only_a_changed_result_and_drops_those_no_longer_trained(pipeline, tmp_path):
     """One process scores every model, keeping a result whose model, data, settings, code and files are those it
     was made from: a result file changed by hand is scored again, a variant no longer trained loses its results."""
