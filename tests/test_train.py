@@ -13,6 +13,7 @@ from imgpipe.evaluation.evaluate import evaluate
 from imgpipe.lineage import code_version
 from imgpipe.models.checkpoint import load_checkpoint, save_checkpoint
 from imgpipe.training import loop
+from imgpipe.training.batches import ResidentSplit, StreamedSplit
 from imgpipe.training.loop import augment, make_optimizer, on_device, train
 from imgpipe.training.muon import ConvMuon, orthogonalized
 
@@ -56,6 +57,16 @@ def test_resident_and_streamed_batches_train_the_same_weights(tmp_path, digits_p
     assert resident.data_on_device and not streamed.data_on_device
     assert measured(resident.history) == measured(streamed.history) and same_weights(resident.model, streamed.model)
     assert resident.summary()["data_on_device"] is True
+
+
+def test_an_empty_share_of_a_split_scores_alike_resident_and_streamed(digits_prepared):
+    """A rank whose share of the validation split is empty (fewer images than ranks) all-reduces figures of the other
+    ranks' shape: both kinds of split give scores for no image as (0, classes)."""
+    model = train("cnn", {"channels": [4]}, digits_prepared, replace(FAST, epochs=1)).model
+    cpu = torch.device("cpu")
+    for split in (ResidentSplit(digits_prepared.val, cpu), StreamedSplit(digits_prepared.val, cpu, workers=0)):
+        assert split.logits(model, slice(0, 0)).shape == (0, 10), type(split).__name__
+        assert split.logits(model, slice(0, 3)).shape == (3, 10)
 
 
 def test_auto_keeps_the_splits_on_the_device_only_when_they_fit(digits_prepared):

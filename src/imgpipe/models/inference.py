@@ -30,8 +30,10 @@ def logits_in_chunks(model: nn.Module, images: np.ndarray, device: torch.device)
     """Class scores (N, classes) of uint8 images (N, C, H, W) in memory or memory-mapped, sent to the device
     a batch at a time: the batches predict_logits makes of a whole split on the device, so the same scores."""
     step = predict_batch(images.shape[1:])
+    # No image still passes one (empty) batch, so the scores are (0, classes) as predict_logits gives: a rank whose
+    # share of a streamed split is empty (fewer images than ranks) all-reduces figures of every other rank's shape.
     return _filled(len(images), (predict_logits(model, torch.from_numpy(np.array(images[start:start + step])).to(device))
-                                 for start in range(0, len(images), step)))
+                                 for start in range(0, max(len(images), 1), step)))
 
 
 def _filled(count: int, parts) -> torch.Tensor:
