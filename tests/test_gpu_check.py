@@ -19,7 +19,7 @@ FASHION = ROOT.parent / "shared" / "datasets" / "fashion-mnist"
 # ("ok"); those that prove something only on CUDA still run their assertions on the CPU but say "skipped: no CUDA";
 # the 224x224 row is left out of the dry run.
 OK_ON_CPU = ("resident vs streamed batches", "deterministic mode", "batch-norm re-estimation", "the seed's DataLoader loop",
-             "the seed's loop, DataLoader(num_workers=4",
+             "the seed's loop, DataLoader(num_workers=4", "those workers, autocast to bf16",
              "TinyVGG, one-cycle SGD", "TinyVGG 16 with batch norm", "recipe C", "recipe D", "the exported TinyVGG", "resnet18 at 32x32")
 CUDA_ONLY = ("pytest -m cuda", "resume after a kill", "bf16 autocast", "under torchrun")
 NOT_IN_A_DRY_RUN = ("resnet18 at 224x224",)
