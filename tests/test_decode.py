@@ -160,3 +160,18 @@ def test_the_decoding_pool_counts_bytes_as_well_as_files(tmp_path, monkeypatch):
     assert pool_size(small * 2) == 2  # 600 files
     assert pool_size(photos) == 2  # 12 phone photos, 36 MB to decode
     assert pool_size(photos[:4]) == 1
+
+
+@pytest.mark.parametrize("mode, key", [("L", 7), ("RGB", (7, 7, 7)), ("I;16", 7 * 257)])
+def test_a_transparent_colour_key_is_laid_on_the_background(tmp_path, mode, key):
+    """A PNG's tRNS key (one value fully transparent, as optimizers store on-or-off transparency) in a grayscale, RGB
+    or 16-bit file: its pixels take the background colour, as an alpha channel's do; the others keep theirs."""
+    pixels = np.full((4, 6), 7, np.uint8)
+    pixels[1:3, 2:4] = 200  # an opaque square on a keyed field
+    image = {"L": lambda: Image.fromarray(pixels, "L"), "RGB": lambda: Image.fromarray(np.repeat(pixels[..., None], 3, -1)),
+             "I;16": lambda: Image.fromarray(pixels.astype(np.uint16) * 257)}[mode]()
+    image.save(tmp_path / "keyed.png", transparency=key)
+    assert Image.open(tmp_path / "keyed.png").info["transparency"] == key
+    decoded = decode(tmp_path / "keyed.png", 3, None, (0, 128, 0))  # (C, H, W)
+    assert decoded[:, 0, 0].tolist() == [0, 128, 0] and decoded[:, 1, 2].tolist() == [200, 200, 200]
+    assert (decoded[1] == 128).sum() == 24 - 4

@@ -20,11 +20,16 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:
-    """16-bit and float grayscale scaled to 0..255 (PIL's own convert('L') clips them instead)."""
+    """16-bit and float grayscale scaled to 0..255 (PIL's own convert('L') clips them instead); a transparent
+    value (a PNG's tRNS key) becomes an alpha channel, matched before scaling merges it with its neighbours."""
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
         array = np.asarray(image, dtype=np.float64)
         top = 65535.0 if image.mode != "F" else max(float(array.max()), 1.0)
-        return Image.fromarray(np.clip(np.rint(array * 255 / top), 0, 255).astype(np.uint8), "L")
+        gray = Image.fromarray(np.clip(np.rint(array * 255 / top), 0, 255).astype(np.uint8), "L")
+        if "transparency" in image.info:
+            alpha = Image.fromarray(np.where(array == image.info["transparency"], 0, 255).astype(np.uint8), "L")
+            return Image.merge("LA", (gray, alpha))
+        return gray
     return image
 
 
@@ -32,7 +37,9 @@ def conform(image: Image.Image, channels: int, size: tuple[int, int] | None, bac
     """An image as prepare reads it, uint8 (C, H, W): 8-bit, transparency laid on the background colour,
     `channels` channels, resized to size (H, W). What a fetched, predicted or served image goes through."""
     image = _to_8bit(image)
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    # A tRNS key (one colour fully transparent) in a grayscale, RGB or palette PNG counts as alpha: optimizers
+    # (optipng, oxipng) store a logo's on-or-off transparency so.
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, (*background, 255))
         image = Image.alpha_composite(canvas, rgba)
