@@ -103,6 +103,11 @@ def test_nothing_written_takes_the_place_of_a_folder_or_an_image_read(digits_pre
         (["--explain", str(tmp_path / "notes.txt")], f"error: {tmp_path / 'notes.txt'}: is a file; --explain names the folder"),
         (["--explain", str(images)], f"error: --explain {images}: the overlay {image} would replace the image {image}; "
                                      "choose another folder"),
+        # Refused before any image is read, not after every one is classified.
+        (["--output", str(tmp_path / "notes.txt" / "out.csv")],
+         f"error: --output {tmp_path / 'notes.txt' / 'out.csv'}: {tmp_path / 'notes.txt'} is a file, not a folder"),
+        (["--explain", str(tmp_path / "notes.txt" / "maps")],
+         f"error: --explain {tmp_path / 'notes.txt' / 'maps'}: {tmp_path / 'notes.txt'} is a file, not a folder"),
     ]:
         assert main(["--model", str(checkpoint), str(images), *arguments]) == 1
         assert capsys.readouterr().err.strip().startswith(message)

@@ -27,11 +27,16 @@ def run_stage(main: Callable[[], None]) -> None:
         print(f"error: {error}", file=sys.stderr)
         status = 1
     except OSError as error:  # the machine's, not the code's: a full disk, a file in a folder's way, no permission
-        print(f"error: {error.filename}: {error.strerror}" if error.filename else f"error: {error.strerror or error}", file=sys.stderr)
+        print(f"error: {machine_error(error)}", file=sys.stderr)
         status = 1
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
+
+
+def machine_error(error: OSError) -> str:
+    """An OSError in one line: the file it names and why (a traceback's last line without its errno)."""
+    return f"{error.filename}: {error.strerror}" if error.filename else f"{error.strerror or error}"
 
 
 class InvalidSetting(ValueError):

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from imgpipe.data.decode import IMAGE_SUFFIXES, decode
 from imgpipe.device import pick_device
-from imgpipe.errors import ImgpipeError
+from imgpipe.errors import ImgpipeError, machine_error
 from imgpipe.evaluation.saliency import saliency
 from imgpipe.files import atomic_path
 from imgpipe.models.checkpoint import load_checkpoint
@@ -104,16 +104,30 @@ def refuse_overwriting(output: Path | None, explain: Path | None, files: list[Pa
     images = {os.path.realpath(file): file for file in files}
     if output is not None and output.is_dir():
         raise ImgpipeError(f"{output}: is a folder; --output names the CSV file to write")
+    if output is not None:
+        writable_below(output.parent, "--output", output)
     if output is not None and os.path.realpath(output) in images:
         raise ImgpipeError(f"{output}: is one of the images to classify; --output names the CSV file to write")
     if explain is None:
         return
     if explain.exists() and not explain.is_dir():
         raise ImgpipeError(f"{explain}: is a file; --explain names the folder to write the overlays into")
+    writable_below(explain, "--explain", explain)
     for name in overlay_names(files).values():
         replaced = images.get(os.path.realpath(explain / name))
         if replaced is not None:
             raise ImgpipeError(f"--explain {explain}: the overlay {explain / name} would replace the image {replaced}; choose another folder")
+
+
+def writable_below(folder: Path, flag: str, asked: Path) -> None:
+    """The folder, or the nearest one above it that exists, is a folder this process may write into: checked before
+    any image is read, so that a long run does not end at its first write."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if folder.exists() and not folder.is_dir():
+        raise ImgpipeError(f"{flag} {asked}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ImgpipeError(f"{flag} {asked}: {folder}: no permission to write")
 
 
 def load_model(model: str) -> tuple[torch.nn.Module, Preprocessing, bool]:
@@ -175,17 +189,20 @@ def main(argv: list[str] | None = None) -> int:
         refuse_overwriting(args.output, args.explain, files)
         device = pick_device("cpu" if not is_checkpoint else args.device)
         table, errors = classify(files, model, preprocessing, args.top_k, device, args.explain)
+        for error in errors:
+            print(f"skipped: {error}", file=sys.stderr)
+        if args.output is None:
+            table.to_csv(sys.stdout, index=False)
+        else:
+            with atomic_path(args.output) as tmp:
+                table.to_csv(tmp, index=False)
+            print(f"{len(table)} predictions -> {args.output}", file=sys.stderr)
     except (ImgpipeError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    for error in errors:
-        print(f"skipped: {error}", file=sys.stderr)
-    if args.output is None:
-        table.to_csv(sys.stdout, index=False)
-    else:
-        with atomic_path(args.output) as tmp:
-            table.to_csv(tmp, index=False)
-        print(f"{len(table)} predictions -> {args.output}", file=sys.stderr)
+    except OSError as error:  # the machine's: a full disk, no permission
+        print(f"error: {machine_error(error)}", file=sys.stderr)
+        return 1
     if errors:
         print(f"{len(errors)} of {len(files)} files could not be read", file=sys.stderr)
     return 1 if errors else 0
