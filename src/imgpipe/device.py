@@ -26,6 +26,15 @@ def pick_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
+def finish_queued(device: torch.device) -> None:
+    """Wait until the device has done the work queued on it: GPU work is asynchronous, so a clock read without this
+    stops at the queueing. A no-op on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
 def describe(device: torch.device) -> str:
     """A human name for the device, recorded with every measurement."""
     if device.type == "cuda":

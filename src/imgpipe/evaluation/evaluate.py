@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from imgpipe.data.imageset import ImageSet
+from imgpipe.device import finish_queued
 from imgpipe.evaluation.calibration import Reliability, confidences, reliability
 from imgpipe.evaluation.scores import bootstrap_macro_f1_interval, confusion_matrix, per_class_scores
 from imgpipe.evaluation.stats import wilson_interval
@@ -27,13 +28,12 @@ def top_k_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
 def images_per_second(model: nn.Module, images: torch.Tensor, min_seconds: float = 0.25) -> float:
     """Inference throughput on the images' device: passes over the split, after one warm-up batch,
     until at least `min_seconds` have gone by (so a small split still gives a steady figure)."""
-    cuda = images.device.type == "cuda"
     predict_logits(model, images[:1024])  # warm-up: kernel selection, lazy initialization
+    finish_queued(images.device)  # ...done before the clock starts, not charged to the first pass
     passes, start = 0, time.perf_counter()
     while True:
         predict_logits(model, images)
-        if cuda:
-            torch.cuda.synchronize(images.device)  # GPU work is asynchronous: time it to the end
+        finish_queued(images.device)  # timed to the end of the work, not of its queueing
         passes += 1
         elapsed = time.perf_counter() - start
         if elapsed >= min_seconds:

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from imgpipe.config import TrainConfig
 from imgpipe.data.prepared import Prepared
-from imgpipe.device import hardware, has_native_bf16, pick_device
+from imgpipe.device import finish_queued, hardware, has_native_bf16, pick_device
 from imgpipe.errors import ImgpipeError
 from imgpipe.files import atomic_path
 from imgpipe.lineage import code_version
@@ -316,8 +316,7 @@ def train(model_name: str, model_settings: dict, data: Prepared, config: TrainCo
             break
         start = time.perf_counter()
         figures = train_epoch(setup, stepper, epoch)
-        if setup.device.type == "cuda":  # the steps are queued, not done, when train_epoch returns
-            torch.cuda.synchronize(setup.device)
+        finish_queued(setup.device)  # the steps are queued, not done, when train_epoch returns
         state.training += time.perf_counter() - start
         row = end_epoch(setup, stepper.evaluated(setup.model), state, epoch, figures, start)
         result.history.append(row)
@@ -474,8 +473,7 @@ def end_epoch(setup: Setup, model: Classifier, state: LoopState, epoch: int, fig
     if setup.config.bn_images:  # 0: the statistics training gathered, as they are (re-estimating resets them first)
         norms_start = time.perf_counter()
         reestimate(model, _norm_sample(setup.train_split, setup.config, group, setup.channels_last), group)
-        if setup.device.type == "cuda":  # queued, not done: on the clock, as the steps are
-            torch.cuda.synchronize(setup.device)
+        finish_queued(setup.device)  # queued, not done: on the clock, as the steps are
         state.training += time.perf_counter() - norms_start
     val = _validate(model, setup.val_split, group)
     loss_sum, correct = group.sum(figures["loss_sum"]), group.sum(figures["correct"])
