@@ -7,6 +7,7 @@ from matplotlib import colormaps
 from torch import nn
 
 from imgpipe.evaluation.saliency import gradcam, hirescam, input_gradients, last_conv, saliency
+from imgpipe.models.networks import SmallResNet
 from imgpipe.reporting.figures import overlay
 
 SIZE = 16
@@ -226,3 +227,13 @@ def test_overlay_shows_the_image_where_there_is_no_heat(channels):
     np.testing.assert_array_equal(out[heat == 1], np.broadcast_to(jet_top, (int(heat.sum()), 3)))
     half = overlay(image, heat, alpha=0.5)[4, 6].astype(float)  # half the image, half the colour
     np.testing.assert_allclose(half, (rgb[:, 4, 6] + jet_top) / 2, atol=1)
+
+
+def test_on_the_small_resnet_the_map_is_of_the_last_block_not_its_shortcut():
+    """The last block halves the image, so its 1x1 projection shortcut is the last convolution registered: the map is of
+    the block's body (its second convolution and batch norm, before the residual sum, as torchvision's ResNets above)."""
+    torch.manual_seed(0)
+    model = Pixels(SmallResNet((3, 32, 32), 3), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    maps, name = saliency(model, torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8), torch.tensor([0, 2]))
+    assert name == "HiResCAM on net.features.5.body.4 (BatchNorm2d)"
+    assert maps.shape == (2, 32, 32)

@@ -31,6 +31,9 @@ ELEMENTWISE = (nn.BatchNorm2d, nn.GroupNorm, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn
                nn.Hardswish, nn.Hardsigmoid, nn.Mish, nn.Sigmoid, nn.Tanh)
 
 
+SHORTCUTS = {"shortcut", "downsample"}  # the names residual blocks give their projection shortcut
+
+
 def last_conv(model: nn.Module) -> nn.Module | None:
     """The last nn.Conv2d in module order; None when the model has none."""
     convs = [module for module in model.modules() if isinstance(module, nn.Conv2d)]
@@ -43,7 +46,10 @@ def _target(model: nn.Module) -> tuple[str, nn.Module | None]:
     map is what the classifier reads; the raw convolution's output mixes signs, and its map lights a few
     pixels only."""
     modules = list(model.named_modules())
-    convs = [i for i, (_, module) in enumerate(modules) if isinstance(module, nn.Conv2d)]
+    # A residual block's projection shortcut (SmallResNet's, torchvision's downsample) is a side path registered after
+    # the block's own convolutions: the map is of the block's body, not of the previous block's projection.
+    convs = [i for i, (name, module) in enumerate(modules)
+             if isinstance(module, nn.Conv2d) and not SHORTCUTS & set(name.split("."))]
     if not convs:
         return "", None
     end = convs[-1]
