@@ -74,6 +74,17 @@ def test_served_on_the_cpu_where_there_is_no_accelerator(monkeypatch, artifacts)
     model = served(artifacts)
     assert model.network.device == torch.device("cpu")
     assert len(model.predict(None, {"image": IMAGES})) == 5
+    # One image: the program was traced on two, and its batch dimension is dynamic down to one.
+    assert model.predict(None, {"image": IMAGES[:1]})["predicted"].tolist() == model.predict(None, {"image": IMAGES})["predicted"].tolist()[:1]
+
+
+@pytest.mark.parametrize("variable", ["IMGPIPE_SERVE_MAX_IMAGES", "IMGPIPE_SERVE_MAX_PIXELS"])
+def test_a_bad_request_limit_stops_the_server_as_it_starts(monkeypatch, artifacts, variable):
+    """Not a refusal of every client's request later, as if each client were at fault."""
+    monkeypatch.setenv(variable, "many")
+    with pytest.raises(ImgpipeError) as error:
+        served(artifacts)
+    assert str(error.value) == f"{variable}: must be a whole number >= 1, got 'many'"
 
 
 @pytest.mark.cuda

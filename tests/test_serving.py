@@ -94,6 +94,8 @@ GOOD = _encoded(Image.new("L", (8, 8)))
     (pd.DataFrame({"image": ["this is not base64!"]}), "image 0: not base64 text (send each image file base64-encoded)"),
     (pd.DataFrame.from_records([{"image": GOOD}, {}]), "image 1: missing or not text (float); send every image file base64"),
     ({"image": [GOOD, 7]}, "image 1: missing or not text (int); send every image file base64-encoded"),
+    (pd.DataFrame.from_records([{}, {"image": GOOD}]), "image 0: missing or not text (float); send every image file base64"),
+    ({"image": np.array(7)}, "the request's pixels are int64 of shape (1,)"),
     (pd.DataFrame({"image": [GOOD] * 1025}), "the request holds 1,025 images, more than 1,024 (IMGPIPE_SERVE_MAX_IMAGES)"),
     ([[[0.5, 0.25]]], "image 0: pixels must be whole numbers 0..255, found 0.5"),
     ([[[0, 0]], [[300, 0]]], "image 1: pixels must be whole numbers 0..255, found 300"),
@@ -105,6 +107,12 @@ def test_a_bad_request_fails_in_one_line_naming_what_is_wrong(payload, message):
         read_request(payload, (1, 8, 8), WHITE)
     assert str(error.value).startswith(message) and "\n" not in str(error.value)
     assert "object at 0x" not in str(error.value) and "remove or replace" not in str(error.value)  # advice for folders, not requests
+
+
+def test_one_image_sent_as_a_single_value_is_read():
+    """MLflow parses {"inputs": {"image": "<base64>"}} and {"inputs": "<base64>"} into 0-d arrays: one image."""
+    for payload in ({"image": np.array(GOOD)}, np.array(GOOD), {"image": GOOD}):
+        assert read_request(payload, (1, 8, 8), WHITE).shape == (1, 1, 8, 8)
 
 
 def test_a_base64_file_with_line_breaks_is_read():

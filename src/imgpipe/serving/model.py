@@ -108,12 +108,14 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         self.network = Exported(torch.export.load(context.artifacts[PROGRAM]), serving_device())
         self.preprocessing = Preprocessing.read(Path(context.artifacts[PREPROCESSING]))
+        # Read as the server starts: a bad value stops it in one line, rather than refusing every client's request.
+        self.max_images = _limit("IMGPIPE_SERVE_MAX_IMAGES", MAX_IMAGES)
+        self.max_pixels = _limit("IMGPIPE_SERVE_MAX_PIXELS", MAX_PIXELS)
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
         try:
             images = read_request(model_input, self.preprocessing.image_shape, self.preprocessing.background,
-                                  max_images=_limit("IMGPIPE_SERVE_MAX_IMAGES", MAX_IMAGES),
-                                  max_pixels=_limit("IMGPIPE_SERVE_MAX_PIXELS", MAX_PIXELS))
+                                  max_images=self.max_images, max_pixels=self.max_pixels)
         except ImgpipeError as error:
             raise RefusedRequest(str(error), error_code=BAD_REQUEST) from None
         return top_classes(self.network, images, self.preprocessing.class_names, TOP_K, self.network.device)
@@ -132,11 +134,15 @@ def read_request(payload, image_shape: tuple[int, int, int], background: tuple[i
         if "image" not in payload:
             raise ImgpipeError(f"the request has no 'image' field (it has {', '.join(payload)})")
         payload = payload["image"]
+    if isinstance(payload, np.ndarray) and payload.ndim == 0:  # MLflow's parse of one value: {"inputs": {"image": "<base64>"}}
+        payload = payload.item()
+    if not isinstance(payload, (list, tuple, np.ndarray)):  # one image sent as a single value, not in a list
+        payload = [payload]
     if len(payload) > max_images:
         raise ImgpipeError(f"the request holds {len(payload):,} images, more than {max_images:,} "
                            "(IMGPIPE_SERVE_MAX_IMAGES); send them in several requests")
-    first = next(iter(np.asarray(payload, dtype=object).flat), None)
-    if isinstance(first, (str, bytes)):  # encoded image files, else pixel arrays
+    # Encoded image files where any row holds text (a row without its image is then named by _bytes), else pixel arrays.
+    if any(isinstance(item, (str, bytes)) for item in payload):
         return np.stack([decode(io.BytesIO(_bytes(item, row)), channels, (height, width), background, name=f"image {row}",
                                 max_pixels=max_pixels) for row, item in enumerate(payload)])
     return np.stack([conform(image, channels, (height, width), background) for image in _pixel_images(payload, channels)])
