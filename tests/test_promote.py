@@ -39,3 +39,12 @@ def test_the_candidate_becomes_champion_and_other_data_needs_consent(registry, c
 def test_an_unknown_experiment_fails_in_one_line(registry, capsys):
     assert promote.main(["--experiment", "pets"]) == 1
     assert capsys.readouterr().err.strip() == "error: imgpipe-pets has no candidate; run the pipeline first (dvc repro)"
+
+
+def test_an_unreachable_store_is_named_not_taken_for_a_missing_candidate(monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    assert promote.main(["--experiment", "digits"]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: the MLflow store at http://127.0.0.1:9: ") and "\n" not in error
+    assert "no candidate" not in error

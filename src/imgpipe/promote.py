@@ -27,8 +27,10 @@ def _version(client, name: str, alias_or_number: str):
         if alias_or_number.isdigit():
             return client.get_model_version(name, alias_or_number)
         return client.get_model_version_by_alias(name, alias_or_number)
-    except MlflowException:
-        return None
+    except MlflowException as error:
+        if error.error_code in registry.NOT_FOUND:
+            return None
+        raise  # an unreachable server, no permission: not "no such version"
 
 
 def describe(version) -> str:
@@ -70,10 +72,15 @@ def main(argv: list[str] | None = None) -> int:
         experiment = args.experiment or json.loads(paths.MLFLOW_RUNS.read_text())["experiment"]
     except (OSError, ValueError, KeyError):
         parser.error(f"--experiment is needed: {paths.MLFLOW_RUNS.relative_to(paths.ROOT)} does not name one (run the pipeline first)")
+    from mlflow.exceptions import MlflowException
+
     try:
         print(promote(experiment, args.version, args.allow_other_data))
     except ImgpipeError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except MlflowException as error:
+        print(f"error: the MLflow store at {store.tracking_uri()}: {' '.join(error.message.split())}", file=sys.stderr)
         return 1
     return 0
 

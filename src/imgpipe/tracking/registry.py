@@ -94,11 +94,16 @@ def register(experiment: str, run_id: str, figures: dict[str, float]) -> Registr
     return Registration(str(version), takes, why)
 
 
+NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")  # MLflow's codes for a model, version or alias it lacks
+
+
 def _candidate(client, name: str):
     try:
         return client.get_model_version_by_alias(name, CANDIDATE)
-    except mlflow.exceptions.MlflowException:  # no candidate yet
-        return None
+    except mlflow.exceptions.MlflowException as error:
+        if error.error_code in NOT_FOUND:  # no candidate yet
+            return None
+        raise  # a store that failed to answer: not "no candidate", which would move the alias
 
 
 def settle(client, name: str, rounds: int = 10):
