@@ -2,6 +2,7 @@
 `pipeline`), real DVC, real MLflow. Tests that change the project change a fork of it."""
 
 import json
+import os
 from datetime import datetime
 from pathlib import Path
 
@@ -309,3 +310,20 @@ def test_predict_takes_the_registered_candidate_as_it_takes_its_checkpoint(proje
         assert predict_main(["--model", model, str(tmp_path / "images"), "--output", str(outputs[name])]) == 0
     assert outputs["registered"].read_text() == outputs["checkpoint"].read_text()
     assert predict_main(["--model", "models:/imgpipe-digits@nothing", str(tmp_path / "images")]) == 1
+
+
+def test_predict_places_a_registered_model_on_the_device_asked_for(project, tmp_path, monkeypatch, capsys):
+    """--device for a URI's model too: on a machine that (by this test's word) has a GPU, --device cpu computes on the
+    CPU, where auto would take the GPU; a device the machine lacks is refused naming it."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
+    monkeypatch.delenv("IMGPIPE_SERVE_DEVICE", raising=False)
+    test = load_splits(project / "data/prepared")["test"]
+    write_image_folder(tmp_path / "images", test.images[:8], test.labels[:8], test.class_names)
+    if not torch.cuda.is_available():
+        assert predict_main(["--model", "models:/imgpipe-digits@candidate", str(tmp_path / "images"), "--device", "cuda"]) == 1
+        assert capsys.readouterr().err.strip() == "error: device: cuda was asked for but is not available on this machine; use auto"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert predict_main(["--model", "models:/imgpipe-digits@candidate", str(tmp_path / "images"), "--device", "cpu",
+                         "--output", str(tmp_path / "out.csv")]) == 0
+    assert len(pd.read_csv(tmp_path / "out.csv")) == 8
+    assert "IMGPIPE_SERVE_DEVICE" not in os.environ  # set for the load alone

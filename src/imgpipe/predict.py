@@ -1,7 +1,7 @@
 """Classify new images with a trained model:
 
     python -m imgpipe.predict --model models/cnn/seed0.pt photo.png more_images/ [--output predictions.csv]
-    python -m imgpipe.predict --model models:/imgpipe-digits@champion photo.png    (a registered model, on the CPU)
+    python -m imgpipe.predict --model models:/imgpipe-digits@champion photo.png    (a registered model)
     python -m imgpipe.predict --model models/cnn/seed0.pt photos/ --explain overlays/   (and where it looked)
 
 Images are read and classified 1,024 at a time. Every image goes through prepare's preprocessing (the checkpoint's channel count and image size,
@@ -130,12 +130,13 @@ def writable_below(folder: Path, flag: str, asked: Path) -> None:
         raise ImgpipeError(f"{flag} {asked}: {folder}: no permission to write")
 
 
-def load_model(model: str) -> tuple[torch.nn.Module, Preprocessing, bool]:
-    """The model a checkpoint or an MLflow URI names, its preprocessing, and whether it is a checkpoint."""
+def load_model(model: str, device: str = "auto") -> tuple[torch.nn.Module, Preprocessing, bool]:
+    """The model a checkpoint or an MLflow URI names, its preprocessing, and whether it is a checkpoint. A URI's model
+    is placed on `device` as it loads (auto: where the served model computes, IMGPIPE_SERVE_DEVICE's choice)."""
     if is_uri(model):
         from imgpipe.tracking import registry  # MLflow: imported only for a model of its registry or runs
 
-        return *registry.load(model), False
+        return *registry.load(model, device), False
     network, meta = load_checkpoint(Path(model))
     return network, Preprocessing.of(meta), True
 
@@ -174,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.top_k < 1:
         parser.error("--top-k must be at least 1")
     try:
-        model, preprocessing, is_checkpoint = load_model(args.model)
+        pick_device(args.device)  # refused here, naming --device's value, before any model loads
+        model, preprocessing, is_checkpoint = load_model(args.model, args.device)
         if args.explain is not None and not is_checkpoint:
             raise ImgpipeError(f"--explain needs a checkpoint (models/<variant>/seed<seed>.pt): {args.model} is an exported "
                                "program, which keeps no layers to look into")
@@ -187,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         if not files:
             raise ImgpipeError(f"no image files in {', '.join(map(str, args.paths))}")
         refuse_overwriting(args.output, args.explain, files)
-        device = pick_device("cpu" if not is_checkpoint else args.device)
+        device = pick_device(args.device) if is_checkpoint else model.device  # a served model's: where it was placed
         table, errors = classify(files, model, preprocessing, args.top_k, device, args.explain)
         for error in errors:
             print(f"skipped: {error}", file=sys.stderr)

@@ -4,6 +4,7 @@ promoted to `champion` by hand (imgpipe.promote), and a registered or logged mod
 `runs:/<id>/model`) loaded as predict uses a checkpoint: a module taking uint8 images (B, C, H, W), and the
 preprocessing its images need."""
 
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -128,17 +129,27 @@ def settle(client, name: str, rounds: int = 10):
     return holder
 
 
-def load(uri: str) -> tuple["nn.Module", "Preprocessing"]:
-    """The model at an MLflow URI and its preprocessing (its temperature: the network applies it already)."""
+def load(uri: str, device: str = "auto") -> tuple["nn.Module", "Preprocessing"]:
+    """The model at an MLflow URI and its preprocessing (its temperature: the network applies it already), computing on
+    `device` (auto: where the served model would, IMGPIPE_SERVE_DEVICE's choice)."""
+    from imgpipe.serving.model import SERVE_DEVICE, ImageClassifier  # here: torch's import, for a logged model only
+
     store_client()  # the store the stages use (MLFLOW_TRACKING_URI, else the project's mlflow.db)
+    served_on = os.environ.get(SERVE_DEVICE)
     try:
         import mlflow.pyfunc
 
+        if device != "auto":  # the served model places itself, as it loads, where this variable says
+            os.environ[SERVE_DEVICE] = device
         model = mlflow.pyfunc.load_model(uri)
     except Exception as error:  # MLflow raises many kinds: no such model or alias, store unreachable
         raise ImgpipeError(f"{uri}: cannot load it from MLflow at {tracking_uri()} "
                            f"({type(error).__name__}: {' '.join(str(error).split())[:200]})") from None
-    from imgpipe.serving.model import ImageClassifier  # here: torch's import, for a logged model only
+    finally:
+        if served_on is None:
+            os.environ.pop(SERVE_DEVICE, None)
+        else:
+            os.environ[SERVE_DEVICE] = served_on
 
     try:
         served = model.unwrap_python_model()
