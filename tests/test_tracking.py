@@ -266,3 +266,16 @@ def test_a_study_summarised_again_shows_its_new_winners_figures(store, experimen
     run = store.get_run(parent)  # the later winner's test figure, lower though it is, beside its tag
     assert (run.data.metrics["test_accuracy"], run.data.tags["imgpipe.best_trial"]) == (0.93, "7")
     assert [(m.step, m.value) for m in store.get_metric_history(parent, "test_accuracy")] == [(0, 0.95), (1, 0.93)]
+
+
+def test_a_password_in_the_tracking_uri_is_never_printed_or_committed(monkeypatch):
+    """MLflow takes https://user:token@host; the failure line (and reports/mlflow_runs.json, through shown_uri) show
+    the user and the host, not the token."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://alice:s3cr3t@127.0.0.1:9")
+    assert tracking_store.shown_uri() == "http://alice:***@127.0.0.1:9"
+    with pytest.raises(ImgpipeError) as error:
+        with tracking_store.reported(optional=False):
+            raise ConnectionError("API request to http://alice:s3cr3t@127.0.0.1:9/api/2.0/mlflow/runs/create failed")
+    assert "s3cr3t" not in str(error.value) and "http://alice:***@127.0.0.1:9/api/2.0" in str(error.value)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://mlflow.example.com:5000")  # no password: as it is
+    assert tracking_store.shown_uri() == "https://mlflow.example.com:5000"

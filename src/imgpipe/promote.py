@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except MlflowException as error:
-        print(f"error: the MLflow store at {store.tracking_uri()}: {' '.join(error.message.split())}", file=sys.stderr)
+        print(store.redacted(f"error: the MLflow store at {store.tracking_uri()}: {' '.join(error.message.split())}"), file=sys.stderr)
         return 1
     return 0
 

@@ -109,6 +109,6 @@ def publish(experiment: str, results: dict[str, dict[int, VariantResult]], *, pa
     if None in run_ids.values():
         print("not tracked (tracking.optional: true): " + ", ".join(f"{name} seed {seed}" for name, seed in trainings))
     return {"experiment": experiment,
-            "tracking_uri": "sqlite:///mlflow.db" if local else store.tracking_uri(),  # project-relative: the same everywhere
+            "tracking_uri": "sqlite:///mlflow.db" if local else store.shown_uri(),  # project-relative: the same everywhere
             "candidate": candidate,
             "runs": {name: {str(seed): run_ids[name, seed] for seed in by_seed} for name, by_seed in results.items()}}

@@ -12,7 +12,7 @@ import mlflow
 
 from imgpipe.errors import ImgpipeError
 from imgpipe.tracking.runs import MODEL_URI
-from imgpipe.tracking.store import store_client, store_lock, tracking_uri
+from imgpipe.tracking.store import redacted, store_client, store_lock, tracking_uri
 
 if TYPE_CHECKING:
     from torch import nn
@@ -143,8 +143,8 @@ def load(uri: str, device: str = "auto") -> tuple["nn.Module", "Preprocessing"]:
             os.environ[SERVE_DEVICE] = device
         model = mlflow.pyfunc.load_model(uri)
     except Exception as error:  # MLflow raises many kinds: no such model or alias, store unreachable
-        raise ImgpipeError(f"{uri}: cannot load it from MLflow at {tracking_uri()} "
-                           f"({type(error).__name__}: {' '.join(str(error).split())[:200]})") from None
+        raise ImgpipeError(redacted(f"{uri}: cannot load it from MLflow at {tracking_uri()} "
+                                    f"({type(error).__name__}: {' '.join(str(error).split())[:200]})")) from None
     finally:
         if served_on is None:
             os.environ.pop(SERVE_DEVICE, None)

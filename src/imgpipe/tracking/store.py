@@ -3,6 +3,7 @@ artifacts in mlruns/), which `mlflow ui` opens from there, unless MLFLOW_TRACKIN
 a server; taking turns at it, and a tracking failure as one line."""
 
 import os
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +20,19 @@ EMBEDDED_STORE = f"sqlite:///{paths.MLFLOW_DB}"
 
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or EMBEDDED_STORE
+
+
+PASSWORD_IN_URL = re.compile(r"(//[^/:@\s]+):[^/@\s]+@")  # https://user:token@host: MLflow accepts credentials so
+
+
+def redacted(text: str) -> str:
+    """`text` with any URL's password shown as ***: what is printed, logged or committed (reports/mlflow_runs.json)."""
+    return PASSWORD_IN_URL.sub(r"\1:***@", text)
+
+
+def shown_uri() -> str:
+    """The tracking URI as messages and files name it: without its password."""
+    return redacted(tracking_uri())
 
 
 def takes_turns() -> bool:
@@ -86,7 +100,7 @@ def reported(optional: bool) -> Iterator[None]:
         detail = " ".join(str(error).split())
         if len(detail) > 240:  # MLflow's REST errors name the request first and the cause last: keep both ends
             detail = f"{detail[:140]} ... {detail[-100:]}"
-        message = f"MLflow tracking at {tracking_uri()} failed ({type(error).__name__}: {detail}); the stage's outputs are saved"
+        message = redacted(f"MLflow tracking at {tracking_uri()} failed ({type(error).__name__}: {detail}); the stage's outputs are saved")
         if not optional:
             raise ImgpipeError(f"{message}; fix the store or set tracking.optional: true") from None
         print(f"warning: {message}; going on without tracking (tracking.optional: true)", file=sys.stderr)
@@ -96,5 +110,5 @@ def runs_page(experiment: str) -> str:
     """Where the MLflow UI shows the experiment's runs table. MLflow 3's UI opens on its GenAI view
     unless the page's address asks for the model-training one (the choice is then remembered)."""
     experiment_id = store_client().get_experiment_by_name(experiment).experiment_id
-    server = tracking_uri() if tracking_uri().startswith("http") else "http://127.0.0.1:5000"  # `mlflow ui`'s default
+    server = shown_uri() if tracking_uri().startswith("http") else "http://127.0.0.1:5000"  # `mlflow ui`'s default
     return f"{server.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
