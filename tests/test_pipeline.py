@@ -286,7 +286,7 @@ def test_the_variant_best_on_validation_is_registered_as_the_candidate(project):
     recorded = read_json(project / "reports/mlflow_runs.json")
     version = client.get_model_version_by_alias("imgpipe-digits", "candidate")
     assert version.run_id == recorded["runs"][best]["0"]
-    assert recorded["candidate"] == {"variant": best, "seed": 0, "version": str(version.version), "model": "models:/imgpipe-digits@candidate",
+    assert recorded["candidate"] == {"variant": best, "seed": 0, "version": str(version.version), "model": f"models:/imgpipe-digits/{version.version}",
                                      "candidate": True, "why": f"version {version.version} is the candidate"}
     assert version.tags["imgpipe.variant"] == best and float(version.tags["val_accuracy"]) == train[best][0]["val_accuracy"]
     assert float(version.tags["test_accuracy"]) == read_json(project / f"metrics/test/{best}/seed0.json")["accuracy"]

@@ -77,7 +77,8 @@ def register_best(experiment: str, results: dict[str, dict[int, VariantResult]],
     registered = registry.register(experiment, run_ids[variant, seed], figures)
     name = registry.registered_name(experiment)
     print(f"{variant} seed {seed} (best on validation) registered in {name}: {registered.why}")
-    model = f"models:/{name}@{registry.CANDIDATE}" if registered.candidate else f"models:/{name}/{registered.version}"
+    # The version, not the alias: this file is committed with the execution, and `candidate` may move to another's.
+    model = f"models:/{name}/{registered.version}"
     return {"variant": variant, "seed": seed, "version": registered.version, "model": model,
             "candidate": registered.candidate, "why": registered.why}
 
