@@ -26,6 +26,9 @@ from imgpipe.reporting import figures
 from imgpipe.reporting.report import render, seed_summary
 
 
+LABEL_ISSUES_SHOWN = 24  # of the label check's list, the first shown in its grid (the report's table: the first 10)
+
+
 def main() -> None:
     params = P.load()
     variants, seeds = P.get(params, "train.variants"), P.seeds(params)
@@ -61,7 +64,7 @@ def main() -> None:
             drawn[f"misclassified_{name}"] = figures.misclassified(data["test"], mistakes[name])
             maps = explained[name]
             drawn[f"saliency_{name}"] = figures.explained(data["test"], maps["index"], maps["heat"], maps["captions"])
-        issues = read_csv(paths.LABEL_ISSUES, ("id", "split", "given", "suggested")).head(shown_mistakes)
+        issues = read_csv(paths.LABEL_ISSUES, ("id", "split", "given", "suggested")).head(LABEL_ISSUES_SHOWN)
         drawn["label_issues"] = figures.labelled(
             np.stack([data[split].images[index] for split, index in zip(issues["split"], issues["index"])]) if len(issues) else None,
             [f"{row.id}\n{row.given} -> {row.suggested}?" for row in issues.itertuples()])

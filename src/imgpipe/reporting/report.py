@@ -396,8 +396,8 @@ def comparison_sections(results: dict[str, VariantResult], runs: dict[str, dict[
         f"In brackets: {ci}s on the test images, Wilson's score interval for accuracy and a percentile bootstrap "
         f"over the test images ({RESAMPLES:,} resamples) for macro-F1. Bold marks the best value of each column, "
         "not a difference that is real: the next section tells those apart. Val accuracy is that of the kept "
-        "weights (the most accurate validation epoch). Images/s: inference on the test split, in batches of 1,024, "
-        "on the test device; train seconds: on the training device in the run card. Size on disk: the checkpoint file.",
+        "weights (the most accurate validation epoch). Images/s: inference on the test split's first images (64 MB of "
+        "them at most), in batches of up to 1,024 (16 MB of float32 input), on the test device; train seconds: on the training device in the run card. Size on disk: the checkpoint file.",
         "",
         "## Which differences are real",
         "",
@@ -405,8 +405,9 @@ def comparison_sections(results: dict[str, VariantResult], runs: dict[str, dict[
         "",
         "## Seeds",
         "",
-        f"Each variant is trained once per seed of `train.seeds` ({seeds} here); the sections above and below show "
-        f"seed {first_seed}, the first. Mean ± sample standard deviation over the seeds, then every seed:",
+        f"Each variant is trained once per seed of `train.seeds` ({seeds} here); the headline's model is its variant's "
+        f"seed best on validation, the other sections show seed {first_seed}, the first. Mean ± sample standard "
+        "deviation over the seeds, then every seed:",
         "",
         seeds_section(runs),
         "",
