@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import pytest
 
 from imgpipe import params as P
@@ -85,6 +89,28 @@ def test_data_config_resolves_local_paths_and_refuses_unknown_keys():
         settings.data_config({"data": {"dataset": "csv", "label": "y"}})
     with pytest.raises(ConfigError, match=r"params.yaml: data.channels: must be 1, 3 or null, got 4"):
         settings.data_config({"data": {"dataset": "imagefolder", "channels": 4}})
+
+
+def test_in_an_experiments_copy_a_path_it_lacks_is_the_projects_own(tmp_path, monkeypatch):
+    """`dvc exp run --queue/--temp` runs in .dvc/tmp/exps/.../tmpXYZ/, a copy of the tracked files: README's mirror
+    beside the project (../shared/...) and an untracked folder resolve in the project DVC_ROOT names; what the copy
+    holds is its own; the downloads are kept in the project."""
+    from imgpipe import paths
+
+    project, copy = tmp_path / "project", tmp_path / "project/.dvc/tmp/exps/standalone/tmpxyz"
+    for folder in (copy / "tracked", project / "photos", tmp_path / "shared/fashion"):
+        folder.mkdir(parents=True)
+    monkeypatch.setattr(paths, "ROOT", copy)
+    monkeypatch.setattr(paths, "PROJECT_ROOT", project)
+    config = settings.data_config({"data": {"dataset": "fashion_mnist", "mirror": "../shared/fashion"}})
+    assert config.mirror == str(project / "../shared/fashion")
+    assert settings.data_config({"data": {"dataset": "imagefolder", "path": "photos"}}).path == project / "photos"
+    assert settings.data_config({"data": {"dataset": "imagefolder", "path": "tracked"}}).path == copy / "tracked"
+    assert settings.data_config({"data": {"dataset": "fashion_mnist", "mirror": ""}}).mirror is None  # not the project folder
+    (copy / "dvc.yaml").write_text("stages: {}\n")
+    shown = subprocess.run([sys.executable, "-c", "from imgpipe import paths; print(paths.ROOT, paths.DOWNLOADS, paths.MLFLOW_DB)"],
+                           cwd=copy, env={**os.environ, "DVC_ROOT": str(project)}, capture_output=True, text=True, check=True)
+    assert shown.stdout.split() == [str(copy), str(project / "data/downloads"), str(project / "mlflow.db")]
 
 
 @pytest.mark.parametrize("seeds", [[], [0, 0], [-1], ["a"], 3, [True]])

@@ -457,6 +457,10 @@ def test_mirror_from_the_environment(mnist_mirror, monkeypatch):
     mirror, images, _ = mnist_mirror
     monkeypatch.setenv("IMGPIPE_MIRROR", mirror.as_uri())
     assert np.array_equal(fetch(DataConfig(dataset="mnist"))["train"].images, images[:20])
+    shutil.rmtree(paths.DOWNLOADS)
+    monkeypatch.setattr(paths, "ROOT", mirror.parent)  # a relative folder is the project's, as data.mirror's is
+    monkeypatch.setenv("IMGPIPE_MIRROR", mirror.name)
+    assert np.array_equal(fetch(DataConfig(dataset="mnist"))["train"].images, images[:20])
 
 
 def test_download_with_a_wrong_checksum_is_refused_and_removed(mnist_mirror):

@@ -17,7 +17,6 @@ ROOT = _project_root()
 PARAMS = ROOT / "params.yaml"
 DVC_LOCK = ROOT / "dvc.lock"
 
-DOWNLOADS = ROOT / "data" / "downloads"  # kept across fetch runs: not a DVC output
 RAW = ROOT / "data" / "raw"
 PREPARED = ROOT / "data" / "prepared"
 MODELS = ROOT / "models"
@@ -33,11 +32,20 @@ SWEEP_REPORT = REPORTS / "sweep.md"  # the last sweep's summary (python -m imgpi
 SWEEP_DB = ROOT / "sweep.db"  # Optuna's studies, unless sweep.storage names another database
 SWEEPS = ROOT / "sweeps"  # sweeps/<study>/trial-<n>.pt: the checkpoint of each completed trial
 
-# Queued experiments (`dvc queue start`) run in copies of the project under .dvc/tmp/exps/; DVC_ROOT,
-# which DVC sets for every stage it runs, names the project they belong to, so their MLflow runs
-# land in the project's own store rather than in a copy that is thrown away.
-TRACKING_ROOT = Path(os.environ.get("DVC_ROOT") or ROOT)
-MLFLOW_DB = TRACKING_ROOT / "mlflow.db"
+# Queued and --temp experiments (`dvc exp run --queue`, `--temp`) run in copies of the project under .dvc/tmp/exps/;
+# DVC_ROOT, which DVC sets for every stage it runs, names the project they belong to. What outlives a run lives
+# there, not in a copy that is thrown away: the MLflow store, and the downloads (an offline machine has them there).
+PROJECT_ROOT = Path(os.environ.get("DVC_ROOT") or ROOT)
+MLFLOW_DB = PROJECT_ROOT / "mlflow.db"
+DOWNLOADS = PROJECT_ROOT / "data" / "downloads"  # kept across fetch runs: not a DVC output
+
+
+def in_project(given: str | Path) -> Path:
+    """A path a user gave (params.yaml, IMGPIPE_MIRROR), relative to the project root; an absolute one as it is. In a
+    queued or --temp experiment's copy, one the copy lacks (an untracked folder, a mirror beside the project:
+    ../shared/...) is the project's own."""
+    here = ROOT / Path(given).expanduser()
+    return here if here.exists() else PROJECT_ROOT / Path(given).expanduser()
 
 
 # A variant is trained once per seed of train.seeds: each (variant, seed) has its own files, in a

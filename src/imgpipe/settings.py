@@ -79,8 +79,8 @@ def require_augmentation_fits(params: dict, name: str, config: TrainConfig, imag
 
 
 def _local(value: str | None) -> Path | None:
-    """A path from params.yaml, relative to the project root."""
-    return None if value is None else paths.ROOT / Path(str(value)).expanduser()
+    """A path from params.yaml: paths.in_project's."""
+    return None if value is None else paths.in_project(str(value))
 
 
 def data_config(params: dict) -> DataConfig:
@@ -93,6 +93,8 @@ def data_config(params: dict) -> DataConfig:
     for key in ("path", "test_path"):
         if key in settings:
             settings[key] = _local(settings[key])
+    if settings.get("mirror") == "":  # as CI writes an unset variable into it: no mirror, not the project's folder
+        del settings["mirror"]
     mirror = settings.get("mirror")
     if mirror is not None and "://" not in str(mirror):
         settings["mirror"] = str(_local(mirror))

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from imgpipe import paths
 from imgpipe.errors import InvalidSetting, require
 
 FREEZE = ("none", "backbone")
@@ -100,7 +101,7 @@ class TorchvisionNet(nn.Module):
         if self.weights is None:
             return
         if self.pretrained is None:
-            path = Path(self.weights)
+            path = paths.in_project(self.weights)
             try:
                 state = torch.load(path, map_location="cpu", weights_only=True)
             except FileNotFoundError:

@@ -151,7 +151,7 @@ def _obtain(cls, filename: str, path: Path, mirror: str | None, is_url: bool) ->
     """Put `filename` at `path` from the mirror folder, the mirror URL or the dataset's hosts; returns
     where it came from, in words."""
     if mirror is not None and not is_url:
-        folder = Path(mirror).expanduser().resolve()
+        folder = paths.in_project(mirror).resolve()
         if not folder.is_dir():
             raise ImgpipeError(f"{folder}: mirror folder not found; set data.mirror (or IMGPIPE_MIRROR) to a folder or URL")
         if not (folder / filename).is_file():
@@ -209,7 +209,7 @@ def _cifar(cls, archive: Path, root: Path) -> dict[str, ImageSet]:
 
 
 def torchvision_source(config: DataConfig) -> Fetched:
-    mirror = config.mirror or os.environ.get("IMGPIPE_MIRROR")
+    mirror = config.mirror or os.environ.get("IMGPIPE_MIRROR") or None  # an empty variable sets no mirror
     if mirror is not None and mirror.startswith("file://"):
         mirror = urllib.parse.unquote(urllib.parse.urlparse(mirror).path)  # a file:// URL is a local folder
     is_url = mirror is not None and "://" in mirror
