@@ -25,7 +25,6 @@ from imgpipe.files import atomic_path, read_arrays, read_csv, read_json, write_j
 from imgpipe.reporting import figures
 from imgpipe.reporting.report import render, seed_summary
 
-
 LABEL_ISSUES_SHOWN = 24  # of the label check's list, the first shown in its grid (the report's table: the first 10)
 
 
@@ -49,6 +48,13 @@ def main() -> None:
         rows = predictions.set_index("index").loc[explained[name]["index"]]
         explained[name]["captions"] = [f"true {row.actual}\npred {row.predicted} ({row.confidence:.0%})" for row in rows.itertuples()]
 
+    issues = read_csv(paths.LABEL_ISSUES, ("id", "split", "given", "suggested")).head(LABEL_ISSUES_SHOWN)
+    experiment, _ = P.tracking(params)  # checked here too: publish reads it
+    run = {"params_hash": provenance.params_hash(params), "commit": provenance.git_commit(), "dirty": provenance.git_dirty(),
+           "experiment": provenance.dvc_experiment(), "versions": provenance.versions(), "mlflow_experiment": experiment}
+    # Composed before anything is written: a setting or file it fails on leaves the figures as they were too.
+    report = render(P.get(params, "data.dataset"), card, results, run, runs, saliency={name: str(maps["method"]) for name, maps in explained.items()},
+                    label_issues=(read_json(paths.LABEL_ISSUES_SUMMARY), issues))
     with atomic_path(paths.FIGURES) as folder:
         folder.mkdir()
         drawn = {
@@ -64,18 +70,12 @@ def main() -> None:
             drawn[f"misclassified_{name}"] = figures.misclassified(data["test"], mistakes[name])
             maps = explained[name]
             drawn[f"saliency_{name}"] = figures.explained(data["test"], maps["index"], maps["heat"], maps["captions"])
-        issues = read_csv(paths.LABEL_ISSUES, ("id", "split", "given", "suggested")).head(LABEL_ISSUES_SHOWN)
         drawn["label_issues"] = figures.labelled(
             np.stack([data[split].images[index] for split, index in zip(issues["split"], issues["index"])]) if len(issues) else None,
             [f"{row.id}\n{row.given} -> {row.suggested}?" for row in issues.itertuples()])
         for figure_name, figure in drawn.items():
             figures.save(figure, folder / paths.figure(figure_name).name)
-    experiment, optional = P.tracking(params)
-    run = {"params_hash": provenance.params_hash(params), "commit": provenance.git_commit(), "dirty": provenance.git_dirty(),
-           "experiment": provenance.dvc_experiment(), "versions": provenance.versions(), "mlflow_experiment": experiment}
-    write_text(paths.report(), render(P.get(params, "data.dataset"), card, results, run, runs,
-                                           saliency={name: str(maps["method"]) for name, maps in explained.items()},
-                                           label_issues=(read_json(paths.LABEL_ISSUES_SUMMARY), issues)))
+    write_text(paths.report(), report)
     write_json(paths.VARIANTS, {name: seed_summary(by_seed) for name, by_seed in runs.items()})
     print(f"wrote {paths.report().relative_to(paths.ROOT)} and {len(drawn)} figures in {paths.FIGURES.relative_to(paths.ROOT)}")
 

@@ -43,8 +43,9 @@ BAD_CSV = "label,pixel1,pixel2,pixel3,pixel4\n1,0,255,3,4\n2,0,12,x,4\n"
 FAILURES = {  # stage: (params.yaml changes, the stage's error)
     "fetch": ({"data__dataset": "csv", "data__path": "{csv}"}, "error: {csv} line 3, column 'pixel3': 'x' is not a number"),
     "train@centroid-0": ({"train__epochs": 0}, "error: params.yaml: train.epochs: must be a whole number >= 1, got 0"),
-    "report": ({"report__samples_per_class": 0},
-               "error: params.yaml: report.samples_per_class: must be a whole number >= 1, got 0"),
+    # A setting the stage checks late (after the figures are drawn): its new figures must not be swapped in.
+    "report": ({"report__samples_per_class": 3, "tracking__optional": 1},
+               "error: params.yaml: tracking.optional: must be true or false, got 1"),
 }
 
 
