@@ -76,4 +76,4 @@ def test_a_bad_model_setting_fails_once_before_any_rank_starts(pipeline, tmp_pat
     edit_params(project, train__devices=2, models__cnn={"channels": [16, 32], "kernel_size": 2})
     done = run(["python", "stages/train.py", "cnn", "0"], project, check=False)
     assert done.returncode == 1 and "torch.distributed" not in done.stderr + done.stdout
-    assert done.stderr.strip() == "error: params.yaml: models.cnn.kernel_size: must be an odd integer, got 2"
+    assert done.stderr.strip() == "error: params.yaml: models.cnn.kernel_size: must be an odd whole number >= 1, got 2"

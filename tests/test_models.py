@@ -61,7 +61,7 @@ def test_a_width_that_is_not_a_list_of_counts_is_refused_by_name(model, setting,
 
 @pytest.mark.parametrize("model, setting, value", [
     ("mlp", "dropout", None), ("cnn", "dropout", "0.2"), ("speedrun_cnn", "activation", ["relu"]), ("cnn", "batch_norm", "no"),
-    ("cnn", "kernel_size", True)])
+    ("cnn", "kernel_size", True), ("cnn", "kernel_size", -1)])
 def test_a_setting_of_the_wrong_type_is_refused_by_name_not_by_a_traceback(model, setting, value):
     with pytest.raises(InvalidSetting) as caught:
         build_model(model, (1, 8, 8), 10, **{setting: value})

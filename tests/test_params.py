@@ -22,6 +22,13 @@ def test_variant_takes_train_settings_and_its_own_overrides():
     assert settings.variant(BASE, "linear", 0).config.epochs == 5
 
 
+@pytest.mark.parametrize("spec", [[16, 32], "wide"])
+def test_a_variants_settings_that_are_not_a_mapping_are_refused_in_one_line(spec):
+    with pytest.raises(ConfigError) as error:
+        settings.variant(BASE | {"models": {"cnn": spec}}, "cnn", 0)
+    assert str(error.value) == f"params.yaml: models.cnn: must map the variant's settings to values (e.g. channels: [16, 32]), got {spec!r}"
+
+
 def test_variant_may_name_another_model():
     wide = settings.variant(BASE, "wide", 0)
     assert (wide.model, wide.settings) == ("cnn", {"channels": [64]})

@@ -38,7 +38,11 @@ def variant(params: dict, name: str, seed: int) -> Variant:
             raise ConfigError("params.yaml: train.seed: replaced by train.seeds, a list of seeds (e.g. seeds: [0])")
         if key not in (*TRAIN_SETTINGS, "variants", "seeds"):
             raise ConfigError(f"params.yaml: train.{key}: unknown setting; valid: variants, seeds, {', '.join(TRAIN_SETTINGS)}")
-    spec = dict(P.get(params, f"models.{name}", None) or {})
+    spec = P.get(params, f"models.{name}", None) or {}
+    if not isinstance(spec, dict):
+        raise ConfigError(f"params.yaml: models.{name}: must map the variant's settings to values (e.g. channels: [16, 32]), "
+                          f"got {spec!r}")
+    spec = dict(spec)
     model = spec.pop("model", name)
     overrides = {key: spec.pop(key) for key in TRAIN_SETTINGS if key in spec}
     base = {key: value for key, value in train_section.items() if key not in ("variants", "seeds")}

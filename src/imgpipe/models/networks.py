@@ -184,7 +184,8 @@ class TinyVGG(nn.Module):
         super().__init__()
         in_channels, height, width = input_shape
         _require_halving_blocks(channels, height, width)
-        require(is_int(kernel_size) and kernel_size % 2 == 1, "kernel_size", f"must be an odd integer, got {kernel_size}")
+        require(is_int(kernel_size) and kernel_size > 0 and kernel_size % 2 == 1, "kernel_size",
+                f"must be an odd whole number >= 1, got {kernel_size}")
         require(isinstance(batch_norm, bool), "batch_norm", f"must be true or false, got {batch_norm!r}")
         out_height, out_width = height >> len(channels), width >> len(channels)
         require(_is_fraction(dropout), "dropout", f"must be in [0, 1), got {dropout!r}")
