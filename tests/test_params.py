@@ -86,6 +86,18 @@ def test_unreadable_params_file_is_named(tmp_path):
         P.load(path)
 
 
+def test_params_are_read_as_dvc_reads_them(tmp_path):
+    """YAML 1.2, as DVC's ruamel.yaml: what `dvc params diff` shows is what the stage gets; a date is its text."""
+    from dvc.utils.serialize import parse_yaml
+
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  lr: 1e-3\n  epochs: 010\n  nesterov: true\ntracking:\n  experiment: 2026-12-04\n")
+    params = P.load(path)
+    assert params == {"train": {"lr": 0.001, "epochs": 10, "nesterov": True}, "tracking": {"experiment": "2026-12-04"}}
+    dvc = parse_yaml(path.read_text(), str(path))
+    assert dvc["train"] == params["train"]
+
+
 def test_data_config_resolves_local_paths_and_refuses_unknown_keys():
     from imgpipe import paths
 

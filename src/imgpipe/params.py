@@ -3,26 +3,39 @@
 Errors name the key as the user types it (`train.epochs`, `models.cnn.channels`).
 """
 
+import datetime
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import yaml
+from ruamel.yaml import YAML, YAMLError
 
 from imgpipe import paths
 from imgpipe.errors import ConfigError, InvalidSetting
 
 
 def load(path: Path = paths.PARAMS) -> dict:
+    """params.yaml as DVC reads it (ruamel.yaml, YAML 1.2): `lr: 1e-3` is a number and `010` is ten to both, as
+    `dvc params diff` and `dvc exp show` show them (PyYAML's YAML 1.1 read the text '1e-3', and eight)."""
     try:
-        params = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        params = YAML(typ="safe").load(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: not found; run from the project root") from None
-    except yaml.YAMLError as error:
+    except YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
     if not isinstance(params, dict):
         raise ConfigError(f"{path}: must be a mapping of sections (data:, train:, models:)")
-    return params
+    return _dates_as_text(params)
+
+
+def _dates_as_text(node):
+    """A date (tracking.experiment: 2026-12-04) is the text it was written as: no setting takes a date, and the
+    run's records (its params hash, MLflow's params) are JSON."""
+    if isinstance(node, dict):
+        return {key: _dates_as_text(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_dates_as_text(value) for value in node]
+    return node.isoformat() if isinstance(node, datetime.date) else node
 
 
 def get(params: dict, key: str, default=...):
