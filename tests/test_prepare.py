@@ -231,6 +231,11 @@ def test_listed_images_leave_the_training_split_only(tmp_path):
         assert np.array_equal(image_ids(tmp_path / "after", split), ids[split])
     (tmp_path / "list.txt").write_text("# reviewed\ntrain:3\n\ntrain:7  # a 7 labelled 1\n")
     assert read_excluded(tmp_path / "list.txt") == {"train:3", "train:7"}
+    # The CSV as a spreadsheet saves it: a byte-order mark, quoted cells, CRLF; or its id column alone.
+    (tmp_path / "saved.csv").write_bytes('\ufeffid,split,given\r\n"train:3",train,"7"\r\ntrain:7,train,1\r\n'.encode())
+    assert read_excluded(tmp_path / "saved.csv") == {"train:3", "train:7"}
+    (tmp_path / "ids.csv").write_text("id\ntrain:3\ntrain:7\n")
+    assert read_excluded(tmp_path / "ids.csv") == {"train:3", "train:7"}
     with pytest.raises(InvalidSetting, match=r"^exclude: train:1797 names no image of this data \(its raw splits: train:0..1796\)"):
         prepare_into(raw, tmp_path / "other", 0.15, 0.2, seed=0, exclude={"train:3", "train:1797"})
     with pytest.raises(InvalidSetting, match=r"^exclude: val:5 names no image"):  # the digits have no raw val split

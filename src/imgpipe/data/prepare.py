@@ -4,6 +4,7 @@ Images stay uint8 on disk; the per-channel mean/std (on the 0..1 scale) come fro
 split alone, so nothing about validation or test images leaks into training.
 """
 
+import csv
 import hashlib
 import re
 from dataclasses import dataclass
@@ -238,18 +239,21 @@ def without(selection: Selection, exclude: set[str]) -> Selection:
 
 
 def read_excluded(path: Path) -> set[str]:
-    """The image ids a file lists: one per line (# starts a comment), or a CSV with an `id` column
-    (metrics/label_issues.csv, or a copy of it kept to the rows you agree with)."""
+    """The image ids a file lists: one per line (# starts a comment), or a CSV with an `id` column: a copy of
+    metrics/label_issues.csv kept to the rows you agree with (not that file itself: prepare would depend on a later
+    stage's output, which DVC refuses), as a spreadsheet saves it too (a byte-order mark, quoted cells)."""
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
     except OSError as error:
         raise ImgpipeError(f"{path}: cannot read the list of images to exclude ({error.strerror})") from None
     rows = [line.split("#")[0].strip() for line in lines]
     rows = [row for row in rows if row]
-    if rows and "," in rows[0]:
-        header = rows[0].split(",")
+    if rows and ("," in rows[0] or rows[0].strip('"') == "id"):
+        table = list(csv.reader(rows))
+        header = [name.strip() for name in table[0]]
         require("id" in header, "exclude", f"{path}: a CSV must have an 'id' column; it has {', '.join(header)}")
-        rows = [row.split(",")[header.index("id")] for row in rows[1:]]
+        column = header.index("id")
+        rows = [row[column].strip() if column < len(row) else "" for row in table[1:]]
     bad = next((row for row in rows if not IMAGE_ID.fullmatch(row)), None)
     require(bad is None, "exclude", f"{path}: {bad!r} is not an image id (such as train:1234)")
     return set(rows)
