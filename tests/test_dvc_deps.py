@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from imgpipe import lineage
+from imgpipe.serving import export
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
@@ -33,6 +34,8 @@ def _declared_modules(stage: dict) -> set[str]:
 
 def _differences(stage: dict) -> tuple[set[str], set[str]]:
     needed = {path.relative_to(REPO).as_posix() for path in lineage.closure(_script(stage))}
+    if "src/imgpipe/serving/export.py" in needed:  # it copies the served model's loader and its closure, by path
+        needed |= {path.relative_to(REPO).as_posix() for path in export.code_files()}
     declared = _declared_modules(stage)
     return needed - declared, declared - needed
 
