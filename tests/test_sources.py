@@ -226,6 +226,24 @@ def test_train_valid_test_layout(tmp_path):
     assert (len(prepared.train), len(prepared.val), len(prepared.test)) == (12, 6, 6)
 
 
+def test_split_folders_are_found_in_any_case_and_hidden_files_are_passed_over(tmp_path):
+    """Kaggle's Training/ and Testing/ are splits, not two classes; a .thumbs/ folder and macOS's ._a.png are no images."""
+    images, labels = small_digits(16)
+    write_image_folder(tmp_path / "Training", images[:8], labels[:8], ["3", "7", "a", "b"])
+    write_image_folder(tmp_path / "Testing", images[8:], labels[8:], ["3", "7", "a", "b"])
+    shown = next((tmp_path / "Training").iterdir())
+    (shown / ".thumbs").mkdir()
+    Image.new("L", (8, 8)).save(shown / ".thumbs" / "x.png")
+    (shown / "._00000.png").write_bytes(b"\x00\x05\x16\x07 resource fork")  # not an image: refused unless passed over
+    splits = fetch(DataConfig(dataset="imagefolder", path=tmp_path))
+    assert {split: len(s) for split, s in splits.items()} == {"train": 8, "test": 8}
+    assert splits["train"].class_names == ("3", "7", "a", "b")
+    write_image_folder(tmp_path / "validation", images[:4], labels[:4], ["3", "7", "a", "b"])
+    write_image_folder(tmp_path / "val", images[:4], labels[:4], ["3", "7", "a", "b"])
+    with pytest.raises(ImgpipeError, match=r"both val/ and validation/ hold the val split; keep one"):
+        fetch(DataConfig(dataset="imagefolder", path=tmp_path))
+
+
 def test_image_folder_refuses_class_numbers_as_ambiguous(tmp_path):
     root = _logo_folder(tmp_path / "logos")
     raw = fetch(DataConfig(dataset="imagefolder", path=root, channels=3))

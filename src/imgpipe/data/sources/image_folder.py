@@ -1,5 +1,6 @@
 """Folders of image files: one sub-folder per class (the Arsenal/Liverpool logo layout), or `train/`
-plus `valid/` (or `val/`) and `test/` folders each holding class folders (the fastai MNIST layout).
+plus `valid/` (or `val/`, `validation/`) and `test/` folders each holding class folders (the fastai MNIST layout;
+in any case, and Kaggle's `Training/` and `Testing/`). Hidden files and folders are passed over.
 
 Any image PIL reads (PNG RGBA, palette or 16-bit, JPEG, grayscale) is converted to the channel count
 asked for (none asked: 3 if any image of any split is in colour, by its PIL mode, else 1),
@@ -26,7 +27,9 @@ from imgpipe.data.decode import IMAGE_SUFFIXES, UNREADABLE, decode, unreadable, 
 from imgpipe.data.imageset import SPLITS, Fetched
 from imgpipe.errors import ImgpipeError
 
-SPLIT_FOLDERS = {"train": "train", "valid": "val", "val": "val", "test": "test"}
+# Split folders by name, in any case (Kaggle's Training/ and Testing/ too): the split each holds.
+SPLIT_FOLDERS = {"train": "train", "training": "train", "valid": "val", "val": "val", "validation": "val", "test": "test",
+                 "testing": "test"}
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 
 
@@ -83,7 +86,9 @@ def _list_classes(folder: Path, on_bad_file: str) -> tuple[list[Path], list[str]
     files, labels, skipped = [], [], 0
     for class_folder in classes:
         found = 0
-        for file in sorted(p for p in class_folder.rglob("*") if p.is_file()):
+        # Hidden files and folders are no images: a .thumbs/ cache, macOS's ._photo.png beside each photo.
+        for file in sorted(p for p in class_folder.rglob("*")
+                           if p.is_file() and not any(part.startswith(".") for part in p.relative_to(class_folder).parts)):
             if file.suffix.lower() not in IMAGE_SUFFIXES:
                 if on_bad_file == "error":
                     raise ImgpipeError(f"{file}: not an image file; remove it, or set data.on_bad_file: skip")
@@ -103,7 +108,12 @@ def image_folder(config: DataConfig) -> Fetched:
     root = config.require_path()
     if not root.is_dir():
         raise ImgpipeError(f"{root}: not found or not a folder; set data.path to the folder of class folders")
-    split_folders = {SPLIT_FOLDERS[p.name]: p for p in root.iterdir() if p.is_dir() and p.name in SPLIT_FOLDERS}
+    split_folders = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name.lower() in SPLIT_FOLDERS):
+        split = SPLIT_FOLDERS[folder.name.lower()]
+        if split in split_folders:
+            raise ImgpipeError(f"{root}: both {split_folders[split].name}/ and {folder.name}/ hold the {split} split; keep one")
+        split_folders[split] = folder
     if "train" not in split_folders:
         split_folders = {"train": root}
     listed = {split: _list_classes(split_folders[split], config.on_bad_file) for split in SPLITS if split in split_folders}
