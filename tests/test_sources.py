@@ -141,6 +141,17 @@ def test_csv_of_words_has_named_classes(tmp_path):
         select_classes(raw, [0, 1])
 
 
+def test_csv_labels_are_read_as_text_whatever_pandas_would_guess(tmp_path):
+    """A class named NA is a class, not an empty cell; labels 0..9 then letters in a file large enough for pandas to
+    read in chunks (ints beside strings: np.unique's TypeError) are words, alike in a small file."""
+    path = write_csv(tmp_path / "na.csv", np.zeros((4, 1, 2, 2), np.uint8), ["NA", "B", "NA", "null"])
+    assert fetch(DataConfig(dataset="csv", path=path))["train"].class_names == ("B", "NA", "null")
+    big = tmp_path / "big.csv"
+    big.write_text("label,p1,p2,p3,p4\n" + "0,1,2,3,4\n1,1,2,3,4\n" * 200_000 + "A,1,2,3,4\n")
+    raw = fetch(DataConfig(dataset="csv", path=big))["train"]
+    assert raw.class_names == ("0", "1", "A") and raw.class_labels is None and len(raw) == 400_001
+
+
 def test_csv_colour_layout_from_params(tmp_path):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (6, 3, 2, 5), dtype=np.uint8)
@@ -157,6 +168,11 @@ def test_csv_colour_layout_from_params(tmp_path):
     (lambda lines: lines.__setitem__(5, lines[5].rsplit(",", 1)[0]), r"bad.csv line 6: no value in column 'pixel16'"),
     (lambda lines: lines.__setitem__(4, lines[4].rsplit(",", 1)[0] + ",300"), r"bad.csv line 5, column 'pixel16': 300 is not a pixel value"),
     (lambda lines: lines.__setitem__(0, lines[0].replace("label", "letter")), r"bad.csv: no label column 'label' \(columns: letter, pixel1"),
+    (lambda lines: lines.__setitem__(4, lines[4].rsplit(",", 1)[0] + ",NA"), r"bad.csv line 5, column 'pixel16': 'NA' is not a number"),
+    (lambda lines: lines.__setitem__(4, lines[4].rsplit(",", 1)[0] + "," + str(2**64)),
+     r"bad.csv line 5, column 'pixel16': 1.8\d*e\+19 is not a pixel value"),
+    (lambda lines: lines.__setitem__(slice(1, None), [line.rsplit(",", 1)[0] + ",True" for line in lines[1:]]),  # a bool column
+     r"bad.csv line 2, column 'pixel16': (np\.)?True_? is not a number"),
 ])
 def test_bad_csv_cells_are_named_by_line_and_column(tmp_path, edit, message):
     images, labels = small_digits(8, size=4)

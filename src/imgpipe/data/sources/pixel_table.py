@@ -27,7 +27,9 @@ def read_table(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise ImgpipeError(f"{path}: not found; check data.path / data.test_path")
     try:
-        frame = pd.read_csv(path, skip_blank_lines=False)
+        # Labels as text: pandas guesses a type per chunk of a large file (0..9, then A..Z: ints beside strings), and
+        # takes the words NA, None or null for missing. Only an empty cell is missing, in any column.
+        frame = pd.read_csv(path, skip_blank_lines=False, dtype={label_column: str}, keep_default_na=False, na_values=[""])
     except pd.errors.ParserError as error:
         found = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(error))
         if found:
@@ -48,14 +50,17 @@ def read_table(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray]:
         row, col = np.argwhere(missing)[0]
         raise ImgpipeError(f"{path} line {_line(row)}: no value in column {frame.columns[col]!r} "
                            f"(a short row or an empty cell; every row needs {len(frame.columns)} columns)")
-    labels = frame.pop(label_column).to_numpy()
+    labels = _labels(frame.pop(label_column))
     if frame.shape[1] == 0:
         raise ImgpipeError(f"{path}: has no pixel columns besides {label_column!r}")
     for column in frame.columns:
-        if not pd.api.types.is_numeric_dtype(frame[column]):
+        if pd.api.types.is_bool_dtype(frame[column]) or not pd.api.types.is_numeric_dtype(frame[column]):
             numbers = pd.to_numeric(frame[column], errors="coerce")
-            row = int(np.flatnonzero(numbers.isna())[0])
-            raise ImgpipeError(f"{path} line {_line(row)}, column {column!r}: {frame[column].iloc[row]!r} is not a number")
+            wrong = numbers.isna() | pd.Series(pd.api.types.is_bool_dtype(frame[column]), index=frame.index)
+            if wrong.any():
+                row = int(np.flatnonzero(wrong)[0])
+                raise ImgpipeError(f"{path} line {_line(row)}, column {column!r}: {frame[column].iloc[row]!r} is not a number")
+            frame[column] = numbers.astype(np.float64)  # numbers too large for int64: the range check names them
     pixels = frame.to_numpy()
     bad = (pixels < 0) | (pixels > 255) | (pixels != np.round(pixels))
     if bad.any():
@@ -63,6 +68,13 @@ def read_table(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray]:
         raise ImgpipeError(f"{path} line {_line(row)}, column {frame.columns[col]!r}: {pixels[row, col]} "
                            "is not a pixel value (whole numbers 0..255)")
     return pixels.astype(np.uint8), labels
+
+
+def _labels(column: pd.Series) -> np.ndarray:
+    """The label column, read as text: numbers where every label is one (their classes keep their numbers), else the
+    words as they are."""
+    numbers = pd.to_numeric(column, errors="coerce")
+    return column.to_numpy(dtype=str) if numbers.isna().any() else numbers.to_numpy()
 
 
 def _image_shape(path: Path, pixels: int, config: DataConfig) -> tuple[int, int, int]:
