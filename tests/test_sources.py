@@ -56,6 +56,29 @@ def test_idx_labels_that_name_no_class_are_refused_naming_the_item(tmp_path, cod
     assert str(caught.value) == f"{tmp_path / 'train-labels-idx1-ubyte'}: {message}"
 
 
+def test_idx_classes_are_the_training_labels_and_keep_their_numbers(tmp_path):
+    """A subset of the digits (0, 1, 2, 5) has four classes, not six with two empty; a test label the training split
+    lacks, an empty pair and a file both plain and gzipped are refused in one line."""
+    images = small_digits(8)[0][:, 0]
+    write_idx(tmp_path / "train-images-idx3-ubyte", images)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", np.array([0, 1, 2, 5, 0, 1, 2, 5], np.uint8))
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", images[:3])
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.array([5, 0, 2], np.uint8))
+    splits = fetch(DataConfig(dataset="idx", path=tmp_path))
+    assert splits["train"].class_names == ("0", "1", "2", "5") and splits["train"].class_labels == (0, 1, 2, 5)
+    assert splits["test"].labels.tolist() == [3, 0, 2]
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.array([5, 7, 2], np.uint8))
+    with pytest.raises(ImgpipeError, match=r"t10k-labels-idx1-ubyte: label 7 \(item 1\) does not occur in the training labels"):
+        fetch(DataConfig(dataset="idx", path=tmp_path))
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", images[:0])
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(0, np.uint8))
+    with pytest.raises(ImgpipeError, match=r"t10k-images-idx3-ubyte: holds no images"):
+        fetch(DataConfig(dataset="idx", path=tmp_path))
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", images[:3])
+    with pytest.raises(ImgpipeError, match=r"holds both t10k-images-idx3-ubyte and t10k-images-idx3-ubyte.gz; keep one"):
+        fetch(DataConfig(dataset="idx", path=tmp_path))
+
+
 def test_an_idx_header_cut_short_is_refused(tmp_path):
     (tmp_path / "short").write_bytes(bytes([0, 0, 0x08, 3]) + np.array([10], ">u4").tobytes())  # 3 sizes promised, 1 given
     with pytest.raises(ImgpipeError, match=r"short: header promises 3 sizes but the file has 8 bytes"):

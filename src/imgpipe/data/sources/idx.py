@@ -49,7 +49,12 @@ def write_idx(path: Path, array: np.ndarray) -> Path:
 
 
 def _pairs(folder: Path) -> dict[str, tuple[Path, Path]]:
-    files = {p.name.removesuffix(".gz"): p for p in folder.iterdir() if p.is_file()}
+    files = {}
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        name = path.name.removesuffix(".gz")
+        if name in files:
+            raise ImgpipeError(f"{folder}: holds both {files[name].name} and {path.name}; keep one")
+        files[name] = path
     pairs = {}
     for name, images in files.items():
         if name.endswith("-images-idx3-ubyte"):
@@ -70,6 +75,8 @@ def read_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndar
         raise ImgpipeError(f"{labels_path}: expected one label per image, got shape {labels.shape}")
     if len(images) != len(labels):
         raise ImgpipeError(f"{labels_path}: holds {len(labels)} labels but {images_path.name} holds {len(images)} images")
+    if len(images) == 0:
+        raise ImgpipeError(f"{images_path}: holds no images")
     if labels.dtype.kind not in "iu":  # a class is a label's position: 0 and up
         raise ImgpipeError(f"{labels_path}: labels must be whole numbers >= 0, got {labels.dtype} values")
     negative = np.flatnonzero(labels < 0)
@@ -94,6 +101,14 @@ def idx_folder(config: DataConfig) -> Fetched:
                 raise ImgpipeError(f"{pair[0]}: prefix {prefix!r} is neither train nor t10k/test")
             splits[SPLIT_OF_PREFIX[prefix]] = pair
     arrays = {split: read_pair(*pair) for split, pair in splits.items()}
-    count = max(int(labels.max()) for _, labels in arrays.values()) + 1
-    names, class_labels = tuple(str(i) for i in range(count)), tuple(range(count))
-    return Fetched({split: ImageSet(images, labels, names, class_labels) for split, (images, labels) in arrays.items()})
+    # The training split's labels are the classes, which keep their numbers (a subset such as 0, 1, 2, 5 has four
+    # classes, not six with two empty); a label the training split lacks is refused, as the other sources do.
+    values = np.unique(arrays["train"][1])
+    for split, (_, labels) in arrays.items():
+        unknown = np.flatnonzero(~np.isin(labels, values))
+        if len(unknown):
+            raise ImgpipeError(f"{splits[split][1]}: label {labels[unknown[0]]} (item {unknown[0]}) does not occur in the "
+                               f"training labels ({splits['train'][1].name})")
+    names, class_labels = tuple(str(v) for v in values), tuple(int(v) for v in values)
+    return Fetched({split: ImageSet(images, np.searchsorted(values, labels).astype(np.int64), names, class_labels)
+                    for split, (images, labels) in arrays.items()})
