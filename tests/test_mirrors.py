@@ -118,6 +118,45 @@ def test_one_changed_byte_is_refused_in_one_line_and_removed(originals, tmp_path
     assert not (paths.DOWNLOADS / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").exists()
 
 
+class CutShort(http.server.BaseHTTPRequestHandler):
+    """Answers every file with a chunked body that ends mid-chunk: the connection drops during the download."""
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self.wfile.write(b"3e8\r\n" + b"x" * 10)  # a chunk of 1,000 bytes promised, 10 sent
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_host_serving_another_file_or_cutting_off_is_passed_for_the_next(originals, tmp_path, http_mirror, monkeypatch):
+    """MNIST's hosts are tried in turn until one's file verifies: a captive portal's page, a transfer cut short."""
+    import torchvision.datasets
+
+    folder, _, images, _ = originals
+    portal = tmp_path / "portal"
+    portal.mkdir()
+    for name in IDX_FILES:
+        (portal / name).write_text("<html>sign in to the hotel wifi</html>")
+    cut = http.server.ThreadingHTTPServer(("127.0.0.1", 0), CutShort)
+    threading.Thread(target=cut.serve_forever, daemon=True).start()
+    cut_url = f"http://127.0.0.1:{cut.server_address[1]}/"
+    try:
+        monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", [cut_url, http_mirror(portal), http_mirror(folder)])
+        assert np.array_equal(fetch(DataConfig(dataset="mnist"))["train"].images, images[:20])
+        for name in IDX_FILES:
+            (paths.DOWNLOADS / "MNIST" / "raw" / name).unlink()
+        monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", [cut_url])
+        with pytest.raises(ImgpipeError, match=r"^could not download MNIST from the dataset's own hosts \(.*IncompleteRead"):
+            fetch(DataConfig(dataset="mnist"))
+    finally:
+        cut.shutdown()
+        cut.server_close()
+
+
 def test_a_recompressed_copy_from_a_url_is_accepted(originals, tmp_path, http_mirror):
     _, contents, images, _ = originals
     url = http_mirror(_regzipped_mirror(tmp_path, contents))

@@ -15,10 +15,12 @@ IDX archives read directly, CIFAR-10's tar extracted before torchvision reads it
 
 import gzip
 import hashlib
+import http.client
 import os
 import shutil
 import tarfile
 import urllib.parse
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,24 +134,10 @@ def _urls(cls, filename: str, mirror_url: str | None) -> list[str]:
     return [cls.url]
 
 
-def _download(urls: list[str], path: Path) -> str:
-    """Fetch the first of `urls` that answers into `path`; returns that URL."""
-    from torchvision.datasets.utils import download_url
-
-    errors = []
-    for url in urls:
-        try:
-            with atomic_path(path) as tmp:  # a download cut short leaves nothing under the real name
-                download_url(url, str(tmp.parent), tmp.name)
-            return url
-        except (OSError, RuntimeError, ValueError) as error:  # URLError and HTTPError are OSErrors
-            errors.append(f"{url}: {' '.join(str(error).split())}"[:160])
-    raise ConnectionError("; ".join(errors))
-
-
-def _obtain(cls, filename: str, path: Path, mirror: str | None, is_url: bool) -> str:
-    """Put `filename` at `path` from the mirror folder, the mirror URL or the dataset's hosts; returns
-    where it came from, in words."""
+def _attempts(cls, filename: str, path: Path, mirror: str | None, is_url: bool) -> Iterator[str]:
+    """Put `filename` at `path` from each place it may come from, in turn, yielding where it came from, in words: the
+    mirror folder, the mirror URL, or each of the dataset's hosts, the next tried while the caller refuses what came.
+    A download cut short leaves nothing under the real name. No host answering at all is one line."""
     if mirror is not None and not is_url:
         folder = paths.in_project(mirror).resolve()
         if not folder.is_dir():
@@ -159,27 +147,44 @@ def _obtain(cls, filename: str, path: Path, mirror: str | None, is_url: bool) ->
             raise ImgpipeError(f"{folder / filename}: not in the mirror folder, which must hold {names}")
         with atomic_path(path) as tmp:
             shutil.copyfile(folder / filename, tmp)
-        return f"the mirror folder {folder}"
-    try:
-        return _download(_urls(cls, filename, mirror), path)
-    except ConnectionError as error:
+        yield f"the mirror folder {folder}"
+        return
+    from torchvision.datasets.utils import download_url
+
+    errors, answered = [], False
+    for url in _urls(cls, filename, mirror):
+        try:
+            with atomic_path(path) as tmp:
+                download_url(url, str(tmp.parent), tmp.name)
+        # URLError and HTTPError are OSErrors; a chunked transfer cut short is an IncompleteRead, an HTTPException
+        except (OSError, RuntimeError, ValueError, http.client.HTTPException) as error:
+            errors.append(f"{url}: {type(error).__name__} {' '.join(str(error).split())}"[:160])
+            continue
+        answered = True
+        yield url
+    if not answered:
         names = ", ".join(e.filename for e in _expected_files(cls))
         where = f"mirror {mirror}" if mirror else "the dataset's own hosts"
-        raise ImgpipeError(f"could not download {cls.__name__} from {where} ({str(error)[:320]}); "
-                           f"set data.mirror or IMGPIPE_MIRROR to a folder or URL holding {names}") from None
+        raise ImgpipeError(f"could not download {cls.__name__} from {where} ({'; '.join(errors)[:320]}); "
+                           f"set data.mirror or IMGPIPE_MIRROR to a folder or URL holding {names}")
 
 
 def _verified_download(cls, expected: Expected, folder: Path, mirror: str | None, is_url: bool) -> Path:
-    """The file, from the download folder if it is already there and verified; otherwise fetched and
-    verified, or refused: named with its digests and removed, so it is never used."""
+    """The file, from the download folder if it is already there and verified; otherwise fetched from the first
+    place whose file verifies (a host serving a page cut short or a captive portal's is passed for the next), or
+    refused: named with its digests and removed, so it is never used."""
     path = folder / expected.filename
     if path.is_file() and _mismatch(path, expected) is None:
         return path
-    source = _obtain(cls, expected.filename, path, mirror, is_url)
-    if (digests := _mismatch(path, expected)) is not None:
+    refused = []
+    for source in _attempts(cls, expected.filename, path, mirror, is_url):
+        if (digests := _mismatch(path, expected)) is None:
+            return path
         path.unlink()
-        raise ImgpipeError(f"{expected.filename}: checksum does not match {digests}; {source} holds a different file")
-    return path
+        refused.append((source, digests))
+    (source, digests), others = refused[-1], [source for source, _ in refused[:-1]]
+    also = f" (as did {', '.join(others)})" if others else ""
+    raise ImgpipeError(f"{expected.filename}: checksum does not match {digests}; {source} holds a different file{also}")
 
 
 def _mnist_family(cls, folder: Path) -> dict[str, ImageSet]:
