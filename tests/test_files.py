@@ -21,6 +21,7 @@ def test_folder_is_swapped_in_whole(tmp_path):
     with atomic_path(target) as tmp:
         tmp.mkdir()
         (tmp / "new.npz").write_text("new")
+        assert [p.name for p in target.iterdir()] == ["old.npz"]  # the old folder whole until the new one is done
     assert [p.name for p in target.iterdir()] == ["new.npz"]
     assert [p.name for p in tmp_path.iterdir()] == ["prepared"]
 

@@ -1,3 +1,5 @@
+import hashlib
+
 import numpy as np
 import pytest
 from conftest import random_images
@@ -54,6 +56,8 @@ def test_split_is_reproducible_and_follows_the_seed():
     c = prepare(raw, 0.15, 0.2, seed=1)
     assert np.array_equal(a.test.images, b.test.images)
     assert not np.array_equal(a.test.images, c.test.images)
+    # And across machines and releases (numpy's PCG64 stream is stable by its policy): seed 0's test split, pinned.
+    assert hashlib.sha256(a.test.images.tobytes()).hexdigest()[:16] == "b59f82638b80219a"
 
 
 def test_statistics_come_from_the_training_split_only():
@@ -171,7 +175,6 @@ def test_data_card_counts_every_split_and_flags_thin_classes():
     assert sum(card["splits"][split]["per_class"]["rare"] for split in ("train", "val", "test")) == 8
     assert any(flag.startswith("val: class 'rare' has only") for flag in card["flagged"])
     assert not any("'a'" in flag for flag in card["flagged"])
-    assert card["decisions"] == []  # what fetch decided, where it decided anything (tests/test_sources.py)
 
 
 def test_names_without_labels_go_by_name_after_a_round_trip(tmp_path):
