@@ -279,3 +279,12 @@ def test_a_password_in_the_tracking_uri_is_never_printed_or_committed(monkeypatc
     assert "s3cr3t" not in str(error.value) and "http://alice:***@127.0.0.1:9/api/2.0" in str(error.value)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://mlflow.example.com:5000")  # no password: as it is
     assert tracking_store.shown_uri() == "https://mlflow.example.com:5000"
+
+
+def test_a_bug_is_not_waved_through_as_a_tracking_failure():
+    """tracking.optional lets a store's failure go by with a warning, not an error of imgpipe's own code."""
+    with pytest.raises(KeyError):
+        with tracking_store.reported(optional=True):
+            raise KeyError("val_accuracy")
+    with tracking_store.reported(optional=True):  # a store's failure: a warning, and on
+        raise mlflow.exceptions.MlflowException("API request failed")

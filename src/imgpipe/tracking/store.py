@@ -89,6 +89,23 @@ def experiment_id(client, name: str) -> str:
     return experiment.experiment_id
 
 
+def _store_failures() -> tuple[type[BaseException], ...]:
+    """What a store that fails raises through MLflow: its REST and registry errors, the network's and the file
+    system's (OSError: requests' errors and a lock's timeout are ones too), the database's, and an S3 artifact
+    store's. Not the rest: a bug in imgpipe's own code is no tracking failure to wave through."""
+    import sqlalchemy.exc
+    from mlflow.exceptions import MlflowException
+
+    kinds: tuple[type[BaseException], ...] = (MlflowException, OSError, sqlalchemy.exc.SQLAlchemyError)
+    try:
+        import botocore.exceptions
+
+        kinds += (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)
+    except ImportError:
+        pass
+    return kinds
+
+
 @contextmanager
 def reported(optional: bool) -> Iterator[None]:
     """Turn a tracking failure into one line: an error, or with `optional` a warning and no run."""
@@ -96,7 +113,7 @@ def reported(optional: bool) -> Iterator[None]:
         yield
     except ImgpipeError:
         raise
-    except Exception as error:  # MLflow raises many kinds: connection, store lock, REST errors
+    except _store_failures() as error:
         detail = " ".join(str(error).split())
         if len(detail) > 240:  # MLflow's REST errors name the request first and the cause last: keep both ends
             detail = f"{detail[:140]} ... {detail[-100:]}"
