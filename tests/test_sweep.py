@@ -12,7 +12,7 @@ from imgpipe.errors import ConfigError
 from imgpipe.evaluation.stats import selection_optimism
 from imgpipe.search.space import applied, dvc_command, sweep_config
 from imgpipe.search.summary import ranking
-from imgpipe.sweep import open_study, require_same_data, wants_more
+from imgpipe.sweep import check_space, open_study, require_same_data, require_same_recipe, searched_recipe, wants_more
 
 SPACE = {"models.linear.lr": {"low": 1e-6, "high": 0.1, "log": True}}
 
@@ -30,6 +30,66 @@ def test_the_space_names_a_bad_setting_in_one_line():
     assert error({"space": SPACE, "variant": "mlp"}) == "params.yaml: sweep.variant: 'mlp' is not in train.variants (linear, cnn)"
     assert error({"space": SPACE, "trails": 3}).startswith("params.yaml: sweep.trails: unknown setting; valid: variant, objective")
     assert error({}).startswith("params.yaml: sweep.space: name at least one setting to search")
+    lr = {"low": 0.001, "high": 0.1}
+    assert error({"variant": "cnn", "space": {"train.lr": lr | {"log": "no"}}}) == (
+        "params.yaml: sweep.space.train.lr.log: must be true or false, got 'no'")  # the text 'no' (YAML 1.2), true to bool()
+    assert error({"variant": "cnn", "space": {"train.batch_size": {"low": 2.5, "high": 64, "int": True}}}) == (
+        "params.yaml: sweep.space.train.batch_size: int: true needs whole-number bounds, got 2.5..64")
+    assert error({"variant": "cnn", "space": {"train.lr": lr | {"choices": [0.1, 0.2]}}}) == (
+        "params.yaml: sweep.space.train.lr: choices or a range (low, high, log, int), not both")
+    assert error({"variant": "cnn", "space": {"train.optimizer": {"choices": ["sgd"]}}}).startswith(
+        "params.yaml: sweep.space.train.optimizer.choices: must list two values or more")
+    assert error({"variant": "cnn", "space": SPACE}) == (  # the linear model's rate, in a sweep of the cnn
+        "params.yaml: sweep.space.models.linear.lr: the sweep trains cnn (sweep.variant), whose settings are models.cnn.*: "
+        "this would change nothing it trains")
+    assert error({"variant": "cnn", "space": {"train.epochs": {"low": 3, "high": 30, "int": True}}}).startswith(
+        "params.yaml: sweep.space.train.epochs: trials of other lengths anneal at other paces")
+    assert sweep_config({"variant": "cnn", "pruner": "none", "space": {"train.epochs": {"low": 3, "high": 30, "int": True}}},
+                        ["cnn"]).space[0].integer
+
+
+def test_every_end_of_the_space_is_a_recipe_the_pipeline_trains_before_any_trial(digits_prepared):
+    """A typo under the model, a crop as large as the image, a train setting the variant overrides: one line before
+    the first trial, not a traceback (or a failed trial) halfway through the study."""
+    params = {"data": {"dataset": "digits"}, "train": {"variants": ["cnn"], "seeds": [0], "epochs": 2, "lr": 0.01},
+              "models": {"cnn": {"channels": [4], "lr": 0.05}}}
+
+    def error(space):
+        with pytest.raises(ConfigError) as caught:
+            check_space(sweep_config({"variant": "cnn", "space": space}, ["cnn"]), params, digits_prepared)
+        return str(caught.value)
+
+    assert error({"train.lr": {"low": 0.001, "high": 0.1}}) == (
+        "params.yaml: sweep.space.train.lr: models.cnn.lr overrides it for cnn; search models.cnn.lr instead")
+    assert error({"models.cnn.chanels": {"choices": [[4], [8]]}}).startswith(
+        "params.yaml: sweep.space.models.cnn.chanels: [4] makes no recipe the pipeline trains (not a setting of model 'cnn'")
+    assert error({"train.crop_padding": {"low": 0, "high": 8, "int": True}}) == (
+        "params.yaml: sweep.space.train.crop_padding: 8 makes no recipe the pipeline trains (train.crop_padding: must be "
+        "smaller than the 8x8 images, got 8)")
+    check_space(sweep_config({"variant": "cnn", "space": {"models.cnn.lr": {"low": 0.001, "high": 0.1}}}, ["cnn"]), params,
+                digits_prepared)  # a good space: nothing to say
+
+
+def test_a_resumed_study_draws_anew_and_keeps_its_space_and_recipe(tmp_path):
+    """TPE seeded alike in every session replayed its first draws (the same trainings again); a study resumed with
+    another grid or recipe is refused (a grid of 5 points over one of 3 retrained a point and skipped two)."""
+    storage = f"sqlite:///{tmp_path / 'sweep.db'}"
+    sweep = sweep_config({"variant": "linear", "space": SPACE}, ["linear"])
+    for _ in range(2):  # two sessions of the same study on one worker
+        open_study("digits-linear", storage, sweep, 0).optimize(lambda trial: sweep.space[0].suggest(trial), n_trials=3)
+    drawn = [trial.params["models.linear.lr"] for trial in open_study("digits-linear", storage, sweep, 0).trials]
+    assert len(set(drawn)) == 6
+    params = {"train": {"variants": ["linear"], "seeds": [0], "epochs": 30, "lr": 0.01}, "models": {"linear": {}}}
+    study = open_study("digits-linear", storage, sweep, 0)
+    require_same_recipe(study, searched_recipe(sweep, params))
+    require_same_recipe(study, searched_recipe(sweep, params | {"train": params["train"] | {"threads": 2}}))  # how it runs: the same
+    with pytest.raises(ConfigError) as caught:
+        require_same_recipe(study, searched_recipe(sweep, params | {"train": params["train"] | {"epochs": 5}}))
+    assert str(caught.value) == ("sweep digits-linear: its trials were run with train epochs 30, now 5: name a new study "
+                                 "(sweep.study), or put the setting back")
+    grid = sweep_config({"variant": "linear", "space": SPACE, "grid_points": 5}, ["linear"])
+    with pytest.raises(ConfigError, match=r"its trials were run with grid_points 3, now 5"):
+        require_same_recipe(study, searched_recipe(grid, params))
 
 
 def _told(study: optuna.Study, trials: list[list[float]]) -> list[tuple[int, int]]:

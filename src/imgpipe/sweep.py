@@ -13,30 +13,35 @@ experiment.
 """
 
 import argparse
+import json
 import logging
 import math
 import os
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 
+import numpy as np
 import optuna
 from optuna.trial import TrialState
 
 from imgpipe import params as P
-from imgpipe import paths
+from imgpipe import paths, settings
 from imgpipe.data.prepared import Prepared, load_prepared
-from imgpipe.errors import ConfigError, ImgpipeError
+from imgpipe.errors import ConfigError, ImgpipeError, InvalidSetting
 from imgpipe.files import write_text
+from imgpipe.models.networks import build_model
 from imgpipe.search import summary
-from imgpipe.search.space import SweepConfig, sweep_config
+from imgpipe.search.space import SweepConfig, applied, sweep_config
 from imgpipe.search.trial import run_trial
 from imgpipe.tracking import trials
 from imgpipe.tracking.store import reported
+from imgpipe.training.loop import HOW_IT_RUNS
 
 PARENT = "mlflow_parent_run"  # the study's attribute naming its MLflow parent run
 OBJECTIVE = "objective"  # the study's attribute naming the figure its trials' values are (sweep.objective)
 DATA = "data_fingerprint"  # the study's attribute: the prepared data its trials are scored on
+RECIPE = "recipe"  # the study's attribute: what its trials search and the recipe around it (searched_recipe)
 
 
 class AfterStartup(optuna.pruners.BasePruner):
@@ -65,10 +70,12 @@ def open_study(name: str, storage: str, sweep: SweepConfig, worker: int | None) 
     # TPE: each worker its own seed, else they propose the same first trials; one joining from another machine draws
     # fresh (its index, 0, would be the first machine's). A grid: one seed for all, which shuffles the grid's order;
     # a trial's number picks its point in that order, so another order per worker tries some points twice, some never.
-    sampler = (optuna.samplers.TPESampler(seed=None if worker is None else sweep.seed + worker) if sweep.sampler == "tpe" else
-               optuna.samplers.GridSampler({d.key: d.grid(sweep.grid_points) for d in sweep.space}, seed=sweep.seed))
-    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner, direction=sweep.direction,
-                                load_if_exists=True)
+    grid = optuna.samplers.GridSampler({d.key: d.grid(sweep.grid_points) for d in sweep.space}, seed=sweep.seed)
+    study = optuna.create_study(study_name=name, storage=storage, sampler=grid if sweep.sampler == "grid" else None,
+                                pruner=pruner, direction=sweep.direction, load_if_exists=True)
+    if sweep.sampler == "tpe":  # seeded by the trials already there too: a resumed study would replay its first draws
+        seed = None if worker is None else int(np.random.SeedSequence([sweep.seed, worker, len(study.trials)]).generate_state(1)[0])
+        study.sampler = optuna.samplers.TPESampler(seed=seed)
     # An existing study keeps its own direction whatever is asked: its trials' values are another figure, and the best
     # of them would be chosen the wrong way round.
     searched = study.user_attrs.get(OBJECTIVE)
@@ -89,6 +96,59 @@ def require_same_data(study: optuna.Study, fingerprint: str) -> None:
     elif scored_on != fingerprint:
         raise ConfigError(f"sweep {study.study_name}: its trials were scored on other prepared data (fingerprint {scored_on}, "
                           f"now {fingerprint}): name a new study (sweep.study), or put the data settings back")
+
+
+def searched_recipe(sweep: SweepConfig, params: dict) -> dict:
+    """What a study's trials search, and the recipe they train around it (the variant's settings that are not searched,
+    less how a machine runs them): every trial of a study must share it, or their figures are not comparable."""
+    variant = settings.variant(params, sweep.variant, P.seeds(params)[0])
+    searched = {dimension.key.rpartition(".")[2] for dimension in sweep.space}
+    apart = searched | set(HOW_IT_RUNS) | {"device"}
+    return {"variant": sweep.variant, "sampler": sweep.sampler, "grid_points": sweep.grid_points,
+            "space": {d.key: {"low": d.low, "high": d.high, "log": d.log, "int": d.integer,
+                              "choices": None if d.choices is None else list(d.choices)} for d in sweep.space},
+            "model": variant.model, "settings": {k: v for k, v in variant.settings.items() if k not in searched},
+            "train": {k: v for k, v in asdict(variant.config).items() if k not in apart}}
+
+
+def require_same_recipe(study: optuna.Study, recipe: dict) -> None:
+    """A resumed or joined study searches what it searched, around the same recipe: else a grid retries some points and
+    skips others, and trials of 5 epochs are ranked beside trials of 30."""
+    kept = study.user_attrs.get(RECIPE)
+    if kept is None:
+        study.set_user_attr(RECIPE, json.loads(json.dumps(recipe)))  # as the storage gives it back: lists, not tuples
+        return
+    now = json.loads(json.dumps(recipe))
+    if kept != now:
+        section = next(key for key in now.keys() | kept.keys() if now.get(key) != kept.get(key))
+        inner = now.get(section), kept.get(section)
+        if all(isinstance(part, dict) for part in inner):
+            name = next(key for key in inner[0].keys() | inner[1].keys() if inner[0].get(key) != inner[1].get(key))
+            section, inner = f"{section} {name}", (inner[0].get(name), inner[1].get(name))
+        raise ConfigError(f"sweep {study.study_name}: its trials were run with {section} {inner[1]!r}, now {inner[0]!r}: "
+                          "name a new study (sweep.study), or put the setting back")
+
+
+def check_space(sweep: SweepConfig, params: dict, data: Prepared) -> None:
+    """Before any trial: every end of each searched range and every choice makes a recipe the train stage accepts and a
+    model that builds, and nothing overrides a searched train setting (models.<variant>.lr wins over train.lr)."""
+    own = P.get(params, f"models.{sweep.variant}", None) or {}
+    for dimension in sweep.space:
+        section, _, name = dimension.key.partition(".")
+        if section == "train" and isinstance(own, dict) and name in own:
+            raise ConfigError(f"params.yaml: sweep.space.{dimension.key}: models.{sweep.variant}.{name} overrides it for "
+                              f"{sweep.variant}; search models.{sweep.variant}.{name} instead")
+        ends = dimension.choices if dimension.choices is not None else (dimension.low, dimension.high)
+        for value in ends:
+            value = int(value) if dimension.integer else value
+            try:
+                variant = settings.variant(applied(params, {dimension.key: value}), sweep.variant, P.seeds(params)[0])
+                settings.require_augmentation_fits(params, sweep.variant, variant.config, data.image_shape)
+                build_model(variant.model, data.image_shape, len(data.class_names), **variant.settings)
+            except (ConfigError, InvalidSetting) as error:
+                reason = error.reason if isinstance(error, InvalidSetting) else str(error).removeprefix("params.yaml: ")
+                raise ConfigError(f"params.yaml: sweep.space.{dimension.key}: {value!r} makes no recipe the pipeline "
+                                  f"trains ({reason})") from None
 
 
 def _said(sweep: SweepConfig):
@@ -170,8 +230,10 @@ def run(args, argv: list[str]) -> None:
             raise ImgpipeError(f"dvc repro prepare failed (exit {done.returncode}): {' '.join(done.stderr.split())[-300:]}")
     data = load_prepared(paths.PREPARED)
     index = args.index if args.index is not None or args.worker else 0  # None: a worker joining from another machine
+    check_space(sweep, params, data)
     study = open_study(name, storage, sweep, index)
     require_same_data(study, data.fingerprint)
+    require_same_recipe(study, searched_recipe(sweep, params))
     if PARENT not in study.user_attrs:
         with reported(optional=False):
             study.set_user_attr(PARENT, trials.parent_run(experiment, name, {"imgpipe.variant": sweep.variant}))

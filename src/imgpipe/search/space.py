@@ -16,7 +16,8 @@ from imgpipe.errors import ConfigError
 
 OBJECTIVES = {"val_accuracy": "maximize", "val_loss": "minimize"}  # the kept epoch's figure on the validation split
 PRUNERS = ("median", "halving", "none")
-SAMPLERS = ("tpe", "grid")  # Optuna's TPE (Bayesian), or a grid drawn in a seeded random order: the baseline
+SAMPLERS = ("tpe", "grid")
+SCHEDULE_LENGTH = ("epochs", "schedule")  # settings that change how a trial's learning rate runs its course  # Optuna's TPE (Bayesian), or a grid drawn in a seeded random order: the baseline
 
 
 @dataclass(frozen=True)
@@ -102,13 +103,21 @@ def dimension(key: str, spec) -> Dimension:
     if unknown:
         raise ConfigError(f"params.yaml: {where}.{sorted(unknown)[0]}: unknown; valid: low, high, log, int, choices")
     if "choices" in spec:
-        if not isinstance(spec["choices"], list) or not spec["choices"]:
-            raise ConfigError(f"params.yaml: {where}.choices: must be a non-empty list, got {spec['choices']!r}")
+        if set(spec) != {"choices"}:
+            raise ConfigError(f"params.yaml: {where}: choices or a range (low, high, log, int), not both")
+        if not isinstance(spec["choices"], list) or len(spec["choices"]) < 2:
+            raise ConfigError(f"params.yaml: {where}.choices: must list two values or more (one is no search: set it in "
+                              f"params.yaml), got {spec['choices']!r}")
         return Dimension(key, choices=tuple(spec["choices"]))
     if "low" not in spec or "high" not in spec:
         raise ConfigError(f"params.yaml: {where}: needs low and high (or choices)")
     low, high = _number(spec["low"], f"{where}.low"), _number(spec["high"], f"{where}.high")
-    log, integer = bool(spec.get("log", False)), bool(spec.get("int", False))
+    for flag in ("log", "int"):  # YAML 1.2 reads `log: no` as the text 'no', which bool() takes for true
+        if not isinstance(spec.get(flag, False), bool):
+            raise ConfigError(f"params.yaml: {where}.{flag}: must be true or false, got {spec[flag]!r}")
+    log, integer = spec.get("log", False), spec.get("int", False)
+    if integer and not (float(low).is_integer() and float(high).is_integer()):
+        raise ConfigError(f"params.yaml: {where}: int: true needs whole-number bounds, got {low}..{high}")
     if not low < high or (log and low <= 0):
         raise ConfigError(f"params.yaml: {where}: needs low < high{' and low > 0 on a log scale' if log else ''}, got {low}..{high}")
     return Dimension(key, low=low, high=high, log=log, integer=integer)
@@ -138,6 +147,14 @@ def sweep_config(section: dict | None, variants: list[str]) -> SweepConfig:
     if not isinstance(values["space"], dict) or not values["space"]:
         raise ConfigError("params.yaml: sweep.space: name at least one setting to search, e.g. train.lr: {low: 0.001, high: 0.1, log: true}")
     space = tuple(dimension(str(key), spec) for key, spec in values["space"].items())
+    for searched in space:
+        section, _, rest = searched.key.partition(".")
+        if section == "models" and rest.partition(".")[0] != values["variant"]:
+            raise ConfigError(f"params.yaml: sweep.space.{searched.key}: the sweep trains {values['variant']} (sweep.variant), "
+                              f"whose settings are models.{values['variant']}.*: this would change nothing it trains")
+        if values["pruner"] != "none" and searched.key.rpartition(".")[2] in SCHEDULE_LENGTH:
+            raise ConfigError(f"params.yaml: sweep.space.{searched.key}: trials of other lengths anneal at other paces, and "
+                              f"the pruner compares them epoch by epoch; search it with sweep.pruner: none")
     return SweepConfig(**(values | {"space": space}))
 
 
