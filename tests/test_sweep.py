@@ -2,12 +2,17 @@
 the training loop stopping a hopeless trial with nothing of it left half-written, every trial an MLflow run under
 one parent, the winner chosen on validation and scored on test once; two workers sharing one study."""
 
+import subprocess
+import sys
+import time
+
 import mlflow
 import numpy as np
 import optuna
 import pytest
 from project import edit_params, fork, run
 
+import imgpipe.sweep as sweeping
 from imgpipe.errors import ConfigError
 from imgpipe.evaluation.stats import selection_optimism
 from imgpipe.search.space import applied, dvc_command, sweep_config
@@ -287,3 +292,28 @@ def test_a_grid_spreads_each_range_on_its_own_scale():
         "models.cnn.channels": {"choices": [[8, 16], [16, 32]]},
     }}, ["cnn"]).space
     assert [dimension.grid(3) for dimension in space] == [[0.001, 0.01, 0.1], [0, 2, 4], ["[8, 16]", "[16, 32]"]]
+
+
+def test_a_trial_whose_worker_died_is_failed_and_its_grid_point_tried_again(tmp_path, monkeypatch):
+    """A worker killed mid-trial (out of memory, a machine lost) leaves its trial RUNNING: it stopped beating, so the
+    next trial started fails it and queues its point again, and the grid ends with every point tried."""
+    monkeypatch.setattr(sweeping, "HEARTBEAT_SECONDS", 1)
+    sweep = sweep_config({"variant": "cnn", "sampler": "grid", "pruner": "none", "space": {
+        "models.cnn.lr": {"choices": [0.01, 0.1]}}}, ["cnn"])
+    storage = f"sqlite:///{tmp_path / 'sweep.db'}"
+    dying = ("import os, sys, time, imgpipe.sweep as s; from imgpipe.search.space import sweep_config as c; s.HEARTBEAT_SECONDS = 1\n"
+             "sweep = c({'variant': 'cnn', 'sampler': 'grid', 'pruner': 'none', 'space': {'models.cnn.lr': {'choices': [0.01, 0.1]}}}, ['cnn'])\n"
+             f"study = s.open_study('digits-cnn', {storage!r}, sweep, 0)\n"
+             "def objective(trial):\n    sweep.space[0].suggest(trial); time.sleep(1.5); os._exit(9)  # killed mid-trial\n"
+             "study.optimize(objective, n_trials=1)\n")
+    subprocess.run([sys.executable, "-c", dying], check=False, timeout=120)
+    study = open_study("digits-cnn", storage, sweep, 0)
+    assert [trial.state for trial in study.trials] == [optuna.trial.TrialState.RUNNING]  # left so by the dead worker
+    died = study.trials[0].params
+    time.sleep(3.5)  # past the grace period: three heartbeats missed
+    tried = []
+    while wants_more(study, sweep):
+        study.optimize(lambda trial: tried.append(sweep.space[0].suggest(trial)) or 0.5, n_trials=1)
+    states = [trial.state for trial in study.trials]
+    assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.COMPLETE]
+    assert study.trials[1].params == died and sorted(tried) == [0.01, 0.1]  # the dead trial's point first, then the other

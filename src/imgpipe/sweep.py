@@ -19,6 +19,7 @@ import math
 import os
 import subprocess
 import sys
+import warnings
 from dataclasses import asdict, replace
 
 import numpy as np
@@ -42,6 +43,8 @@ PARENT = "mlflow_parent_run"  # the study's attribute naming its MLflow parent r
 OBJECTIVE = "objective"  # the study's attribute naming the figure its trials' values are (sweep.objective)
 DATA = "data_fingerprint"  # the study's attribute: the prepared data its trials are scored on
 RECIPE = "recipe"  # the study's attribute: what its trials search and the recipe around it (searched_recipe)
+HEARTBEAT_SECONDS = 30  # how often a running trial says it is alive; silent for three times that, it is failed
+RETRIES = 2  # times a trial whose worker died is queued again: a configuration that kills its worker stops there
 
 
 class AfterStartup(optuna.pruners.BasePruner):
@@ -60,8 +63,16 @@ class AfterStartup(optuna.pruners.BasePruner):
 def open_study(name: str, storage: str, sweep: SweepConfig, worker: int | None) -> optuna.Study:
     """The study, made or joined. `worker`: this process's index among its machine's workers, or None for a worker
     joining from another machine."""
-    if storage.startswith("sqlite"):  # several processes take turns at one file: wait for it rather than fail
-        storage = optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"timeout": 60}})
+    # A running trial beats a heartbeat into the database; one whose worker died without a word (killed, out of
+    # memory, a machine lost) falls silent, and the next trial any worker starts fails it and queues its settings
+    # again (a grid's point too), RETRIES times at most: else it stayed RUNNING, counted, and its point never ran.
+    with warnings.catch_warnings():  # "experimental" since Optuna 2.8, and what 4.9 asks for
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = optuna.storages.RDBStorage(
+            storage, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=3 * HEARTBEAT_SECONDS,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=RETRIES),
+            # several processes take turns at one SQLite file: wait for it rather than fail
+            engine_kwargs={"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else None)
     # Epochs are Optuna's steps, from 1; it first prunes at step n_warmup_steps (halving: at min_resource).
     pruner = {"median": lambda: optuna.pruners.MedianPruner(sweep.startup_trials, n_warmup_steps=sweep.warmup_epochs + 1),
               "halving": lambda: AfterStartup(optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, sweep.warmup_epochs + 1)),
@@ -167,7 +178,9 @@ def wants_more(study: optuna.Study, sweep: SweepConfig) -> bool:
     cover it; past that it would retrain a tried point (or one still running: its is_exhausted waits for them)."""
     started = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)  # not those merely enqueued
     limit = sweep.trials if sweep.sampler != "grid" else min(sweep.trials, math.prod(len(d.grid(sweep.grid_points)) for d in sweep.space))
-    return len(study.get_trials(deepcopy=False, states=started)) < limit
+    held = study.get_trials(deepcopy=False)
+    retried = {number for trial in held for number in trial.system_attrs.get("retry_history", ())}  # its retry counts instead
+    return sum(trial.state in started and trial.number not in retried for trial in held) < limit
 
 
 def work(study: optuna.Study, sweep: SweepConfig, params: dict, data: Prepared, experiment: str, worker: int | None) -> None:
