@@ -69,6 +69,22 @@ def test_an_empty_share_of_a_split_scores_alike_resident_and_streamed(digits_pre
         assert split.logits(model, slice(0, 3)).shape == (3, 10)
 
 
+def test_a_last_batch_of_one_image_joins_the_one_before(digits_prepared):
+    """The speedrun CNN's last block works at 1x1 on the 8x8 digits, where batch norm cannot normalize one image: a
+    last batch (or batch-norm sample) of one joins the one before, and one-cycle's step count follows."""
+    assert len(digits_prepared.train) % 20 == 1
+    config = replace(FAST, epochs=2, batch_size=20, schedule="onecycle", bn_images=41)  # the sample: 20, 20, 1
+    result = train("speedrun_cnn", {"channels": [4, 8, 8]}, digits_prepared, config)
+    assert len(result.history) == 2
+    generator = torch.Generator().manual_seed(0)
+    sizes = [len(index) for index in loop.batches(len(digits_prepared.train), 20, generator)]
+    assert sizes[-1] == 21 and sum(sizes) == len(digits_prepared.train) == 20 * (len(sizes) - 1) + 21
+    assert len(sizes) == loop.batch_count(len(digits_prepared.train), 20)
+    for count, world, expected in ((8, 1, [3, 3, 2]), (8, 2, [3, 5]), (10, 2, [3, 3, 4]), (2, 1, [2])):  # 2 ranks: 1 each of 2
+        assert [len(part) for part in loop.in_batches(torch.arange(count), 3, world)] == expected, (count, world)
+        assert loop.batch_count(count, 3, world) == len(expected)
+
+
 def test_auto_keeps_the_splits_on_the_device_only_when_they_fit(digits_prepared):
     size = digits_prepared.train.images.nbytes + digits_prepared.val.images.nbytes  # about 90 KB
     assert on_device(replace(FAST, data_on_device="auto", resident_limit_mb=1), size, torch.device("cpu"))
