@@ -187,3 +187,24 @@ def test_a_centroid_saved_before_the_scale_loads_with_scale_one(digits_prepared,
     with torch.no_grad():
         assert loaded.net.scale.item() == 1.0
         assert torch.equal(loaded(images), -loaded.net.distances(loaded.normalize(images)))
+
+
+def test_the_speedrun_cnns_global_max_pool_is_the_adaptive_pools_by_a_reduction():
+    """The same values and gradients as nn.AdaptiveMaxPool2d(1), by amax, whose CUDA backward deterministic mode allows."""
+    from imgpipe.models.networks import GlobalMaxPool
+
+    x = torch.randn(4, 6, 3, 3, requires_grad=True)
+    y = x.detach().clone().requires_grad_()
+    pooled, reference = GlobalMaxPool()(x), torch.nn.AdaptiveMaxPool2d(1)(y)
+    assert torch.equal(pooled, reference)
+    (pooled * torch.arange(24.0).view(4, 6, 1, 1)).sum().backward()
+    (reference * torch.arange(24.0).view(4, 6, 1, 1)).sum().backward()
+    assert torch.equal(x.grad, y.grad)
+
+
+def test_a_gpu_that_only_emulates_bf16_is_not_taken_for_one_that_computes_it(monkeypatch):
+    """torch.cuda.is_bf16_supported() says yes on a V100 or T4 by default (emulated): precision auto would pick bf16."""
+    from imgpipe.device import has_native_bf16
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert not has_native_bf16(torch.device("cuda"))

@@ -65,7 +65,7 @@ def has_native_bf16(device: torch.device) -> bool:
     """Whether the device computes in bfloat16 natively: CUDA from Ampere on, CPUs with AVX512-BF16 or AMX.
     Elsewhere bf16 is emulated, slower than float32, so autocast is not worth it."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.is_bf16_supported(including_emulation=False)  # by default True on a V100 or T4 too
     if device.type == "cpu":
         return any(getattr(torch.cpu, check, lambda: False)() for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
     return False
