@@ -54,6 +54,14 @@ class ProcessGroup:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
+    def gather(self, value: object) -> list:
+        """Every rank's `value`, in rank order (a one-item list in a single process)."""
+        if self.world == 1:
+            return [value]
+        gathered = [None] * self.world
+        dist.all_gather_object(gathered, value)
+        return gathered
+
     def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
         """The module to train: DistributedDataParallel around the model where there are several ranks."""
         if self.world == 1:

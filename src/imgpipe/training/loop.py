@@ -193,7 +193,9 @@ def resume_key(model_name: str, model_settings: dict, data: Prepared, config: Tr
     the model and every setting of what training computes (the precision as resolved: `auto` is bf16 on one
     machine, fp32 on another), the data, the training code, and the kind of device (random generator states do
     not carry across kinds)."""
-    computed = {key: value for key, value in asdict(config).items() if key not in HOW_IT_RUNS}
+    # The precision and device as asked are left out: as resolved they are here (bf16, device.type), so asking for
+    # `fp32` where `auto` resolved to it sets nothing aside.
+    computed = {key: value for key, value in asdict(config).items() if key not in (*HOW_IT_RUNS, "precision", "device")}
     settings = repr((model_name, sorted(model_settings.items()), computed, bf16))
     return {
         "settings": hashlib.blake2b(settings.encode(), digest_size=16).hexdigest(),
@@ -235,6 +237,10 @@ def _device_rng(device: torch.device) -> torch.Tensor | None:
     if device.type == "mps":
         return torch.mps.get_rng_state()
     return None
+
+
+def _cpu_copy(state: torch.Tensor | None) -> torch.Tensor | None:
+    return None if state is None else state.cpu()
 
 
 def _set_device_rng(device: torch.device, state: torch.Tensor | None) -> None:
@@ -325,7 +331,7 @@ def train(model_name: str, model_settings: dict, data: Prepared, config: TrainCo
     stepper = make_stepper(setup)
     key = resume_key(model_name, model_settings, data, config, setup.device, setup.bf16)
     result, state = restore(setup, stepper, key, resume)
-    if state.resumed and resume is not None and group.leader:  # where it picked up, kept should it fail again at once
+    if state.resumed and resume is not None:  # where it picked up, kept should it fail again at once
         save_state(resume, key, setup, stepper, state, result.history)
     for epoch in range(state.epoch + 1, config.epochs + 1):
         if state.finished:
@@ -338,7 +344,7 @@ def train(model_name: str, model_settings: dict, data: Prepared, config: TrainCo
         result.history.append(row)
         stop = bool(config.patience) and epoch - state.loss_epoch >= config.patience
         state.finished = stop or epoch == config.epochs
-        if resume is not None and group.leader:
+        if resume is not None:
             save_state(resume, key, setup, stepper, state, result.history)
         if on_epoch is not None:  # after the state is saved: the epoch counts as finished
             on_epoch(row)
@@ -421,8 +427,11 @@ def restore(setup: Setup, stepper: Stepper, key: dict[str, str], resume: Path | 
         if stepper.average is not None:
             stepper.average.load_state_dict(saved["average"])
         stepper.generator.set_state(saved["generator"].cpu())
-        torch.set_rng_state(saved["cpu_rng"].cpu())
-        _set_device_rng(setup.device, saved["device_rng"])
+        # Each rank's own generators: a rank's share of a batch draws its own dropout masks, so after unequal shares
+        # the ranks' states differ. Resumed on another number of ranks, each takes the first's.
+        rngs = saved["rngs"][setup.group.rank] if len(saved["rngs"]) == setup.group.world else saved["rngs"][0]
+        torch.set_rng_state(rngs["cpu"].cpu())
+        _set_device_rng(setup.device, rngs["device"])
         result.history = saved["history"]
         state = LoopState(**saved["state"])
         done = "its training finished" if state.finished else "resuming"
@@ -513,13 +522,17 @@ def end_epoch(setup: Setup, model: Classifier, state: LoopState, epoch: int, fig
 
 
 def save_state(resume: Path, key: dict[str, str], setup: Setup, stepper: Stepper, state: LoopState, history: list[dict]) -> None:
-    """Everything a resumed training needs to go on exactly as this one would."""
+    """Everything a resumed training needs to go on exactly as this one would. Every rank calls it (it gathers their
+    random generators' states); the leader writes."""
+    rngs = setup.group.gather({"cpu": torch.get_rng_state(), "device": _cpu_copy(_device_rng(setup.device))})
+    if not setup.group.leader:
+        return
     with atomic_path(resume) as tmp:
         torch.save({
             "key": key, "model": setup.model.state_dict(), "optimizer": stepper.optimizer.state_dict(),
             "schedule": stepper.schedule.state_dict() if stepper.schedule is not None else None,
             "average": stepper.average.state_dict() if stepper.average is not None else None,
-            "generator": stepper.generator.get_state(), "cpu_rng": torch.get_rng_state(), "device_rng": _device_rng(setup.device),
+            "generator": stepper.generator.get_state(), "rngs": rngs,
             "history": history, "state": asdict(state),
         }, tmp)
 
