@@ -397,7 +397,7 @@ def comparison_sections(results: dict[str, VariantResult], runs: dict[str, dict[
         f"over the test images ({RESAMPLES:,} resamples) for macro-F1. Bold marks the best value of each column, "
         "not a difference that is real: the next section tells those apart. Val accuracy is that of the kept "
         "weights (the most accurate validation epoch). Images/s: inference on the test split's first images (64 MB of "
-        "them at most), in batches of up to 1,024 (16 MB of float32 input), on the test device; train seconds: on the training device in the run card. Size on disk: the checkpoint file.",
+        "them at most), in batches of up to 1,024 (16 MB of float32 input), on the test device; train seconds: the whole training, its validation after each epoch included, on the training device in the run card. Size on disk: the checkpoint file.",
         "",
         "## Which differences are real",
         "",

@@ -58,7 +58,9 @@ class TrainResult:
     resumed: list[dict] = field(default_factory=list)  # each start again (torchrun's restart, a rerun): {"after_epoch": e}
 
     def summary(self) -> dict:
-        """The figures of the kept epoch and of the run, as written to metrics/train/<variant>.json."""
+        """The figures of the kept epoch and of the run, as written to metrics/train/<variant>.json. Its train_seconds
+        are the whole training's, each epoch's validation included; an epoch row's (history) are its gradient steps
+        and batch-norm statistics alone, what the benchmarks compare."""
         kept = self.history[self.best_epoch - 1]
         metrics = {key: kept[key] for key in ("val_accuracy", "val_loss", "train_accuracy", "train_loss")}
         metrics |= {
