@@ -234,6 +234,11 @@ def test_a_sweep_prunes_a_hopeless_trial_leaves_nothing_of_it_and_tests_only_the
     for lr in (0.05, 1e-6, 0.01):  # a good rate, then one that cannot learn in an epoch: the pruner's case
         study.enqueue_trial({"models.linear.lr": lr})
 
+    # Another machine's worker started before the sweep itself: two such would each make a parent run.
+    early = run(["python", "-m", "imgpipe.sweep", "--worker"], project, check=False)
+    assert early.returncode == 1 and early.stderr.strip() == (
+        "error: sweep sweeps-linear: the study has no MLflow parent run yet: start `python -m imgpipe.sweep` (without "
+        "--worker) on the machine that prepares the data first, then join it")
     # MLflow logs no system metrics for a run shorter than its sampling interval (imgpipe's 1 s): these trials are shorter.
     done = run(["python", "-m", "imgpipe.sweep"], project, MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="0.05")
     assert "trial 1: pruned after epoch 1 (models.linear.lr=1e-06)" in done.stdout

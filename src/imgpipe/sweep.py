@@ -248,6 +248,9 @@ def run(args, argv: list[str]) -> None:
     require_same_data(study, data.fingerprint)
     require_same_recipe(study, searched_recipe(sweep, params))
     if PARENT not in study.user_attrs:
+        if args.worker and args.index is None:  # a machine joining: two such starting together would each make one
+            raise ImgpipeError(f"sweep {name}: the study has no MLflow parent run yet: start `python -m imgpipe.sweep` "
+                               "(without --worker) on the machine that prepares the data first, then join it")
         with reported(optional=False):
             study.set_user_attr(PARENT, trials.parent_run(experiment, name, {"imgpipe.variant": sweep.variant}))
     if not args.summary:
