@@ -288,3 +288,17 @@ def test_a_bug_is_not_waved_through_as_a_tracking_failure():
             raise KeyError("val_accuracy")
     with tracking_store.reported(optional=True):  # a store's failure: a warning, and on
         raise mlflow.exceptions.MlflowException("API request failed")
+
+
+def test_a_trial_run_a_dead_worker_left_running_is_ended_failed(store, experiment):
+    """The sweep's summary ends the runs of trials the study failed for a silent heartbeat: the worker that would have
+    ended them is gone; a run already ended stays as it is."""
+    from imgpipe.tracking import trials
+
+    client = tracking_store.store_client()
+    experiment_id = tracking_store.experiment_id(client, experiment)
+    dead, done = (client.create_run(experiment_id).info.run_id for _ in range(2))
+    client.set_terminated(done, "FINISHED")
+    assert trials.close_abandoned([dead, done]) == 1
+    assert client.get_run(dead).info.status == "FAILED" and client.get_run(dead).data.tags[trials.STATE] == "FAIL"
+    assert client.get_run(done).info.status == "FINISHED"

@@ -34,7 +34,7 @@ from imgpipe.files import write_text
 from imgpipe.models.networks import build_model
 from imgpipe.search import summary
 from imgpipe.search.space import SweepConfig, applied, sweep_config
-from imgpipe.search.trial import run_trial
+from imgpipe.search.trial import RUN, run_trial
 from imgpipe.tracking import trials
 from imgpipe.tracking.store import reported
 from imgpipe.training.loop import HOW_IT_RUNS
@@ -268,6 +268,10 @@ def run(args, argv: list[str]) -> None:
 
 
 def summarize(study: optuna.Study, sweep: SweepConfig, data: Prepared, storage: str) -> None:
+    abandoned = [trial.user_attrs[RUN] for trial in study.trials if trial.state == TrialState.FAIL and RUN in trial.user_attrs]
+    with reported(optional=False):
+        if closed := trials.close_abandoned(abandoned):
+            print(f"{closed} trial run(s) a dead worker left running ended FAILED", flush=True)
     result = summary.outcome(study, sweep, paths.SWEEPS / study.study_name, data)
     text = summary.markdown(study, sweep, result, storage)
     write_text(paths.SWEEP_REPORT, text)

@@ -20,6 +20,8 @@ from imgpipe.models.checkpoint import save_checkpoint
 from imgpipe.models.inference import logits_in_chunks
 from imgpipe.search.space import SweepConfig, applied, dvc_command
 from imgpipe.tracking.trials import SWEEP, TrialRun
+
+RUN = "mlflow_run"  # a trial's attribute: its MLflow run
 from imgpipe.training.loop import train
 
 
@@ -44,6 +46,7 @@ def run_trial(trial: optuna.Trial, sweep: SweepConfig, params: dict, data: Prepa
             "imgpipe.data_fingerprint": data.fingerprint}
     logged = {"trial": values, "train": vars(config), "model": {"name": variant.model, **variant.settings}}
     with TrialRun(experiment, parent, f"trial {trial.number}", logged, tags) as run:
+        trial.set_user_attr(RUN, run.run_id)  # ended by the summary should this worker die with it open
         def on_epoch(row: dict) -> None:
             run.epoch(row)
             trial.set_user_attr("epochs", row["epoch"])

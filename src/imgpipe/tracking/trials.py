@@ -40,6 +40,20 @@ def finish_parent(run_id: str, metrics: dict[str, float], tags: dict[str, str], 
     client.set_terminated(run_id, "FINISHED")
 
 
+@store_lock()
+def close_abandoned(run_ids: list[str]) -> int:
+    """Trial runs a dead worker left RUNNING (its trial failed by the study once its heartbeat stopped), ended FAILED;
+    returns how many were."""
+    client = store_client()
+    closed = 0
+    for run_id in run_ids:
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_tag(run_id, STATE, "FAIL")
+            client.set_terminated(run_id, STATUS["FAIL"])
+            closed += 1
+    return closed
+
+
 class TrialRun:
     """A trial's run, a child of the study's parent run: `with TrialRun(...) as run: run.epoch(row) ... run.end(state)`."""
 
