@@ -96,7 +96,7 @@ def main() -> None:
         "by_split": by_split,
         "by_class": {cls: int(count) for cls, count in
                      zip(data.class_names, np.bincount(pool.labels[verdict.flagged], minlength=len(data.class_names)))},
-        "method": label_issues.METHOD,
+        "method": label_issues.method(kind),
     })
     print(f"{flagged} possibly mislabelled images of {len(pool)} ({', '.join(f'{s} {n}' for s, n in by_split.items())}), "
           f"then the {len(listed) - flagged} most suspicious others -> {paths.LABEL_ISSUES.relative_to(paths.ROOT)}")

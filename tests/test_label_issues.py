@@ -179,6 +179,16 @@ def test_no_judge_trains_on_calibrates_on_or_is_shown_what_it_judges():
     assert not np.array_equal(plan[0].calibration, judging_folds(labels, 4, seed=6)[0].calibration)
 
 
+def test_a_class_with_one_image_outside_the_judged_fold_stays_in_the_judges_training():
+    """Calibration is dealt from its first fold, class 0 first: a class with one image left outside the judged fold went
+    whole to calibration, and the judge, never taught it, flagged the class's images for a model problem."""
+    labels = np.array([0, 0] + [1] * 40 + [2] * 40)
+    for seed in range(5):
+        for fold in judging_folds(labels, 4, seed=seed):
+            assert set(labels[fold.train]) == set(labels[np.concatenate([fold.train, fold.calibration])]), seed
+            assert len(fold.calibration)
+
+
 def test_out_of_fold_puts_each_judges_answers_in_input_order():
     labels = np.arange(20) % 2
 

@@ -237,7 +237,7 @@ def test_listed_images_leave_the_training_split_only(tmp_path):
     # The CSV as a spreadsheet saves it: a byte-order mark, quoted cells, CRLF; or its id column alone.
     (tmp_path / "saved.csv").write_bytes('\ufeffid,split,given\r\n"train:3",train,"7"\r\ntrain:7,train,1\r\n'.encode())
     assert read_excluded(tmp_path / "saved.csv") == {"train:3", "train:7"}
-    (tmp_path / "ids.csv").write_text("id\ntrain:3\ntrain:7\n")
+    (tmp_path / "ids.csv").write_text("id\ntrain:3\ntrain:0007\n")  # a spreadsheet's zero-padded number too
     assert read_excluded(tmp_path / "ids.csv") == {"train:3", "train:7"}
     with pytest.raises(InvalidSetting, match=r"^exclude: train:1797 names no image of this data \(its raw splits: train:0..1796\)"):
         prepare_into(raw, tmp_path / "other", 0.15, 0.2, seed=0, exclude={"train:3", "train:1797"})

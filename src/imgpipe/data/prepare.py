@@ -256,7 +256,7 @@ def read_excluded(path: Path) -> set[str]:
         rows = [row[column].strip() if column < len(row) else "" for row in table[1:]]
     bad = next((row for row in rows if not IMAGE_ID.fullmatch(row)), None)
     require(bad is None, "exclude", f"{path}: {bad!r} is not an image id (such as train:1234)")
-    return set(rows)
+    return {f"{split}:{int(number)}" for split, number in (row.split(":") for row in rows)}  # train:0012 is train:12
 
 
 IMAGE_ID = re.compile(r"(train|val|test):\d+")

@@ -1,11 +1,13 @@
 """Model problem or label problem: which given labels are probably wrong, judged from out-of-sample predicted
 probabilities.
 
-Method, in one sentence a report can quote: label issues are found by confident learning (Northcutt, Jiang &
-Chuang, JAIR 2021) - an example is flagged when the out-of-sample probability of some other class j reaches
-that class's threshold t_j (the mean probability the models give class j on the examples labelled j) and
-exceeds the probability of the given label, and flagged examples are ranked by the normalized margin
-p(suggested) - p(given).
+Method: label issues are found by a stricter form of confident learning's rule (Northcutt, Jiang & Chuang, JAIR
+2021) - an example is flagged when the out-of-sample probability of some other class j reaches that class's
+threshold t_j (the mean probability the models give class j on the examples labelled j) and exceeds the
+probability of the given label. (The paper's rule lets the given label compete only where it reaches its own
+threshold, so it also flags an example whose given label is below its threshold but more probable than the other
+class: more found, more of them wrong.) find_label_issues orders its issues by p(suggested) - p(given); the
+stage's list goes by label quality (`label_quality`).
 
 Why this method: the per-class thresholds adapt to how confident the models are on each class (a hard class
 whose correctly labelled examples get p = 0.6 still counts as "confidently j" at 0.6, an easy one needs 0.99),
@@ -138,9 +140,9 @@ def cross_fit_folds(labels: np.ndarray, folds: int, seed: int) -> list[np.ndarra
 
     Each class's examples, in a seeded random order, are dealt to the folds in turn, so every class is spread
     as evenly as it can be (per-fold counts differ by at most 1); the dealing carries on from fold to fold
-    across classes, so the fold sizes also differ by at most 1.  A class with fewer examples than folds is
-    missing from some training parts: the models trained there cannot predict it, so its out-of-sample
-    probabilities are low and its examples may be flagged - more folds, or more examples, cure that.
+    across classes, so the fold sizes also differ by at most 1.  A class with a single example is missing from
+    the training part of the fold that holds it: that model cannot predict it, so its out-of-sample probability
+    is low and it may be flagged (judging_folds keeps every other class's last images out of calibration).
     """
     labels = np.asarray(labels)
     if labels.ndim != 1:
@@ -182,7 +184,13 @@ def judging_folds(labels: np.ndarray, folds: int, seed: int, calibration_share: 
         rest = np.setdiff1d(np.arange(len(labels)), judged, assume_unique=True)
         parts = max(2, min(len(rest), round(1 / calibration_share)))
         calibration = rest[cross_fit_folds(labels[rest], parts, seed + 1 + fold)[0]]
-        plan.append(Fold(np.setdiff1d(rest, calibration, assume_unique=True), calibration, judged))
+        train = np.setdiff1d(rest, calibration, assume_unique=True)
+        # A class with one image left outside the judged fold would go whole to calibration (dealing starts at fold 0,
+        # always so for class 0): the judge would never learn it, and flag its images for a model problem.
+        alone = np.isin(labels[calibration], labels[train], invert=True)
+        if alone.any() and not alone.all():
+            calibration, train = calibration[~alone], np.sort(np.concatenate([train, calibration[alone]]))
+        plan.append(Fold(train, calibration, judged))
     return plan
 
 
@@ -268,11 +276,15 @@ def review(probabilities: np.ndarray, labels: np.ndarray, kind: str = "self_conf
                   probabilities[rows, suggested])
 
 
-METHOD = ("Every image is judged by models that neither trained on it nor picked their epoch or temperature by its label "
-          "(cross-fitting over all the splits), and ranked by its label quality, the probability those models give its "
-          "label. Confident learning (Northcutt, Jiang & Chuang, JAIR 2021) flags an image when they give another class at "
-          "least that class's threshold (its mean probability over the images labelled with it) and more than the given "
-          "label.")
+def method(kind: str) -> str:
+    """The method, in words a report can quote, for label quality `kind` (QUALITY_KINDS)."""
+    quality = {"self_confidence": "the probability those models give its label",
+               "normalized_margin": "its label's lead over the likeliest other class in those models' probabilities"}[kind]
+    return ("Every image is judged by models that neither trained on it nor picked their epoch or temperature by its label "
+            f"(cross-fitting over all the splits), and ranked by its label quality, {quality}. A stricter form of "
+            "confident learning's rule (Northcutt, Jiang & Chuang, JAIR 2021) flags an image when they give another class "
+            "at least that class's threshold (its mean probability over the images labelled with it) and more than the "
+            "given label.")
 
 
 COLUMNS = ("id", "split", "index", "given", "suggested", "given_probability", "suggested_probability", "quality", "flagged")

@@ -362,8 +362,10 @@ def label_issues_section(summary: dict | None, table: pd.DataFrame | None) -> li
     by_split = ", ".join(f"{count} in {split}" for split, count in summary["by_split"].items())
     classes = {name: count for name, count in summary["by_class"].items() if count}
     lines = ["## Possibly mislabelled", "",
-             f"Model problem or label problem? {summary['method']} The judges are {summary['folds']} {summary['judged_by']} "
-             f"models ({summary['cross_fit_epochs']} epochs each), each trained on the other folds of all the images.", "",
+             f"Model problem or label problem? {summary['method']} The judges are {summary['folds'] * summary['repeats']} "
+             f"{summary['judged_by']} models ({summary['cross_fit_epochs']} epochs each; {summary['repeats']} cross-fitting(s) of "
+             f"{summary['folds']} folds of all the images), each trained on the other folds less an eighth, on which it picks its "
+             "epoch and temperature.", "",
              f"**{summary['issues']}** of {summary['images']:,} images are flagged ({by_split}). "
              f"`{paths.LABEL_ISSUES.relative_to(paths.ROOT).as_posix()}` lists them first, then the "
              f"{summary['listed'] - summary['issues']} most suspicious others, each part by label quality ({summary['quality']}), "
