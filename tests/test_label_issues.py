@@ -5,6 +5,7 @@ per class, and the judge the stage picks."""
 
 import dataclasses
 import importlib.util
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -331,6 +332,42 @@ def test_the_stages_judges_never_judge_an_image_they_learned(digits_prepared):
     seen = logits_in_chunks(learned, pool.images, torch.device("cpu")).softmax(1).numpy()[np.arange(200), pool.labels]
     judged = stage.cross_fitted(variant, data, pool, 4, torch.device("cpu"))[np.arange(200), pool.labels]
     assert seen.mean() > 0.4 and judged.mean() < 0.2, (seen.mean(), judged.mean())  # measured: 0.53 and 0.10
+
+
+def test_the_stage_trains_calibrates_and_picks_its_epoch_on_images_it_does_not_judge(digits_prepared, monkeypatch):
+    """What the stage hands its judges, recorded: the images each trained on (its train split), picked its epoch and fit
+    its temperature on (its val split) and judged, by the index each image carries in its first two pixels. The
+    judging plan's own test checks the plan; this one, that the stage follows it."""
+    stage = label_issues_stage()
+    pool = stage.pooled(digits_prepared).subset(np.arange(300))
+    images = pool.images.copy()
+    images[:, 0, 0, 0], images[:, 0, 0, 1] = np.arange(300) // 256, np.arange(300) % 256
+    pool = dataclasses.replace(pool, images=images)
+    indices = lambda batch: (np.asarray(batch)[:, 0, 0, 0].astype(int) * 256 + np.asarray(batch)[:, 0, 0, 1]).tolist()  # noqa: E731
+    judges = []
+
+    class Judge(torch.nn.Module):
+        def forward(self, pixels):
+            judges[-1]["judged"] += indices(pixels.cpu())
+            return torch.zeros(len(pixels), 10)
+
+    def fake_train(model, model_settings, data, config):
+        judges.append({"train": indices(data.train.images), "val": indices(data.val.images), "test": len(data.test), "judged": []})
+        return SimpleNamespace(model=Judge())
+
+    def fake_calibrate(model, split, device):
+        judges[-1]["calibrated"] = indices(split.images)
+
+    monkeypatch.setattr(stage, "train", fake_train)
+    monkeypatch.setattr(stage, "calibrate", fake_calibrate)
+    variant = settings.Variant("linear", "linear", {}, TrainConfig(epochs=1, device="cpu"))
+    stage.cross_fitted(variant, digits_prepared, pool, 3, torch.device("cpu"), repeats=2)
+    assert len(judges) == 6  # 3 folds, 2 repeats
+    for judge in judges:
+        assert judge["test"] == 0 and judge["calibrated"] == judge["val"]  # the temperature on its epoch-picking images
+        assert not set(judge["judged"]) & (set(judge["train"]) | set(judge["val"]))
+    for repeat in (judges[:3], judges[3:]):
+        assert sorted(i for judge in repeat for i in judge["judged"]) == list(range(300))  # each image judged once a repeat
 
 
 def test_repeats_average_cross_fittings_of_their_own_folds_and_seeds(digits_prepared):
