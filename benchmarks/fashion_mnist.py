@@ -10,9 +10,10 @@ the validation split that chooses, and the test split is only ever reported. It 
 
 (a) the seed notebook's loop as written: a dataset turning each uint8 image into a PIL image and then a
     tensor with ToTensor, DataLoader(batch_size=32, shuffle=True), SGD lr 0.1, TinyVGG with 10 hidden units,
-    10 epochs, fp32; then the same loop with the one line a notebook user can add, bf16 autocast around the
-    forward pass and the loss (`with torch.autocast(device.type, dtype=torch.bfloat16):`). Both score the
-    validation and test splits after each epoch (fp32, as written), off the clock;
+    10 epochs, fp32; then the same loop with each one-line win a notebook user can add: bf16 autocast around the
+    forward pass and the loss (`with torch.autocast(device.type, dtype=torch.bfloat16):`), and DataLoader workers
+    for the per-sample PIL work (num_workers=2). Each scores the validation and test splits after each epoch (fp32,
+    as written), off the clock;
 (b) imgpipe's engine (imgpipe.training.loop.train). Its network and recipe are chosen among CANDIDATES
     (TinyVGG as the seed's, or 16 wide with batch norm; an epoch or a few each) on the validation split:
     the one that reaches (a) fp32's best validation accuracy in the fewest seconds of training (the most
@@ -20,9 +21,10 @@ the validation split that chooses, and the test split is only ever reported. It 
     then trains again with the test split scored after each epoch, like (a). Printed: the candidates'
     validation figures and the choice; the time the engine needs to reach (a) fp32's best test accuracy
     against EACH of (a)'s loops, and their ratios (a loop that never reaches that target is compared at its
-    own best instead, and the line says so). The same engine with the seed's own network and recipe (batch
-    32, SGD 0.1, constant) runs SEED_RECIPE_EPOCHS epochs too, so the images/s the engine alone buys is apart
-    from what the recipe buys;
+    own best instead, and the line says so), and with the candidates' training counted in (what choosing on
+    validation cost), against the fastest seed loop. The same engine with the seed's own network and recipe (batch
+    32, SGD 0.1, constant) runs SEED_RECIPE_EPOCHS epochs too, at its default precision and in fp32, so the
+    images/s the engine's data path alone buys is apart from what the recipe and bf16 buy;
 (c) the recommended FashionMNIST configuration (RECIPE_C, README's example): trained on the 54,000
     images, kept on its best epoch on the validation split (as the pipeline chooses), scored once on the
     test split; its test accuracy and seconds (the target: >= 0.930 within 300 s on a laptop-class CPU);
@@ -31,7 +33,8 @@ the validation split that chooses, and the test split is only ever reported. It 
     to the same accuracy), test-time flips, cutout (the recipe less it), weight averages; then the kept network's recipe
     with the average that won,
     kept on validation; its test-time flips kept where its own validation scores better with them (they change no
-    gradient step); test scored once; its training seconds as a multiple of (a) fp32's (about 12 minutes more).
+    gradient step); test scored once; its training seconds as a multiple of (a) fp32's, alone and with the quick
+    screens' training counted (about 12 minutes more).
 
 Seconds in (a) and (b) are training alone: the passes of gradient steps over the training split (for the
 seed, its DataLoader's per-sample PIL work included: that is its data path), and for a network with batch
@@ -82,6 +85,9 @@ TINYVGG = {"channels": [10, 10]}  # the seed's TinyVGG(hidden_units=10): same la
 # images/s at batch 128), with 15k parameters against 8k.
 TINYVGG_BN = {"channels": [16, 16], "batch_norm": True}
 SEED_EPOCHS = 10
+# (a)'s loops: the notebook's as written, with its one autocast line, and with its DataLoader's one-line win, worker
+# processes for the per-sample PIL work (2: this project's test machine has 2 cores). (label, bf16, workers)
+SEED_LOOPS = (("fp32", False, 0), ("bf16 autocast", True, 0), ("fp32, DataLoader(num_workers=2)", False, 2))
 VAL_FRACTION = 0.1  # of the training set, held out to choose (b)'s recipe, (c)'s kept epoch and (d)'s choices: 6,000 images
 # (b)'s candidates, declared before any is scored, in order of preference (a tie goes to the first), at the
 # engine's default precision (train.precision auto: bf16 autocast and channels_last where the CPU has native
@@ -103,7 +109,8 @@ SEED_RECIPE = TrainConfig(epochs=1, batch_size=32, optimizer="sgd", lr=0.1, mome
 SEED_RECIPE_EPOCHS = 2
 # (c): README's recommended configuration: TinyVGG 32/64 with batch norm, a hidden layer of 128 and dropout
 # 0.2 (468k parameters); flips, 2-pixel crops, label smoothing, weight decay; the same SGD one-cycle recipe
-# for 15 epochs, 262-470 s of training on the 2-core AMD, by the hour (1,725-2,044 images/s). (16/32 without the
+# for 15 epochs, 469.5 s of training alone on the 2-core AMD (1,725 images/s, 2026-12-04; an older engine's 262 s, 2026-12-02,
+# held its validation too). (16/32 without the
 # hidden layer, 32k parameters: 0.9296 after 30 epochs, about 300 s.)
 MODEL_C = {"channels": [32, 64], "batch_norm": True, "hidden": 128, "dropout": 0.2}
 TARGET_C = (0.930, 300.0)  # (c)'s target: this test accuracy within these seconds of training on a laptop-class CPU
@@ -229,13 +236,15 @@ def validation_split(pool: ImageSet) -> tuple[ImageSet, ImageSet]:
     return pool.subset(kept), pool.subset(held)
 
 
-def choose_recipe(candidates: tuple[Candidate, ...], train_set: ImageSet, val_set: ImageSet, target: float) -> int:
+def choose_recipe(candidates: tuple[Candidate, ...], train_set: ImageSet, val_set: ImageSet, target: float) -> tuple[int, float]:
     """(b): the index of the candidate that first reaches `target` validation accuracy in the fewest seconds of
     training; if none does, the one with the best validation accuracy (of its kept epoch, as the engine keeps).
-    The first wins a tie. Each candidate's figures printed. The test split is not an argument."""
-    reached, scores = {}, []
+    The first wins a tie. Each candidate's figures printed. The test split is not an argument. Also returns the
+    seconds of training the choosing took (every candidate's)."""
+    reached, scores, spent = {}, [], 0.0
     for number, (settings, config) in enumerate(candidates, 1):
         result, clock = engine(settings, train_set, val_set, config)
+        spent += sum(clock.seconds)
         scores.append(result.history[result.best_epoch - 1]["val_accuracy"])
         hit = first_reaching(scored_rows(result), target)
         if hit is not None:
@@ -243,7 +252,7 @@ def choose_recipe(candidates: tuple[Candidate, ...], train_set: ImageSet, val_se
         print(f"(b) candidate {number}: {network(settings)}, {recipe(config)}: val accuracy {scores[-1]:.4f} (epoch "
               f"{result.best_epoch}), {sum(clock.seconds):.2f} s of training, {clock.precision}; "
               + (f"{target:.4f} reached at epoch {hit[0]}, {hit[1]:.2f} s" if hit else f"{target:.4f} not reached"))
-    return fastest_to_target(reached, scores)
+    return fastest_to_target(reached, scores), spent
 
 
 def fastest_to_target(reached: dict[int, float], scores: list[float]) -> int:
@@ -260,7 +269,8 @@ def warm_up(networks: list[tuple[str, dict]], train_set: ImageSet, val_set: Imag
     the first optimizer step, the first bf16 kernels) would otherwise land on whichever side ran first. `networks`:
     (model, settings) of every network the engine trains."""
     few = train_set.subset(np.arange(min(WARM_UP_IMAGES, len(train_set))))
-    seed_loop(few, {}, 1, False, device)
+    for bf16 in (False, True):  # the autocast loop's first bf16 kernels too
+        seed_loop(few, {}, 1, bf16, device)
     for model, settings in {repr(pair): pair for pair in networks}.values():
         engine(settings, few, val_set, replace(ONECYCLE_SGD, epochs=1), model)
 
@@ -285,7 +295,7 @@ def accuracy_of(model, images_set: ImageSet, tta: bool) -> float:
 
 
 def gains(train_set: ImageSet, val_set: ImageSet, networks: dict[str, tuple[dict, TrainConfig]],
-          quick_epochs: int) -> tuple[str, dict, TrainConfig]:
+          quick_epochs: int) -> tuple[str, dict, TrainConfig, float]:
     """(d), first: each technique's own gain on validation, in quick versions (`quick_epochs`) of the final recipes;
     returns the network kept, its settings and its final recipe with the weight average that won there (test-time flips
     on: the final training's validation decides them)."""
@@ -307,14 +317,17 @@ def gains(train_set: ImageSet, val_set: ImageSet, networks: dict[str, tuple[dict
     plain, flipped = accuracy_of(base.model, val_set, False), accuracy_of(base.model, val_set, True)
     print(f"(d) gains on validation, {network(settings, model)}, {recipe(short)}: none {plain:.4f}; "
           f"test-time flips {flipped:.4f} ({flipped - plain:+.4f}, same weights, {sum(clock.seconds):.1f} s of training)")
+    ablated, averaged_seconds = [], []  # the seconds of training each screen took: what choosing cost
     for technique, without in ablations(short):
         other, other_clock = engine(settings, train_set, val_set, without, model)
+        ablated.append(sum(other_clock.seconds))
         alone = accuracy_of(other.model, val_set, False)
         print(f"(d) gains on validation: {technique}: {plain:.4f}; without it {alone:.4f} ({plain - alone:+.4f}; "
               f"{sum(other_clock.seconds):.1f} s of training; in the recipe by screens at length, not by this line)")
     averages = {}
     for decay in AVERAGES:
         averaged, averaged_clock = engine(settings, train_set, val_set, replace(short, ema=decay), model)
+        averaged_seconds.append(sum(averaged_clock.seconds))
         averages[decay] = accuracy_of(averaged.model, val_set, False)
         print(f"(d) gains on validation: weight average ema {decay}: {averages[decay]:.4f} ({averages[decay] - plain:+.4f}, "
               f"{sum(averaged_clock.seconds):.1f} s of training)")
@@ -324,7 +337,8 @@ def gains(train_set: ImageSet, val_set: ImageSet, networks: dict[str, tuple[dict
     chosen = replace(final, tta=True, ema=decay if averages[decay] > plain else 0.0)
     print(f"(d) kept on validation: network {model}, weight average {chosen.ema or 'off'}; test-time flips: decided on the final "
           "training's validation")
-    return model, settings, chosen
+    spent = sum(sum(clock.seconds) for _, clock in quick.values()) + sum(ablated) + sum(averaged_seconds)
+    return model, settings, chosen, spent
 
 
 def ablations(config: TrainConfig) -> list[tuple[str, TrainConfig]]:
@@ -419,10 +433,10 @@ def main() -> None:
     warm_up([("cnn", settings) for settings, _ in candidates] + [(model, settings) for model, (settings, _) in networks_d.items()],
             train_set, val_set, device)
 
-    baselines, target_val = {}, None  # (a)'s loops by precision: their test rows; fp32's best validation accuracy
+    baselines, target_val = {}, None  # (a)'s loops by label: their test rows; fp32's best validation accuracy
     if "a" in args.parts:
-        for label, bf16 in (("fp32", False), ("bf16 autocast", True)):
-            scored = seed_loop(train_set, {"val": val_set, "test": test_set}, seed_epochs, bf16, device)
+        for label, bf16, workers in SEED_LOOPS:
+            scored = seed_loop(train_set, {"val": val_set, "test": test_set}, seed_epochs, bf16, device, workers)
             rows = baselines[label] = scored["test"]
             print_rows(f"(a) seed loop, {label}", rows, scored["val"])
             best, best_val = max(accuracy for _, accuracy in rows), max(accuracy for _, accuracy in scored["val"])
@@ -434,7 +448,8 @@ def main() -> None:
     if "b" in args.parts:
         print(f"(b) choosing the network and recipe on validation: the fastest to (a) fp32's best val accuracy, "
               f"{target_val:.4f}; the test split is not read")
-        number = choose_recipe(candidates, train_set, val_set, target_val) + 1
+        number, choosing = choose_recipe(candidates, train_set, val_set, target_val)
+        number += 1
         settings, chosen = candidates[number - 1]
         print(f"(b) chosen on validation: candidate {number} ({network(settings)}, {recipe(chosen)})")
         # The test split in the engine's validation slot: its per-epoch figures are reported as (a)'s are and
@@ -444,15 +459,25 @@ def main() -> None:
         print_rows("(b) imgpipe", rows)
         print(f"(b) {network(settings)}, {recipe(chosen)}; {images_per_second(train_set, clock):,.0f} images/s (training "
               f"alone), {clock.precision}")
-        plain, plain_clock = engine(TINYVGG, train_set, test_set, replace(SEED_RECIPE, epochs=plain_epochs))
-        print(f"(b) the engine with the seed's network and recipe (batch 32, SGD lr 0.1, constant): "
-              f"{images_per_second(train_set, plain_clock):,.0f} "
-              f"images/s (training alone), {plain_clock.precision}; test accuracy {plain.history[-1]['val_accuracy']:.4f} "
-              f"after {len(plain.history)} epochs")
+        # The seed's network and recipe in the engine, at its default precision and in fp32 as the seed computes: what
+        # the data path alone buys, apart from bf16's.
+        for precision in ("auto", "fp32"):
+            plain, plain_clock = engine(TINYVGG, train_set, test_set, replace(SEED_RECIPE, epochs=plain_epochs, precision=precision))
+            print(f"(b) the engine with the seed's network and recipe (batch 32, SGD lr 0.1, constant), precision {precision}: "
+                  f"{images_per_second(train_set, plain_clock):,.0f} "
+                  f"images/s (training alone), {plain_clock.precision}; test accuracy {plain.history[-1]['val_accuracy']:.4f} "
+                  f"after {len(plain.history)} epochs")
         if "fp32" in baselines:
             target = max(accuracy for _, accuracy in baselines["fp32"])
             for label, baseline in baselines.items():
                 print(against(label, baseline, rows, target))
+            ours = first_reaching(rows, target)
+            if ours is not None:  # the candidates' training counted in: what choosing on validation cost
+                fastest = min((hit[1], label) for label, baseline in baselines.items()
+                              if (hit := first_reaching(baseline, target)) is not None)
+                print(f"(b) with the choosing counted: {choosing:.2f} s of the {len(candidates)} candidates' training plus "
+                      f"{ours[1]:.2f} s: {fastest[0] / (choosing + ours[1]):.1f}x the fastest seed loop to {target:.4f} "
+                      f"({fastest[1]}, {fastest[0]:.2f} s)")
     if "c" in args.parts:
         result, clock, accuracy = recommended(train_set, val_set, test_set, recipe_c)
         print(f"(c) recommended: cnn {MODEL_C}, {recipe(recipe_c)}: test accuracy {accuracy:.4f} "
@@ -463,7 +488,7 @@ def main() -> None:
         print(f"(c) target >= {TARGET_C[0]:.3f} within {TARGET_C[1]:.0f} s of training: {'met' if met else 'missed'} "
               f"({accuracy:.4f} in {sum(clock.seconds):.1f} s; absolute seconds differ threefold between machines)")
     if "d" in args.parts:
-        model, settings, config = gains(train_set, val_set, networks_d, quick_epochs)
+        model, settings, config, screening = gains(train_set, val_set, networks_d, quick_epochs)
         result, clock = engine(settings, train_set, val_set, config, model)
         plain, flipped = accuracy_of(result.model, val_set, False), accuracy_of(result.model, val_set, True)
         result.model.tta = flipped > plain
@@ -478,7 +503,8 @@ def main() -> None:
         if "fp32" in baselines:
             seed_seconds = baselines["fp32"][-1][0]
             line += (f"; (a) fp32's {len(baselines['fp32'])} epochs took {seed_seconds:.1f} s: (d) used "
-                     f"{training / seed_seconds:.2f}x of it (budget {BUDGET}x)")
+                     f"{training / seed_seconds:.2f}x of it (budget {BUDGET}x), {(training + screening) / seed_seconds:.2f}x "
+                     f"with its {screening:.1f} s of quick screens counted")
         print(line)
     others = busy_seconds() - others_before - (time.process_time() - ours_before)
     print(f"other processes used about {max(others, 0):.0f} CPU-seconds meanwhile")

@@ -26,7 +26,8 @@ The exit status is 1 if any check FAILED. The rows:
   TinyVGG 16 with batch norm, and recipe C) and resnet18
   (32x32 and 224x224 inputs), every one scored on the test split after each epoch; and for (d)'s recipe (the speedrun
   CNN with test-time flips, faster than recipe C to the same accuracy on the CPU) the seconds to 0.93 and to 0.945
-  (#32: the target on a GPU is 0.945 in under 10 s);
+  on the validation split, as fashion_mnist's (d) trains it (54,000 images; its epoch kept on validation, test
+  scored once: #32's target on a GPU is 0.945 in under 10 s);
 - inference images/s of the exported TinyVGG (torch.export, as imgpipe.serving.model writes the served model).
 
     PYTHONPATH=src python benchmarks/gpu_check.py --dry-run     # the same checks on the CPU, tiny: seconds
@@ -69,10 +70,12 @@ from fashion_mnist import (
     RECIPE_D,
     TINYVGG,
     WARM_UP_IMAGES,
+    accuracy_of,
     first_reaching,
     header,
     scored_rows,
     seed_loop,
+    validation_split,
 )
 from torch import nn
 from torch.export.passes import move_to_device_pass
@@ -90,7 +93,7 @@ from imgpipe.training.loop import TrainResult, train, trains_in_bf16
 ROOT = Path(__file__).resolve().parents[1]
 CARRIED = ROOT / ".gpu_data" / "fashion-mnist"  # where a session copies the data before the device call
 TARGET = 0.90  # test accuracy whose time every Fashion-MNIST row reports...
-RECOMMENDED = 0.937  # ...and the recommended configuration's (README: (c) scored 0.9373 on a 2-core CPU)
+RECOMMENDED = 0.937  # ...and the recommended configuration's (README: (c) scored 0.9368-0.9373 on a 2-core CPU)
 TOWARD_945 = (0.93, 0.945)  # the targets of (d)'s recipe, on the way to 0.945 (#32: on a GPU, 0.945 in under 10 s)
 NO_CUDA, DRY = "skipped: no CUDA", "skipped: dry run"
 RANK_LINE = "gpu_check rank: "  # how the torchrun worker hands its findings back
@@ -391,12 +394,14 @@ def warm(context: Context) -> ImageSet:
     return context.pool.subset(np.arange(min(WARM_UP_IMAGES, len(context.pool))))
 
 
-def on_fashion(context: Context, name: str, settings: dict, config: TrainConfig) -> TrainResult:
+def on_fashion(context: Context, name: str, settings: dict, config: TrainConfig, on: tuple[ImageSet, ImageSet] | None = None) -> TrainResult:
     """The engine on the whole training split, scored on the test split after every epoch (benchmarks/fashion_mnist.py's (b)),
-    after an epoch of the same network and recipe on a few images, off the clock."""
+    after an epoch of the same network and recipe on a few images, off the clock. `on`: (train, val) splits to train and
+    validate on instead, the test split then left out."""
     few, (mean, std) = warm(context), context.pool_stats
     train(name, settings, Prepared(train=few, val=few, test=few, mean=mean, std=std), replace(config, epochs=1))
-    data = Prepared(train=context.pool, val=context.test, test=context.test, mean=mean, std=std)
+    trained_on, scored_on = on or (context.pool, context.test)
+    data = Prepared(train=trained_on, val=scored_on, test=scored_on, mean=mean, std=std)
     result = train(name, settings, data, config)
     expect(result.history[-1]["val_accuracy"] >= context.sizes.sane_accuracy, f"test accuracy {result.history[-1]['val_accuracy']:.4f}")
     return result
@@ -456,9 +461,21 @@ def tinyvgg_c(context: Context):
 
 
 def speedrun_d(context: Context):
+    """(d)'s recipe as fashion_mnist's (d) runs it, not as the other rows: an absolute target (0.945) is reached on the
+    validation split (10% of the training set), the epoch kept there, and the test split scored once, after: a time
+    taken to the first epoch whose test score crosses it would choose with the test split."""
     # Test-time flips on: what fashion_mnist's (d) kept on its final training's validation (2026-12-04, +0.0045).
     config = context.config(RECIPE_D, epochs=context.sizes.recipe_d_epochs, tta=True)
-    return engine_row(context, on_fashion(context, "speedrun_cnn", MODEL_D, config), TOWARD_945)
+    train_part, val_part = validation_split(context.pool)
+    result = on_fashion(context, "speedrun_cnn", MODEL_D, config, on=(train_part, val_part))
+    training = result.history[-1]["train_seconds"]
+    figure, data = timing_figure(len(train_part) * len(result.history) / max(training, 1e-9), scored_rows(result),
+                                 context.seed_images_per_second, TOWARD_945)
+    tested = accuracy_of(result.model, context.test, True)
+    figure = figure.replace("test acc", "val acc").replace(" s (epoch", " s on validation (epoch")
+    data["epochs"] = [{"seconds": row["seconds"], "val_accuracy": row["test_accuracy"]} for row in data["epochs"]]
+    return "ok", figure + f"; kept epoch {result.best_epoch}: test acc {tested:.4f}, scored once", data | {
+        "split": "validation", "kept_epoch": result.best_epoch, "test_accuracy": tested, "summary": result.summary()}
 
 
 def resnet18_32(context: Context):

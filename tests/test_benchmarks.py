@@ -75,7 +75,8 @@ def test_the_fashion_mnist_benchmark_compares_with_both_baselines_on_a_recipe_ch
 
     # 10% of 128 images, stratified, rounded up: 13. Every part trains on the other 115.
     one(lines, r"every part trains on 115 images of the training set; 13 \(10% of each class, seed 0\) are the validation split .*")
-    baselines = {label: epoch_rows(lines, f"(a) seed loop, {label}") for label in ("fp32", "bf16 autocast")}
+    labels = ("fp32", "bf16 autocast", "fp32, DataLoader(num_workers=2)")  # as written, and with each one-line win
+    baselines = {label: epoch_rows(lines, f"(a) seed loop, {label}") for label in labels}
     for label, rows in baselines.items():
         val_rows = epoch_rows(lines, f"(a) seed loop, {label}", split="val")
         best = one(lines, re.escape(f"(a) {label}: best test accuracy ") + r"([0-9.]+), first at epoch (\d+), .* s of training; "
@@ -107,7 +108,21 @@ def test_the_fashion_mnist_benchmark_compares_with_both_baselines_on_a_recipe_ch
     precision = "bf16 autocast, channels_last" if has_native_bf16(torch.device("cpu")) else "fp32"
     one(lines, re.escape(f"(b) {chosen[2]}; ") + NUMBER + re.escape(f" images/s (training alone), {precision}"))
 
+    # The seed's recipe in the engine, in bf16 where native and in fp32: the data path's own speed-up, apart from bf16's.
+    for asked, computed in (("auto", precision), ("fp32", "fp32")):
+        one(lines, re.escape(f"(b) the engine with the seed's network and recipe (batch 32, SGD lr 0.1, constant), precision {asked}: ")
+            + NUMBER + re.escape(f" images/s (training alone), {computed}; ") + ".*")
     target = max(accuracy for _, accuracy in baselines["fp32"])
+    reached_by = {label: first_at_or_above(rows, target) for label, rows in baselines.items()}
+    ours_at = first_at_or_above(engine_rows, target)
+    if ours_at is not None:  # the choosing's training counted in, against the fastest seed loop to the target
+        counted = one(lines, r"\(b\) with the choosing counted: ([0-9.]+) s of the 5 candidates' training plus ([0-9.]+) s: "
+                             r"([0-9.]+)x the fastest seed loop to [0-9.]+ \((.*), ([0-9.]+) s\)")
+        assert math.isclose(float(counted[1]), sum(float(m[4]) for m in candidates), abs_tol=0.03)
+        fastest = min(baselines[label][epoch - 1][0] for label, epoch in reached_by.items() if epoch is not None)
+        named = baselines[counted[4]][reached_by[counted[4]] - 1][0]  # the loop it names: its own time to the target
+        assert math.isclose(float(counted[5]), named, abs_tol=0.006) and math.isclose(named, fastest, abs_tol=0.011)
+        assert ratio_within_rounding(float(counted[3]), float(counted[5]), float(counted[1]) + float(counted[2]), places=1)
     for label, rows in baselines.items():
         line = one(lines, re.escape(f"(b) against (a) {label}: ") + "(.*)")[1]
         aimed = target
@@ -162,8 +177,14 @@ def test_the_fashion_mnist_benchmark_compares_with_both_baselines_on_a_recipe_ch
     assert at_length[4] == ("on" if float(at_length[2]) > float(at_length[1]) else "off")
     final = one(lines, r"\(d\) (\S+) \{.*\}, .*, test-time flips (on|off), weight average (\S+): test accuracy ([0-9.]+) \(kept epoch 1 "
                        r"on validation, val ([0-9.]+) with flips\) after ([0-9.]+) s of training alone, .*; \(a\) fp32's 1 epochs took ([0-9.]+) s: "
-                       r"\(d\) used ([0-9.]+)x of it \(budget 2x\)")
+                       r"\(d\) used ([0-9.]+)x of it \(budget 2x\), ([0-9.]+)x with its ([0-9.]+) s of quick screens counted")
     assert (final[1], final[2], final[3]) == (kept[1], at_length[4], kept[2])
+    # The screens' seconds: both networks' quick runs, the ablations and the averages, as their lines print them.
+    screens = [float(m[3]) for m in networks] + [float(re.search(r"; ([0-9.]+) s of training;", line)[1]) for line in lines
+                                                 if line.startswith("(d) gains on validation: cutout")]
+    screens += [float(m[1]) for m in matches(lines, r"\(d\) gains on validation: weight average ema [0-9.]+: [0-9.]+ \([-+][0-9.]+, ([0-9.]+) s")]
+    assert math.isclose(float(final[10]), sum(screens), abs_tol=0.35)
+    assert ratio_within_rounding(float(final[9]), float(final[6]) + float(final[10]), float(final[7]), places=1)
     # The engine's own validation of the kept epoch (with flips, as the final trains) is what the flips were judged by.
     assert float(final[5]) == float(at_length[2])
     assert ratio_within_rounding(float(final[8]), float(final[6]), float(final[7]), places=1)
