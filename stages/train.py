@@ -46,12 +46,14 @@ def main() -> None:
         processes = 1
     if processes > 1 and not distributed.launched():  # start the ranks, each of which runs this script
         with P.reported_as(f"models.{name}"):  # a bad setting fails here, in one line, not on every rank at every restart
-            build_model(variant.model, data.image_shape, len(data.class_names), **variant.settings)
+            net = build_model(variant.model, data.image_shape, len(data.class_names), **variant.settings)
+            if callable(getattr(net, "load_pretrained", None)):  # a zoo model's weights: a bad file, or the download once
+                net.load_pretrained()
         restarts = variant.config.max_restarts
         status = distributed.launch(processes, [__file__, name, str(seed)], restarts)
         if status != 0:
-            raise ImgpipeError(f"train {name} seed {seed}: {processes} processes under torchrun failed (exit {status}; "
-                               f"restarted {restarts} time(s) first, train.max_restarts); the failing rank's error is above")
+            raise ImgpipeError(f"train {name} seed {seed}: {processes} processes under torchrun failed (exit {status}, after "
+                               f"up to {restarts} restart(s), train.max_restarts); the failing rank's error is above")
         return
     if device_type == "cuda" and not distributed.launched():
         gpus.use_a_free_gpu()  # parallel queued experiments (dvc queue start -j N) spread over the GPUs

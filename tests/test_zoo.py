@@ -95,11 +95,22 @@ def test_named_weights_missing_offline_name_the_file_to_place(tmp_path, monkeypa
     ("resnet18", {"weights": "IMAGENET9K"}, "resnet18 has no weights 'IMAGENET9K'; choose one of: DEFAULT, IMAGENET1K_V1"),
     ("resnet18", {"freeze": "head"}, "must be one of: none, backbone"),
     ("resnet18", {"wings": 2}, "not a setting of torchvision's resnet18"),
+    ("vit_b_16", {"input_size": [40, 40]}, "input_size: vit_b_16 cannot take [40, 40] images (Input shape indivisible by patch"),
+    ("vit_b_16", {"input_size": [32, 48]}, "input_size: vit_b_16 takes square images, got [32, 48]"),
+    ("googlenet", {}, "torchvision's googlenet is not supported: in training it answers with its auxiliary heads' scores too"),
 ])
 def test_bad_names_and_settings_fail_in_one_line(name, settings, message):
     with pytest.raises(InvalidSetting) as error:
         build_model(name, (3, 32, 32), 2, **settings)
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_vision_transformer_is_built_for_the_size_it_sees():
+    """ViT's position embeddings fix its input size: built for 224 whatever it was given, it refused every other one at
+    its first forward pass (32x32 here, 384 for weights trained at 384)."""
+    net = build_model("vit_b_16", (1, 28, 28), 10, input_size=[32, 32])
+    assert net.model.image_size == 32 and net(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    assert build_model("vit_b_16", (3, 32, 32), 10, weights="IMAGENET1K_SWAG_E2E_V1").model.image_size == 384  # nothing downloaded yet
 
 
 def test_a_frozen_backbone_stays_as_it_was_and_the_head_learns_faster(tmp_path):

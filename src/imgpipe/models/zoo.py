@@ -19,6 +19,8 @@ from imgpipe import paths
 from imgpipe.errors import InvalidSetting, require
 
 FREEZE = ("none", "backbone")
+BUILT_FOR_A_SIZE = {"vit_": "image_size", "maxvit": "input_size"}  # the builder setting that fixes the input size
+AUXILIARY_HEADS = ("googlenet", "inception_v3")  # in training they answer (scores, auxiliary scores)
 
 
 def _models():
@@ -74,10 +76,22 @@ class TorchvisionNet(nn.Module):
         require(isinstance(input_size, (list, tuple)) and len(input_size) == 2 and all(isinstance(s, int) and s > 0 for s in input_size),
                 "input_size", f"must be [height, width] in pixels, got {input_size!r}")
         self.input_size = tuple(input_size)
+        require(arch not in AUXILIARY_HEADS, "model", f"torchvision's {arch} is not supported: in training it answers with "
+                f"its auxiliary heads' scores too; use another classifier (resnet18, efficientnet_b0, ...)")
+        # Built for one input size (ViT's position embeddings, MaxViT's windows): built for the size it will see.
+        sized = next((key for prefix, key in BUILT_FOR_A_SIZE.items() if arch.startswith(prefix)), None)
+        if sized == "image_size":
+            require(self.input_size[0] == self.input_size[1], "input_size", f"{arch} takes square images, got {list(self.input_size)}")
+            builder_settings.setdefault(sized, self.input_size[0])
+        elif sized is not None:
+            builder_settings.setdefault(sized, self.input_size)
         try:
             self.model = _models().get_model(arch, weights=None, **builder_settings)
         except TypeError as error:  # a key the builder does not take
             raise InvalidSetting(next(iter(builder_settings), "model"), f"not a setting of torchvision's {arch} ({error})") from None
+        except (AssertionError, ValueError) as error:  # e.g. a ViT's patches that do not divide the image
+            raise InvalidSetting("input_size", f"{arch} cannot take {list(self.input_size)} images ({error}); set input_size, "
+                                 "e.g. [224, 224]") from None
         # The head: the last linear layer (fc, classifier[-1], heads.head, ...), replaced for these classes.
         linear = [(name, module) for name, module in self.model.named_modules() if isinstance(module, nn.Linear)]
         require(bool(linear), "model", f"torchvision's {arch} has no linear classifier layer to replace")
