@@ -60,8 +60,8 @@ def test_a_killed_rank_restarts_a_spent_budget_fails_in_one_line_and_a_lost_mach
     # No budget: the stage fails, its last line the one a user reads, and writes no checkpoint.
     spent = rows["budget spent"]
     assert spent["exit"] != "0" and spent["digest"] == "-", done.stdout
-    assert re.search(r"budget spent: last line: error: train cnn seed 0: 2 processes under torchrun failed \(exit \d+; restarted 0 "
-                     r"time\(s\) first, train.max_restarts\); the failing rank's error is above", done.stdout), done.stdout
+    assert re.search(r"budget spent: last line: error: train cnn seed 0: 2 processes under torchrun failed \(exit \d+, after up to "
+                     r"0 restart\(s\), train.max_restarts\); the failing rank's error is above", done.stdout), done.stdout
 
     # Two agents as two machines: the second lost with its rank and started again; the first waited for it, and the
     # pair resumed and ended on the same weights.
