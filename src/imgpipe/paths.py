@@ -44,8 +44,8 @@ def in_project(given: str | Path) -> Path:
     """A path a user gave (params.yaml, IMGPIPE_MIRROR), relative to the project root; an absolute one as it is. In a
     queued or --temp experiment's copy, one the copy lacks (an untracked folder, a mirror beside the project:
     ../shared/...) is the project's own."""
-    here = ROOT / Path(given).expanduser()
-    return here if here.exists() else PROJECT_ROOT / Path(given).expanduser()
+    given = Path(given).expanduser()
+    return ROOT / given if (ROOT / given).exists() else PROJECT_ROOT / given
 
 
 # A variant is trained once per seed of train.seeds: each (variant, seed) has its own files, in a

@@ -78,13 +78,16 @@ def open_study(name: str, storage: str, sweep: SweepConfig, worker: int | None) 
               "halving": lambda: AfterStartup(optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, sweep.warmup_epochs + 1)),
                                               sweep.startup_trials),
               "none": optuna.pruners.NopPruner}[sweep.pruner]()
-    # TPE: each worker its own seed, else they propose the same first trials; one joining from another machine draws
-    # fresh (its index, 0, would be the first machine's). A grid: one seed for all, which shuffles the grid's order;
-    # a trial's number picks its point in that order, so another order per worker tries some points twice, some never.
-    grid = optuna.samplers.GridSampler({d.key: d.grid(sweep.grid_points) for d in sweep.space}, seed=sweep.seed)
-    study = optuna.create_study(study_name=name, storage=storage, sampler=grid if sweep.sampler == "grid" else None,
-                                pruner=pruner, direction=sweep.direction, load_if_exists=True)
-    if sweep.sampler == "tpe":  # seeded by the trials already there too: a resumed study would replay its first draws
+    # A grid: one seed for all, which shuffles the grid's order; a trial's number picks its point in that order, so
+    # another order per worker tries some points twice, some never.
+    grid = (optuna.samplers.GridSampler({d.key: d.grid(sweep.grid_points) for d in sweep.space}, seed=sweep.seed)
+            if sweep.sampler == "grid" else None)
+    study = optuna.create_study(study_name=name, storage=storage, sampler=grid, pruner=pruner, direction=sweep.direction,
+                                load_if_exists=True)
+    if sweep.sampler == "tpe":
+        # Each worker its own seed, else they propose the same first trials, and seeded by the trials already there, else
+        # a resumed study replays its first draws; one joining from another machine draws fresh (its index, 0, would be
+        # the first machine's).
         seed = None if worker is None else int(np.random.SeedSequence([sweep.seed, worker, len(study.trials)]).generate_state(1)[0])
         study.sampler = optuna.samplers.TPESampler(seed=seed)
     # An existing study keeps its own direction whatever is asked: its trials' values are another figure, and the best
@@ -116,8 +119,7 @@ def searched_recipe(sweep: SweepConfig, params: dict) -> dict:
     searched = {dimension.key.rpartition(".")[2] for dimension in sweep.space}
     apart = searched | set(HOW_IT_RUNS) | {"device"}
     return {"variant": sweep.variant, "sampler": sweep.sampler, "grid_points": sweep.grid_points,
-            "space": {d.key: {"low": d.low, "high": d.high, "log": d.log, "int": d.integer,
-                              "choices": None if d.choices is None else list(d.choices)} for d in sweep.space},
+            "space": {dimension.key: asdict(dimension) for dimension in sweep.space},
             "model": variant.model, "settings": {k: v for k, v in variant.settings.items() if k not in searched},
             "train": {k: v for k, v in asdict(variant.config).items() if k not in apart}}
 
@@ -125,12 +127,10 @@ def searched_recipe(sweep: SweepConfig, params: dict) -> dict:
 def require_same_recipe(study: optuna.Study, recipe: dict) -> None:
     """A resumed or joined study searches what it searched, around the same recipe: else a grid retries some points and
     skips others, and trials of 5 epochs are ranked beside trials of 30."""
-    kept = study.user_attrs.get(RECIPE)
+    kept, now = study.user_attrs.get(RECIPE), json.loads(json.dumps(recipe))  # as the storage gives it back: lists, not tuples
     if kept is None:
-        study.set_user_attr(RECIPE, json.loads(json.dumps(recipe)))  # as the storage gives it back: lists, not tuples
-        return
-    now = json.loads(json.dumps(recipe))
-    if kept != now:
+        study.set_user_attr(RECIPE, now)
+    elif kept != now:
         section = next(key for key in now.keys() | kept.keys() if now.get(key) != kept.get(key))
         inner = now.get(section), kept.get(section)
         if all(isinstance(part, dict) for part in inner):

@@ -16,8 +16,8 @@ from imgpipe.errors import ConfigError
 
 OBJECTIVES = {"val_accuracy": "maximize", "val_loss": "minimize"}  # the kept epoch's figure on the validation split
 PRUNERS = ("median", "halving", "none")
-SAMPLERS = ("tpe", "grid")
-SCHEDULE_LENGTH = ("epochs", "schedule")  # settings that change how a trial's learning rate runs its course  # Optuna's TPE (Bayesian), or a grid drawn in a seeded random order: the baseline
+SAMPLERS = ("tpe", "grid")  # Optuna's TPE (Bayesian), or a grid drawn in a seeded random order: the baseline
+SCHEDULE_LENGTH = ("epochs", "schedule")  # settings that change how a trial's learning rate runs its course
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ class SweepConfig:
     pruner: str  # median, halving or none
     startup_trials: int  # trials never pruned: the yardstick the pruner compares with
     warmup_epochs: int  # epochs no trial is pruned after: the pruner first judges one after epoch warmup_epochs + 1
-    seed: int  # the sampler's seed (TPE: worker i takes seed + i; a grid: the order of its points)
+    seed: int  # the sampler's seed (TPE: with the worker's index and the trials held; a grid: the order of its points)
     storage: str | None  # a database URL (None: sqlite at the project root)
     study: str | None  # the study's name (None: <experiment>-<variant>)
     space: tuple[Dimension, ...]

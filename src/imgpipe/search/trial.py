@@ -20,9 +20,9 @@ from imgpipe.models.checkpoint import save_checkpoint
 from imgpipe.models.inference import logits_in_chunks
 from imgpipe.search.space import SweepConfig, applied, dvc_command
 from imgpipe.tracking.trials import SWEEP, TrialRun
+from imgpipe.training.loop import train
 
 RUN = "mlflow_run"  # a trial's attribute: its MLflow run
-from imgpipe.training.loop import train
 
 
 def packed(hits: np.ndarray) -> str:

@@ -55,10 +55,11 @@ def read_table(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray]:
         raise ImgpipeError(f"{path}: has no pixel columns besides {label_column!r}")
     for column in frame.columns:
         if pd.api.types.is_bool_dtype(frame[column]) or not pd.api.types.is_numeric_dtype(frame[column]):
-            numbers = pd.to_numeric(frame[column], errors="coerce")
-            wrong = numbers.isna() | pd.Series(pd.api.types.is_bool_dtype(frame[column]), index=frame.index)
-            if wrong.any():
-                row = int(np.flatnonzero(wrong)[0])
+            # A True/False column is no pixels, though pandas takes it for numbers.
+            numbers = (pd.Series(np.nan, index=frame.index) if pd.api.types.is_bool_dtype(frame[column])
+                       else pd.to_numeric(frame[column], errors="coerce"))
+            if numbers.isna().any():
+                row = int(np.flatnonzero(numbers.isna())[0])
                 raise ImgpipeError(f"{path} line {_line(row)}, column {column!r}: {frame[column].iloc[row]!r} is not a number")
             frame[column] = numbers.astype(np.float64)  # numbers too large for int64: the range check names them
     pixels = frame.to_numpy()
