@@ -18,7 +18,7 @@ from imgpipe import params as P
 from imgpipe import paths, settings
 from imgpipe.data.prepared import load_prepared
 from imgpipe.device import pick_device
-from imgpipe.errors import ImgpipeError, run_stage
+from imgpipe.errors import ConfigError, ImgpipeError, run_stage
 from imgpipe.evaluation.calibration import calibrate
 from imgpipe.files import write_json
 from imgpipe.models.checkpoint import save_checkpoint
@@ -32,7 +32,10 @@ def main() -> None:
         raise ImgpipeError("usage: python stages/train.py VARIANT SEED (one of params.yaml train.variants and train.seeds)")
     name, seed = sys.argv[1], P.seed_argument(sys.argv[2])
     params = P.load()
+    if seed not in P.seeds(params):  # dvc.yaml declares only these seeds' outputs
+        raise ConfigError(f"train {name}: seed {seed} is not one of params.yaml train.seeds {P.seeds(params)}")
     variant = settings.variant(params, name, seed)
+    background = settings.data_config(params).background  # a bad data: setting fails now, not after the training
     with P.reported_as(settings.section_of(params, name, "device")):  # fail now, naming the key, if the device is absent
         device_type = pick_device(variant.config.device).type
     data = load_prepared(paths.PREPARED)
@@ -69,7 +72,7 @@ def main() -> None:
     calibration = calibrate(result.model, data.val, result.model.mean.device)
     save_checkpoint(paths.checkpoint(name, seed), result.model, model_name=variant.model, model_settings=variant.settings,
                     image_shape=data.image_shape, class_names=data.class_names, config=variant.config,
-                    background=settings.data_config(params).background)
+                    background=background)
     write_curves(paths.curves(name, seed), result.history)
     metrics = result.summary() | {"temperature": calibration.temperature, "val_nll_before_scaling": calibration.nll_before,
                                   "val_nll_after_scaling": calibration.nll_after}

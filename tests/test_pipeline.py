@@ -200,7 +200,16 @@ def test_bad_parameter_fails_in_one_line_and_keeps_earlier_results(project):
         done = run(["python", "stages/train.py", "cnn", "0"], project, check=False)
     assert done.returncode == 1
     assert done.stderr.strip() == "error: params.yaml: train.epochs: must be a whole number >= 1, got -2"
-    assert model.read_bytes() == before
+    # A data: key only the checkpoint reads (fetch and prepare do not rerun for it under `dvc exp run -S`): refused
+    # before the training, not after it; and a seed dvc.yaml declares no outputs for.
+    with edited_params(project, data__bakground=[0, 0, 0]):
+        done = run(["python", "stages/train.py", "cnn", "0"], project, check=False)
+    assert done.returncode == 1 and done.stderr.startswith("error: params.yaml: data.bakground: unknown setting")
+    assert "epoch" not in done.stdout
+    done = run(["python", "stages/train.py", "cnn", "7"], project, check=False)
+    assert done.returncode == 1
+    assert done.stderr.strip() == "error: train cnn: seed 7 is not one of params.yaml train.seeds [0]"
+    assert model.read_bytes() == before and not (project / "models/cnn/seed7.pt").exists()
 
 
 def test_evaluate_measures_on_the_device_its_settings_name(project):
