@@ -84,6 +84,9 @@ def test_unreadable_params_file_is_named(tmp_path):
     path.write_text("train: [unclosed\n")
     with pytest.raises(ConfigError, match=f"{path}: not valid YAML"):
         P.load(path)
+    path.write_text("train: {epochs: 3}  # é\n", encoding="cp1252")
+    with pytest.raises(ConfigError, match=f"{path}: not UTF-8 text"):
+        P.load(path)
 
 
 def test_params_are_read_as_dvc_reads_them(tmp_path):

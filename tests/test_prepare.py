@@ -239,6 +239,9 @@ def test_listed_images_leave_the_training_split_only(tmp_path):
     assert read_excluded(tmp_path / "saved.csv") == {"train:3", "train:7"}
     (tmp_path / "ids.csv").write_text("id\ntrain:3\ntrain:0007\n")  # a spreadsheet's zero-padded number too
     assert read_excluded(tmp_path / "ids.csv") == {"train:3", "train:7"}
+    (tmp_path / "unicode.txt").write_text("id\ntrain:3\n", encoding="utf-16")  # a spreadsheet's "Unicode text"
+    with pytest.raises(ImgpipeError, match=r"unicode.txt: the list of images to exclude is not UTF-8 text"):
+        read_excluded(tmp_path / "unicode.txt")
     with pytest.raises(InvalidSetting, match=r"^exclude: train:1797 names no image of this data \(its raw splits: train:0..1796\)"):
         prepare_into(raw, tmp_path / "other", 0.15, 0.2, seed=0, exclude={"train:3", "train:1797"})
     with pytest.raises(InvalidSetting, match=r"^exclude: val:5 names no image"):  # the digits have no raw val split

@@ -246,6 +246,8 @@ def read_excluded(path: Path) -> set[str]:
         lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
     except OSError as error:
         raise ImgpipeError(f"{path}: cannot read the list of images to exclude ({error.strerror})") from None
+    except UnicodeDecodeError:  # a spreadsheet's "Unicode text" (UTF-16) or a legacy code page
+        raise ImgpipeError(f"{path}: the list of images to exclude is not UTF-8 text; save it as UTF-8 (CSV UTF-8)") from None
     rows = [line.split("#")[0].strip() for line in lines]
     rows = [row for row in rows if row]
     if rows and ("," in rows[0] or rows[0].strip('"') == "id"):
