@@ -407,6 +407,26 @@ def test_a_foreign_file_is_not_a_checkpoint(tmp_path):
         load_checkpoint(path)
 
 
+@pytest.mark.parametrize("change, reason", [
+    (lambda c: c["model_settings"].update(width=3), "InvalidSetting: width: not a setting of model 'mlp'"),
+    (lambda c: c["state_dict"].pop("layers.1.weight"), "RuntimeError: Error(s) in loading state_dict"),
+    (lambda c: c.pop("mean"), "KeyError: no 'mean'")])
+def test_a_checkpoint_of_another_version_is_refused_naming_the_file(tmp_path, digits_prepared, change, reason):
+    """Readable, in imgpipe's format, but from another imgpipe or torchvision: one line naming the file, not a
+    traceback from deep in torch."""
+    result = train("mlp", {"hidden": [16]}, digits_prepared, replace(FAST, epochs=1))
+    path = tmp_path / "mlp.pt"
+    save_checkpoint(path, result.model, model_name="mlp", model_settings={"hidden": [16]},
+                    image_shape=digits_prepared.image_shape, class_names=digits_prepared.class_names, config=FAST)
+    checkpoint = torch.load(path, weights_only=True)
+    change(checkpoint)
+    torch.save(checkpoint, path)
+    with pytest.raises(ImgpipeError) as caught:
+        load_checkpoint(path)
+    assert str(caught.value).startswith(f"{path}: saved by another version of imgpipe or of its model ({reason}")
+    assert "\n" not in str(caught.value)
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_training_with_dropout_resumes_to_the_same_result(tmp_path, digits_prepared):

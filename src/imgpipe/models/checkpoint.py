@@ -48,10 +48,16 @@ def load_checkpoint(path: Path) -> tuple[Classifier, dict]:
         raise ImgpipeError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise ImgpipeError(f"{path}: not an imgpipe checkpoint (expected format {FORMAT})")
-    net = build_model(checkpoint["model"], tuple(checkpoint["image_shape"]), len(checkpoint["class_names"]),
-                      **checkpoint["model_settings"])
-    net.load_state_dict(checkpoint["state_dict"])
+    try:  # a checkpoint of another imgpipe or torchvision: a setting, a layer or an entry that is no longer
+        net = build_model(checkpoint["model"], tuple(checkpoint["image_shape"]), len(checkpoint["class_names"]),
+                          **checkpoint["model_settings"])
+        net.load_state_dict(checkpoint["state_dict"])
+        mean, std = tuple(checkpoint["mean"]), tuple(checkpoint["std"])
+    except (KeyError, RuntimeError, ValueError, TypeError) as error:  # InvalidSetting is a ValueError
+        reason = f"no {error}" if isinstance(error, KeyError) else " ".join(str(error).split())
+        raise ImgpipeError(f"{path}: saved by another version of imgpipe or of its model ({type(error).__name__}: {reason}); "
+                           "train it again") from None
     checkpoint.setdefault("temperature", 1.0)  # saved before temperature scaling: the network's own scores
     checkpoint.setdefault("tta", False)  # saved before test-time augmentation
-    model = Classifier(net, tuple(checkpoint["mean"]), tuple(checkpoint["std"]), checkpoint["temperature"], checkpoint["tta"]).eval()
+    model = Classifier(net, mean, std, checkpoint["temperature"], checkpoint["tta"]).eval()
     return model, {k: v for k, v in checkpoint.items() if k != "state_dict"}
