@@ -67,12 +67,47 @@ def test_every_end_of_the_space_is_a_recipe_the_pipeline_trains_before_any_trial
     assert error({"train.lr": {"low": 0.001, "high": 0.1}}) == (
         "params.yaml: sweep.space.train.lr: models.cnn.lr overrides it for cnn; search models.cnn.lr instead")
     assert error({"models.cnn.chanels": {"choices": [[4], [8]]}}).startswith(
-        "params.yaml: sweep.space.models.cnn.chanels: [4] makes no recipe the pipeline trains (not a setting of model 'cnn'")
+        "params.yaml: sweep.space.models.cnn.chanels: [4] makes no recipe the pipeline trains (chanels: not a setting of model 'cnn'")
     assert error({"train.crop_padding": {"low": 0, "high": 8, "int": True}}) == (
         "params.yaml: sweep.space.train.crop_padding: 8 makes no recipe the pipeline trains (train.crop_padding: must be "
         "smaller than the 8x8 images, got 8)")
     check_space(sweep_config({"variant": "cnn", "space": {"models.cnn.lr": {"low": 0.001, "high": 0.1}}}, ["cnn"]), params,
                 digits_prepared)  # a good space: nothing to say
+
+
+def test_a_value_drawn_inside_a_range_that_breaks_a_rule_ends_the_sweep_in_one_line(digits_prepared, tmp_path):
+    """check_space tries a range's ends; kernel sizes 3..5 hold an even 4 between them. The trial drawing it is
+    refused before any MLflow run or training, naming what it drew."""
+    from imgpipe.search.trial import run_trial
+
+    params = {"data": {"dataset": "digits"}, "train": {"variants": ["cnn"], "seeds": [0], "epochs": 1},
+              "models": {"cnn": {"channels": [4]}}}
+    sweep = sweep_config({"variant": "cnn", "sampler": "grid", "space": {"models.cnn.kernel_size": {"low": 3, "high": 5, "int": True}}},
+                         ["cnn"])
+    check_space(sweep, params, digits_prepared)  # both ends are odd
+    study = optuna.create_study(sampler=optuna.samplers.GridSampler({"models.cnn.kernel_size": [4]}))
+    with pytest.raises(ConfigError) as caught:
+        study.optimize(lambda trial: run_trial(trial, sweep, params, digits_prepared, experiment="never", parent="none",
+                                               folder=tmp_path, seed=0, threads=1, worker=0), n_trials=1)
+    assert str(caught.value) == (
+        "params.yaml: sweep.space: trial 0 drew models.cnn.kernel_size=4, which makes no recipe the pipeline trains "
+        "(kernel_size: must be an odd whole number >= 1, got 4); list the values that do as choices")
+    assert study.trials[0].state == optuna.trial.TrialState.FAIL and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--workers", "0"], "error: --workers: must be a whole number >= 1, got 0"),
+    (["--trials", "-3"], "error: --trials: must be a whole number >= 1, got -3"),
+    (["--storage", "foo"], "error: --storage: 'foo' is not a database URL (such as sqlite:///sweep.db or postgresql://host/db)")])
+def test_the_command_lines_values_are_checked_as_params_yaml_s_naming_the_option(tmp_path, monkeypatch, capsys, argv, message):
+    """Before any data is prepared: not a ZeroDivisionError or SQLAlchemy's traceback later."""
+    (tmp_path / "params.yaml").write_text("train: {variants: [linear]}\nsweep: {variant: linear, space: {models.linear.lr: "
+                                          "{low: 0.001, high: 0.1}}}\n")
+    load = sweeping.P.load
+    monkeypatch.setattr(sweeping.P, "load", lambda: load(tmp_path / "params.yaml"))
+    monkeypatch.setattr(sweeping.subprocess, "run", lambda *a, **k: pytest.fail("prepared the data before checking"))
+    assert sweeping.main(argv) == 1
+    assert capsys.readouterr().err.strip() == message
 
 
 def test_a_resumed_study_draws_anew_and_keeps_its_space_and_recipe(tmp_path):

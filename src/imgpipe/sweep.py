@@ -20,21 +20,21 @@ import os
 import subprocess
 import sys
 import warnings
-from dataclasses import asdict, replace
+from dataclasses import asdict
 
 import numpy as np
 import optuna
+import sqlalchemy
 from optuna.trial import TrialState
 
 from imgpipe import params as P
 from imgpipe import paths, settings
 from imgpipe.data.prepared import Prepared, load_prepared
-from imgpipe.errors import ConfigError, ImgpipeError, InvalidSetting
+from imgpipe.errors import ConfigError, ImgpipeError
 from imgpipe.files import write_text
-from imgpipe.models.networks import build_model
 from imgpipe.search import summary
-from imgpipe.search.space import SweepConfig, applied, sweep_config
-from imgpipe.search.trial import RUN, run_trial
+from imgpipe.search.space import SweepConfig, sweep_config
+from imgpipe.search.trial import RUN, run_trial, trainable
 from imgpipe.tracking import trials
 from imgpipe.tracking.store import reported
 from imgpipe.training.loop import HOW_IT_RUNS
@@ -153,13 +153,10 @@ def check_space(sweep: SweepConfig, params: dict, data: Prepared) -> None:
         for value in ends:
             value = int(value) if dimension.integer else value
             try:
-                variant = settings.variant(applied(params, {dimension.key: value}), sweep.variant, P.seeds(params)[0])
-                settings.require_augmentation_fits(params, sweep.variant, variant.config, data.image_shape)
-                build_model(variant.model, data.image_shape, len(data.class_names), **variant.settings)
-            except (ConfigError, InvalidSetting) as error:
-                reason = error.reason if isinstance(error, InvalidSetting) else str(error).removeprefix("params.yaml: ")
+                trainable(params, {dimension.key: value}, sweep, data, P.seeds(params)[0])
+            except ConfigError as error:
                 raise ConfigError(f"params.yaml: sweep.space.{dimension.key}: {value!r} makes no recipe the pipeline "
-                                  f"trains ({reason})") from None
+                                  f"trains ({error})") from None
 
 
 def _said(sweep: SweepConfig):
@@ -205,9 +202,26 @@ def start_workers(sweep: SweepConfig, argv: list[str]) -> list[subprocess.Popen]
 
 
 def settings_from(args, params: dict) -> SweepConfig:
-    sweep = sweep_config(P.get(params, "sweep", None), P.get(params, "train.variants"))
+    """sweep: with the command line's values in place of its own, each checked as params.yaml's would be and named
+    as the option it came from."""
+    section = P.get(params, "sweep", None)
+    sweep_config(section, P.get(params, "train.variants"))  # params.yaml's own errors first, named as its keys
     changes = {key: getattr(args, key) for key in ("trials", "workers", "storage", "study") if getattr(args, key) is not None}
-    return replace(sweep, **changes)
+    try:
+        sweep = sweep_config({**(section or {}), **changes}, P.get(params, "train.variants"))
+    except ConfigError as error:
+        key = next((key for key in changes if str(error).startswith(f"params.yaml: sweep.{key}:")), None)
+        if key is None:
+            raise
+        raise ConfigError(f"--{key}: " + str(error).removeprefix(f"params.yaml: sweep.{key}: ")) from None
+    if sweep.storage is not None:  # a malformed URL fails now, not after preparing the data
+        try:
+            sqlalchemy.engine.make_url(sweep.storage)
+        except sqlalchemy.exc.ArgumentError:
+            where = "--storage" if "storage" in changes else "params.yaml: sweep.storage"
+            raise ConfigError(f"{where}: {sweep.storage!r} is not a database URL (such as sqlite:///sweep.db or "
+                              "postgresql://host/db)") from None
+    return sweep
 
 
 def main(argv: list[str] | None = None) -> int:

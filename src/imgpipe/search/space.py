@@ -125,6 +125,8 @@ def dimension(key: str, spec) -> Dimension:
 
 def sweep_config(section: dict | None, variants: list[str]) -> SweepConfig:
     """The sweep's settings from params.yaml's `sweep:` section (and train.variants, which must list its variant)."""
+    if section is not None and not isinstance(section, dict):
+        raise ConfigError(f"params.yaml: sweep: must be a mapping of settings (variant:, trials:, space:, ...), got {section!r}")
     section = dict(section or {})
     defaults = {"variant": "cnn", "objective": "val_accuracy", "trials": 20, "workers": 1, "sampler": "tpe",
                 "grid_points": 3, "pruner": "median",
@@ -144,6 +146,9 @@ def sweep_config(section: dict | None, variants: list[str]) -> SweepConfig:
     for key, least in (("trials", 1), ("workers", 1), ("grid_points", 2), ("startup_trials", 0), ("warmup_epochs", 0), ("seed", 0)):
         if not isinstance(values[key], int) or isinstance(values[key], bool) or values[key] < least:
             raise ConfigError(f"params.yaml: sweep.{key}: must be a whole number >= {least}, got {values[key]!r}")
+    for key in ("storage", "study"):
+        if values[key] is not None and not (isinstance(values[key], str) and values[key].strip()):
+            raise ConfigError(f"params.yaml: sweep.{key}: must be text, got {values[key]!r}")
     if not isinstance(values["space"], dict) or not values["space"]:
         raise ConfigError("params.yaml: sweep.space: name at least one setting to search, e.g. train.lr: {low: 0.001, high: 0.1, log: true}")
     space = tuple(dimension(str(key), spec) for key, spec in values["space"].items())

@@ -16,8 +16,10 @@ import torch
 
 from imgpipe import settings
 from imgpipe.data.prepared import Prepared
+from imgpipe.errors import ConfigError, InvalidSetting
 from imgpipe.models.checkpoint import save_checkpoint
 from imgpipe.models.inference import logits_in_chunks
+from imgpipe.models.networks import build_model
 from imgpipe.search.space import SweepConfig, applied, dvc_command
 from imgpipe.tracking.trials import SWEEP, TrialRun
 from imgpipe.training.loop import train
@@ -34,11 +36,28 @@ def unpacked(text: str, count: int) -> np.ndarray:
     return np.unpackbits(np.frombuffer(base64.b64decode(text), dtype=np.uint8))[:count]
 
 
+def trainable(params: dict, values: dict, sweep: SweepConfig, data: Prepared, seed: int) -> settings.Variant:
+    """The variant these searched values make, checked as the train stage checks one: a recipe it accepts, a model
+    that builds. Raises ConfigError with the reason alone (the caller names what was drawn)."""
+    try:
+        variant = settings.variant(applied(params, values), sweep.variant, seed)
+        settings.require_augmentation_fits(params, sweep.variant, variant.config, data.image_shape)
+        build_model(variant.model, data.image_shape, len(data.class_names), **variant.settings)
+    except (ConfigError, InvalidSetting) as error:
+        raise ConfigError(str(error).removeprefix("params.yaml: ")) from None  # a model's own: `kernel_size: ...`
+    return variant
+
+
 def run_trial(trial: optuna.Trial, sweep: SweepConfig, params: dict, data: Prepared, *, experiment: str, parent: str,
               folder: Path, seed: int, threads: int, worker: int | None) -> float:
     """Train the drawn configuration of sweep.variant; returns its objective (the kept epoch's val figure)."""
     values = {dimension.key: dimension.suggest(trial) for dimension in sweep.space}
-    variant = settings.variant(applied(params, values), sweep.variant, seed)
+    try:  # check_space tried each range's ends; a value inside one can still break a rule (an even kernel_size)
+        variant = trainable(params, values, sweep, data, seed)
+    except ConfigError as error:
+        drawn = ", ".join(f"{key}={value!r}" for key, value in values.items())
+        raise ConfigError(f"params.yaml: sweep.space: trial {trial.number} drew {drawn}, which makes no recipe the pipeline "
+                          f"trains ({error}); list the values that do as choices") from None
     config = variant.config if variant.config.threads else replace(variant.config, threads=threads)
     trial.set_user_attr("command", dvc_command(params, values))
     trial.set_user_attr("worker", f"{platform.node()}:{os.getpid()}" + ("" if worker is None else f":{worker}"))
