@@ -77,6 +77,17 @@ def test_idx_classes_are_the_training_labels_and_keep_their_numbers(tmp_path):
     write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", images[:3])
     with pytest.raises(ImgpipeError, match=r"holds both t10k-images-idx3-ubyte and t10k-images-idx3-ubyte.gz; keep one"):
         fetch(DataConfig(dataset="idx", path=tmp_path))
+    (tmp_path / "t10k-images-idx3-ubyte.gz").unlink()
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", images[:3])
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.array([5, 0, 2], np.uint8))
+    write_idx(tmp_path / "test-images-idx3-ubyte", images[:2])  # two test pairs: neither is dropped unseen
+    write_idx(tmp_path / "test-labels-idx1-ubyte", np.array([5, 0], np.uint8))
+    with pytest.raises(ImgpipeError, match=r"two test pairs \((t10k|test)-images-idx3-ubyte and (t10k|test)-images-idx3-ubyte\); keep one"):
+        fetch(DataConfig(dataset="idx", path=tmp_path))
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):  # test pairs only: no KeyError either
+        (tmp_path / name).unlink()
+    with pytest.raises(ImgpipeError, match=r"two test pairs"):
+        fetch(DataConfig(dataset="idx", path=tmp_path))
 
 
 def test_an_idx_header_cut_short_is_refused(tmp_path):
@@ -173,6 +184,19 @@ def test_csv_labels_are_read_as_text_whatever_pandas_would_guess(tmp_path):
     big.write_text("label,p1,p2,p3,p4\n" + "0,1,2,3,4\n1,1,2,3,4\n" * 200_000 + "A,1,2,3,4\n")
     raw = fetch(DataConfig(dataset="csv", path=big))["train"]
     assert raw.class_names == ("0", "1", "A") and raw.class_labels is None and len(raw) == 400_001
+
+
+@pytest.mark.parametrize("train_labels, test_labels, line, shown", [
+    ([0, 1, 0, 1], [1, 0, "J", 1], 4, "'J'"),  # numbers in training, a letter in test
+    (["A", "B", "A", "B"], ["A", 1, "B"], 3, "'1'")])
+def test_a_test_label_unlike_the_training_labels_is_named_by_its_own_line(tmp_path, train_labels, test_labels, line, shown):
+    """The test split's labels are read as the training split's kind: one stray word names its own line, not the
+    first line of a column that became text."""
+    train = write_csv(tmp_path / "train.csv", np.zeros((4, 1, 2, 2), np.uint8), train_labels)
+    test = write_csv(tmp_path / "test.csv", np.zeros((len(test_labels), 1, 2, 2), np.uint8), test_labels)
+    with pytest.raises(ImgpipeError) as caught:
+        fetch(DataConfig(dataset="csv", path=train, test_path=test))
+    assert str(caught.value) == f"{test} line {line}: label {shown} does not occur in train.csv"
 
 
 def test_csv_colour_layout_from_params(tmp_path):

@@ -99,7 +99,10 @@ def idx_folder(config: DataConfig) -> Fetched:
         for prefix, pair in pairs.items():
             if prefix not in SPLIT_OF_PREFIX:
                 raise ImgpipeError(f"{pair[0]}: prefix {prefix!r} is neither train nor t10k/test")
-            splits[SPLIT_OF_PREFIX[prefix]] = pair
+            split = SPLIT_OF_PREFIX[prefix]
+            if split in splits:  # t10k-* and test-*: which one is the test split is not for this code to guess
+                raise ImgpipeError(f"{folder}: two {split} pairs ({splits[split][0].name} and {pair[0].name}); keep one")
+            splits[split] = pair
     arrays = {split: read_pair(*pair) for split, pair in splits.items()}
     # The training split's labels are the classes, which keep their numbers (a subset such as 0, 1, 2, 5 has four
     # classes, not six with two empty); a label the training split lacks is refused, as the other sources do.

@@ -23,7 +23,7 @@ def _line(row: int) -> int:
 
 
 def read_table(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray]:
-    """(N, P) uint8 pixels and the N raw label values, every cell checked."""
+    """(N, P) uint8 pixels and the N labels as the file writes them (text), every cell checked."""
     if not path.is_file():
         raise ImgpipeError(f"{path}: not found; check data.path / data.test_path")
     try:
@@ -50,7 +50,7 @@ def read_table(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray]:
         row, col = np.argwhere(missing)[0]
         raise ImgpipeError(f"{path} line {_line(row)}: no value in column {frame.columns[col]!r} "
                            f"(a short row or an empty cell; every row needs {len(frame.columns)} columns)")
-    labels = _labels(frame.pop(label_column))
+    labels = frame.pop(label_column).to_numpy(dtype=str)
     if frame.shape[1] == 0:
         raise ImgpipeError(f"{path}: has no pixel columns besides {label_column!r}")
     for column in frame.columns:
@@ -71,11 +71,15 @@ def read_table(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray]:
     return pixels.astype(np.uint8), labels
 
 
-def _labels(column: pd.Series) -> np.ndarray:
-    """The label column, read as text: numbers where every label is one (their classes keep their numbers), else the
-    words as they are."""
-    numbers = pd.to_numeric(column, errors="coerce")
-    return column.to_numpy(dtype=str) if numbers.isna().any() else numbers.to_numpy()
+def _as_numbers(labels: np.ndarray) -> np.ndarray:
+    """Labels as numbers, NaN for a word."""
+    return pd.to_numeric(pd.Series(labels), errors="coerce").to_numpy()
+
+
+def _labels(text: np.ndarray, words: bool) -> np.ndarray:
+    """A label column in the training split's kind: numbers where its every label is one (the classes keep their
+    numbers; a word in another split is NaN, which no class matches), else the words as written."""
+    return text if words else _as_numbers(text)
 
 
 def _image_shape(path: Path, pixels: int, config: DataConfig) -> tuple[int, int, int]:
@@ -105,6 +109,8 @@ def pixel_table(config: DataConfig) -> Fetched:
     if config.test_path is not None:
         files["test"] = config.test_path
     tables = {split: read_table(path, config.label_column) for split, path in files.items()}
+    words = bool(np.isnan(_as_numbers(tables["train"][1])).any())  # one word in training makes every label a word
+    tables = {split: (pixels, _labels(text, words), text) for split, (pixels, text) in tables.items()}
     values = np.unique(tables["train"][1])
     if config.class_names is not None and len(config.class_names) != len(values):
         raise ImgpipeError(f"{files['train']}: has {len(values)} distinct labels but data.class_names lists "
@@ -112,11 +118,11 @@ def pixel_table(config: DataConfig) -> Fetched:
     names = tuple(config.class_names or (str(v) for v in values))
     class_labels = _class_labels(values)
     splits = {}
-    for split, (pixels, labels) in tables.items():
+    for split, (pixels, labels, text) in tables.items():
         unknown = ~np.isin(labels, values)
         if unknown.any():
             row = int(np.flatnonzero(unknown)[0])
-            raise ImgpipeError(f"{files[split]} line {_line(row)}: label {labels[row]!r} does not occur in {files['train'].name}")
+            raise ImgpipeError(f"{files[split]} line {_line(row)}: label {str(text[row])!r} does not occur in {files['train'].name}")
         channels, height, width = _image_shape(files[split], pixels.shape[1], config)
         images = pixels.reshape(-1, height, width, channels).transpose(0, 3, 1, 2)  # (N, C, H, W)
         classes = np.searchsorted(values, labels).astype(np.int64)
