@@ -39,3 +39,17 @@ def test_a_folder_swap_killed_between_its_renames_is_undone_by_the_next_write(tm
             raise RuntimeError("this write fails too")
     assert [p.name for p in tmp_path.iterdir()] == ["prepared"]  # the old folder back, nothing left beside it
     assert (tmp_path / "prepared" / "old.npz").read_text() == "old"
+
+
+def test_a_leftover_named_with_this_process_id_is_an_earlier_process_s(tmp_path):
+    """Process ids are reused (a container's stages run as the same few): a folder moved aside by a killed stage whose
+    id this process now has is still put back, not taken for a write under way."""
+    import os
+
+    (tmp_path / f".prepared.old-{os.getpid()}").mkdir()
+    (tmp_path / f".prepared.old-{os.getpid()}" / "old.npz").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "prepared"):
+            raise RuntimeError("this write fails too")
+    assert [p.name for p in tmp_path.iterdir()] == ["prepared"]
+    assert (tmp_path / "prepared" / "old.npz").read_text() == "old"

@@ -18,6 +18,8 @@ def _remove(path: Path) -> None:
 
 
 def _alive(pid: int) -> bool:
+    if pid == os.getpid():  # this process writes one path at a time: its own leftover is an earlier process's (a reused pid)
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
