@@ -52,7 +52,7 @@ for name, (model, settings, config) in jobs.items():
     else:
         result = train(model, settings, load_prepared(folder), TrainConfig(**config), group=group)
     torch.save({"weights": result.model.state_dict(), "history": result.history, "world": group.world,
-                "images_per_rank": result.images_per_rank}, out / f"{name}-rank{group.rank}.pt")
+                "images_per_rank": result.images_per_rank, "resumed": result.summary()["resumed_after_epochs"]}, out / f"{name}-rank{group.rank}.pt")
 distributed.leave()
 """
 
@@ -161,6 +161,7 @@ def test_two_ranks_killed_and_resumed_end_on_the_weights_of_an_uninterrupted_run
     other masks than the run that was not interrupted."""
     resumed, uninterrupted = two_ranks["dropout_resumed"][0], two_ranks["dropout"][0]
     assert [row["epoch"] for row in resumed["history"]] == [1, 2]
+    assert [rank["resumed"] for rank in two_ranks["dropout_resumed"]] == [[1], [1]]  # both took up the saved state
     for name, weight in uninterrupted["weights"].items():
         assert torch.equal(resumed["weights"][name], weight), name
 

@@ -49,13 +49,16 @@ def test_an_experiment_reruns_only_what_its_settings_affect(l1_two_seeds):
     assert "Running stage 'report'" in stdout
 
 
-def test_dvc_compares_the_experiment_with_its_baseline(l1_two_seeds):
+def test_dvc_compares_the_experiment_with_its_baseline(l1_two_seeds, pipeline):
     project = l1_two_seeds.project
     shown = json.dumps(json.loads(run(["dvc", "exp", "show", "--json"], project).stdout))
     assert f'"{NAME}"' in shown and "test_accuracy_mean" in shown
     diff = json.loads(run(["dvc", "metrics", "diff", "HEAD", NAME, "--all", "--json"], project).stdout)
     assert {f"metrics/test/{v}/seed0.json" for v in VARIANTS} <= set(diff)
-    assert diff["metrics/test/centroid/seed0.json"]["accuracy"]["new"] == read_json(project / "metrics/test/centroid/seed0.json")["accuracy"]
+    centroid = diff["metrics/test/centroid/seed0.json"]["accuracy"]
+    assert centroid["old"] == read_json(pipeline / "metrics/test/centroid/seed0.json")["accuracy"]  # the baseline's
+    assert centroid["new"] == read_json(project / "metrics/test/centroid/seed0.json")["accuracy"]  # the experiment's
+    assert centroid["diff"] != 0  # the l1 distance reached the centroid's training and scoring
     assert diff["metrics/test/cnn/seed0.json"]["accuracy"]["diff"] == 0
 
 

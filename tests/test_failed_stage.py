@@ -8,6 +8,7 @@ input changes nothing.
 import shutil
 
 import pytest
+import torch
 import yaml
 from project import REPO, edited_params, fork, run
 
@@ -80,9 +81,13 @@ def test_a_training_that_fails_after_its_last_epoch_reruns_without_training(pipe
         failed = run(["python", "stages/train.py", "cnn", "0"], project, check=False)
         assert failed.returncode != 0 and failed.stderr.strip().splitlines()[-1] == f"error: {folder}: File exists", failed.stderr
         assert resume.exists()
+        trained = {name.removeprefix("net."): weight for name, weight in
+                   torch.load(resume, weights_only=True)["state"]["best_weights"].items() if name.startswith("net.")}
         folder.unlink()
         rerun = run(["python", "stages/train.py", "cnn", "0"], project)
     checkpoint = folder / "seed0.pt"
+    saved = torch.load(checkpoint, weights_only=True)["state_dict"]  # the finished training's weights, not new ones
+    assert trained and saved.keys() == trained.keys() and all(torch.equal(saved[name], trained[name]) for name in saved)
     assert f"cnn: its training finished after epoch 1 in {resume}" in rerun.stdout
     assert "cnn epoch 1/1" in failed.stdout and " epoch " not in rerun.stdout.replace("finished after epoch 1", "")
     assert checkpoint.is_file() and not resume.exists()

@@ -84,7 +84,7 @@ def test_a_bad_top_k_is_a_usage_error(tmp_path, top_k, capsys):
     assert exit.value.code == 2 and "--top-k" in capsys.readouterr().err
 
 
-def test_nothing_written_takes_the_place_of_a_folder_or_an_image_read(digits_prepared, tmp_path, capsys):
+def test_nothing_written_takes_the_place_of_a_folder_or_an_image_read(digits_prepared, tmp_path, capsys, monkeypatch):
     config = TrainConfig(epochs=1, device="cpu")
     checkpoint = tmp_path / "cnn.pt"
     save_checkpoint(checkpoint, train("cnn", {"channels": [4]}, digits_prepared, config).model, model_name="cnn",
@@ -97,13 +97,19 @@ def test_nothing_written_takes_the_place_of_a_folder_or_an_image_read(digits_pre
     before = {path: path.read_bytes() for path in images.rglob("*") if path.is_file()}
     image = sorted(before)[0]
     (tmp_path / "notes.txt").write_text("a file")
+    import imgpipe.predict
+
+    def read_images(*args, **kwargs):
+        raise AssertionError("an image was read before the refusal")
+
+    monkeypatch.setattr(imgpipe.predict, "read_images", read_images)  # every refusal comes before the images are read
     for arguments, message in [
         (["--output", str(images)], f"error: {images}: is a folder; --output names the CSV file to write"),
         (["--output", str(image)], f"error: {image}: is one of the images to classify; --output names the CSV file to write"),
         (["--explain", str(tmp_path / "notes.txt")], f"error: {tmp_path / 'notes.txt'}: is a file; --explain names the folder"),
         (["--explain", str(images)], f"error: --explain {images}: the overlay {image} would replace the image {image}; "
                                      "choose another folder"),
-        # Refused before any image is read, not after every one is classified.
+        # Refused before any image is read, not after every one is classified: these too.
         (["--output", str(tmp_path / "notes.txt" / "out.csv")],
          f"error: --output {tmp_path / 'notes.txt' / 'out.csv'}: {tmp_path / 'notes.txt'} is a file, not a folder"),
         (["--explain", str(tmp_path / "notes.txt" / "maps")],

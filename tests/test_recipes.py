@@ -111,7 +111,9 @@ def test_the_weight_average_is_validated_kept_saved_and_resumed_bit_exactly(tmp_
     with pytest.raises(KeyboardInterrupt):
         train("cnn", CNN, digits_prepared, config, resume=resume, on_epoch=kill_after_epoch_2)
     assert torch.load(resume, weights_only=True)["average"]["n_averaged"].item() == 2 * -(-len(digits_prepared.train) // 64)
-    resumed = train("cnn", CNN, digits_prepared, config, resume=resume)
+    ran = []
+    resumed = train("cnn", CNN, digits_prepared, config, resume=resume, on_epoch=lambda row: ran.append(row["epoch"]))
+    assert ran == [3, 4] and resumed.summary()["resumed_after_epochs"] == [2]  # taken up, not trained again from scratch
     assert [row["val_loss"] for row in resumed.history] == [row["val_loss"] for row in whole.history]
     assert same_weights(resumed.model, whole.model)
 

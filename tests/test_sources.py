@@ -276,6 +276,8 @@ def test_image_folder_resizes_and_converts_to_gray(tmp_path):
     Image.new("RGB", (20, 14), (10, 20, 30)).save(root / "arsenal" / "big.png")
     train = fetch(DataConfig(dataset="imagefolder", path=root, channels=1, image_size=(6, 8)))["train"]
     assert train.images.shape == (6, 1, 6, 8)
+    # ITU-R 601 luma, as PIL's "L": 0.299 * 10 + 0.587 * 20 + 0.114 * 30 = 18.15 (not the red 10, not the mean 20)
+    assert sum(bool((image == 18).all()) for image in train.images) == 1
 
 
 def test_train_valid_test_layout(tmp_path):

@@ -209,6 +209,9 @@ def test_early_stopping_watches_val_loss_and_keeps_the_most_accurate_weights(dig
     assert result.stopped_early and len(result.history) == lowest_loss["epoch"] + 2 < 30
     best = max(result.history, key=lambda row: (row["val_accuracy"], -row["val_loss"]))
     assert best["epoch"] == result.best_epoch
+    # The summary (the metrics file, MLflow's figures) is the kept epoch's, here not the last one's.
+    assert result.summary()["val_accuracy"] == best["val_accuracy"] != result.history[-1]["val_accuracy"]
+    assert result.summary()["val_loss"] == best["val_loss"] and result.summary()["best_epoch"] == best["epoch"]
     val = evaluate(result.model, digits_prepared.val, torch.device("cpu")).metrics
     assert val["accuracy"] == pytest.approx(best["val_accuracy"]) and val["loss"] == pytest.approx(best["val_loss"], rel=1e-5)
 
@@ -438,7 +441,9 @@ def test_cuda_training_with_dropout_resumes_to_the_same_result(tmp_path, digits_
     with pytest.raises(KeyboardInterrupt):
         train("mlp", settings, digits_prepared, config, resume=resume, on_epoch=lambda row: (_ for _ in ()).throw(KeyboardInterrupt))
     torch.cuda.manual_seed(12345)  # what a new process would start from is not what the run had reached
-    resumed = train("mlp", settings, digits_prepared, config, resume=resume)
+    ran = []
+    resumed = train("mlp", settings, digits_prepared, config, resume=resume, on_epoch=lambda row: ran.append(row["epoch"]))
+    assert ran == [2, 3]  # taken up after epoch 1: a run from scratch would match the whole one too
     assert measured(resumed.history) == measured(whole.history) and same_weights(resumed.model, whole.model)
 
 

@@ -43,9 +43,11 @@ def saved_resnet18(path, seed: int = 1) -> dict:
 
 def test_a_torchvision_model_trains_from_scratch_on_grey_images_of_any_size():
     data = tiny_data(channels=1, size=16)
+    config = TrainConfig(epochs=1, batch_size=8, device="cpu")
+    torch.manual_seed(config.seed)  # as train() seeds before it builds: the same starting weights
     net = build_model("resnet18", data.image_shape, len(CLASSES))
     before = net.model.conv1.weight.clone()
-    result = train("resnet18", {}, data, TrainConfig(epochs=1, batch_size=8, device="cpu"))
+    result = train("resnet18", {}, data, config)
     assert result.model.net.model.fc.out_features == 3  # the head, replaced for these classes
     assert not torch.equal(result.model.net.model.conv1.weight, before)  # the backbone learned too
     assert np.isfinite(result.summary()["train_loss"]) and result.summary()["parameters"] > 11_000_000
