@@ -53,3 +53,25 @@ def test_a_leftover_named_with_this_process_id_is_an_earlier_process_s(tmp_path)
             raise RuntimeError("this write fails too")
     assert [p.name for p in tmp_path.iterdir()] == ["prepared"]
     assert (tmp_path / "prepared" / "old.npz").read_text() == "old"
+
+
+def test_the_new_content_reaches_the_disk_before_the_rename_that_puts_it_in_place(tmp_path, monkeypatch):
+    """Atomic after a power cut too: each file written (a folder's every file) is flushed before its rename, and the
+    folder holding the new name after it."""
+    import os
+
+    import imgpipe.files as files
+
+    events = []
+    fsync, replace = os.fsync, os.replace
+    monkeypatch.setattr(files.os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))), fsync(fd)))
+    monkeypatch.setattr(files.os, "replace", lambda a, b: (events.append(("replace", str(a))), replace(a, b)))
+    write_json(tmp_path / "metrics.json", {"accuracy": 0.9})
+    tmp = str(tmp_path / ".metrics.json.tmp-") + str(os.getpid())
+    assert events == [("fsync", tmp), ("replace", tmp), ("fsync", str(tmp_path))]
+    events.clear()
+    with atomic_path(tmp_path / "prepared") as folder:
+        folder.mkdir()
+        (folder / "train.npy").write_text("x")
+    flushed = [name for kind, name in events if kind == "fsync"]
+    assert flushed[:2] == [f"{folder}/train.npy", str(folder)] and events[2] == ("replace", str(folder))

@@ -1,4 +1,5 @@
-"""Atomic writes: a reader sees the old file or the complete new one, never a half-written file."""
+"""Atomic writes: a reader sees the old file or the complete new one, never a half-written file, after a crash of the
+process or of the machine (the new content reaches the disk before the rename that puts it in place)."""
 
 import json
 import os
@@ -46,6 +47,19 @@ def _remove_abandoned(path: Path) -> None:
             _remove(tmp)
 
 
+def _sync(path: Path, entries_only: bool = False) -> None:
+    """Flush a file, or every file of a folder and the folder itself, to the disk (a folder's own entries alone with
+    `entries_only`): without it a power cut after the rename can leave the new name on an empty file (ext4 and XFS
+    may write the rename first)."""
+    files = [] if entries_only or not path.is_dir() else [p for p in path.rglob("*") if p.is_file() and not p.is_symlink()]
+    for each in [*files, path]:
+        descriptor = os.open(each, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary sibling to write; it replaces `path` only when the block succeeds."""
@@ -56,6 +70,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     _remove(tmp)
     try:
         yield tmp
+        _sync(tmp)
         if tmp.is_dir() and path.is_dir():
             # Directories cannot be swapped in one rename: move the old aside first.
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
@@ -66,6 +81,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
             if path.is_dir():
                 _remove(path)
             os.replace(tmp, path)
+        _sync(path.parent, entries_only=True)  # the rename itself
     finally:
         _remove(tmp)
 
