@@ -121,6 +121,25 @@ def test_more_gpus_than_are_visible_are_refused_and_a_rank_bound_to_one_gpu_take
     assert distributed.cuda_index(3) == 0
 
 
+def test_srun_s_tasks_are_ranks_and_an_sbatch_script_s_shell_is_not(monkeypatch):
+    """README's SLURM recipe exports MASTER_ADDR in the batch script, whose shell also has SLURM_PROCID 0 and the
+    job's task count: a stage run there must not wait for ranks that no srun started."""
+    from imgpipe.training import distributed
+
+    for key in ("RANK", "WORLD_SIZE", "SLURM_STEP_ID"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("MASTER_ADDR", "node1")
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    monkeypatch.setenv("SLURM_NTASKS", "8")
+    assert not distributed.launched()  # the batch script's shell: no job step
+    monkeypatch.setenv("SLURM_STEP_ID", "0")  # a task of `srun ... python stages/train.py`
+    assert distributed.launched()
+    monkeypatch.delenv("SLURM_STEP_ID")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun's worker
+    assert distributed.launched()
+
+
 def test_a_batch_is_shared_out_whole_and_in_order():
     for count in (45, 7, 1):
         parts = [ProcessGroup(rank, 3).share(count) for rank in range(3)]

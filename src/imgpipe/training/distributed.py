@@ -75,8 +75,11 @@ SINGLE = ProcessGroup()
 
 
 def launched() -> bool:
-    """Whether torchrun or srun started this process as a rank of a group."""
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ or "SLURM_PROCID" in os.environ and "MASTER_ADDR" in os.environ
+    """Whether torchrun or srun started this process as a rank of a group. An sbatch script's own shell has
+    SLURM_PROCID 0 and the job's SLURM_NTASKS too, but no job step: a stage run there (`dvc repro` after the srun)
+    starts its own ranks rather than wait for a group that never forms."""
+    env = os.environ
+    return "RANK" in env and "WORLD_SIZE" in env or all(key in env for key in ("SLURM_PROCID", "SLURM_STEP_ID", "MASTER_ADDR"))
 
 
 def join(device_type: str) -> ProcessGroup:
