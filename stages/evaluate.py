@@ -54,14 +54,14 @@ def main() -> None:
     with P.reported_as(setting):
         device = pick_device(P.get(params, f"{setting}.device"))
     settings["device"] = describe(device)  # where images/s is measured: another device scores again
-    code = lineage.code_version(Path(__file__))
+    code = f"{lineage.code_version(Path(__file__))} {freshness.libraries()}"  # an upgraded torch scores again
     before = read_json(paths.EVALUATED) if paths.EVALUATED.is_file() else {}
     record = {}
     for name, seed in trainings:
         training, checkpoint, files = f"{name}/seed{seed}", paths.checkpoint(name, seed), paths.evaluation_files(name, seed)
         key = freshness.made_from(checkpoint, prepared.fingerprint, settings, code) if checkpoint.is_file() else None
         if key is not None and freshness.still_current(before, training, key, files):
-            print(f"{name} seed {seed}: test results kept (its model, data, settings and code are those they were made from)")
+            print(f"{name} seed {seed}: test results kept (its model, data, settings, code and libraries are those they were made from)")
             record[training] = before[training]
         else:
             score(name, seed, prepared.test, device, settings)

@@ -104,11 +104,14 @@ def test_code_version_changes_with_any_module_training_or_a_stage_runs(tmp_path,
 
 
 def test_the_train_stage_reruns_when_any_training_setting_changes():
-    """Each setting of TrainConfig is a param of the train stage: one left out would leave models trained the old way
-    while `dvc repro` calls them up to date (the seed is the stage's own matrix item)."""
+    """Each setting of TrainConfig that changes the weights is a param of the train stage: one left out would leave
+    models trained the old way while `dvc repro` calls them up to date (the seed is the stage's own matrix item). The
+    settings of how it runs that give the same weights are not: more restarts retrained every model."""
     from dataclasses import fields
 
     from imgpipe.config import TrainConfig
+    from imgpipe.training.loop import SAME_WEIGHTS
 
     params = set(PIPELINE["train"]["params"])
-    assert {f"train.{field.name}" for field in fields(TrainConfig) if field.name != "seed"} <= params
+    assert {f"train.{field.name}" for field in fields(TrainConfig) if field.name not in ("seed", *SAME_WEIGHTS)} <= params
+    assert not {f"train.{name}" for name in SAME_WEIGHTS} & params

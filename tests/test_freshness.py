@@ -37,6 +37,16 @@ def test_a_result_is_kept_only_while_its_inputs_and_files_are_as_recorded(tmp_pa
     assert not freshness.still_current({"cnn/seed0": freshness.entry(key, files)}, "cnn/seed0", key, files)  # missing
 
 
+def test_the_libraries_a_result_was_scored_with_are_named_by_version(monkeypatch):
+    import numpy
+    import torch
+
+    named = freshness.libraries()
+    assert f"numpy=={numpy.__version__}" in named and f"torch=={torch.__version__.split('+')[0]}" in named
+    monkeypatch.setattr(freshness.metadata, "version", lambda name: "9.9" if name == "torch" else "1.0")
+    assert freshness.libraries() != named  # an upgrade is another key: the evaluate stage scores again
+
+
 def test_prune_removes_what_is_not_kept_and_the_folders_left_empty(tmp_path):
     keep = {tmp_path / "cnn/seed0.json"}
     for name in ("cnn/seed0.json", "cnn/seed1.json", "mlp/seed0.json", "mlp/.gitignore", "old/seed0.json"):

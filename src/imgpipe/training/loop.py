@@ -185,7 +185,10 @@ class LoopState:
 
 
 # How a training runs, not what it computes: a rerun after a failure may change them (more restarts, fewer GPUs left).
-HOW_IT_RUNS = ("max_restarts", "devices", "threads", "stream_workers", "data_on_device", "resident_limit_mb")
+# The first four give the same weights bit for bit (the same batches from either source), so they are no DVC params of
+# the train stage either; the process and thread counts change the order of floating-point sums, so they are.
+SAME_WEIGHTS = ("max_restarts", "stream_workers", "data_on_device", "resident_limit_mb")
+HOW_IT_RUNS = (*SAME_WEIGHTS, "devices", "threads")
 
 
 def resume_key(model_name: str, model_settings: dict, data: Prepared, config: TrainConfig, device: torch.device,
