@@ -41,13 +41,23 @@ def test_only_a_better_model_on_the_same_validation_split_takes_the_candidate(cl
                          f"candidate version {first.version}'s {accuracy:.4f} on the same validation split")
     assert candidate() == first.version
 
-    other_data = registry.register("digits", _experiment_run(client, first, **{"imgpipe.data_fingerprint": "0" * 16}),
-                                   {"val_accuracy": 1.0, "val_loss": 0.0})
+    validation = first.tags["imgpipe.validation_fingerprint"]  # the split the pipeline's publish measured on
+    other_split = {"imgpipe.data_fingerprint": "0" * 16, "imgpipe.validation_fingerprint": "1" * 16}
+    other_data = registry.register("digits", _experiment_run(client, first, **other_split), {"val_accuracy": 1.0, "val_loss": 0.0})
     assert not other_data.candidate and "\n" not in other_data.why
-    assert other_data.why.startswith(f"version {other_data.version} is not the candidate: it was trained on other data "
-                                     f"(fingerprint {'0' * 16}) than candidate version {first.version} ({fingerprint})")
+    assert other_data.why.startswith(f"version {other_data.version} is not the candidate: it was scored on another validation "
+                                     f"split (validation_fingerprint {'1' * 16}) than candidate version {first.version} ({validation})")
     assert candidate() == first.version
     assert client.get_model_version(name, other_data.version).tags["imgpipe.data_fingerprint"] == "0" * 16  # registered
+    # A version registered before runs carried the validation split's own fingerprint compares by all its data's.
+    untagged = client.get_run(first.run_id).data.tags.keys() - {"imgpipe.validation_fingerprint"}
+    old = _experiment_run(client, first, **{"imgpipe.data_fingerprint": "0" * 16})
+    client.delete_tag(old, "imgpipe.validation_fingerprint")
+    assert "imgpipe.validation_fingerprint" not in client.get_run(old).data.tags and untagged
+    older = registry.register("digits", old, {"val_accuracy": 1.0, "val_loss": 0.0})
+    assert not older.candidate and older.why.startswith(f"version {older.version} is not the candidate: it was scored on another "
+                                                        f"validation split (data_fingerprint {'0' * 16}) than candidate version "
+                                                        f"{first.version} ({fingerprint})")
 
     # The same accuracy wins only with a lower val loss; a higher accuracy wins outright.
     tie = registry.register("digits", _experiment_run(client, first), {"val_accuracy": accuracy, "val_loss": loss + 0.1})
@@ -62,6 +72,12 @@ def test_only_a_better_model_on_the_same_validation_split_takes_the_candidate(cl
 
     again = registry.register("digits", client.get_model_version(name, higher.version).run_id, {})  # a publish rerun
     assert again.version == higher.version and again.candidate
+
+    # Images excluded from training (README's label-cleaning loop): other data, the same validation split, so the
+    # figures compare and the better model takes the candidate.
+    cleaned = registry.register("digits", _experiment_run(client, first, **{"imgpipe.data_fingerprint": "2" * 16}),
+                                {"val_accuracy": accuracy + 0.02, "val_loss": loss})
+    assert cleaned.candidate and candidate() == int(cleaned.version)
 
 
 def test_the_first_version_of_a_model_becomes_its_candidate():

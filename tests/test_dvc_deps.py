@@ -109,8 +109,7 @@ def test_the_train_stage_reruns_when_any_training_setting_changes():
     settings of how it runs that give the same weights are not: more restarts retrained every model."""
     from dataclasses import fields
 
-    from imgpipe.config import TrainConfig
-    from imgpipe.training.loop import SAME_WEIGHTS
+    from imgpipe.config import SAME_WEIGHTS, TrainConfig
 
     params = set(PIPELINE["train"]["params"])
     assert {f"train.{field.name}" for field in fields(TrainConfig) if field.name not in ("seed", *SAME_WEIGHTS)} <= params

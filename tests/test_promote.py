@@ -24,10 +24,11 @@ def test_the_candidate_becomes_champion_and_other_data_needs_consent(registry, c
     assert registry.get_model_version_by_alias("imgpipe-digits", "champion").version == candidate.version
 
     other = registry.create_model_version("imgpipe-digits", candidate.source, run_id=candidate.run_id,
-                                          tags=candidate.tags | {"imgpipe.data_fingerprint": "0000000000000000"})
+                                          tags=candidate.tags | {"imgpipe.validation_fingerprint": "0000000000000000"})
     assert promote.main(["--experiment", "digits", "--version", str(other.version)]) == 1
     error = capsys.readouterr().err.strip()
-    assert error.startswith(f"error: version {other.version} was trained on other data (fingerprint 0000000000000000)")
+    assert error.startswith(f"error: version {other.version} was scored on another validation split (validation_fingerprint "
+                            "0000000000000000)")
     assert "--allow-other-data" in error and "\n" not in error
     assert registry.get_model_version_by_alias("imgpipe-digits", "champion").version == candidate.version  # unchanged
 

@@ -16,6 +16,13 @@ SCHEDULES = ("constant", "cosine", "onecycle")
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
+# Settings of how a training runs, not what it computes: a resumed run may change them (more restarts, fewer GPUs left).
+# The first four give the same weights bit for bit (the same batches from either source): no DVC params of the train
+# stage, nor part of a run's seed group; the process and thread counts change the order of floating-point sums.
+SAME_WEIGHTS = ("max_restarts", "stream_workers", "data_on_device", "resident_limit_mb")
+HOW_IT_RUNS = (*SAME_WEIGHTS, "devices", "threads")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How to train one variant: params.yaml `train:`, each key overridable under `models.<variant>`."""

@@ -52,11 +52,11 @@ def promote(experiment: str, version: str | None = None, allow_other_data: bool 
     champion = _version(client, name, registry.CHAMPION)
     print(f"promoting {describe(chosen)}")
     print(f"champion  {describe(champion)}" if champion else "champion  none yet")
-    fingerprint = chosen.tags.get("imgpipe.data_fingerprint")
-    if champion and champion.tags.get("imgpipe.data_fingerprint") != fingerprint and not allow_other_data:
-        raise ImgpipeError(f"version {chosen.version} was trained on other data (fingerprint {fingerprint}) than champion version "
-                           f"{champion.version} ({champion.tags.get('imgpipe.data_fingerprint')}): their figures are not "
-                           "comparable; pass --allow-other-data to promote it all the same")
+    if champion and not registry.same_validation(chosen.tags, champion.tags) and not allow_other_data:
+        key = registry.compared_on(chosen.tags, champion.tags)
+        raise ImgpipeError(f"version {chosen.version} was scored on another validation split ({key.removeprefix('imgpipe.')} "
+                           f"{chosen.tags.get(key)}) than champion version {champion.version} ({champion.tags.get(key)}): their "
+                           "figures are not comparable; pass --allow-other-data to promote it all the same")
     client.set_registered_model_alias(name, registry.CHAMPION, chosen.version)
     was = f" (was version {champion.version})" if champion else ""
     return f"{name}@{registry.CHAMPION} is version {chosen.version}{was}"

@@ -29,6 +29,7 @@ from optuna.trial import TrialState
 
 from imgpipe import params as P
 from imgpipe import paths, settings
+from imgpipe.config import HOW_IT_RUNS
 from imgpipe.data.prepared import Prepared, load_prepared
 from imgpipe.errors import ConfigError, ImgpipeError
 from imgpipe.files import write_text
@@ -37,7 +38,6 @@ from imgpipe.search.space import SweepConfig, sweep_config
 from imgpipe.search.trial import RUN, run_trial, trainable
 from imgpipe.tracking import trials
 from imgpipe.tracking.store import reported
-from imgpipe.training.loop import HOW_IT_RUNS
 
 PARENT = "mlflow_parent_run"  # the study's attribute naming its MLflow parent run
 OBJECTIVE = "objective"  # the study's attribute naming the figure its trials' values are (sweep.objective)

@@ -55,6 +55,18 @@ class Prepared:
         return digest.hexdigest()
 
 
+def validation_fingerprint(prepared: "Prepared") -> str:
+    """A short hash of the validation split alone (its images, labels and class names): the split models are chosen
+    on, the same when only the training split changed (images excluded from it, say), so that their val figures compare."""
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update("\0".join(prepared.class_names).encode())
+    images = prepared.val
+    for part in chunks(len(images), images.image_shape):
+        digest.update(np.ascontiguousarray(images.images[part]).tobytes())
+    digest.update(images.labels.astype(np.int64).tobytes())
+    return digest.hexdigest()
+
+
 def stats_record(names, shape, mean, std, counts: dict[str, int], fingerprint: str) -> dict:
     return {"class_names": list(names), "image_shape": list(shape), "mean": list(mean), "std": list(std),
             "counts": counts, "fingerprint": fingerprint}

@@ -7,6 +7,7 @@ Takes plain values (the stage reads params.yaml)."""
 from collections.abc import Callable
 
 from imgpipe import paths, provenance
+from imgpipe.config import SAME_WEIGHTS
 from imgpipe.evaluation.results import VariantResult, choose
 from imgpipe.files import read_csv
 from imgpipe.settings import Variant
@@ -26,11 +27,12 @@ def record_trainings(experiment: str, results: dict[tuple[str, int], VariantResu
     if not missing:
         return {key: found[digest] for key, digest in trainings.items()}
 
-    from imgpipe.data.prepared import load_prepared
+    from imgpipe.data.prepared import load_prepared, validation_fingerprint
     from imgpipe.models.checkpoint import load_checkpoint  # here: torch is slow to import, and only new runs need it
     from imgpipe.serving.preprocessing import Preprocessing
 
     data = load_prepared(paths.PREPARED)
+    validation = validation_fingerprint(data)
     datasets = runs.dataset_inputs(params["data"]["dataset"], data.fingerprint, paths.PREPARED.relative_to(paths.ROOT),
                                        {"train": len(data.train), "validation": len(data.val), "test": len(data.test)})
     for name, seed in missing:
@@ -40,8 +42,10 @@ def record_trainings(experiment: str, results: dict[tuple[str, int], VariantResu
         for measure in CURVES:
             table = read_csv(paths.curves(name, seed) / f"{measure}.csv")
             curves |= {f"train_{measure}": table["train"].tolist(), f"val_{measure}": table["val"].tolist()}
+        # The recipe the checkpoint was trained with (a setting that gives the same weights may have changed since).
+        config = meta.get("train_config") or vars(settings.config)
         # Runs that differ only in their seed share this, also when `dvc exp run` adds seeds to an earlier run's.
-        unseeded = {key: value for key, value in vars(settings.config).items() if key != "seed"}
+        unseeded = {key: value for key, value in config.items() if key not in ("seed", *SAME_WEIGHTS)}
         seed_group = f"{name}-" + provenance.params_hash({"model": settings.model, "settings": settings.settings,
                                                           "train": unseeded, "data": data.fingerprint})
         train = results[name, seed].train
@@ -49,14 +53,14 @@ def record_trainings(experiment: str, results: dict[tuple[str, int], VariantResu
             experiment,
             run_name=runs.run_name(name, seed),
             training=trainings[name, seed],
-            params={"data": params["data"], "train": vars(settings.config), "model": {"name": settings.model, **settings.settings}},
+            params={"data": params["data"], "train": config, "model": {"name": settings.model, **settings.settings}},
             curves=curves,
             metrics=train,
             model=model,
             example=data.val.images[:2],
             tags=runs.run_tags(name, seed, seed_group, train["device"], data.fingerprint, params,
                                precision=train.get("precision", ""), hardware=train.get("hardware", ""),
-                               resumed_after_epochs=train.get("resumed_after_epochs", [])),
+                               resumed_after_epochs=train.get("resumed_after_epochs", []), validation_fingerprint=validation),
             datasets=datasets,
             # The temperature is inside the program already; stored beside it so that predict can say so.
             preprocessing=Preprocessing.of(meta),

@@ -20,8 +20,9 @@ if TYPE_CHECKING:
     from imgpipe.serving.preprocessing import Preprocessing
 
 FINGERPRINT = "imgpipe.data_fingerprint"
+VALIDATION = "imgpipe.validation_fingerprint"  # the validation split's own: versions compare on it
 CANDIDATE, CHAMPION = "candidate", "champion"  # aliases of registered versions (MLflow's stages are deprecated)
-FROM_RUN = ("imgpipe.variant", "imgpipe.seed", FINGERPRINT, "imgpipe.dvc_experiment", "mlflow.source.git.commit")
+FROM_RUN = ("imgpipe.variant", "imgpipe.seed", FINGERPRINT, VALIDATION, "imgpipe.dvc_experiment", "mlflow.source.git.commit")
 
 
 def registered_name(experiment: str) -> str:
@@ -36,7 +37,19 @@ class Registration:
 
 
 # What "better" means between experiments: the validation figures the pipeline chooses by (higher val accuracy,
-# then lower val loss), compared only on the same validation split (the same data fingerprint).
+# then lower val loss), compared only on the same validation split: the same validation fingerprint, so a model
+# trained with images excluded from training competes with the one before (a version registered before that tag
+# existed compares by the fingerprint of all its data).
+def compared_on(a: dict, b: dict) -> str:
+    """The tag two versions' figures compare by."""
+    return VALIDATION if VALIDATION in a and VALIDATION in b else FINGERPRINT
+
+
+def same_validation(a: dict, b: dict) -> bool:
+    key = compared_on(a, b)
+    return a.get(key) == b.get(key)
+
+
 def _yardstick(tags: dict) -> tuple[float, float] | None:
     try:
         return float(tags["val_accuracy"]), -float(tags["val_loss"])
@@ -53,10 +66,11 @@ def candidacy(new: dict, current: dict | None, version: str, current_version: st
     theirs = _yardstick(current)
     if theirs is None:
         return True, f"version {version} is the candidate (version {current_version} recorded no val figures to compare)"
-    if new.get(FINGERPRINT) != current.get(FINGERPRINT):
-        return False, (f"version {version} is not the candidate: it was trained on other data (fingerprint {new.get(FINGERPRINT)}) "
-                       f"than candidate version {current_version} ({current.get(FINGERPRINT)}), so their val figures are not "
-                       "comparable")
+    if not same_validation(new, current):
+        key = compared_on(new, current)
+        return False, (f"version {version} is not the candidate: it was scored on another validation split ({key.removeprefix('imgpipe.')} "
+                       f"{new.get(key)}) than candidate version {current_version} ({current.get(key)}), so their val figures are "
+                       "not comparable")
     if mine is not None and mine > theirs:
         if mine[0] == theirs[0]:
             return True, (f"version {version} is the candidate: val accuracy {mine[0]:.4f} as version {current_version}'s, "
@@ -120,7 +134,7 @@ def settle(client, name: str, rounds: int = 10):
         if holder is None or _yardstick(holder.tags) is None:
             return holder
         rivals = [v for v in client.search_model_versions(f"name = '{name}'")
-                  if v.tags.get(FINGERPRINT) == holder.tags.get(FINGERPRINT) and _yardstick(v.tags) is not None]
+                  if same_validation(v.tags, holder.tags) and _yardstick(v.tags) is not None]
         best = max(rivals, key=lambda v: _yardstick(v.tags))
         if _yardstick(best.tags) <= _yardstick(holder.tags):
             return holder

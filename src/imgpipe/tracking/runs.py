@@ -40,7 +40,8 @@ def dataset_inputs(name: str, data_fingerprint: str, folder: Path, images: dict[
 
 
 def run_tags(variant: str, seed: int, seed_group: str, device: str, data_fingerprint: str, params: dict,
-             precision: str = "", hardware: str = "", resumed_after_epochs: list[int] = ()) -> dict[str, str]:
+             precision: str = "", hardware: str = "", resumed_after_epochs: list[int] = (),
+             validation_fingerprint: str = "") -> dict[str, str]:
     """Where a run came from: DVC experiment, git commit and state, data, device (with the arithmetic and the
     hardware it ran in: the same settings give other last digits elsewhere), its execution, and the epochs after which
     torchrun's restarts resumed it, if any (the count is the metric `restarts`).
@@ -57,6 +58,8 @@ def run_tags(variant: str, seed: int, seed_group: str, device: str, data_fingerp
         "imgpipe.data_fingerprint": data_fingerprint,
         "imgpipe.execution": execution,
     }
+    if validation_fingerprint:  # the split its val figures were measured on: what the registry compares versions by
+        tags["imgpipe.validation_fingerprint"] = validation_fingerprint
     tags |= {key: value for key, value in (("imgpipe.precision", precision), ("imgpipe.hardware", hardware)) if value}
     if resumed_after_epochs:
         tags["imgpipe.resumed_after_epochs"] = ", ".join(map(str, resumed_after_epochs))

@@ -26,7 +26,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from imgpipe.config import TrainConfig
+from imgpipe.config import HOW_IT_RUNS, TrainConfig
 from imgpipe.data.prepared import Prepared
 from imgpipe.device import finish_queued, hardware, has_native_bf16, pick_device
 from imgpipe.errors import ImgpipeError
@@ -183,12 +183,6 @@ class LoopState:
     resumed: list[dict] = field(default_factory=list)  # each start again so far: {"after_epoch": the last finished epoch}
     finished: bool = False  # the last epoch ran, or early stopping ended the training: resuming only finishes it
 
-
-# How a training runs, not what it computes: a rerun after a failure may change them (more restarts, fewer GPUs left).
-# The first four give the same weights bit for bit (the same batches from either source), so they are no DVC params of
-# the train stage either; the process and thread counts change the order of floating-point sums, so they are.
-SAME_WEIGHTS = ("max_restarts", "stream_workers", "data_on_device", "resident_limit_mb")
-HOW_IT_RUNS = (*SAME_WEIGHTS, "devices", "threads")
 
 
 def resume_key(model_name: str, model_settings: dict, data: Prepared, config: TrainConfig, device: torch.device,
