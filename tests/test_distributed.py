@@ -38,7 +38,15 @@ from imgpipe.training.loop import train
 
 folder, jobs, out = Path(sys.argv[1]), json.loads(sys.argv[2]), Path(sys.argv[3])
 group = distributed.join("cpu")
+masks, dropout = [], torch.nn.functional.dropout
+def recorded(input, p=0.5, training=True, inplace=False):  # the first dropout mask of each job, on this rank
+    output = dropout(input, p, training, inplace)
+    if training and not masks:  # dropped: zeroed where the input was not (ReLU's zeros are no draw)
+        masks.append([(input != 0).flatten().tolist(), (output == 0).flatten().tolist()])
+    return output
+torch.nn.functional.dropout = recorded
 for name, (model, settings, config) in jobs.items():
+    masks.clear()
     if name.endswith("_resumed"):  # killed (every rank) after epoch 1, then started again from the resume state
         resume = out / f"{name}.resume.pt"
         def killed(row):
@@ -52,7 +60,7 @@ for name, (model, settings, config) in jobs.items():
     else:
         result = train(model, settings, load_prepared(folder), TrainConfig(**config), group=group)
     torch.save({"weights": result.model.state_dict(), "history": result.history, "world": group.world,
-                "images_per_rank": result.images_per_rank, "resumed": result.summary()["resumed_after_epochs"]}, out / f"{name}-rank{group.rank}.pt")
+                "images_per_rank": result.images_per_rank, "resumed": result.summary()["resumed_after_epochs"], "mask": masks[0] if masks else None}, out / f"{name}-rank{group.rank}.pt")
 distributed.leave()
 """
 
@@ -61,8 +69,9 @@ JOBS = {  # name: (model, settings, config), each trained on 2 ranks by the one 
     "batch_norm": ("cnn", {"channels": [4], "batch_norm": True}, replace(CONFIG, epochs=1)),  # two batch norms
     "muon_cutout": ("cnn", {"channels": [4]}, replace(CONFIG, epochs=1, optimizer="muon", lr=0.05, cutout=3)),
     # Dropout draws a number per element on this CPU: after a batch shared 23/22 the ranks' generators differ.
-    "dropout": ("mlp", {"hidden": [32], "dropout": 0.5}, CONFIG),
-    "dropout_resumed": ("mlp", {"hidden": [32], "dropout": 0.5}, CONFIG),
+    # An even batch: equal shares, where one seed on every rank repeated the masks row for row.
+    "dropout": ("mlp", {"hidden": [32], "dropout": 0.5}, replace(CONFIG, batch_size=44)),
+    "dropout_resumed": ("mlp", {"hidden": [32], "dropout": 0.5}, replace(CONFIG, batch_size=44)),
 }
 
 
@@ -183,6 +192,15 @@ def test_two_ranks_killed_and_resumed_end_on_the_weights_of_an_uninterrupted_run
     assert [rank["resumed"] for rank in two_ranks["dropout_resumed"]] == [[1], [1]]  # both took up the saved state
     for name, weight in uninterrupted["weights"].items():
         assert torch.equal(resumed["weights"][name], weight), name
+
+
+def test_each_rank_draws_its_own_dropout_masks(two_ranks):
+    """The first batch's shares are equal (22 images each): with one seed on every rank, row i of each share had the
+    same mask, the noise repeated across the ranks."""
+    (live, dropped), (other_live, other_dropped) = (rank["mask"] for rank in two_ranks["dropout"])
+    drawn = [a != b for a, b, both in zip(dropped, other_dropped, map(all, zip(live, other_live))) if both]
+    assert len(live) == len(other_live) and len(drawn) > 100
+    assert 0.35 < sum(drawn) / len(drawn) < 0.65  # apart about half the time, as independent draws at p 0.5 are
 
 
 def test_reestimated_batch_norm_statistics_are_equal_on_every_rank_and_those_of_the_whole_sample(

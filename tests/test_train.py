@@ -170,12 +170,18 @@ def test_state_resumes_whatever_settings_of_how_training_runs_changed(tmp_path, 
     assert epochs_run == [1, 2, 3]
 
 
-@pytest.mark.parametrize("part, why", [("code", "other training code"), ("device", "another kind of device"), ("data", "other data")])
+@pytest.mark.parametrize("part, why", [("code", "other training code"), ("device", "another kind of device"), ("data", "other data"),
+                                       ("steps", "another number of steps an epoch (another process count)")])
 def test_state_saved_by_other_code_data_or_device_is_never_resumed(tmp_path, digits_prepared, capsys, part, why):
+    """Nor one saved by another process count whose epochs took another number of steps (the last small batch merged
+    on one, not the other: 1,030 images at batch 64 take 17 steps on 2 ranks, 16 on 4): the saved one-cycle schedule
+    would run out of steps in the last epoch."""
+    assert loop.batch_count(1030, 64, 2) == 17 and loop.batch_count(1030, 64, 4) == 16
     resume = tmp_path / "linear.pt"
     interrupted_training(resume, digits_prepared)
     state = torch.load(resume, weights_only=True)
     assert state["key"]["code"] == code_version("imgpipe.training.loop") and state["key"]["device"] == "cpu"
+    assert state["key"]["steps"] == str(loop.batch_count(len(digits_prepared.train), FAST.batch_size, 1))
     state["key"][part] = "cuda" if part == "device" else "0123456789abcdef"  # as another machine or commit saved it
     torch.save(state, resume)
     epochs_run = []

@@ -186,11 +186,12 @@ class LoopState:
 
 
 def resume_key(model_name: str, model_settings: dict, data: Prepared, config: TrainConfig, device: torch.device,
-               bf16: bool) -> dict[str, str]:
+               bf16: bool, steps_per_epoch: int) -> dict[str, str]:
     """What a resumable state must match, part by part so a mismatch can say which part differs:
     the model and every setting of what training computes (the precision as resolved: `auto` is bf16 on one
-    machine, fp32 on another), the data, the training code, and the kind of device (random generator states do
-    not carry across kinds)."""
+    machine, fp32 on another), the data, the training code, the kind of device (random generator states do
+    not carry across kinds), and the steps an epoch takes: another process count may merge the last small batch
+    where this one did not, and the saved schedule would run out of steps before the last epoch ends."""
     # The precision and device as asked are left out: as resolved they are here (bf16, device.type), so asking for
     # `fp32` where `auto` resolved to it sets nothing aside.
     computed = {key: value for key, value in asdict(config).items() if key not in (*HOW_IT_RUNS, "precision", "device")}
@@ -200,10 +201,12 @@ def resume_key(model_name: str, model_settings: dict, data: Prepared, config: Tr
         "data": data.fingerprint,
         "code": code_version(__name__),
         "device": device.type,
+        "steps": str(steps_per_epoch),
     }
 
 
-KEY_PARTS = {"settings": "other settings", "data": "other data", "code": "other training code", "device": "another kind of device"}
+KEY_PARTS = {"settings": "other settings", "data": "other data", "code": "other training code", "device": "another kind of device",
+             "steps": "another number of steps an epoch (another process count)"}
 
 
 def _saved_state(resume: Path, key: dict[str, str], device: torch.device, name: str) -> dict | None:
@@ -323,7 +326,7 @@ def train(model_name: str, model_settings: dict, data: Prepared, config: TrainCo
     if is_fitted(setup.model.net):  # e.g. class centroids: one pass, no gradient steps
         return fit_in_one_pass(setup)
     stepper = make_stepper(setup)
-    key = resume_key(model_name, model_settings, data, config, setup.device, setup.bf16)
+    key = resume_key(model_name, model_settings, data, config, setup.device, setup.bf16, stepper.steps_per_epoch)
     result, state = restore(setup, stepper, key, resume)
     if state.resumed and resume is not None:  # where it picked up, kept should it fail again at once
         save_state(resume, key, setup, stepper, state, result.history)
@@ -362,6 +365,8 @@ def build(model_name: str, model_settings: dict, data: Prepared, config: TrainCo
     # Pretrained weights come with the normalization they were trained with; others use the data's own.
     mean, std = getattr(net, "normalization", None) or (data.mean, data.std)
     model = Classifier(net, mean, std, tta=config.tta).to(device)
+    if group.rank > 0:  # every rank starts from the same weights; dropout then draws its own masks on each rank's share
+        torch.manual_seed(config.seed + group.rank)  # (rank 0 keeps the seed's draws: one process trains as before)
     bf16 = trains_in_bf16(config.precision, device) and not is_fitted(net)  # a fit takes no gradient step: float32
     channels_last = has_convolutions(net) and (bf16 or device.type == "cuda")
     if channels_last:
