@@ -47,6 +47,11 @@ def main() -> None:
     if processes > 1 and fitted_by_name(variant.model):
         print(f"{name}: fitted in one pass, on one process (train.devices: {variant.config.devices} is for gradient training)")
         processes = 1
+    world = distributed.launched_world() if distributed.launched() else processes
+    if world > 1 and not fitted_by_name(variant.model) and variant.config.batch_size < 2 * world:
+        raise ConfigError(f"params.yaml: {settings.section_of(params, name, 'batch_size')}.batch_size: {variant.config.batch_size} "
+                          f"leaves some of the {world} processes fewer than 2 images of each batch (batch norm needs 2); "
+                          f"use {2 * world} or more, or fewer train.devices")
     if processes > 1 and not distributed.launched():  # start the ranks, each of which runs this script
         with P.reported_as(f"models.{name}"):  # a bad setting fails here, in one line, not on every rank at every restart
             net = build_model(variant.model, data.image_shape, len(data.class_names), **variant.settings)

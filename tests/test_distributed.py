@@ -67,8 +67,8 @@ distributed.leave()
 JOBS = {  # name: (model, settings, config), each trained on 2 ranks by the one torchrun
     "mlp": ("mlp", SETTINGS, CONFIG),
     "batch_norm": ("cnn", {"channels": [4], "batch_norm": True}, replace(CONFIG, epochs=1)),  # two batch norms
+    "batch_norm_as_trained": ("cnn", {"channels": [4], "batch_norm": True}, replace(CONFIG, epochs=1, bn_images=0)),
     "muon_cutout": ("cnn", {"channels": [4]}, replace(CONFIG, epochs=1, optimizer="muon", lr=0.05, cutout=3)),
-    # Dropout draws a number per element on this CPU: after a batch shared 23/22 the ranks' generators differ.
     # An even batch: equal shares, where one seed on every rank repeated the masks row for row.
     "dropout": ("mlp", {"hidden": [32], "dropout": 0.5}, replace(CONFIG, batch_size=44)),
     "dropout_resumed": ("mlp", {"hidden": [32], "dropout": 0.5}, replace(CONFIG, batch_size=44)),
@@ -125,6 +125,9 @@ def test_more_gpus_than_are_visible_are_refused_and_a_rank_bound_to_one_gpu_take
     with pytest.raises(InvalidSetting, match=r"^devices: 4 processes, one per GPU, but 2 GPUs visible"):
         distributed.require_visible(4, "cuda")
     distributed.require_visible(4, "cpu")  # gloo processes on the CPU
+    distributed.require_visible(1, "mps")
+    with pytest.raises(InvalidSetting, match=r"^devices: 2 processes on mps: several processes train on CUDA GPUs or the CPU"):
+        distributed.require_visible(2, "mps")  # no collective backend: every rank's first all-reduce would fail
     assert [distributed.cuda_index(rank) for rank in range(2)] == [0, 1]
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # srun --gpus-per-task 1: each task sees its own as cuda:0
     assert distributed.cuda_index(3) == 0
@@ -192,6 +195,14 @@ def test_two_ranks_killed_and_resumed_end_on_the_weights_of_an_uninterrupted_run
     assert [rank["resumed"] for rank in two_ranks["dropout_resumed"]] == [[1], [1]]  # both took up the saved state
     for name, weight in uninterrupted["weights"].items():
         assert torch.equal(resumed["weights"][name], weight), name
+
+
+def test_without_re_estimation_every_rank_validates_with_rank_0_s_batch_norm_statistics(two_ranks):
+    """bn_images: 0 keeps the statistics training gathered; each rank's last step updated its own from its share, and
+    the val figures (which choose the kept epoch) summed a mix of models. Rank 0's are the checkpoint's."""
+    first, second = (rank["weights"] for rank in two_ranks["batch_norm_as_trained"])
+    statistics = [name for name in first if name.endswith(("running_mean", "running_var"))]
+    assert statistics and all(torch.equal(first[name], second[name]) for name in statistics)
 
 
 def test_each_rank_draws_its_own_dropout_masks(two_ranks):

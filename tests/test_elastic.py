@@ -77,6 +77,13 @@ def test_a_bad_model_setting_fails_once_before_any_rank_starts(pipeline, tmp_pat
     done = run(["python", "stages/train.py", "cnn", "0"], project, check=False)
     assert done.returncode == 1 and "torch.distributed" not in done.stderr + done.stdout
     assert done.stderr.strip() == "error: params.yaml: models.cnn.kernel_size: must be an odd whole number >= 1, got 2"
+    # A batch that leaves a rank fewer than 2 images (batch norm's least), at any of the ranks' batches.
+    edit_params(project, train__batch_size=3, models__cnn={"channels": [16, 32]})
+    done = run(["python", "stages/train.py", "cnn", "0"], project, check=False)
+    assert done.returncode == 1 and "torch.distributed" not in done.stderr + done.stdout
+    assert done.stderr.strip() == ("error: params.yaml: train.batch_size: 3 leaves some of the 2 processes fewer than 2 images of "
+                                   "each batch (batch norm needs 2); use 4 or more, or fewer train.devices")
+    edit_params(project, train__batch_size=32)
     # A zoo model's weights too, read (or downloaded) once here: a missing file is not every rank's error at every restart.
     edit_params(project, train__variants=["centroid", "cnn", "resnet18"], models__cnn={"channels": [16, 32]},
                 models__resnet18={"weights": "missing.pth"})

@@ -62,6 +62,13 @@ class ProcessGroup:
         dist.all_gather_object(gathered, value)
         return gathered
 
+    def share_buffers(self, model: nn.Module) -> None:
+        """Rank 0's buffers (batch norm's statistics) on every rank. DDP sends them only before a forward pass, so
+        after an epoch's last step each rank holds its own share's update."""
+        if self.world > 1:
+            for buffer in model.buffers():
+                dist.broadcast(buffer, src=0)
+
     def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
         """The module to train: DistributedDataParallel around the model where there are several ranks."""
         if self.world == 1:
@@ -82,10 +89,15 @@ def launched() -> bool:
     return "RANK" in env and "WORLD_SIZE" in env or all(key in env for key in ("SLURM_PROCID", "SLURM_STEP_ID", "MASTER_ADDR"))
 
 
+def launched_world() -> int:
+    """The number of ranks of the group torchrun or srun started this process in."""
+    return int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", 1)))
+
+
 def join(device_type: str) -> ProcessGroup:
     """Join the group this process was started in (torchrun's or srun's environment)."""
     rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0)))
-    world = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", 1)))
+    world = launched_world()
     local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0)))
     if world > 1 and not dist.is_initialized():
         os.environ.setdefault("MASTER_PORT", "29500")
@@ -109,6 +121,9 @@ def require_visible(processes: int, device_type: str) -> None:
     """Ranks this machine starts itself, one per GPU: more than are visible is refused (InvalidSetting `devices`), as
     the ranks past them would fail, and torchrun restart them, until its budget is spent. (Ranks an outer launcher
     started see what it gave them: srun --gpus-per-task 1 shows each one GPU; cuda_index picks it.)"""
+    if device_type not in ("cuda", "cpu"):  # no collective backend for MPS: each rank's first all-reduce would fail
+        require(processes == 1, "devices", f"{processes} processes on {device_type}: several processes train on CUDA GPUs "
+                                           "or the CPU (gloo) only; set 1")
     if device_type != "cuda":  # gloo processes on the CPU: as many as asked
         return
     visible = torch.cuda.device_count()

@@ -499,6 +499,8 @@ def end_epoch(setup: Setup, model: Classifier, state: LoopState, epoch: int, fig
         reestimate(model, _norm_sample(setup.train_split, setup.config, group, setup.channels_last), group)
         finish_queued(setup.device)  # queued, not done: on the clock, as the steps are
         state.training += time.perf_counter() - norms_start
+    else:  # every rank validates with the statistics the checkpoint (rank 0's weights) will hold
+        group.share_buffers(model)
     val = _validate(model, setup.val_split, group)
     loss_sum, correct = group.sum(figures["loss_sum"]), group.sum(figures["correct"])
     mine = torch.zeros(group.world, dtype=torch.long, device=setup.device)
