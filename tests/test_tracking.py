@@ -63,6 +63,27 @@ def test_a_run_shows_the_kept_epoch_not_the_last_one(store, experiment):
         assert torch.equal(logged(images), model(images))
 
 
+def test_with_async_logging_a_batch_the_store_refuses_fails_the_run_not_finishes_it(store, experiment, monkeypatch):
+    """MLFLOW_ENABLE_ASYNC_LOGGING sends batches from a thread that only logs a refusal: the run ended FINISHED without
+    its figures, and a rerun took it for recorded."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    monkeypatch.setenv("MLFLOW_ENABLE_ASYNC_LOGGING", "true")
+    log_batch = SqlAlchemyStore.log_batch
+
+    def refused(self, run_id, metrics, params, tags):
+        if metrics:
+            raise MlflowException("the store refused the batch")
+        return log_batch(self, run_id, metrics, params, tags)
+
+    monkeypatch.setattr(SqlAlchemyStore, "log_batch", refused)
+    with pytest.raises(MlflowException, match="the store refused the batch"):
+        _log(experiment)
+    (run,) = store.search_runs([store.get_experiment_by_name(experiment).experiment_id])
+    assert run.info.status == "FAILED" and not run.data.metrics
+
+
 def test_a_training_is_found_by_its_digest(store, experiment, tmp_path):
     assert runs.find_runs(experiment, ["0123456789abcdef"]) == {}  # no experiment yet
     run_id, _, _ = _log(experiment)

@@ -17,15 +17,17 @@ CURVES = ("loss", "accuracy")  # metrics/curves/<variant>/seed<seed>/<measure>.c
 
 
 def record_trainings(experiment: str, results: dict[tuple[str, int], VariantResult], *, params: dict,
-                     variant: Callable[[str, int], Variant]) -> dict[tuple[str, int], str]:
+                     variant: Callable[[str, int], Variant], recorded: dict[tuple[str, int], str | None]) -> None:
     """The MLflow run of each (variant, seed)'s training: the one made before for the same checkpoint and
-    metrics file, else a new one. Returns (variant, seed) -> run id. params: every setting (the runs'
-    params and tags); variant(name, seed): its training settings, asked only for new runs."""
+    metrics file, else a new one, into `recorded` ((variant, seed) -> run id) as each is known: should a later one
+    fail, those before it are named still. params: every setting (the runs' params and tags); variant(name, seed):
+    its training settings, asked only for new runs."""
     trainings = {key: runs.training_digest(paths.checkpoint(*key), paths.train_metrics(*key)) for key in results}
     found = runs.find_runs(experiment, list(trainings.values()))
+    recorded |= {key: found[digest] for key, digest in trainings.items() if digest in found}
     missing = [key for key, digest in trainings.items() if digest not in found]
     if not missing:
-        return {key: found[digest] for key, digest in trainings.items()}
+        return
 
     from imgpipe.data.prepared import load_prepared, validation_fingerprint
     from imgpipe.models.checkpoint import load_checkpoint  # here: torch is slow to import, and only new runs need it
@@ -65,8 +67,8 @@ def record_trainings(experiment: str, results: dict[tuple[str, int], VariantResu
             # The temperature is inside the program already; stored beside it so that predict can say so.
             preprocessing=Preprocessing.of(meta),
         )
-        print(f"{name} seed {seed}: training recorded as MLflow run {found[trainings[name, seed]]}")
-    return {key: found[digest] for key, digest in trainings.items()}
+        recorded[name, seed] = found[trainings[name, seed]]
+        print(f"{name} seed {seed}: training recorded as MLflow run {recorded[name, seed]}")
 
 
 def register_best(experiment: str, results: dict[str, dict[int, VariantResult]], run_ids: dict[tuple[str, int], str]) -> dict:
@@ -107,12 +109,13 @@ def publish(experiment: str, results: dict[str, dict[int, VariantResult]], *, pa
     run_ids, candidate = dict.fromkeys(trainings), None
     local = store.tracking_uri() == store.EMBEDDED_STORE
     with store.reported(optional):
-        run_ids = record_trainings(experiment, trainings, params=params, variant=variant)
+        record_trainings(experiment, trainings, params=params, variant=variant, recorded=run_ids)
         add_evaluations(run_ids, trainings)
         candidate = register_best(experiment, results, run_ids)
         print(f"MLflow runs table: {store.runs_page(experiment)}" + (" (run `mlflow ui` here first)" if local else ""))
     if None in run_ids.values():
-        print("not tracked (tracking.optional: true): " + ", ".join(f"{name} seed {seed}" for name, seed in trainings))
+        print("not tracked (tracking.optional: true): " + ", ".join(f"{name} seed {seed}" for (name, seed), run in run_ids.items()
+                                                                   if run is None))
     return {"experiment": experiment,
             "tracking_uri": "sqlite:///mlflow.db" if local else store.shown_uri(),  # project-relative: the same everywhere
             "candidate": candidate,

@@ -100,8 +100,10 @@ def flatten(params: dict, prefix: str = "") -> dict[str, object]:
 def log_params(client, run_id: str, params: dict) -> None:
     """Nested settings as dotted params, in batches (MLflow takes at most 100 params per batch)."""
     logged = [Param(key, str(value)) for key, value in flatten(params).items()]
+    # synchronous here and for every figure and tag a run is judged complete by: under MLFLOW_ENABLE_ASYNC_LOGGING a
+    # batch the store refuses is only logged, and the run would be finished (so never recorded again) without it.
     for start in range(0, len(logged), 100):
-        client.log_batch(run_id, params=logged[start:start + 100])
+        client.log_batch(run_id, params=logged[start:start + 100], synchronous=True)
 
 
 MODEL_URI = "imgpipe.model_uri"  # tag: where the run's logged model is, for the registry
@@ -230,7 +232,7 @@ def _record(client, run_id: str, *, params: dict, curves: dict[str, list[float]]
               for name, values in curves.items() for epoch, value in enumerate(values, start=1)]
     points += [Metric(key, float(value), ended, 0) for key, value in numeric(metrics).items()]
     for start in range(0, len(points), 1000):  # MLflow takes at most 1000 metrics per batch
-        client.log_batch(run_id, metrics=points[start:start + 1000])
+        client.log_batch(run_id, metrics=points[start:start + 1000], synchronous=True)
     from imgpipe.serving import export  # here: torch's import, which a publish whose runs exist already skips
 
     _skip_module_scan(export.distributions())
@@ -243,7 +245,7 @@ def _record(client, run_id: str, *, params: dict, curves: dict[str, list[float]]
             pip_requirements=export.requirements(),  # derived from what that code imports
         )
         # Before start_run's end marks the run finished: a finished run has its model.
-        client.set_tag(run_id, MODEL_URI, logged.model_uri)  # MLflow 3 keeps models apart from run artifacts: models:/m-...
+        client.set_tag(run_id, MODEL_URI, logged.model_uri, synchronous=True)  # MLflow 3 keeps models apart from run artifacts: models:/m-...
     client.set_terminated(run_id, "FINISHED", end_time=ended)  # the run lasts as long as its training did
     mlflow.flush_async_logging()  # with MLFLOW_ENABLE_ASYNC_LOGGING, stored before the stage ends (os._exit)
 
@@ -266,13 +268,13 @@ def publish_evaluation(run_id: str, metrics: dict[str, float], artifacts: dict[s
     # UI's Duration would count the wait for the other variants and the report.
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(key, float(value), now, 0) for key, value in metrics.items()],
-                     tags=[RunTag(key, value) for key, value in tags.items()])
+                     tags=[RunTag(key, value) for key, value in tags.items()], synchronous=True)
     for folder, path in artifacts.items():
         if Path(path).is_dir():
             client.log_artifacts(run_id, str(path), artifact_path=folder)
         else:
             client.log_artifact(run_id, str(path), artifact_path=folder)
-    client.set_tag(run_id, EVALUATION, digest)
+    client.set_tag(run_id, EVALUATION, digest, synchronous=True)
     mlflow.flush_async_logging()  # with MLFLOW_ENABLE_ASYNC_LOGGING, stored before the stage ends (os._exit)
     return True
 
