@@ -80,6 +80,16 @@ def test_only_a_better_model_on_the_same_validation_split_takes_the_candidate(cl
     assert cleaned.candidate and candidate() == int(cleaned.version)
 
 
+def test_an_experiment_named_like_a_path_makes_a_name_the_registry_takes():
+    assert registry.registered_name("digits") == "imgpipe-digits"
+    assert registry.registered_name("team/digits") == "imgpipe-team-digits"
+    assert registry.registered_name("/Users/me@example.com/digits") == "imgpipe-Users-me@example.com-digits"
+    assert registry.registered_name("o'brien: v2") == "imgpipe-o-brien- v2"
+    from mlflow.utils.validation import _validate_model_name
+
+    _validate_model_name(registry.registered_name("/Users/me/digits:2"))  # MLflow's own check: no error
+
+
 def test_the_first_version_of_a_model_becomes_its_candidate():
     assert registry.candidacy({"val_accuracy": "0.5", "val_loss": "1.0"}, None, "1", None) == (True, "version 1 is the candidate")
 

@@ -5,6 +5,7 @@ promoted to `champion` by hand (imgpipe.promote), and a registered or logged mod
 preprocessing its images need."""
 
 import os
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -26,7 +27,9 @@ FROM_RUN = ("imgpipe.variant", "imgpipe.seed", FINGERPRINT, VALIDATION, "imgpipe
 
 
 def registered_name(experiment: str) -> str:
-    return f"imgpipe-{experiment}"
+    """imgpipe-<experiment>, less what a registered model's name cannot hold: MLflow refuses '/' and ':' (an experiment
+    `team/digits`, a Databricks path `/Users/me/digits`), and a quote would end the searches' quoted name early."""
+    return "imgpipe-" + (re.sub(r"[/:'\"]+", "-", experiment).strip("-") or "experiment")
 
 
 @dataclass(frozen=True)
