@@ -80,6 +80,25 @@ def test_only_a_better_model_on_the_same_validation_split_takes_the_candidate(cl
     assert cleaned.candidate and candidate() == int(cleaned.version)
 
 
+def test_two_publishes_registering_one_run_at_once_leave_one_version(client, monkeypatch):
+    """On a server nothing makes them take turns: both find no version of the run and both register it. The first
+    version stands; the publish that made the second removes it and goes on with the first."""
+    name = "imgpipe-digits"
+    first = client.get_model_version_by_alias(name, "candidate")
+    run_id = _experiment_run(client, first)
+    made = []
+
+    def raced(uri, model_name, tags=None):  # the version of this run, as its logged model names it
+        made.append(client.create_model_version(model_name, uri, run_id=run_id, tags=tags))  # the other publish, sooner
+        made.append(client.create_model_version(model_name, uri, run_id=run_id, tags=tags))
+        return made[-1]
+
+    monkeypatch.setattr(registry.mlflow, "register_model", raced)
+    registered = registry.register("digits", run_id, {"val_accuracy": 0.0, "val_loss": 9.9})
+    assert [v.version for v in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")] == [made[0].version]
+    assert registered.version == str(made[0].version) and int(made[1].version) == int(made[0].version) + 1
+
+
 def test_an_experiment_named_like_a_path_makes_a_name_the_registry_takes():
     assert registry.registered_name("digits") == "imgpipe-digits"
     assert registry.registered_name("team/digits") == "imgpipe-team-digits"

@@ -4,6 +4,7 @@ promoted to `champion` by hand (imgpipe.promote), and a registered or logged mod
 `runs:/<id>/model`) loaded as predict uses a checkpoint: a module taking uint8 images (B, C, H, W), and the
 preprocessing its images need."""
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass
@@ -99,6 +100,14 @@ def register(experiment: str, run_id: str, figures: dict[str, float]) -> Registr
         run_tags = client.get_run(run_id).data.tags
         tags = {key: run_tags[key] for key in FROM_RUN if key in run_tags} | {key: str(value) for key, value in figures.items()}
         version = mlflow.register_model(run_tags.get(MODEL_URI, f"runs:/{run_id}/model"), name, tags=tags).version
+        # Two publishes of one training to a server (no lock) may both have found no version and both registered: the
+        # first version stands, the later goes. The later's publish sees the first, having registered after it.
+        twins = sorted(client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"), key=lambda v: int(v.version))
+        for twin in twins[1:]:
+            with contextlib.suppress(mlflow.exceptions.MlflowException):  # the other publish removed it already
+                client.delete_model_version(name, twin.version)
+        if twins:
+            version, tags = twins[0].version, twins[0].tags
     current = _candidate(client, name)
     takes, why = candidacy(tags, current and current.tags, str(version), current and str(current.version))
     if takes:
