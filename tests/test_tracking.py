@@ -250,6 +250,64 @@ def test_an_experiment_made_before_gets_its_kind(store, mlflow_store):
     assert store.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
 
 
+def test_an_experiment_another_publish_makes_meanwhile_is_taken_not_a_failure(store, monkeypatch):
+    """Two publishes to a server, the experiment new: both find none, the second's create is refused as existing."""
+    made, lookup = [], store.get_experiment_by_name
+
+    def late(name):
+        if not made:  # this publish looked before the other made it
+            made.append(store.create_experiment(name))
+            return None
+        return lookup(name)
+
+    monkeypatch.setattr(store, "get_experiment_by_name", late)
+    assert tracking_store.experiment_id(store, "made-meanwhile") == made[0]
+
+
+def test_a_database_named_directly_keeps_its_artifacts_in_the_project_not_where_the_process_started():
+    """MLflow's default ./mlruns is the current folder: a queued experiment's copy, deleted after it."""
+    assert tracking_store.artifacts_beside("postgresql+psycopg2://mlflow@db-host/mlflow") == (paths.PROJECT_ROOT / "mlruns").as_uri()
+    assert tracking_store.artifacts_beside("mysql://mlflow@db-host/mlflow") == (paths.PROJECT_ROOT / "mlruns").as_uri()
+    assert tracking_store.artifacts_beside("sqlite:////srv/mlflow/store.db") == "file:///srv/mlflow/mlruns"
+    assert tracking_store.artifacts_beside("http://mlflow-host:5000") is None  # the server's own artifact root
+
+
+def test_a_run_whose_store_fails_while_it_looks_for_rivals_ends_failed_not_running(store, experiment, monkeypatch):
+    from mlflow.exceptions import MlflowException
+
+    runs_of = runs._runs_of
+
+    def failing(client, experiment_id, digest):  # once this publish's run is made: between it and the look for rivals
+        if store.search_runs([experiment_id]):
+            raise MlflowException("the store went away")
+        return runs_of(client, experiment_id, digest)
+
+    monkeypatch.setattr(runs, "_runs_of", failing)
+    with pytest.raises(MlflowException, match="went away"):
+        _log(experiment)
+    (run,) = store.search_runs([store.get_experiment_by_name(experiment).experiment_id])
+    assert run.info.status == "FAILED"
+
+
+def test_a_trial_run_whose_params_fail_ends_failed_and_leaves_no_active_run(store, experiment, monkeypatch):
+    from mlflow.exceptions import MlflowException
+
+    from imgpipe.tracking import trials
+
+    parent = trials.parent_run(experiment, "study", {})
+
+    def failing(*args):
+        raise MlflowException("params refused")
+
+    monkeypatch.setattr(trials, "log_params", failing)
+    with pytest.raises(MlflowException, match="params refused"):
+        with trials.TrialRun(experiment, parent, "trial 0", {"train": {"lr": 0.1}}, {}):
+            pass
+    assert mlflow.active_run() is None
+    (run,) = store.search_runs([store.get_experiment_by_name(experiment).experiment_id], "tags.`mlflow.parentRunId` != ''")
+    assert run.info.status == "FAILED"
+
+
 def test_the_runs_page_asks_the_ui_for_its_model_training_view(store, experiment, mlflow_store):
     experiment_id = store.create_experiment(experiment, artifact_location=tracking_store.artifacts_beside(mlflow_store))
     assert tracking_store.runs_page(experiment).endswith(f"/#/experiments/{experiment_id}?workflowType=machine_learning")

@@ -206,11 +206,16 @@ def log_training(experiment: str, run_name: str, *, training: str, params: dict,
             return recorded[training]
         run_id = client.create_run(experiment, start_time=started, run_name=run_name,
                                    tags=tags | {TRAINING: training, claims.PUBLISHER: claims.publisher()}).info.run_id
-        rivals = [run for run in _runs_of(client, experiment, training)
-                  if run.info.run_id != run_id and (run.info.status == "FINISHED" or watch.in_progress(run))]
-        if not rivals:
-            break
-        client.delete_run(run_id)
+        try:
+            rivals = [run for run in _runs_of(client, experiment, training)
+                      if run.info.run_id != run_id and (run.info.status == "FINISHED" or watch.in_progress(run))]
+            if not rivals:
+                break
+            client.delete_run(run_id)
+        except BaseException:  # the store failed between the two: the run must not stay RUNNING for good
+            with contextlib.suppress(Exception):
+                client.set_terminated(run_id, "FAILED")
+            raise
         time.sleep(random.uniform(0, step_back))
         step_back *= 2
     try:

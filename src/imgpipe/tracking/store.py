@@ -72,17 +72,29 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 def artifacts_beside(uri: str) -> str | None:
     """Where a new experiment keeps its artifacts: in mlruns/ beside a SQLite store's file (the embedded one's,
-    paths.MLFLOW_DB, or another a user or a test names), not in whatever folder the process was started from,
-    which MLflow's default `./mlruns` would be; a server's store decides for itself (None)."""
+    paths.MLFLOW_DB, or another a user or a test names), or the project's for another database named directly
+    (postgresql://, mysql://), not in whatever folder the process was started from, which MLflow's default `./mlruns`
+    would be (a queued experiment's copy, deleted after it); a server's store decides for itself (None)."""
     if uri.startswith("sqlite:///"):
         return (Path(uri.removeprefix("sqlite:///")).absolute().parent / "mlruns").as_uri()  # mlruns: MLflow's own name
+    scheme = uri.partition("://")[0].partition("+")[0].lower() if "://" in uri else ""
+    if scheme in DATABASES:
+        return (paths.PROJECT_ROOT / "mlruns").as_uri()
     return None
+
+
+DATABASES = ("postgresql", "mysql", "mssql", "sqlite")  # the stores MLflow opens itself, with its default ./mlruns
 
 
 def experiment_id(client, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        return client.create_experiment(name, artifact_location=artifacts_beside(tracking_uri()), tags=EXPERIMENT_KIND)
+        try:
+            return client.create_experiment(name, artifact_location=artifacts_beside(tracking_uri()), tags=EXPERIMENT_KIND)
+        except mlflow.exceptions.MlflowException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            experiment = client.get_experiment_by_name(name)  # another publish made it since this one looked
     for key, value in EXPERIMENT_KIND.items():  # an experiment an older imgpipe made
         if experiment.tags.get(key) != value:
             client.set_experiment_tag(experiment.experiment_id, key, value)

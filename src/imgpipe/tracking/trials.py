@@ -2,6 +2,7 @@
 so its curves and MLflow's own system metrics (CPU, memory; GPU where there is one) arrive as it runs. A trial's
 run ends FINISHED, KILLED when it was pruned, or FAILED, and says which in the tag `imgpipe.trial_state`."""
 
+import contextlib
 import time
 
 import mlflow
@@ -69,7 +70,12 @@ class TrialRun:
         run = mlflow.start_run(experiment_id=experiment_id(client, self.experiment), run_name=self.name,
                                parent_run_id=self.parent, tags=self.tags, log_system_metrics=True)
         self.run_id = run.info.run_id
-        log_params(client, self.run_id, self.params)
+        try:
+            log_params(client, self.run_id, self.params)
+        except BaseException:  # __exit__ never runs for a failed __enter__: the run must not stay RUNNING, nor active
+            with contextlib.suppress(Exception):
+                mlflow.end_run("FAILED")
+            raise
         return self
 
     @store_lock()
