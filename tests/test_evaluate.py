@@ -123,10 +123,22 @@ def test_tables_name_the_classes(digits_prepared, linear_on_digits):
     assert (predictions["actual"] == predictions["predicted"]).mean() == pytest.approx(result.metrics["accuracy"])
     classes = class_table(test.class_names, result)
     assert classes["class"].tolist() == list(test.class_names) and classes["support"].sum() == len(test)
-    counts = confusion_table(test.class_names, result.confusion)
+    counts = dict(confusion_table(test.class_names, result.confusion))
     assert list(counts) == ["actual", *test.class_names] and counts["actual"].tolist() == list(test.class_names)
     assert sum(counts[name].sum() for name in test.class_names) == len(test)
     assert counts["3"].tolist() == result.confusion[:, 3].tolist()  # a column per predicted class
+
+
+def test_a_class_named_actual_keeps_its_row_labels_and_its_column(tmp_path):
+    """The confusion table's row-label column is `actual`: a class of that name is a column beside it, read back as
+    the results loader reads it."""
+    from imgpipe.evaluation import results
+
+    confusion = np.array([[3, 1], [0, 4]])
+    write_csv(tmp_path / "confusion.csv", confusion_table(("actual", "dog"), confusion))
+    assert (tmp_path / "confusion.csv").read_text() == "actual,actual,dog\nactual,3,1\ndog,0,4\n"
+    table = results._square(results.read_csv(tmp_path / "confusion.csv", ("actual",)).set_index("actual"))
+    assert list(table.index) == list(table.columns) == ["actual", "dog"] and table.to_numpy().tolist() == confusion.tolist()
 
 
 def test_a_table_is_written_as_csv_that_reads_back_as_it_was(tmp_path):

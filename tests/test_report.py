@@ -56,6 +56,14 @@ def test_comparison_table_marks_the_best_of_each_column():
     assert table[0].endswith("| images/s | test device | epochs |") and "| **1,000** | cpu | 3 |" in linear
 
 
+def test_a_class_without_test_images_has_no_f1_shown():
+    from imgpipe.reporting.report import class_f1_table
+
+    absent = result("cnn", 0.9, 900, [[5, 0], [1, 4]])
+    absent.classes.loc[1, ["f1", "support"]] = [0.0, 0]
+    assert "| dog | 0 | n/a |" in class_f1_table({"cnn": absent}) and "| cat | 5 | 0.850 |" in class_f1_table({"cnn": absent})
+
+
 def test_report_holds_every_section_and_links_every_figure():
     text = render("pets", CARD, RESULTS, RUN)
     for heading in ("## Variants", "## Which differences are real", "## Training curves", "## Confusion matrices",

@@ -118,9 +118,9 @@ def test_bootstrap_macro_f1_of_each_resample_agrees_with_scikit_learn(digits_pre
     scores = bootstrap_macro_f1(actual, predicted, 10, resamples=20, seed=3)
     for resample in (0, 7, 19):
         drawn = resample_indices(len(actual), resample, seed=3)
-        # Over the classes the resample draws or predicts, and those absent from the whole split (F1 0, as in
-        # evaluate's macro-F1); a class of the split the resample happens to miss entirely has no F1 there.
-        present = set(actual[drawn]) | set(predicted[drawn]) | (set(range(10)) - set(actual))
+        # Over the classes the resample draws or predicts (scikit-learn's default, as evaluate's macro-F1): a class
+        # the resample happens to miss entirely has no F1 there.
+        present = set(actual[drawn]) | set(predicted[drawn])
         expected = f1_score(actual[drawn], predicted[drawn], average="macro", labels=sorted(present), zero_division=0)
         assert scores[resample] == pytest.approx(expected, abs=1e-12)
 
@@ -129,11 +129,28 @@ def test_a_class_a_resample_misses_does_not_pull_the_interval_below_the_score():
     actual = np.concatenate([np.repeat(np.arange(9), 30), [9, 9]])  # class 9: two test images
     low, high = bootstrap_macro_f1_interval(actual, actual, 10)  # right on every one: macro-F1 1 in every resample
     assert (low, high) == (1.0, 1.0)  # counting a missed class 0: about 0.9
-    assert bootstrap_macro_f1_interval(actual, actual, 11)[1] == pytest.approx(10 / 11)  # a class never in the split: 0
+    assert bootstrap_macro_f1_interval(actual, actual, 11) == (1.0, 1.0)  # a class never in the split nor said: no F1
     nine = np.repeat(np.arange(9), 30)
     said = nine.copy()
-    said[0] = 9  # one image said to be class 9, which has no test images: F1 0 in every resample, as in the score
-    assert bootstrap_macro_f1_interval(nine, said, 10)[1] < 0.91  # not 1.0, where resamples missing that image left it out
+    said[0] = 9  # one image said to be class 9, which has no test images: F1 0 where a resample draws that image
+    low, high = bootstrap_macro_f1_interval(nine, said, 10)
+    assert low < 0.91 and high == 1.0  # 0.9 with it; 1.0 in the resamples that missed it
+
+
+def test_macro_scores_count_the_classes_in_the_split_or_said_as_scikit_learn_does():
+    """A perfect model on a test split without class 2 scores macro-F1 1, not 2/3 (the absent class counted 0)."""
+    from sklearn.metrics import f1_score, precision_score
+
+    actual = np.array([0, 0, 1, 1, 1])
+    confusion = scores.confusion_matrix(actual, actual, 3)
+    per_class = scores.per_class_scores(confusion)
+    assert scores.macro(per_class["f1"], confusion) == 1.0 == f1_score(actual, actual, average="macro")
+    said = np.array([0, 2, 1, 1, 1])  # class 2, absent from the split, said of an image: counted, F1 0
+    confusion = scores.confusion_matrix(actual, said, 3)
+    per_class = scores.per_class_scores(confusion)
+    assert scores.macro(per_class["f1"], confusion) == pytest.approx(f1_score(actual, said, average="macro", zero_division=0))
+    assert scores.macro(per_class["precision"], confusion) == pytest.approx(
+        precision_score(actual, said, average="macro", zero_division=0))
 
 
 def test_bootstrap_resamples_draw_with_replacement():

@@ -109,15 +109,17 @@ def write_json(path: Path, data: object) -> None:
     write_text(path, json.dumps(data, indent=2) + "\n")
 
 
-def write_csv(path: Path, columns: Mapping[str, Sequence]) -> None:
-    """A table given by its columns (name -> values, all as long) as CSV, header first. The csv module, not
-    pandas: importing pandas would cost each evaluate stage a third of a second."""
+def write_csv(path: Path, columns: Mapping[str, Sequence] | Sequence[tuple[str, Sequence]]) -> None:
+    """A table given by its columns (name -> values, all as long; or (name, values) pairs, where two may share a
+    name) as CSV, header first. The csv module, not pandas: importing pandas would cost each evaluate stage a third
+    of a second."""
     import csv
 
+    pairs = list(columns.items()) if isinstance(columns, Mapping) else list(columns)
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as file:
         writer = csv.writer(file, lineterminator="\n")
-        writer.writerow(columns)
-        writer.writerows(zip(*columns.values()))
+        writer.writerow(name for name, _ in pairs)
+        writer.writerows(zip(*(values for _, values in pairs)))
 
 
 def write_arrays(path: Path, **arrays) -> None:

@@ -13,7 +13,7 @@ from torch import nn
 from imgpipe.data.imageset import ImageSet
 from imgpipe.device import finish_queued
 from imgpipe.evaluation.calibration import Reliability, confidences, reliability
-from imgpipe.evaluation.scores import bootstrap_macro_f1_interval, confusion_matrix, per_class_scores
+from imgpipe.evaluation.scores import bootstrap_macro_f1_interval, confusion_matrix, macro, per_class_scores
 from imgpipe.evaluation.stats import wilson_interval
 from imgpipe.models.inference import logits_in_chunks, predict_logits, score
 
@@ -66,7 +66,7 @@ def evaluate(model: nn.Module, split: ImageSet, device: torch.device, top_k: int
     metrics["accuracy_low"], metrics["accuracy_high"] = wilson_interval(int(confusion.trace()), len(split))
     if len(split.class_names) > top_k:
         metrics[f"top_{top_k}_accuracy"] = top_k_accuracy(logits, labels, top_k)
-    metrics |= {f"macro_{name}": float(per_class[name].mean()) for name in ("precision", "recall", "f1")}
+    metrics |= {f"macro_{name}": macro(per_class[name], confusion) for name in ("precision", "recall", "f1")}
     metrics["macro_f1_low"], metrics["macro_f1_high"] = bootstrap_macro_f1_interval(
         split.labels, predicted, len(split.class_names), seed=0)
     temperature = getattr(model, "temperature", None)  # a bare network has none: its scores are its own
@@ -91,10 +91,10 @@ def class_table(class_names: tuple[str, ...], evaluation: Evaluation) -> dict[st
     return {"class": np.array(class_names), **scores}
 
 
-def confusion_table(class_names: tuple[str, ...], confusion: np.ndarray) -> dict[str, np.ndarray]:
-    """The confusion counts with class names: a row per actual class (column `actual`), then a column per
-    predicted class."""
-    return {"actual": np.array(class_names), **{name: confusion[:, j] for j, name in enumerate(class_names)}}
+def confusion_table(class_names: tuple[str, ...], confusion: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """The confusion counts with class names, as columns: a row per actual class (column `actual`), then a column
+    per predicted class (pairs, not a mapping: a class may be named `actual` too)."""
+    return [("actual", np.array(class_names)), *((name, confusion[:, j]) for j, name in enumerate(class_names))]
 
 
 def reliability_table(evaluation: Evaluation) -> dict[str, np.ndarray]:

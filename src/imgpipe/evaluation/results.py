@@ -37,7 +37,7 @@ def load_result(name: str, seed: int) -> VariantResult:
         train=read_json(paths.train_metrics(name, seed)),
         test=read_json(paths.test_metrics(name, seed)),
         classes=read_csv(paths.class_scores(name, seed), ("class",)),
-        confusion=read_csv(paths.confusion(name, seed), ("actual",)).set_index("actual"),
+        confusion=_square(read_csv(paths.confusion(name, seed), ("actual",)).set_index("actual")),
         correct=(predictions["actual"] == predictions["predicted"]).to_numpy(),
         reliability=read_csv(paths.reliability(name, seed), ("scaling",)),
     )
@@ -73,3 +73,10 @@ def choose(train_metrics: dict[str, dict[int, dict]]) -> Choice:
     report's headline and the registry's `candidate` are this one choice. train_metrics: variant -> seed -> metrics."""
     variant = best_over_seeds(train_metrics)
     return Choice(variant, best_on_validation(train_metrics[variant]))
+
+
+def _square(confusion: "pd.DataFrame") -> "pd.DataFrame":
+    """The confusion counts with the predicted classes named as the actual ones, in the same order (a class named
+    `actual` reads back as pandas' `actual.1`, as text: the row labels' type)."""
+    confusion.columns = confusion.index.copy()
+    return confusion.astype(np.int64)

@@ -45,26 +45,35 @@ def resample_indices(images: int, resample: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(resample,))).integers(0, images, images)
 
 
+def scored_classes(confusion: np.ndarray) -> np.ndarray:
+    """The classes a macro average counts: those with images in the split or said of some image (scikit-learn's
+    default). A class neither has no F1: counted 0, a perfect model of the other classes scored below 1.
+    A stack of matrices (..., classes, classes) gives (..., classes)."""
+    return (confusion.sum(-1) > 0) | (confusion.sum(-2) > 0)
+
+
+def macro(scores: np.ndarray, confusion: np.ndarray) -> float:
+    """The mean of per-class scores over scored_classes."""
+    return float(scores[scored_classes(confusion)].mean())
+
+
 def bootstrap_macro_f1(actual: np.ndarray, predicted: np.ndarray, num_classes: int, *,
                        resamples: int = RESAMPLES, seed: int = 0) -> np.ndarray:
-    """Macro-F1 (per_class_scores' F1, averaged over all `num_classes`) of each of `resamples` resamples of
-    the images, scored in batches: one bincount gives a batch's confusion matrices. A class of the split that a
-    resample happens to draw no image of, and none predicted as, has no F1 there: it is left out of that resample's
-    average rather than counted 0, which would pull the interval below the score (a class of 2 test images is
-    missing from 13% of resamples). A class with no test images counts in every one, as in the score (0, whether
-    or not some image is said to be of it)."""
+    """Macro-F1 (per_class_scores' F1, averaged over scored_classes, as the score is) of each of `resamples`
+    resamples of the images, scored in batches: one bincount gives a batch's confusion matrices. A class of the split
+    that a resample happens to draw no image of, and none predicted as, is left out of that resample's average rather
+    than counted 0, which would pull the interval below the score (a class of 2 test images is missing from 13% of
+    resamples)."""
     actual, predicted = np.asarray(actual), np.asarray(predicted)
     if actual.shape != predicted.shape or actual.ndim != 1 or len(actual) == 0:
         raise ValueError(f"need two equally long, non-empty 1-D arrays, got shapes {actual.shape} and {predicted.shape}")
     images = len(actual)
-    in_split = np.isin(np.arange(num_classes), actual)  # (classes,): those with test images
     batch = max(1, _BATCH_ELEMENTS // max(images, num_classes**2))
     scores = []
     for start in range(0, resamples, batch):
         drawn = np.stack([resample_indices(images, r, seed) for r in range(start, min(start + batch, resamples))])
         confusions = confusion_matrix(actual[drawn], predicted[drawn], num_classes)  # (batch, classes, classes)
-        drawn_or_said = (confusions.sum(-1) > 0) | (confusions.sum(-2) > 0)  # (batch, classes)
-        counted = drawn_or_said | ~in_split  # every class but those of the split this resample missed
+        counted = scored_classes(confusions)  # (batch, classes)
         scores.append((per_class_scores(confusions)["f1"] * counted).sum(-1) / counted.sum(-1))
     return np.concatenate(scores)
 

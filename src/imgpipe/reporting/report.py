@@ -204,8 +204,8 @@ def class_f1_table(results: dict[str, VariantResult]) -> str:
     """F1 per class (rows) and variant (columns), with each class's test images."""
     first = next(iter(results.values())).classes
     lines = ["| class | test images | " + " | ".join(results) + " |", "|---|---:|" + "---:|" * len(results)]
-    for row, name in enumerate(first["class"]):
-        scores = [f"{result.classes['f1'].iloc[row]:.3f}" for result in results.values()]
+    for row, name in enumerate(first["class"]):  # a class without test images has no recall: no F1 worth a number
+        scores = [f"{result.classes['f1'].iloc[row]:.3f}" if first["support"].iloc[row] else "n/a" for result in results.values()]
         lines.append(f"| {name} | {first['support'].iloc[row]} | " + " | ".join(scores) + " |")
     return "\n".join(lines)
 
@@ -294,7 +294,9 @@ def calibration_section(results: dict[str, VariantResult]) -> list[str]:
         "scaling divides every class score by one number T > 0, fitted on the validation split by minimizing its "
         "negative log-likelihood: it changes the confidences, never the predicted class. The checkpoint and the "
         "MLflow model carry T, so `predict`, the served model and the figures above (test loss included) use the "
-        "scaled confidences. A fitted model (centroid) keeps T = 1: it fits its own scale on the training split.",
+        "scaled confidences. A fitted model (centroid) keeps T = 1: it fits its own scale on the training split. So "
+        "does a model right on every validation image, which leaves nothing to fit T on (its NLL falls without end as "
+        "T goes to 0).",
         "",
         f"![reliability diagrams before and after temperature scaling]({_link('reliability')})",
         "",
@@ -342,7 +344,8 @@ def saliency_section(methods: dict[str, str]) -> list[str]:
     if not methods:
         return []
     lines = ["## Where the models looked", "",
-             "Each test image with a heat map laid over it (red: what raised the predicted class's score most): first the "
+             "Each test image with a heat map laid over it (red: where the predicted class's score depends most on the "
+             "image; for HiResCAM, what raised it most): first the "
              "right answers (each class's most confident), then the most confident mistakes. A model that looks at a "
              "watermark, a border or the background instead of the object shows it here. Networks with convolutions get "
              "HiResCAM on the output of their last convolution's block (Draelos & Carin, 2020: the activations times the "
