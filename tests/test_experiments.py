@@ -7,6 +7,7 @@ distance, and an epochs key params.yaml lacks, given with `+`) and adds seed 1. 
 """
 
 import json
+import re
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,3 +96,10 @@ def test_the_report_aggregates_the_seeds(l1_two_seeds):
     assert "## Seeds" in report and "| cnn | 2 | " in report
     assert all(f"| cnn | {seed} | " in report for seed in (0, 1))
     assert "Over its 2 seeds: val accuracy" in report
+    # The detailed sections show each variant's seed best on validation (the headline's, for the one it puts forward).
+    for variant in VARIANTS:
+        train = {seed: read_json(project / f"metrics/train/{variant}/seed{seed}.json") for seed in (0, 1)}
+        shown = max(train, key=lambda seed: (train[seed]["val_accuracy"], -train[seed]["val_loss"]))
+        test = read_json(project / f"metrics/test/{variant}/seed{shown}.json")["accuracy"]
+        (row,) = [line for line in report.splitlines() if line.startswith(f"| {variant} | {train[shown]['model']} | ")]
+        assert re.search(rf"\| (\*\*)?{test:.4f}(\*\*)? \(", row), (variant, shown, row)  # its test accuracy (bold if best)

@@ -317,7 +317,7 @@ def headline(dataset: str, card: dict, runs: dict[str, dict[int, VariantResult]]
     seeds = len(next(iter(runs.values())))
     choice = choose({variant: {seed: r.train for seed, r in by_seed.items()} for variant, by_seed in runs.items()})
     best, chosen = choice.variant, runs[choice.variant][choice.seed]
-    # The chosen seed's answers, not those of its variant's run shown below (its first seed): the verdict is about it.
+    # The chosen seed's answers (the report stage shows each variant's seed best on validation below: the same ones).
     tests = paired_tests({variant: (chosen if variant == best else result).correct for variant, result in results.items()})
     over_seeds = (f" Over its {seeds} seeds: val accuracy {_spread(seed_summary(runs[best]), 'val_accuracy')}, "
                   f"test accuracy {_spread(seed_summary(runs[best]), 'test_accuracy')} (mean ± standard deviation)."
@@ -450,7 +450,7 @@ def per_variant_sections(results: dict[str, VariantResult]) -> list[str]:
 def render(dataset: str, card: dict, results: dict[str, VariantResult], provenance: dict,
            runs: dict[str, dict[int, VariantResult]] | None = None, *, saliency: dict[str, str] | None = None,
            label_issues: tuple[dict, pd.DataFrame] | None = None) -> str:
-    """results: each variant's run shown in detail (its first seed); runs: every variant's run per seed;
+    """results: each variant's run shown in detail (its seed best on validation); runs: every variant's run per seed;
     saliency: the method of each variant's saliency maps (figures saliency_<variant>); label_issues: the summary, the
     list and how many of it the figure label_issues shows."""
     runs = runs or {variant: {0: result} for variant, result in results.items()}
