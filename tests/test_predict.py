@@ -1,6 +1,7 @@
 """predict on image files: the same answers as evaluate on the same images; bad files named and skipped.
 Its command line runs in-process here (main(argv)); tests/test_pipeline.py runs `python -m imgpipe.predict`."""
 
+import os
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ from PIL import Image
 
 from imgpipe.config import TrainConfig
 from imgpipe.evaluation.evaluate import evaluate
-from imgpipe.models.checkpoint import save_checkpoint
+from imgpipe.models.checkpoint import load_checkpoint, save_checkpoint
 from imgpipe.predict import main, read_images
 from imgpipe.training.loop import train
 
@@ -114,10 +115,35 @@ def test_nothing_written_takes_the_place_of_a_folder_or_an_image_read(digits_pre
          f"error: --output {tmp_path / 'notes.txt' / 'out.csv'}: {tmp_path / 'notes.txt'} is a file, not a folder"),
         (["--explain", str(tmp_path / "notes.txt" / "maps")],
          f"error: --explain {tmp_path / 'notes.txt' / 'maps'}: {tmp_path / 'notes.txt'} is a file, not a folder"),
+        (["--output", str(checkpoint)], f"error: {checkpoint}: is the model's checkpoint; --output names the CSV file"),
     ]:
         assert main(["--model", str(checkpoint), str(images), *arguments]) == 1
         assert capsys.readouterr().err.strip().startswith(message)
         assert {path: path.read_bytes() for path in images.rglob("*") if path.is_file()} == before  # nothing lost
+    assert load_checkpoint(checkpoint)  # still the model
+    # A file spelled otherwise (a case-insensitive disk's IMG_1.PNG for IMG_1.png, here a hard link) is the same file.
+    os.link(image, tmp_path / "linked.png")
+    assert main(["--model", str(checkpoint), str(images), "--output", str(tmp_path / "linked.png")]) == 1
+    assert capsys.readouterr().err.strip().startswith(f"error: {tmp_path / 'linked.png'}: is one of the images to classify")
+
+
+def test_hidden_files_are_passed_over_and_a_name_that_is_not_utf8_is_shown(digits_prepared, tmp_path, capsys):
+    """As training's image folders pass hidden files over (macOS's ._x.png beside each photo, a .thumbnails/ folder);
+    a file name from an old zip (Latin-1 bytes) is one row, its stray byte shown, not the whole run's error."""
+    config = TrainConfig(epochs=1, device="cpu")
+    checkpoint = tmp_path / "cnn.pt"
+    save_checkpoint(checkpoint, train("cnn", {"channels": [4]}, digits_prepared, config).model, model_name="cnn",
+                    model_settings={"channels": [4]}, image_shape=digits_prepared.image_shape,
+                    class_names=digits_prepared.class_names, config=config)
+    images = tmp_path / "images"
+    (images / ".thumbnails").mkdir(parents=True)
+    Image.fromarray(digits_prepared.test.images[0, 0]).save(images / "a.png")
+    Image.fromarray(digits_prepared.test.images[1, 0]).save(images / ".thumbnails" / "a.png")
+    (images / "._a.png").write_bytes(b"AppleDouble metadata, not an image")
+    with open(os.path.join(os.fsencode(images), b"caf\xe9.png"), "wb") as file:
+        Image.fromarray(digits_prepared.test.images[2, 0]).save(file, format="PNG")
+    assert main(["--model", str(checkpoint), str(images), "--output", str(tmp_path / "out.csv")]) == 0
+    assert pd.read_csv(tmp_path / "out.csv")["path"].tolist() == [str(images / "a.png"), str(images / "caf\\xe9.png")]
 
 
 def test_explain_writes_an_overlay_of_where_the_model_looked_per_image(digits_prepared, tmp_path, capsys):

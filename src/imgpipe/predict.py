@@ -42,11 +42,13 @@ EXPLAIN_PIXELS = 256  # --explain's overlays are enlarged to at least this many 
 
 
 def image_files(paths: list[Path]) -> list[Path]:
-    """Files as given, and the image files inside folders (recursively, sorted)."""
+    """Files as given, and the image files inside folders (recursively, sorted), hidden ones passed over as training's
+    image folders pass them (macOS's ._photo.jpg, a .thumbnails/ folder)."""
     found = []
     for path in paths:
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                            and not any(part.startswith(".") for part in p.relative_to(path).parts))
         else:
             found.append(path)  # named explicitly: tried whatever its suffix, reported if unreadable
     return found
@@ -98,23 +100,35 @@ def write_explanations(folder: Path, names: dict[Path, Path], model: torch.nn.Mo
     return method
 
 
-def refuse_overwriting(output: Path | None, explain: Path | None, files: list[Path]) -> None:
-    """Nothing predict writes may take the place of a folder or of an image it reads: --output replaces a file
-    whole, and an overlay's name is its image's own below --explain."""
-    images = {os.path.realpath(file): file for file in files}
+def _identity(path: Path) -> tuple:
+    """What names one file however it is spelled: its device and inode where it exists (a case-insensitive disk's
+    IMG_1.png is img_1.png; a hard link), else its resolved path."""
+    try:
+        found = os.stat(path)
+        return found.st_dev, found.st_ino
+    except OSError:
+        return (os.path.realpath(path),)
+
+
+def refuse_overwriting(output: Path | None, explain: Path | None, files: list[Path], model: Path | None = None) -> None:
+    """Nothing predict writes may take the place of a folder, of an image it reads or of the checkpoint it reads
+    (`model`): --output replaces a file whole, and an overlay's name is its image's own below --explain."""
+    images = {_identity(file): file for file in files}
     if output is not None and output.is_dir():
         raise ImgpipeError(f"{output}: is a folder; --output names the CSV file to write")
     if output is not None:
         writable_below(output.parent, "--output", output)
-    if output is not None and os.path.realpath(output) in images:
+    if output is not None and _identity(output) in images:
         raise ImgpipeError(f"{output}: is one of the images to classify; --output names the CSV file to write")
+    if output is not None and model is not None and _identity(output) == _identity(model):
+        raise ImgpipeError(f"{output}: is the model's checkpoint; --output names the CSV file to write")
     if explain is None:
         return
     if explain.exists() and not explain.is_dir():
         raise ImgpipeError(f"{explain}: is a file; --explain names the folder to write the overlays into")
     writable_below(explain, "--explain", explain)
     for name in overlay_names(files).values():
-        replaced = images.get(os.path.realpath(explain / name))
+        replaced = images.get(_identity(explain / name))
         if replaced is not None:
             raise ImgpipeError(f"--explain {explain}: the overlay {explain / name} would replace the image {replaced}; choose another folder")
 
@@ -141,6 +155,12 @@ def load_model(model: str, device: str = "auto") -> tuple[torch.nn.Module, Prepr
     return network, Preprocessing.of(meta), True
 
 
+def shown(path: Path) -> str:
+    """A path as text a table can hold: a name that is not UTF-8 (café.jpg from an old zip: its bytes kept by Python
+    as surrogates, which pandas' text columns refuse) shows its stray bytes as \\xe9."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def classify(files: list[Path], model: torch.nn.Module, preprocessing: Preprocessing, top_k: int, device: torch.device,
              explain: Path | None) -> tuple[pd.DataFrame, list[str]]:
     """Every readable file's row, and one error line per unreadable file."""
@@ -153,9 +173,9 @@ def classify(files: list[Path], model: torch.nn.Module, preprocessing: Preproces
         if explain is not None and len(read):
             method = write_explanations(explain, names, model, read, images, table, preprocessing.class_names, device)
             print(f"{len(read)} overlays ({method}) -> {explain}", file=sys.stderr)
-        table.insert(0, "path", [str(p) for p in read])
+        table.insert(0, "path", [shown(p) for p in read])
         if explain is not None:
-            table["overlay"] = [str(explain / names[p]) for p in read]
+            table["overlay"] = [shown(explain / names[p]) for p in read]
         tables.append(table)
         errors += unreadable
     return pd.concat(tables, ignore_index=True), errors
@@ -188,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         files = image_files(args.paths)
         if not files:
             raise ImgpipeError(f"no image files in {', '.join(map(str, args.paths))}")
-        refuse_overwriting(args.output, args.explain, files)
+        refuse_overwriting(args.output, args.explain, files, Path(args.model) if is_checkpoint else None)
         device = pick_device(args.device) if is_checkpoint else model.device  # a served model's: where it was placed
         table, errors = classify(files, model, preprocessing, args.top_k, device, args.explain)
         for error in errors:
