@@ -175,3 +175,21 @@ def test_a_transparent_colour_key_is_laid_on_the_background(tmp_path, mode, key)
     decoded = decode(tmp_path / "keyed.png", 3, None, (0, 128, 0))  # (C, H, W)
     assert decoded[:, 0, 0].tolist() == [0, 128, 0] and decoded[:, 1, 2].tolist() == [200, 200, 200]
     assert (decoded[1] == 128).sum() == 24 - 4
+
+
+def test_a_16_bit_rgb_png_s_colour_key_is_laid_on_the_background_too(tmp_path):
+    """PIL reads a 16-bit RGB PNG as 8-bit (each value's high byte) but keeps its tRNS key at 16 bits, which then
+    matched no pixel. Written by hand here: PIL writes no 16-bit RGB."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    keyed, white = (0x1234, 0x5678, 0x9ABC), (0xFFFF, 0xFFFF, 0xFFFF)
+    row = b"\x00" + struct.pack(">6H", *keyed, *white)  # filter byte, then two 16-bit RGB pixels
+    (tmp_path / "keyed16.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 2, 1, 16, 2, 0, 0, 0))
+                                        + chunk(b"tRNS", struct.pack(">3H", *keyed)) + chunk(b"IDAT", zlib.compress(row))
+                                        + chunk(b"IEND", b""))
+    decoded = decode(tmp_path / "keyed16.png", 3, None, (0, 128, 0))
+    assert decoded[:, 0, 0].tolist() == [0, 128, 0] and decoded[:, 0, 1].tolist() == [255, 255, 255]

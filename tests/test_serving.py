@@ -70,6 +70,12 @@ def test_pixel_arrays_in_any_layout_give_the_same_images(layout):
                           np.broadcast_to(flat[:, :, :1, :1], (2, 3, 4, 4)))
 
 
+def test_tiny_channels_first_images_are_read_by_the_model_s_channels():
+    """(N, 3, 4, 4): channels first or 3x4 images of 4 channels? The model takes 3 channels: channels first."""
+    colour = np.random.default_rng(2).integers(0, 256, (2, 3, 4, 4), dtype=np.uint8)
+    assert np.array_equal(read_request(colour, (3, 4, 4), WHITE), colour)
+
+
 def test_transparent_pixel_arrays_are_laid_on_the_background():
     rgba = np.zeros((1, 8, 8, 4), dtype=np.uint8)
     rgba[0, :, :4] = (30, 60, 90, 255)  # left half opaque, right half transparent
@@ -101,6 +107,8 @@ GOOD = _encoded(Image.new("L", (8, 8)))
     ([[[0, 0]], [[300, 0]]], "image 1: pixels must be whole numbers 0..255, found 300"),
     ([1, 2, 3], "the request's pixels are int64 of shape (3,)"),
     ([[[0, 0]], [[0]]], "the request's pixel arrays differ in shape"),
+    (np.zeros((16, 16, 3), np.uint8), "the request's pixels have shape (16, 16, 3): one colour image without its batch axis"),
+    ([[[]]], "the request's pixel arrays have shape (1, 1, 0): images with no pixels"),
 ])
 def test_a_bad_request_fails_in_one_line_naming_what_is_wrong(payload, message):
     with pytest.raises(ImgpipeError) as error:

@@ -30,6 +30,10 @@ def _to_8bit(image: Image.Image) -> Image.Image:
             alpha = Image.fromarray(np.where(array == image.info["transparency"], 0, 255).astype(np.uint8), "L")
             return Image.merge("LA", (gray, alpha))
         return gray
+    key = image.info.get("transparency")
+    if image.mode == "RGB" and isinstance(key, tuple) and max(key) > 255:
+        # A 16-bit RGB PNG: PIL keeps each pixel's high byte but its tRNS key whole, which then matches no pixel.
+        image.info["transparency"] = tuple(value >> 8 for value in key)
     return image
 
 

@@ -174,8 +174,14 @@ def _pixel_images(payload, channels: int) -> list[Image.Image]:
         raise ImgpipeError(f"image {row}: pixels must be whole numbers 0..255, found {pixels[row][wrong[row]].flat[0].item()} "
                            "(send uint8 values, not normalized ones)")
     pixels = pixels.astype(np.uint8)
-    if pixels.ndim == 4 and pixels.shape[1] in (1, 3, 4) and pixels.shape[-1] not in (1, 3, 4):
-        pixels = pixels.transpose(0, 2, 3, 1)  # (N, C, H, W) -> (N, H, W, C)
+    if pixels.ndim == 3 and len(pixels) and pixels.shape[-1] in (3, 4):
+        raise ImgpipeError(f"the request's pixels have shape {pixels.shape}: one colour image without its batch axis, or "
+                           f"greyscale images {pixels.shape[-1]} pixels wide? Send (1, H, W, {pixels.shape[-1]}) for one image")
+    if pixels.ndim == 4 and pixels.shape[1] in (1, 3, 4) and (pixels.shape[-1] not in (1, 3, 4)
+                                                              or pixels.shape[1] == channels != pixels.shape[-1]):
+        pixels = pixels.transpose(0, 2, 3, 1)  # (N, C, H, W) -> (N, H, W, C); both readable: the model's channels decide
+    if pixels.shape[1] == 0 or pixels.shape[2] == 0:
+        raise ImgpipeError(f"the request's pixel arrays have shape {pixels.shape}: images with no pixels")
     if pixels.ndim == 4:
         if pixels.shape[-1] not in (1, 3, 4):
             raise ImgpipeError(f"the request's pixel arrays have shape {pixels.shape}; their channels must be 1, 3 or 4")
