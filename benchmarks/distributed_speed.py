@@ -31,7 +31,8 @@ from imgpipe.data.prepared import save_prepared
 from imgpipe.training.distributed import torchrun_command
 
 RANK = """
-import json, sys, torch
+import dataclasses, json, sys, torch
+import numpy as np
 from pathlib import Path
 from imgpipe.training import distributed
 from imgpipe.config import TrainConfig
@@ -40,7 +41,12 @@ from imgpipe.training.loop import train
 
 folder, model, config, out = Path(sys.argv[1]), sys.argv[2], TrainConfig(**json.loads(sys.argv[3])), Path(sys.argv[4])
 group = distributed.join(config.device)
-result = train(model, {}, load_prepared(folder), config, group=group)
+data = load_prepared(folder)
+# An epoch on a few images first, off the clock, on every side: torch._dynamo's import (at the first optimizer step on
+# one process, in DistributedDataParallel's construction on several) and the first kernels land on neither side.
+few = dataclasses.replace(data, train=data.train.subset(np.arange(min(512, len(data.train)))))
+train(model, {}, few, dataclasses.replace(config, epochs=1), group=group)
+result = train(model, {}, data, config, group=group)
 distributed.leave()
 if group.leader:
     torch.save({"weights": result.model.state_dict(), "images_per_second": result.images_per_second,

@@ -75,7 +75,7 @@ def test_the_fashion_mnist_benchmark_compares_with_both_baselines_on_a_recipe_ch
 
     # 10% of 128 images, stratified, rounded up: 13. Every part trains on the other 115.
     one(lines, r"every part trains on 115 images of the training set; 13 \(10% of each class, seed 0\) are the validation split .*")
-    labels = ("fp32", "bf16 autocast", "fp32, DataLoader(num_workers=2)")  # as written, and with each one-line win
+    labels = ("fp32", "bf16 autocast, channels_last", "fp32, DataLoader(num_workers=2)")  # as written, and with each one-line win
     baselines = {label: epoch_rows(lines, f"(a) seed loop, {label}") for label in labels}
     for label, rows in baselines.items():
         val_rows = epoch_rows(lines, f"(a) seed loop, {label}", split="val")
