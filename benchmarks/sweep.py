@@ -78,6 +78,10 @@ def project(folder: Path, data: Path, epochs: int, trials: int) -> Path:
                         "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "b@example.com"}
     for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "benchmark"]):
         subprocess.run(command, cwd=folder, check=True, env=env)
+    # Fetched and prepared before any sweep's clock, and the MLflow store made: the first sweep timed paid both alone.
+    subprocess.run(["dvc", "repro", "prepare"], cwd=folder, check=True, capture_output=True)
+    subprocess.run([sys.executable, "-c", "from imgpipe.tracking.store import store_client; store_client().search_experiments()"],
+                   cwd=folder, check=True, capture_output=True)
     return folder
 
 
