@@ -96,7 +96,7 @@ VAL_FRACTION = 0.1  # of the training set, held out to choose (b)'s recipe, (c)'
 # TinyVGG collapsed to one class at lr 0.15 (and 8 wide at 0.1), with it 0.4 trains.
 ONECYCLE_SGD = TrainConfig(epochs=3, batch_size=128, optimizer="sgd", lr=0.1, nesterov=True, schedule="onecycle", device="cpu")
 # One epoch of TinyVGG 16 with batch norm at batch 64: twice the steps of batch 128. Candidate 4, which (b) chose in
-# both of README's runs; benchmarks/gpu_check.py times it on the GPU too.
+# the runs of 2026-12-04 (that of 2026-12-05, against a lower target, the faster candidate 3); benchmarks/gpu_check.py times it on the GPU too.
 BN_ONE_EPOCH: Candidate = (TINYVGG_BN, replace(ONECYCLE_SGD, epochs=1, batch_size=64, lr=0.1, label_smoothing=0.1))
 CANDIDATES: tuple[Candidate, ...] = (
     (TINYVGG, ONECYCLE_SGD),  # 4x the seed's batch: fewer, better-used steps (the choice before batch norm was a candidate)
@@ -110,8 +110,7 @@ SEED_RECIPE = TrainConfig(epochs=1, batch_size=32, optimizer="sgd", lr=0.1, mome
 SEED_RECIPE_EPOCHS = 2
 # (c): README's recommended configuration: TinyVGG 32/64 with batch norm, a hidden layer of 128 and dropout
 # 0.2 (468k parameters); flips, 2-pixel crops, label smoothing, weight decay; the same SGD one-cycle recipe
-# for 15 epochs, 469.5 s of training alone on the 2-core AMD (1,725 images/s, 2026-12-04; an older engine's 262 s, 2026-12-02,
-# held its validation too). (16/32 without the
+# for 15 epochs, 382.3 s of training alone on the 2-core AMD (2,119 images/s, 2026-12-05 00:26). (16/32 without the
 # hidden layer, 32k parameters: 0.9296 after 30 epochs, about 300 s.)
 MODEL_C = {"channels": [32, 64], "batch_norm": True, "hidden": 128, "dropout": 0.2}
 TARGET_C = (0.930, 300.0)  # (c)'s target: this test accuracy within these seconds of training on a laptop-class CPU
