@@ -179,6 +179,14 @@ def test_a_file_that_is_not_gzip_is_refused_by_name(originals, tmp_path):
     (mirror / "t10k-labels-idx1-ubyte.gz").write_bytes(b"<html>Not Found</html>")
     with pytest.raises(ImgpipeError, match=r"^t10k-labels-idx1-ubyte.gz: .*sha256 unreadable \(not a complete gzip file\)"):
         fetch(DataConfig(dataset="mnist", mirror=str(mirror)))
+    # Damaged inside, not cut short (a copy sent over FTP in ASCII mode): zlib's own error, refused and removed alike.
+    good = gzip.compress(contents["t10k-labels-idx1-ubyte.gz"], mtime=0)
+    damaged = bytearray(good)
+    damaged[12:20] = b"\xff" * 8  # the deflate stream's first bytes: an invalid block
+    (mirror / "t10k-labels-idx1-ubyte.gz").write_bytes(bytes(damaged))
+    with pytest.raises(ImgpipeError, match=r"^t10k-labels-idx1-ubyte.gz: .*sha256 unreadable \(not a complete gzip file\)"):
+        fetch(DataConfig(dataset="mnist", mirror=str(mirror)))
+    assert not (paths.DOWNLOADS / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz").exists()
 
 
 def test_recompressed_cifar10_tar_is_accepted_by_its_content(tmp_path, monkeypatch):

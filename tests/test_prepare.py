@@ -239,6 +239,9 @@ def test_listed_images_leave_the_training_split_only(tmp_path):
     assert read_excluded(tmp_path / "saved.csv") == {"train:3", "train:7"}
     (tmp_path / "ids.csv").write_text("id\ntrain:3\ntrain:0007\n")  # a spreadsheet's zero-padded number too
     assert read_excluded(tmp_path / "ids.csv") == {"train:3", "train:7"}
+    every_three = {f"train:{i}" for i in range(len(raw["train"])) if raw["train"].labels[i] == 3}
+    with pytest.raises(InvalidSetting, match=r"^exclude: leaves class '3' no training image"):
+        prepare_into(raw, tmp_path / "other", 0.15, 0.2, seed=0, exclude=every_three)
     (tmp_path / "unicode.txt").write_text("id\ntrain:3\n", encoding="utf-16")  # a spreadsheet's "Unicode text"
     with pytest.raises(ImgpipeError, match=r"unicode.txt: the list of images to exclude is not UTF-8 text"):
         read_excluded(tmp_path / "unicode.txt")
@@ -260,3 +263,5 @@ def test_a_split_keeps_every_class_on_both_sides_and_names_a_class_it_cannot_spl
     assert list(np.bincount(labels[held])) == [21, 3, 1] and list(np.bincount(labels[kept])) == [179, 27, 1]
     with pytest.raises(InvalidSetting, match="cannot hold out 0.25 of 4 images: class 7 has 1 image there"):
         stratified_split(np.array([0, 0, 0, 7]), 0.25, seed=0)
+    # 0.55 x 100 is 55.000000000000007 in floating point: 55 held out, not 56.
+    assert len(stratified_split(np.repeat([0, 1], 50), 0.55, seed=0)[1]) == 55

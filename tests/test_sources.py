@@ -101,6 +101,13 @@ def test_truncated_idx_file_is_refused(tmp_path):
     path.write_bytes(path.read_bytes()[:-7])
     with pytest.raises(ImgpipeError, match=r"train-images-idx3-ubyte: header promises \(10, 8, 8\) values"):
         read_idx(path)
+    import gzip
+
+    damaged = bytearray(gzip.compress(write_idx(tmp_path / "plain", small_digits(10)[0][:, 0]).read_bytes(), mtime=0))
+    damaged[12:20] = b"\xff" * 8  # an invalid deflate block: zlib's error, not a cut-short file's
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(bytes(damaged))
+    with pytest.raises(ImgpipeError, match=r"train-images-idx3-ubyte.gz: cannot be read"):
+        read_idx(tmp_path / "train-images-idx3-ubyte.gz")
 
 
 @pytest.mark.skipif(not MNIST_T10K.is_dir(), reason="../shared/datasets/mnist-t10k is absent")
@@ -278,6 +285,14 @@ def test_image_folder_resizes_and_converts_to_gray(tmp_path):
     assert train.images.shape == (6, 1, 6, 8)
     # ITU-R 601 luma, as PIL's "L": 0.299 * 10 + 0.587 * 20 + 0.114 * 30 = 18.15 (not the red 10, not the mean 20)
     assert sum(bool((image == 18).all()) for image in train.images) == 1
+
+
+def test_a_split_folder_without_train_is_refused_not_taken_for_a_class(tmp_path):
+    images, labels = small_digits(12)
+    write_image_folder(tmp_path, images[:8], labels[:8], ["3", "7", "a", "b"])
+    write_image_folder(tmp_path / "test", images[8:], labels[8:], ["3", "7", "a", "b"])
+    with pytest.raises(ImgpipeError, match=r"holds a test/ split folder but no train/ one; put the training class folders "):
+        fetch(DataConfig(dataset="imagefolder", path=tmp_path))
 
 
 def test_train_valid_test_layout(tmp_path):

@@ -6,6 +6,7 @@ split alone, so nothing about validation or test images leaks into training.
 
 import csv
 import hashlib
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +32,10 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int, *, names: l
         raise InvalidSetting(setting, f"cannot hold out {fraction} of {len(labels)} images: class "
                                       f"{small if names is None else names[small]} has 1 image there, and every class needs one "
                                       "to keep and one to hold out")
-    share = sizes * (np.ceil(fraction * len(labels)) / len(labels))
+    held_in_all = math.ceil(round(fraction * len(labels), 9))  # 0.55 x 100 is 55.000000000000007 in floating point
+    share = sizes * (held_in_all / len(labels))
     held_per_class = np.floor(share).astype(int)
-    leftover = int(np.ceil(fraction * len(labels))) - held_per_class.sum()
+    leftover = held_in_all - held_per_class.sum()
     held_per_class[np.argsort(-(share - held_per_class), kind="stable")[:leftover]] += 1
     held_per_class = np.clip(held_per_class, 1, sizes - 1)  # every class on both sides
     shuffled = np.random.default_rng(seed).permutation(len(labels))
@@ -202,6 +204,9 @@ def prepare_into(raw: dict[str, ImageSet], folder: Path, val_fraction: float, te
             f"{', '.join(f'{name}:0..{len(images) - 1}' for name, images in raw.items())}); was the list made for other data?")
     listed = len(plan["train"].indices)
     plan["train"] = without(plan["train"], exclude)
+    emptied = next((name for label, name in enumerate(names) if not np.any(plan["train"].labels == label)), None)
+    require(emptied is None, "exclude", f"leaves class {emptied!r} no training image; keep some, or leave the class out "
+            "with data.classes")
     shape = raw["train"].image_shape
     digest, counts = hashlib.blake2b(digest_size=8), np.zeros((shape[0], 256), dtype=np.int64)
     with writing_splits(folder, names, labels) as writer:

@@ -20,6 +20,7 @@ import os
 import shutil
 import tarfile
 import urllib.parse
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,7 +106,7 @@ def _content_sha256(path: Path) -> str | None:
         with gzip.open(path, "rb") as file:
             for chunk in iter(lambda: file.read(1 << 20), b""):
                 digest.update(chunk)
-    except (OSError, EOFError):
+    except (OSError, EOFError, zlib.error):  # cut short, or damaged inside (a mirror's copy sent as ASCII)
         return None
     return digest.hexdigest()
 

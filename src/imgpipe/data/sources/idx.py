@@ -6,6 +6,7 @@ any other prefix is taken as the training pool.
 """
 
 import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ def read_idx(path: Path) -> np.ndarray:
     try:
         with opener(path, "rb") as file:
             data = file.read()
-    except (OSError, EOFError) as error:
+    except (OSError, EOFError, zlib.error) as error:  # zlib.error: damaged inside, not only cut short
         raise ImgpipeError(f"{path}: cannot be read ({error}); is the download complete?") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in DTYPES:
         raise ImgpipeError(f"{path}: not an IDX file (bad magic number)")

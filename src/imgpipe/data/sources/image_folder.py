@@ -114,7 +114,11 @@ def image_folder(config: DataConfig) -> Fetched:
         if split in split_folders:
             raise ImgpipeError(f"{root}: both {split_folders[split].name}/ and {folder.name}/ hold the {split} split; keep one")
         split_folders[split] = folder
-    if "train" not in split_folders:
+    if split_folders and "train" not in split_folders:  # else its test/ would become a class of training images
+        found = next(iter(split_folders.values()))
+        raise ImgpipeError(f"{root}: holds a {found.name}/ split folder but no train/ one; put the training class folders "
+                           f"under train/ (or rename {found.name}/ if it is a class)")
+    if not split_folders:
         split_folders = {"train": root}
     listed = {split: _list_classes(split_folders[split], config.on_bad_file) for split in SPLITS if split in split_folders}
     names = tuple(sorted(set(listed["train"][1])))
