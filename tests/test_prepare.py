@@ -255,6 +255,18 @@ def test_listed_images_leave_the_training_split_only(tmp_path):
         read_excluded(tmp_path / "bad.txt")
 
 
+def test_the_order_data_classes_lists_them_in_changes_the_labels_not_the_split():
+    """[3, 7] and [7, 3] hold out the same images: two experiments differing in that order score on one test split."""
+    from imgpipe.data.prepare import plan_splits
+
+    raw = digits_source(DataConfig()).splits
+    plans = [plan_splits(raw, 0.15, 0.2, 0, classes)[0] for classes in ([3, 7], [7, 3])]
+    for split in ("train", "val", "test"):
+        assert sorted(plans[0][split].indices) == sorted(plans[1][split].indices), split
+    first, second = (dict(zip(plan["test"].indices, plan["test"].labels)) for plan in plans)
+    assert all(second[index] == 1 - label for index, label in first.items())  # relabelled in the order listed
+
+
 def test_a_split_keeps_every_class_on_both_sides_and_names_a_class_it_cannot_split():
     labels = np.repeat([0, 1, 2], [200, 30, 2])  # the last class: one image each side, whatever the fraction
     kept, held = stratified_split(labels, 0.1, seed=0)

@@ -163,17 +163,22 @@ def plan_splits(raw: dict, val_fraction: float, test_fraction: float, seed: int,
         kept = np.flatnonzero(relabelled >= 0)
         # Class-major order, stable within a class: the split then depends on each class's images in
         # source order only, so an image folder (listed class by class) splits exactly like the IDX or
-        # CSV files it was exported from.
-        kept = kept[np.argsort(relabelled[kept], kind="stable")]
+        # CSV files it was exported from. The source's class order, not data.classes' order: [7, 3] splits as [3, 7].
+        kept = kept[np.argsort(images.labels[kept], kind="stable")]
         plan[split] = Selection(split, kept, relabelled[kept])
     pool = plan["train"]
     # A class by its name, and by the source's own label where that differs (Sign Language MNIST's K is label 10).
     shown = [repr(name) + ("" if labels is None or str(labels[i]) == name else f" (label {labels[i]})") for i, name in enumerate(names)]
+    # Carved by the source's labels (classes in the source's order) and named as kept: the same images are held out
+    # whatever order data.classes lists them in.
+    source_label = np.empty(len(names), dtype=np.int64)  # kept class -> its index in the source
+    source_label[relabel[relabel >= 0]] = np.flatnonzero(relabel >= 0)
+    shown_by_source = {int(source_label[i]): text for i, text in enumerate(shown)}
     if "test" not in plan:
-        kept, held = stratified_split(pool.labels, test_fraction, seed, names=shown, setting="test_fraction")
+        kept, held = stratified_split(source_label[pool.labels], test_fraction, seed, names=shown_by_source, setting="test_fraction")
         pool, plan["test"] = pool.take(kept), pool.take(held)
     if "val" not in plan:
-        kept, held = stratified_split(pool.labels, val_fraction, seed, names=shown, setting="val_fraction")
+        kept, held = stratified_split(source_label[pool.labels], val_fraction, seed, names=shown_by_source, setting="val_fraction")
         pool, plan["val"] = pool.take(kept), pool.take(held)
     plan["train"] = pool
     for split, selection in plan.items():  # a source's own val or test split may hold none of the classes kept
