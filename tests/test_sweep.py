@@ -71,6 +71,9 @@ def test_every_end_of_the_space_is_a_recipe_the_pipeline_trains_before_any_trial
     assert error({"train.crop_padding": {"low": 0, "high": 8, "int": True}}) == (
         "params.yaml: sweep.space.train.crop_padding: 8 makes no recipe the pipeline trains (train.crop_padding: must be "
         "smaller than the 8x8 images, got 8)")
+    assert error({"train.batch_size": {"low": 16, "high": 128}}) == (  # drawn as floats, 16.0 to 128.0: int: true wanted
+        "params.yaml: sweep.space.train.batch_size: 16.0 makes no recipe the pipeline trains (train.batch_size: must be a "
+        "whole number >= 1, got 16.0)")
     check_space(sweep_config({"variant": "cnn", "space": {"models.cnn.lr": {"low": 0.001, "high": 0.1}}}, ["cnn"]), params,
                 digits_prepared)  # a good space: nothing to say
 
@@ -130,6 +133,12 @@ def test_a_resumed_study_draws_anew_and_keeps_its_space_and_recipe(tmp_path):
     grid = sweep_config({"variant": "linear", "space": SPACE, "grid_points": 5}, ["linear"])
     with pytest.raises(ConfigError, match=r"its trials were run with grid_points 3, now 5"):
         require_same_recipe(study, searched_recipe(grid, params))
+    # A grid's seed orders its points, trial n taking point n: another seed tries some twice and skips others.
+    seeded = [sweep_config({"variant": "linear", "space": SPACE, "sampler": "grid", "seed": seed}, ["linear"]) for seed in (0, 1)]
+    ordered = open_study("digits-grid", storage, seeded[0], 0)
+    require_same_recipe(ordered, searched_recipe(seeded[0], params))
+    with pytest.raises(ConfigError, match=r"its trials were run with grid_seed 0, now 1"):
+        require_same_recipe(ordered, searched_recipe(seeded[1], params))
 
 
 def _told(study: optuna.Study, trials: list[list[float]]) -> list[tuple[int, int]]:
@@ -230,6 +239,30 @@ def test_a_trial_whose_training_diverges_fails_in_optuna_and_in_mlflow_alike(dig
                                                           "tags.`imgpipe.trial` = '0'")
     assert study.trials[0].state == optuna.trial.TrialState.FAIL
     assert (run.data.tags["imgpipe.trial_state"], run.info.status) == ("FAIL", "FAILED") and not list(tmp_path.iterdir())
+
+
+def test_a_retried_trial_does_not_count_the_dead_trial_s_epochs(digits_prepared, mlflow_store, monkeypatch, tmp_path):
+    """Optuna's retry copies the dead trial's attributes (its epochs, its seconds): a retry that dies too before its
+    first epoch counted them again in the summary's epochs."""
+    from imgpipe.search import trial as trial_module
+    from imgpipe.tracking import trials
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store)
+    sweep = sweep_config({"variant": "linear", "space": {"models.linear.lr": {"low": 0.01, "high": 0.1}}}, ["linear"])
+    params = {"data": {"dataset": "digits"}, "models": {"linear": {}},
+              "train": {"variants": ["linear"], "seeds": [0], "epochs": 1, "device": "cpu", "precision": "fp32"}}
+    study = optuna.create_study(study_name="digits-linear")
+    study.enqueue_trial({"models.linear.lr": 0.05}, user_attrs={"epochs": 4, "train_seconds": 9.0})  # as a retry is queued
+
+    def dies(*args, **kwargs):
+        raise RuntimeError("killed before its first epoch")
+
+    monkeypatch.setattr(trial_module, "train", dies)
+    parent = trials.parent_run("retried", "digits-linear", {})
+    study.optimize(lambda trial: trial_module.run_trial(trial, sweep, params, digits_prepared, experiment="retried", parent=parent,
+                                                        folder=tmp_path, seed=0, threads=1, worker=0), n_trials=1, catch=(RuntimeError,))
+    assert study.trials[0].state == optuna.trial.TrialState.FAIL
+    assert (study.trials[0].user_attrs["epochs"], study.trials[0].user_attrs["train_seconds"]) == (0, 0.0)
 
 
 def test_a_drawn_configuration_becomes_params_and_the_dvc_command_that_reruns_it():
@@ -334,11 +367,13 @@ def test_a_grid_spreads_each_range_on_its_own_scale():
     assert [dimension.grid(3) for dimension in space] == [[0.001, 0.01, 0.1], [0, 2, 4], ["[8, 16]", "[16, 32]"]]
 
 
-def test_a_trial_whose_worker_died_is_failed_and_its_grid_point_tried_again(tmp_path, monkeypatch):
+@pytest.mark.parametrize("trials", [20, 1])
+def test_a_trial_whose_worker_died_is_failed_and_its_grid_point_tried_again(tmp_path, monkeypatch, trials):
     """A worker killed mid-trial (out of memory, a machine lost) leaves its trial RUNNING: it stopped beating, so the
-    next trial started fails it and queues its point again, and the grid ends with every point tried."""
+    next trial started fails it and queues its point again, and the grid ends with every point tried. With every trial
+    of the study started (trials: 1), none would start to do it: asking for more does."""
     monkeypatch.setattr(sweeping, "HEARTBEAT_SECONDS", 1)
-    sweep = sweep_config({"variant": "cnn", "sampler": "grid", "pruner": "none", "space": {
+    sweep = sweep_config({"variant": "cnn", "sampler": "grid", "pruner": "none", "trials": trials, "space": {
         "models.cnn.lr": {"choices": [0.01, 0.1]}}}, ["cnn"])
     storage = f"sqlite:///{tmp_path / 'sweep.db'}"
     dying = ("import os, sys, time, imgpipe.sweep as s; from imgpipe.search.space import sweep_config as c; s.HEARTBEAT_SECONDS = 1\n"
@@ -355,5 +390,8 @@ def test_a_trial_whose_worker_died_is_failed_and_its_grid_point_tried_again(tmp_
     while wants_more(study, sweep):
         study.optimize(lambda trial: tried.append(sweep.space[0].suggest(trial)) or 0.5, n_trials=1)
     states = [trial.state for trial in study.trials]
+    if trials == 1:  # its one point retried, nothing more
+        assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE] and study.trials[1].params == died
+        return
     assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.COMPLETE]
     assert study.trials[1].params == died and sorted(tried) == [0.01, 0.1]  # the dead trial's point first, then the other

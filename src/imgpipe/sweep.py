@@ -118,10 +118,13 @@ def searched_recipe(sweep: SweepConfig, params: dict) -> dict:
     variant = settings.variant(params, sweep.variant, P.seeds(params)[0])
     searched = {dimension.key.rpartition(".")[2] for dimension in sweep.space}
     apart = searched | set(HOW_IT_RUNS) | {"device"}
-    return {"variant": sweep.variant, "sampler": sweep.sampler, "grid_points": sweep.grid_points,
-            "space": {dimension.key: asdict(dimension) for dimension in sweep.space},
-            "model": variant.model, "settings": {k: v for k, v in variant.settings.items() if k not in searched},
-            "train": {k: v for k, v in asdict(variant.config).items() if k not in apart}}
+    recipe = {"variant": sweep.variant, "sampler": sweep.sampler, "grid_points": sweep.grid_points,
+              "space": {dimension.key: asdict(dimension) for dimension in sweep.space},
+              "model": variant.model, "settings": {k: v for k, v in variant.settings.items() if k not in searched},
+              "train": {k: v for k, v in asdict(variant.config).items() if k not in apart}}
+    if sweep.sampler == "grid":  # the seed orders the grid, and trial n takes point n of that order
+        recipe["grid_seed"] = sweep.seed
+    return recipe
 
 
 def require_same_recipe(study: optuna.Study, recipe: dict) -> None:
@@ -151,7 +154,8 @@ def check_space(sweep: SweepConfig, params: dict, data: Prepared) -> None:
                               f"{sweep.variant}; search models.{sweep.variant}.{name} instead")
         ends = dimension.choices if dimension.choices is not None else (dimension.low, dimension.high)
         for value in ends:
-            value = int(value) if dimension.integer else value
+            if dimension.choices is None:  # as the sampler hands a range's values out: 16 of {low: 16, high: 128} is 16.0
+                value = int(value) if dimension.integer else float(value)
             try:
                 trainable(params, {dimension.key: value}, sweep, data, P.seeds(params)[0])
             except ConfigError as error:
@@ -169,10 +173,19 @@ def _said(sweep: SweepConfig):
     return say
 
 
+def _fail_stale(study: optuna.Study) -> None:
+    with warnings.catch_warnings():  # "experimental" since Optuna 2.9, as the heartbeat it reads
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
 def wants_more(study: optuna.Study, sweep: SweepConfig) -> bool:
     """Whether the study takes another trial: it holds fewer than sweep.trials (every worker and machine counts) and,
     for a grid, fewer than its points. Optuna's grid gives trial n its point n, so those trials, under way or done,
     cover it; past that it would retrain a tried point (or one still running: its is_exhausted waits for them)."""
+    # A trial whose worker died is failed (and its retry queued) only when a trial starts: with every trial started,
+    # none would, and the last one's death would leave it RUNNING for good.
+    _fail_stale(study)
     started = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)  # not those merely enqueued
     limit = sweep.trials if sweep.sampler != "grid" else min(sweep.trials, math.prod(len(d.grid(sweep.grid_points)) for d in sweep.space))
     held = study.get_trials(deepcopy=False)
@@ -282,6 +295,7 @@ def run(args, argv: list[str]) -> None:
 
 
 def summarize(study: optuna.Study, sweep: SweepConfig, data: Prepared, storage: str) -> None:
+    _fail_stale(study)  # a trial whose worker died silently is a failure, not still running
     abandoned = [trial.user_attrs[RUN] for trial in study.trials if trial.state == TrialState.FAIL and RUN in trial.user_attrs]
     with reported(optional=False):
         if closed := trials.close_abandoned(abandoned):

@@ -59,6 +59,9 @@ def run_trial(trial: optuna.Trial, sweep: SweepConfig, params: dict, data: Prepa
         raise ConfigError(f"params.yaml: sweep.space: trial {trial.number} drew {drawn}, which makes no recipe the pipeline "
                           f"trains ({error}); list the values that do as choices") from None
     config = variant.config if variant.config.threads else replace(variant.config, threads=threads)
+    if "epochs" in trial.user_attrs:  # a dead trial's retry: Optuna copied its figures, which are not this one's
+        trial.set_user_attr("epochs", 0)
+        trial.set_user_attr("train_seconds", 0.0)
     trial.set_user_attr("command", dvc_command(params, values))
     trial.set_user_attr("worker", f"{platform.node()}:{os.getpid()}" + ("" if worker is None else f":{worker}"))
     tags = {SWEEP: trial.study.study_name, "imgpipe.trial": str(trial.number), "imgpipe.variant": sweep.variant,
