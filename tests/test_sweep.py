@@ -265,6 +265,17 @@ def test_a_retried_trial_does_not_count_the_dead_trial_s_epochs(digits_prepared,
     assert (study.trials[0].user_attrs["epochs"], study.trials[0].user_attrs["train_seconds"]) == (0, 0.0)
 
 
+def test_a_sweep_that_fails_ends_its_parent_run_failed_not_running(mlflow_store, monkeypatch):
+    from imgpipe.tracking import trials
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store)
+    parent = trials.parent_run("failing", "digits-linear", {})
+    with pytest.raises(KeyboardInterrupt):
+        with sweeping.failed_if_raised(parent):
+            raise KeyboardInterrupt  # Ctrl-C, a worker's failure, every trial failed
+    assert mlflow.MlflowClient(mlflow_store).get_run(parent).info.status == "FAILED"
+
+
 def test_a_drawn_configuration_becomes_params_and_the_dvc_command_that_reruns_it():
     params = {"train": {"lr": 0.01}, "models": {"cnn": {"channels": [16, 32]}, "linear": None}}
     values = {"train.lr": 0.003, "models.cnn.channels": [32, 64], "models.linear.weight_decay": 1e-05}

@@ -13,6 +13,7 @@ experiment.
 """
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -280,6 +281,24 @@ def run(args, argv: list[str]) -> None:
                                "(without --worker) on the machine that prepares the data first, then join it")
         with reported(optional=False):
             study.set_user_attr(PARENT, trials.parent_run(experiment, name, {"imgpipe.variant": sweep.variant}))
+    with (contextlib.nullcontext() if args.worker else failed_if_raised(study.user_attrs[PARENT])):
+        run_and_summarize(args, argv, study, sweep, params, data, experiment, index, name, storage)
+
+
+@contextlib.contextmanager
+def failed_if_raised(parent: str):
+    """The study's parent run ended FAILED if what the block does fails (a worker, every trial, the summary, Ctrl-C):
+    else it stayed RUNNING. A later summary finishes it."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(Exception):
+            trials.close_abandoned([parent])
+        raise
+
+
+def run_and_summarize(args, argv: list[str], study: optuna.Study, sweep: SweepConfig, params: dict, data: Prepared,
+                      experiment: str, index: int | None, name: str, storage: str) -> None:
     if not args.summary:
         if not args.worker:
             print(f"sweep {name}: {sweep.trials} trials of {sweep.variant} ({sweep.workers} worker{'s' * (sweep.workers > 1)}), "
