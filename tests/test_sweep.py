@@ -250,7 +250,7 @@ def test_a_retried_trial_does_not_count_the_dead_trial_s_epochs(digits_prepared,
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store)
     sweep = sweep_config({"variant": "linear", "space": {"models.linear.lr": {"low": 0.01, "high": 0.1}}}, ["linear"])
     params = {"data": {"dataset": "digits"}, "models": {"linear": {}},
-              "train": {"variants": ["linear"], "seeds": [0], "epochs": 1, "device": "cpu", "precision": "fp32"}}
+              "train": {"variants": ["linear"], "seeds": [0], "epochs": 1, "device": "cpu", "precision": "fp32", "threads": 0}}
     study = optuna.create_study(study_name="digits-linear")
     study.enqueue_trial({"models.linear.lr": 0.05}, user_attrs={"epochs": 4, "train_seconds": 9.0})  # as a retry is queued
 
@@ -263,6 +263,8 @@ def test_a_retried_trial_does_not_count_the_dead_trial_s_epochs(digits_prepared,
                                                         folder=tmp_path, seed=0, threads=1, worker=0), n_trials=1, catch=(RuntimeError,))
     assert study.trials[0].state == optuna.trial.TrialState.FAIL
     assert (study.trials[0].user_attrs["epochs"], study.trials[0].user_attrs["train_seconds"]) == (0, 0.0)
+    # train.threads 0 here: the trial chose its threads (1), and the command that reruns it names them.
+    assert study.trials[0].user_attrs["command"] == "dvc exp run -S +models.linear.lr=0.05 -S train.threads=1"
 
 
 def test_a_sweep_that_fails_ends_its_parent_run_failed_not_running(mlflow_store, monkeypatch):

@@ -62,7 +62,10 @@ def run_trial(trial: optuna.Trial, sweep: SweepConfig, params: dict, data: Prepa
     if "epochs" in trial.user_attrs:  # a dead trial's retry: Optuna copied its figures, which are not this one's
         trial.set_user_attr("epochs", 0)
         trial.set_user_attr("train_seconds", 0.0)
-    trial.set_user_attr("command", dvc_command(params, values))
+    # The threads this trial trained with where it chose them (train.threads 0: the cores shared among the workers):
+    # thread counts change floating-point sums, so the command that reruns it names them.
+    ran = values if variant.config.threads else values | {f"{settings.section_of(params, sweep.variant, 'threads')}.threads": threads}
+    trial.set_user_attr("command", dvc_command(params, ran))
     trial.set_user_attr("worker", f"{platform.node()}:{os.getpid()}" + ("" if worker is None else f":{worker}"))
     tags = {SWEEP: trial.study.study_name, "imgpipe.trial": str(trial.number), "imgpipe.variant": sweep.variant,
             "imgpipe.data_fingerprint": data.fingerprint}
