@@ -281,8 +281,19 @@ def run(args, argv: list[str]) -> None:
                                "(without --worker) on the machine that prepares the data first, then join it")
         with reported(optional=False):
             study.set_user_attr(PARENT, trials.parent_run(experiment, name, {"imgpipe.variant": sweep.variant}))
-    with (contextlib.nullcontext() if args.worker else failed_if_raised(study.user_attrs[PARENT])):
-        run_and_summarize(args, argv, study, sweep, params, data, experiment, index, name, storage)
+    with contextlib.nullcontext() if args.worker else failed_if_raised(study.user_attrs[PARENT]):
+        if not args.summary:
+            if not args.worker:
+                print(f"sweep {name}: {sweep.trials} trials of {sweep.variant} ({sweep.workers} worker{'s' * (sweep.workers > 1)}), "
+                      f"storage {storage}", flush=True)
+            if args.worker or sweep.workers == 1:
+                work(study, sweep, params, data, experiment, index)
+            else:
+                failed = [process.wait() for process in start_workers(sweep, argv)]
+                if any(failed):
+                    raise ImgpipeError(f"sweep {name}: a worker failed (exit {max(failed)}); its error is above")
+        if not args.worker:
+            summarize(study, sweep, data, storage)
 
 
 @contextlib.contextmanager
@@ -295,22 +306,6 @@ def failed_if_raised(parent: str):
         with contextlib.suppress(Exception):
             trials.close_abandoned([parent])
         raise
-
-
-def run_and_summarize(args, argv: list[str], study: optuna.Study, sweep: SweepConfig, params: dict, data: Prepared,
-                      experiment: str, index: int | None, name: str, storage: str) -> None:
-    if not args.summary:
-        if not args.worker:
-            print(f"sweep {name}: {sweep.trials} trials of {sweep.variant} ({sweep.workers} worker{'s' * (sweep.workers > 1)}), "
-                  f"storage {storage}", flush=True)
-        if args.worker or sweep.workers == 1:
-            work(study, sweep, params, data, experiment, index)
-        else:
-            failed = [process.wait() for process in start_workers(sweep, argv)]
-            if any(failed):
-                raise ImgpipeError(f"sweep {name}: a worker failed (exit {max(failed)}); its error is above")
-    if not args.worker:
-        summarize(study, sweep, data, storage)
 
 
 def summarize(study: optuna.Study, sweep: SweepConfig, data: Prepared, storage: str) -> None:

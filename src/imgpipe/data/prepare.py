@@ -169,8 +169,6 @@ def plan_splits(raw: dict, val_fraction: float, test_fraction: float, seed: int,
     pool = plan["train"]
     # A class by its name, and by the source's own label where that differs (Sign Language MNIST's K is label 10).
     shown = [repr(name) + ("" if labels is None or str(labels[i]) == name else f" (label {labels[i]})") for i, name in enumerate(names)]
-    # Carved by the source's labels (classes in the source's order) and named as kept: the same images are held out
-    # whatever order data.classes lists them in.
     carved = [split for split in ("test", "val") if split not in plan]  # split off the training images, one per class at least
     sizes = np.bincount(pool.labels, minlength=len(names))
     if carved and sizes.min() < len(carved) + 1:
@@ -178,6 +176,8 @@ def plan_splits(raw: dict, val_fraction: float, test_fraction: float, seed: int,
         raise ImgpipeError(f"class {shown[small]} has {sizes[small]} training image{'' if sizes[small] == 1 else 's'}: splitting "
                            f"{' and '.join(carved)} off needs {len(carved) + 1} (one for each split); add images, or leave it out "
                            "with data.classes")
+    # Carved by the source's labels (classes in the source's order) and named as kept: the same images are held out
+    # whatever order data.classes lists them in.
     source_label = np.empty(len(names), dtype=np.int64)  # kept class -> its index in the source
     source_label[relabel[relabel >= 0]] = np.flatnonzero(relabel >= 0)
     shown_by_source = {int(source_label[i]): text for i, text in enumerate(shown)}

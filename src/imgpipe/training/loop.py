@@ -184,7 +184,6 @@ class LoopState:
     finished: bool = False  # the last epoch ran, or early stopping ended the training: resuming only finishes it
 
 
-
 def resume_key(model_name: str, model_settings: dict, data: Prepared, config: TrainConfig, device: torch.device,
                bf16: bool, steps_per_epoch: int) -> dict[str, str]:
     """What a resumable state must match, part by part so a mismatch can say which part differs:
